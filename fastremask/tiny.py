@@ -1,0 +1,228 @@
+"""A tiny bidirectional transformer with LLaDA's call interface.
+
+`TinyMaskedLM` stands in for LLaDA in tests, examples and benchmarks of the sampling step:
+``model(input_ids, attention_mask=None).logits`` is ``[B, L, V]``, ``model.device`` says where
+it lives, and there is no causal mask. Its weights are a pure function of ``TinyConfig``
+(``seed`` included), so two builds of one config are identical, bit for bit, and building one
+takes milliseconds on a CPU. An untrained model is not a language model, but its logits are
+finite, varied and reproducible, which is what a sampler's tests need; a trained copy can be
+shipped with ``save_pretrained`` and loaded with ``from_pretrained``.
+
+Padding: ``attention_mask`` ``[B, L]`` (1 = a real token, 0 = padding) hides padding keys, and
+position ids are ``cumsum(attention_mask) - 1``, so a left-padded prompt sees the same
+positions (and, up to fp32 rounding in the matmuls, the same logits) as the same prompt alone.
+
+Mask id: ``TinyConfig.mask_id`` defaults to ``vocab_size - 1`` (127 for the default vocab of
+128). Pass it as ``mask_id=`` to ``generate``; LLaDA's own default (126336) is outside this
+vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "fastremask-tiny"
+
+
+@dataclass
+class TinyConfig:
+    """Shape and seed of a `TinyMaskedLM`.
+
+    ``mask_id`` ``None`` means ``vocab_size - 1``; ``d_ff`` ``None`` means ``4 * d_model``.
+    """
+
+    vocab_size: int = 128
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    max_len: int = 256
+    mask_id: int | None = None
+    seed: int = 0
+    d_ff: int | None = None
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TinyConfig.{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"TinyConfig.d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
+            )
+        if self.mask_id is None:
+            self.mask_id = self.vocab_size - 1
+        if not 0 <= self.mask_id < self.vocab_size:
+            raise ValueError(
+                f"TinyConfig.mask_id must lie in [0, vocab_size={self.vocab_size}), got {self.mask_id}"
+            )
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"TinyConfig.seed must be an int in [0, 2**63), got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TinyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TinyOutput:
+    """What `TinyMaskedLM.forward` returns; ``logits`` is ``[B, L, V]``."""
+
+    logits: torch.Tensor
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: bidirectional self-attention, then a GELU MLP."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.eps)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.eps)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, h: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
+        B, L, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
+        # [B, H, L, Dh]; key_ok [B, 1, 1, L]: True = may be attended to; no causal mask
+        a = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_ok
+        )
+        h = h + self.proj(a.transpose(1, 2).reshape(B, L, D))
+        return h + self.down(F.gelu(self.up(self.norm2(h))))
+
+
+class TinyMaskedLM(nn.Module):
+    """A tiny bidirectional transformer masked LM, deterministic from ``config.seed``.
+
+    ``forward(input_ids [B, L] int64, attention_mask [B, L] | None) -> TinyOutput(logits
+    [B, L, V])``, logits in the parameters' dtype. Learned absolute positions (``max_len``
+    of them), pre-norm blocks, untied output head.
+    """
+
+    def __init__(self, config: TinyConfig | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else TinyConfig()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = nn.Embedding(config.max_len, config.d_model)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model, eps=config.eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+        self.reset_parameters()
+        self.eval()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Set every weight from ``config.seed`` alone (CPU generator, fixed order)."""
+        g = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        for name, p in self.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                # embeddings ~ N(0, 1); linear ~ N(0, 1/fan_in), which keeps activations O(1);
+                # the head 3x that, so the logits are varied (some positions confident, some not)
+                if name in ("embed.weight", "pos.weight"):
+                    std = 1.0
+                else:
+                    std = (3.0 if name == "head.weight" else 1.0) / math.sqrt(p.shape[1])
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TinyOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if L > self.config.max_len:
+            raise ValueError(f"sequence length {L} exceeds TinyConfig.max_len={self.config.max_len}")
+        if attention_mask is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+            key_ok = None
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+                )
+            m = attention_mask.to(torch.long)
+            # left padding: the first real token gets position 0, as it would alone
+            positions = (m.cumsum(-1) - 1).clamp_min(0)
+            ok = m.bool()
+            # a row of padding only: let it attend everywhere (finite garbage, not NaN)
+            ok = ok | ~ok.any(-1, keepdim=True)
+            key_ok = ok[:, None, None, :]  # [B, 1, 1, L]
+        h = self.embed(input_ids) + self.pos(positions)
+        for block in self.blocks:
+            h = block(h, key_ok)
+        return TinyOutput(logits=self.head(self.norm(h)))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            json.dump({"model_type": MODEL_TYPE, **self.config.to_dict()}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "TinyMaskedLM":
+        """Load what `save_pretrained` wrote; weights exactly as saved."""
+        from safetensors.torch import load_file
+
+        with open(os.path.join(directory, CONFIG_NAME)) as f:
+            raw = json.load(f)
+        if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"{directory!s} holds model_type {raw['model_type']!r}, not {MODEL_TYPE!r}")
+        model = cls(TinyConfig.from_dict(raw))
+        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+
+def tiny_model(**overrides) -> TinyMaskedLM:
+    """The default tiny model: vocab 128, d_model 64, 2 layers, 4 heads, max_len 256,
+    mask id 127 (``vocab_size - 1`` unless ``mask_id`` is given), seed 0.
+
+    Any `TinyConfig` field can be overridden, e.g. ``tiny_model(vocab_size=7, seed=3)``.
+    """
+    return TinyMaskedLM(TinyConfig(**overrides))
