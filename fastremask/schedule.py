@@ -1,0 +1,395 @@
+"""How many masked tokens each step of a block keeps (unmasks for good).
+
+A *schedule* maps ``(n_masked, steps)`` to per-step counts ``[c_0, ..., c_{S-1}]`` with
+``sum == n_masked``, every ``c_i >= 0`` and ``S <= steps``: ``n_masked`` is the number of
+masked positions of the current block in one batch row and ``steps`` is LLaDA's per-block step
+count (``generate``'s ``steps // num_blocks``). ``S`` is the number of model calls the block
+takes. The schedules:
+
+* ``uniform()``: LLaDA's ``get_num_transfer_tokens``: ``n // steps`` every step, the remainder
+  one by one to the first steps. Always ``S == steps``; ``steps > n`` gives steps that keep
+  nothing (LLaDA does the same, and still calls the model).
+* ``pyramid(factor)``: step ``i`` keeps ``min(i // factor + 1, still masked)`` and the block
+  takes the fewest steps that unmask all of it; ``steps`` is a budget (a ValueError names both
+  numbers when the pyramid needs more). See docs/schedules.md for how this differs from the
+  step count in the post that proposed it (`post_steps`, `post_outcome`).
+* a list of ints: those counts, for every block (they must sum to its masked count).
+* a callable ``fn(n_masked, steps) -> sequence of ints``, checked like a list.
+
+`resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``) into a `Schedule`;
+`counts` is the batched form (rows may have different ``n_masked``); `cost` says what a
+``generate`` configuration costs in model calls.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "Schedule",
+    "Uniform",
+    "Pyramid",
+    "Explicit",
+    "FromCallable",
+    "uniform",
+    "pyramid",
+    "resolve",
+    "counts",
+    "pyramid_steps",
+    "pyramid_total",
+    "post_steps",
+    "PostOutcome",
+    "post_outcome",
+    "Cost",
+    "cost",
+]
+
+
+# ---------------------------------------------------------------------------- argument checks
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        v = operator.index(value)  # int, numpy int, 0-d int tensor; not float
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _check_counts(where: str, cs, n_masked: int, steps: int) -> list[int]:
+    """Validate per-step counts for one block: ints, >= 0, sum == n_masked, len <= steps."""
+    if isinstance(cs, torch.Tensor):
+        cs = cs.tolist()
+    if isinstance(cs, (str, bytes)) or not hasattr(cs, "__iter__"):
+        raise TypeError(f"{where} must be a sequence of ints, got {cs!r}")
+    out = [_int(f"{where}[{i}]", c, 0) for i, c in enumerate(cs)]
+    if sum(out) != n_masked:
+        raise ValueError(f"{where} sums to {sum(out)}, but the block has n_masked={n_masked} masked tokens")
+    if len(out) > steps:
+        raise ValueError(f"{where} has {len(out)} steps, more than the budget steps={steps}")
+    return out
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+class Schedule:
+    """Base class: ``schedule(n_masked, steps) -> list[int]`` and the batched `counts`."""
+
+    def __call__(self, n_masked: int, steps: int) -> list[int]:
+        n_masked = _int("n_masked", n_masked, 0)
+        steps = _int("steps", steps, 1)
+        return self._counts(n_masked, steps)
+
+    def _counts(self, n: int, steps: int) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def counts(self, n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        """Per-row counts ``[B, S]`` int64 on ``n_masked``'s device (``n_masked`` ``[B]`` int).
+
+        Row ``b`` holds ``self(n_masked[b], steps)`` followed by zeros; ``S`` is the longest
+        row's length (so a block costs ``S`` model calls for the whole batch).
+        """
+        n, steps = _check_batch(n_masked, steps)
+        rows = {v: self._counts(v, steps) for v in torch.unique(n).tolist()}
+        S = max((len(r) for r in rows.values()), default=0)
+        table = {v: r + [0] * (S - len(r)) for v, r in rows.items()}
+        return torch.tensor([table[v] for v in n.tolist()], dtype=torch.int64, device=n.device).view(len(n), S)
+
+
+def _check_batch(n_masked, steps) -> tuple[torch.Tensor, int]:
+    steps = _int("steps", steps, 1)
+    if not isinstance(n_masked, torch.Tensor):
+        raise TypeError(f"n_masked must be a 1-D integer tensor, got {type(n_masked).__name__}")
+    if n_masked.dim() != 1 or n_masked.dtype.is_floating_point or n_masked.dtype.is_complex or n_masked.dtype == torch.bool:
+        raise TypeError(f"n_masked must be a 1-D integer tensor, got {n_masked.dtype} of shape {tuple(n_masked.shape)}")
+    n = n_masked.to(torch.int64)
+    if n.numel() and int(n.min()) < 0:
+        raise ValueError(f"n_masked must be >= 0, got min {int(n.min())}")
+    return n, steps
+
+
+@dataclass(frozen=True)
+class Uniform(Schedule):
+    """LLaDA's counts: ``n // steps`` each step, the remainder to the first ``n % steps`` steps."""
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        base, rem = divmod(n, steps)
+        return [base + (i < rem) for i in range(steps)]
+
+    def counts(self, n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        n, steps = _check_batch(n_masked, steps)
+        i = torch.arange(steps, device=n.device)
+        base, rem = n // steps, n % steps  # [B]
+        return base[:, None] + (i[None, :] < rem[:, None]).to(torch.int64)
+
+
+def pyramid_total(m: int, factor: int) -> int:
+    """Tokens a full pyramid unmasks in ``m`` steps: ``sum(i // factor + 1 for i < m)``."""
+    q, r = divmod(m, factor)
+    return factor * q * (q + 1) // 2 + r * (q + 1)
+
+
+def pyramid_steps(n_masked: int, factor: int = 1) -> int:
+    """The fewest steps ``m`` with ``pyramid_total(m, factor) >= n_masked`` (0 for 0 tokens)."""
+    n = _int("n_masked", n_masked, 0)
+    f = _check_factor(factor)
+    # start from the real root of f*q*(q+1)/2 = n (exact integer arithmetic), then step to m
+    q = max((math.isqrt(8 * n // f + 1) - 1) // 2 - 1, 0)
+    m = q * f
+    while pyramid_total(m, f) >= n and m > 0:
+        m -= 1
+    while pyramid_total(m, f) < n:
+        m += 1
+    return m
+
+
+def _check_factor(factor) -> int:
+    return _int("factor", factor, 1)
+
+
+@dataclass(frozen=True)
+class Pyramid(Schedule):
+    """Step ``i`` keeps ``min(i // factor + 1, still masked)``; the fewest steps that finish."""
+
+    factor: int = 1
+
+    def __post_init__(self):
+        _check_factor(self.factor)
+
+    def _budget(self, n: int, steps: int) -> int:
+        m = pyramid_steps(n, self.factor)
+        if m > steps:
+            raise ValueError(
+                f"pyramid(factor={self.factor}) needs {m} steps to unmask n_masked={n} tokens, "
+                f"but steps={steps}"
+            )
+        return m
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        m = self._budget(n, steps)
+        out, left = [], n
+        for i in range(m):
+            k = min(i // self.factor + 1, left)
+            out.append(k)
+            left -= k
+        return out
+
+    def counts(self, n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        n, steps = _check_batch(n_masked, steps)
+        S = self._budget(int(n.max()) if n.numel() else 0, steps)
+        k = torch.arange(S, device=n.device) // self.factor + 1  # [S]
+        before = torch.cumsum(k, 0) - k  # [S] unmasked before step i if the row is not done
+        return torch.minimum((n[:, None] - before[None, :]).clamp_min(0), k[None, :])
+
+
+@dataclass(frozen=True)
+class Explicit(Schedule):
+    """Fixed per-step counts, the same for every block; they must sum to its masked count."""
+
+    steps_counts: tuple[int, ...]
+
+    def __post_init__(self):
+        cs = self.steps_counts
+        if isinstance(cs, torch.Tensor):
+            cs = cs.tolist()
+        if isinstance(cs, (str, bytes)) or not hasattr(cs, "__iter__"):
+            raise TypeError(f"schedule must be a sequence of ints, got {cs!r}")
+        cs = tuple(_int(f"schedule[{i}]", c, 0) for i, c in enumerate(cs))
+        object.__setattr__(self, "steps_counts", cs)
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        return _check_counts(f"schedule {list(self.steps_counts)}", self.steps_counts, n, steps)
+
+
+@dataclass(frozen=True)
+class FromCallable(Schedule):
+    """``fn(n_masked, steps) -> sequence of ints``, its result checked like an explicit list."""
+
+    fn: Callable[[int, int], Sequence[int]]
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        name = getattr(self.fn, "__name__", repr(self.fn))
+        return _check_counts(f"schedule {name}({n}, {steps})", self.fn(n, steps), n, steps)
+
+
+def uniform() -> Uniform:
+    """LLaDA's schedule (`Uniform`)."""
+    return Uniform()
+
+
+def pyramid(factor: int = 1) -> Pyramid:
+    """The pyramid schedule (`Pyramid`): step ``i`` keeps ``i // factor + 1`` tokens."""
+    return Pyramid(factor)
+
+
+_NAMES = {"uniform": Uniform, "pyramid": Pyramid}
+
+
+def resolve(schedule="uniform", factor: int = 1) -> Schedule:
+    """Any accepted form of a schedule -> a `Schedule`.
+
+    ``schedule``: ``"uniform"``, ``"pyramid"`` (with ``factor``), a `Schedule`, the factories
+    `uniform`/`pyramid` themselves, a list/tuple/1-D tensor of per-step counts, or a callable
+    ``fn(n_masked, steps)``. ``factor`` applies to ``"pyramid"`` only; anything else with
+    ``factor != 1`` is an error rather than silently ignored.
+    """
+    factor = _check_factor(factor)
+    if schedule is pyramid or (isinstance(schedule, str) and schedule == "pyramid"):
+        return Pyramid(factor)
+    if factor != 1:
+        raise ValueError(f"factor={factor} applies to schedule='pyramid' only, got schedule={schedule!r}")
+    if schedule is uniform:
+        return Uniform()
+    if isinstance(schedule, str):
+        if schedule not in _NAMES:
+            raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(_NAMES)}, a list or a callable")
+        return _NAMES[schedule]()
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, (list, tuple)) or (isinstance(schedule, torch.Tensor) and schedule.dim() == 1):
+        return Explicit(schedule)
+    if callable(schedule):
+        return FromCallable(schedule)
+    raise TypeError(
+        f"schedule must be a name, a Schedule, a list of ints or a callable, got {schedule!r} "
+        f"({type(schedule).__name__})"
+    )
+
+
+def counts(schedule, n_masked: torch.Tensor, steps: int, factor: int = 1) -> torch.Tensor:
+    """``resolve(schedule, factor).counts(n_masked, steps)``: ``[B, S]`` int64."""
+    return resolve(schedule, factor).counts(n_masked, steps)
+
+
+# ---------------------------------------------------------------------------- the post's formula
+
+
+def post_steps(n: int, factor: int = 1) -> int:
+    """The pyramid post's step count, exactly as its code computes it (Python floats):
+    ``int(factor * (1 + 8 * n / factor) ** 0.5 / 2)``."""
+    n = _int("n", n, 0)
+    factor = _check_factor(factor)
+    return int(factor * (1 + 8 * n / factor) ** 0.5 / 2)
+
+
+@dataclass(frozen=True)
+class PostOutcome:
+    """What the post's loop does to one block of ``n`` masked tokens.
+
+    ``steps``: the post's step count (model calls); ``kept``: tokens unmasked at each step;
+    ``left_masked``: tokens still masked at the end; ``idle_steps``: steps that unmask
+    nothing (the block was already full); ``needed``: `pyramid_steps` (ours).
+    """
+
+    n: int
+    factor: int
+    steps: int
+    kept: tuple[int, ...]
+    left_masked: int
+    idle_steps: int
+    needed: int
+
+    @property
+    def complete(self) -> bool:
+        return self.left_masked == 0
+
+    @property
+    def minimal(self) -> bool:
+        return self.complete and self.idle_steps == 0
+
+
+def post_outcome(n: int, factor: int = 1) -> PostOutcome:
+    """Replay the post's ``generate`` loop on one block of ``n`` masked tokens.
+
+    The post runs ``post_steps(n, factor)`` steps (stopping if ``i > n``) and at step ``i``
+    asks top-k for ``i // factor + 1`` positions; past the masked ones its extra picks are
+    positions whose confidence is ``-inf``, so a step keeps ``min(i // factor + 1, left)``.
+    """
+    n = _int("n", n, 0)
+    factor = _check_factor(factor)
+    S = post_steps(n, factor)
+    kept, left = [], n
+    for i in range(S):
+        if i > n:  # the post's `if i > gen_length: break`
+            break
+        k = min(i // factor + 1, left)
+        kept.append(k)
+        left -= k
+    return PostOutcome(
+        n=n,
+        factor=factor,
+        steps=len(kept),
+        kept=tuple(kept),
+        left_masked=left,
+        idle_steps=sum(1 for k in kept if k == 0),
+        needed=pyramid_steps(n, factor),
+    )
+
+
+# ---------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one ``generate`` call costs.
+
+    ``model_calls``: forward passes (NFEs; CFG runs cond and uncond in one call of 2B rows).
+    ``rows_through_model``: sequence positions through the model, ``model_calls * batch *
+    (2 if cfg) * (prompt_length + gen_length)``. ``sampled_rows``: masked positions of the
+    current block summed over steps (times batch, times 2 with CFG): the logit rows a fast
+    sampler must read, the floor of docs/architecture.md's performance model.
+    """
+
+    model_calls: int
+    rows_through_model: int
+    sampled_rows: int
+
+
+def cost(
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    schedule="uniform",
+    factor: int = 1,
+    batch: int = 1,
+    cfg: bool = False,
+    prompt_length: int = 0,
+) -> Cost:
+    """Cost of ``generate(..., steps, gen_length, block_length)`` with this schedule.
+
+    Follows LLaDA's rules: ``gen_length % block_length == 0`` and ``steps % num_blocks == 0``;
+    each block has ``block_length`` masked tokens and a budget of ``steps // num_blocks``.
+    """
+    gen_length = _int("gen_length", gen_length, 1)
+    block_length = _int("block_length", block_length, 1)
+    steps = _int("steps", steps, 1)
+    batch = _int("batch", batch, 1)
+    prompt_length = _int("prompt_length", prompt_length, 0)
+    if not isinstance(cfg, bool):
+        raise TypeError(f"cfg must be a bool, got {cfg!r}")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
+    per_block = resolve(schedule, factor)(block_length, steps // num_blocks)
+    left, sampled = block_length, 0
+    for c in per_block:
+        sampled += left
+        left -= c
+    rows = batch * (2 if cfg else 1)
+    calls = num_blocks * len(per_block)
+    return Cost(
+        model_calls=calls,
+        rows_through_model=calls * rows * (prompt_length + gen_length),
+        sampled_rows=num_blocks * sampled * rows,
+    )
