@@ -1,0 +1,305 @@
+"""``fastremask bench``: run the benchmark suites that fit this machine and print one table.
+
+The suites are pytest-benchmark files in the repository's ``benchmarks/`` folder
+(docs/benchmarks.md); this command runs them in a child ``pytest`` (so their conftest and
+options apply), reads pytest-benchmark's JSON and prints, per case, each backend's time
+(min / median / max), its speedup over the LLaDA-style step measured in the same run (ratio
+of the mins, medians and maxes), and on a GPU the effective GB/s and the share of the copy
+bandwidth measured in the same run. ``--json PATH`` keeps pytest-benchmark's JSON;
+``--compare A B`` runs pytest-benchmark's own comparison of two saved runs and then a
+per-case ratio of the medians.
+
+It also holds `RandomMaskedLM`, a random-weight bidirectional transformer built from a
+config (LLaDA-8B's shape by default) for timing the whole loop on a GPU at real size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["add_arguments", "run", "benchmarks_dir", "format_table", "RandomLMConfig", "RandomMaskedLM",
+           "random_model", "SUITES"]
+
+SUITES = {"step": "test_bench_step.py", "generate": "test_bench_generate.py",
+          "schedules": "test_bench_schedules.py"}
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes, one round: checks that everything runs (seconds, not a measurement)")
+    parser.add_argument("--set", dest="case_set", default=None, choices=["auto", "quick", "cpu", "gpu", "full"],
+                        help="step shapes (benchmarks/cases.py); default auto: gpu with CUDA, cpu without")
+    parser.add_argument("--suites", default="step,generate,schedules",
+                        help=f"comma-separated suites to run, of {','.join(SUITES)} (default: all)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated backends: llada,reference,torch,triton (default: all that run here)")
+    parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to pick cases")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--json", dest="json_path", default=None, help="write pytest-benchmark's JSON here")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                        help="compare two saved JSON runs instead of running anything")
+    parser.add_argument("--benchmarks-dir", default=None, help="the suites' folder (default: the checkout's benchmarks/)")
+
+
+def benchmarks_dir(explicit: str | None = None) -> Path:
+    """The repository's ``benchmarks/`` folder (the package is installed editable from it)."""
+    if explicit:
+        path = Path(explicit)
+    else:
+        path = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (path / "conftest.py").is_file():
+        raise FileNotFoundError(
+            f"no benchmark suites at {path}: `fastremask bench` runs from a source checkout "
+            "(pip install -e .), or pass --benchmarks-dir"
+        )
+    return path
+
+
+def pytest_command(args, json_out: str) -> list[str]:
+    bdir = benchmarks_dir(getattr(args, "benchmarks_dir", None))
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    for s in suites:
+        if s not in SUITES:
+            raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
+    case_set = "quick" if args.quick else (args.case_set or "auto")
+    cmd = [sys.executable, "-m", "pytest", *(str(bdir / SUITES[s]) for s in suites),
+           "-q", "-p", "no:cacheprovider", f"--rootdir={bdir}", f"--benchmark-json={json_out}",
+           "--benchmark-columns=min,median,max,rounds", "--benchmark-group-by=group",
+           "--benchmark-sort=name", f"--bench-set={case_set}"]
+    if args.backends:
+        cmd.append(f"--bench-backends={args.backends}")
+    if args.rounds:
+        cmd.append(f"--bench-rounds={args.rounds}")
+    if args.device:
+        cmd.append(f"--bench-device={args.device}")
+    if args.keyword:
+        cmd += ["-k", args.keyword]
+    return cmd
+
+
+def run(args) -> int:
+    if args.compare:
+        return compare(*args.compare)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.json_path or os.path.join(tmp, "bench.json")
+        cmd = pytest_command(args, out)
+        print("$", " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd)
+        if not os.path.exists(out):
+            print(f"fastremask bench: pytest exited {rc} and wrote no results", file=sys.stderr)
+            return rc or 1
+        with open(out) as f:
+            data = json.load(f)
+    print()
+    print(format_table(data))
+    if args.json_path:
+        print(f"\nwrote {args.json_path}")
+    return rc
+
+
+def compare(a: str, b: str) -> int:
+    """pytest-benchmark's own comparison, then the median ratio B/A per benchmark."""
+    cmd = [sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare", a, b,
+           "--group-by=group", "--columns=min,median,max,rounds", "--sort=name"]
+    rc = subprocess.call(cmd)
+    with open(a) as f:
+        da = json.load(f)
+    with open(b) as f:
+        db = json.load(f)
+    ma = {x["fullname"]: x["stats"]["median"] for x in da["benchmarks"]}
+    rows = [("benchmark", "median A", "median B", "B / A")]
+    for x in db["benchmarks"]:
+        if x["fullname"] in ma:
+            mb = x["stats"]["median"]
+            rows.append((x["name"], _ms(ma[x["fullname"]]), _ms(mb), f"{mb / ma[x['fullname']]:.2f}"))
+    print(_render(rows))
+    return rc
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    return f"{seconds * 1e3:.3g}" if seconds < 1 else f"{seconds * 1e3:.0f}"
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
+
+
+def _render(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append(" | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_table(data: dict) -> str:
+    """One readable table per suite from pytest-benchmark's JSON (with our extra_info)."""
+    info = data.get("fastremask") or data.get("machine_info", {}).get("fastremask", {})
+    head = (f"device: {info.get('device', '?')} | torch {info.get('torch')} | triton {info.get('triton')} "
+            f"| commit {info.get('commit')} | copy bandwidth {info.get('copy_gbps', float('nan')):.1f} GB/s")
+    out = [head]
+    by_kind: dict = {}
+    for b in data["benchmarks"]:
+        by_kind.setdefault(b["extra_info"].get("kind", "other"), []).append(b)
+    gpu = info.get("device_type") == "cuda"
+    if "step" in by_kind:
+        rows = [("case", "backend", "ms min/med/max", "speedup vs llada min/med/max", "GB/s", "roofline")]
+        for b in sorted(by_kind["step"], key=lambda b: (b["group"], _order(b["extra_info"].get("backend")))):
+            e, s = b["extra_info"], b["stats"]
+            sp = e.get("speedup_vs_llada")
+            rows.append((
+                e["case"], e["backend"], f"{_ms(s['min'])} / {_ms(s['median'])} / {_ms(s['max'])}",
+                "-" if not sp else f"{_x(sp['min'])} / {_x(sp['median'])} / {_x(sp['max'])}",
+                f"{e['gbps']:.3g}" if e.get("gbps") is not None else "-",
+                f"{100 * e['roofline']:.1f}%" if gpu and e.get("roofline") is not None else "-",
+            ))
+        out += ["", "sampling step (one step, same logits; speedup = LLaDA-style time / backend time)", _render(rows)]
+    if "generate" in by_kind:
+        rows = [("case", "backend", "s min/med/max", "tokens/s", "model calls", "ms/step model/sample/select")]
+        for b in sorted(by_kind["generate"], key=lambda b: (b["group"], _order(b["extra_info"].get("backend")))):
+            e, s = b["extra_info"], b["stats"]
+            split = e.get("ms_per_step") or {}
+            rows.append((
+                e["case"], e["backend"], f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}",
+                f"{e['gen_tokens'] / s['median']:.1f}", e.get("model_calls", "-"),
+                " / ".join(f"{split.get(k, float('nan')):.3g}" for k in ("model", "sample", "select")) if split else "-",
+            ))
+        out += ["", "whole generate loop", _render(rows)]
+    if "schedules" in by_kind:
+        rows = [("gen tokens", "schedule", "model calls", "s min/med/max", "tokens/s")]
+        for b in sorted(by_kind["schedules"], key=lambda b: (b["extra_info"]["gen_tokens"], b["extra_info"]["schedule_order"])):
+            e, s = b["extra_info"], b["stats"]
+            rows.append((e["gen_tokens"], e["schedule"], e["model_calls"],
+                         f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}", f"{e['gen_tokens'] / s['median']:.1f}"))
+        out += ["", "schedules (tiny model)", _render(rows)]
+    return "\n".join(out)
+
+
+def _order(backend: str | None) -> int:
+    order = ("llada", "reference", "torch", "triton")
+    return order.index(backend) if backend in order else len(order)
+
+
+# ---------------------------------------------------------------------------- a real-size random model
+
+
+@dataclass(frozen=True)
+class RandomLMConfig:
+    """Shape of `RandomMaskedLM`; the defaults are LLaDA-8B's (about 8.0e9 parameters)."""
+
+    vocab_size: int = 126_464
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    d_ff: int = 12_288
+    mask_id: int = 126_336
+    seed: int = 0
+
+    @property
+    def n_params(self) -> int:
+        layer = 4 * self.d_model**2 + 3 * self.d_model * self.d_ff + 2 * self.d_model
+        return self.n_layers * layer + 2 * self.vocab_size * self.d_model + self.d_model
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: RandomLMConfig, **kw):
+        super().__init__()
+        d, f = cfg.d_model, cfg.d_ff
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.RMSNorm(d, **kw)
+        self.qkv = nn.Linear(d, 3 * d, bias=False, **kw)
+        self.o = nn.Linear(d, d, bias=False, **kw)
+        self.norm2 = nn.RMSNorm(d, **kw)
+        self.gate_up = nn.Linear(d, 2 * f, bias=False, **kw)
+        self.down = nn.Linear(f, d, bias=False, **kw)
+
+    def forward(self, h):
+        B, L, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h + self.o(a.transpose(1, 2).reshape(B, L, D))
+        g, u = self.gate_up(self.norm2(h)).chunk(2, dim=-1)
+        return h + self.down(F.silu(g) * u)
+
+
+class RandomMaskedLM(nn.Module):
+    """A bidirectional pre-norm transformer (RMSNorm, SwiGLU, no positional encoding) with
+    random weights and LLaDA's call interface: ``model(x).logits`` ``[B, L, V]``.
+
+    It is a cost model, not a language model: its matmuls and attention have LLaDA-8B's
+    shapes (with the default config), so the model's share of a step is realistic. RoPE
+    is left out (a few elementwise ops per layer).
+    """
+
+    def __init__(self, config: RandomLMConfig | None = None, device=None, dtype=torch.bfloat16):
+        super().__init__()
+        self.config = cfg = config or RandomLMConfig()
+        kw = {"device": device, "dtype": dtype}
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, **kw)
+        self.layers = nn.ModuleList(_Layer(cfg, **kw) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, **kw)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False, **kw)
+        g = torch.Generator(device=self.head.weight.device).manual_seed(cfg.seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    std = 1.0 if name == "embed.weight" else 1.0 / math.sqrt(p.shape[1])
+                    p.normal_(0.0, std, generator=g)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        for layer in self.layers:
+            h = layer(h)
+        return _Output(self.head(self.norm(h)))
+
+
+@dataclass
+class _Output:
+    logits: torch.Tensor
+
+
+def random_model(device, dtype=torch.bfloat16, max_fraction: float = 0.6, **overrides) -> RandomMaskedLM:
+    """LLaDA-8B-shaped `RandomMaskedLM`, with fewer layers if its weights would take more than
+    ``max_fraction`` of the free device memory (the config says how many it got)."""
+    cfg = RandomLMConfig(**overrides)
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        per_layer = (4 * cfg.d_model**2 + 3 * cfg.d_model * cfg.d_ff) * torch.empty((), dtype=dtype).element_size()
+        fixed = 2 * cfg.vocab_size * cfg.d_model * torch.empty((), dtype=dtype).element_size()
+        fit = int((max_fraction * free - fixed) // per_layer)
+        if fit < cfg.n_layers:
+            cfg = RandomLMConfig(**{**cfg.__dict__, "n_layers": max(fit, 1)})
+    return RandomMaskedLM(cfg, device=device, dtype=dtype)
