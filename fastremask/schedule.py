@@ -195,19 +195,19 @@ class Pyramid(Schedule):
 class Explicit(Schedule):
     """Fixed per-step counts, the same for every block; they must sum to its masked count."""
 
-    steps_counts: tuple[int, ...]
+    per_step: tuple[int, ...]
 
     def __post_init__(self):
-        cs = self.steps_counts
+        cs = self.per_step
         if isinstance(cs, torch.Tensor):
             cs = cs.tolist()
         if isinstance(cs, (str, bytes)) or not hasattr(cs, "__iter__"):
             raise TypeError(f"schedule must be a sequence of ints, got {cs!r}")
         cs = tuple(_int(f"schedule[{i}]", c, 0) for i, c in enumerate(cs))
-        object.__setattr__(self, "steps_counts", cs)
+        object.__setattr__(self, "per_step", cs)
 
     def _counts(self, n: int, steps: int) -> list[int]:
-        return _check_counts(f"schedule {list(self.steps_counts)}", self.steps_counts, n, steps)
+        return _check_counts(f"schedule {list(self.per_step)}", self.per_step, n, steps)
 
 
 @dataclass(frozen=True)
