@@ -1,0 +1,266 @@
+"""The numerics contract (docs/numerics.md) in PyTorch integer and fp32 ops.
+
+Every function here has a Triton twin of the same name in `kernels/numerics.py` that performs
+the same operations in the same order, so both sides return the same bits. The rules that make
+that possible: integers are exact; fp32 `+ - * /` are IEEE with one rounding each (PyTorch's
+fp32 `/` is correctly rounded, the twin uses `tl.div_rn`); `floor` and bit casts are exact; no
+library transcendental (`torch.exp`, `torch.log`) is ever used.
+
+Integers live in int64 tensors. A 32-bit word is an int64 in `[0, 2**32)`, so it is never
+negative and `>>` is a logical shift; products of two words are split so no int64 overflows.
+"""
+from __future__ import annotations
+
+import struct
+
+import torch
+
+__all__ = [
+    "CHUNK", "FIXED_BITS", "FIXED", "STREAM_GUMBEL", "STREAM_REMASK",
+    "philox", "uniform72", "uniform24", "exp_", "log_", "log1p_", "gumbel",
+    "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32",
+    "gumbel_noise", "remask_uniform",
+]
+
+CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
+FIXED_BITS = 40       # fixed-point scale of the softmax sums
+FIXED = 1 << FIXED_BITS
+STREAM_GUMBEL = 0     # counter word c3: which stream a number belongs to
+STREAM_REMASK = 1
+
+MASK32 = 0xFFFFFFFF
+PHILOX_ROUND_A = 0xD2511F53   # Random123 / tl.philox multipliers
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_KEY_A = 0x9E3779B9     # Weyl key increments
+PHILOX_KEY_B = 0xBB67AE85
+
+
+def _f32(x: float) -> float:
+    """`x` rounded to the nearest fp32, as a Python float (so both sides use the same constant)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+# Constants of exp_/log_; every one is an exact fp32 value.
+LOG2E = _f32(1.4426950408889634)
+LN2_HI = 0.693145751953125            # 0x3F317200: 15 significant bits, so k * LN2_HI is exact
+LN2_LO = _f32(0.6931471805599453 - 0.693145751953125)
+EXP_LO, EXP_HI = -104.0, 89.0         # exp_ clamps here: below rounds to 0, above to inf
+EXP_C = tuple(_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
+LOG_C = tuple(_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
+SQRT_HALF_BITS = 0x3F3504F3           # fp32 bits of sqrt(1/2)
+TWO_P23 = 8388608.0
+TWO_M24 = 2.0 ** -24
+ONE_M24 = 1.0 - 2.0 ** -24
+TWO_M48 = 2.0 ** -48
+TWO_M73 = 2.0 ** -73
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Philox4x32-10
+# ---------------------------------------------------------------------------------------------
+
+def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product of the constant word `m` and words `x`."""
+    # Split x into 16-bit halves: each partial product is < 2**48, so int64 never overflows.
+    p_lo = x & 0xFFFF
+    p_lo.mul_(m)                                    # m * x_lo           < 2**48
+    t = x >> 16
+    t.mul_(m).add_(p_lo >> 16)                      # (m * x) >> 16      < 2**49
+    lo = (t & 0xFFFF).bitwise_left_shift_(16).bitwise_or_(p_lo.bitwise_and_(0xFFFF))
+    return t.bitwise_right_shift_(16), lo
+
+
+def _as_i64(x, device) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.int64, device=device)
+
+
+def _xor3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a ^ b ^ c, in place on a temporary where the shapes allow it."""
+    out = a ^ b
+    if out.shape == torch.broadcast_shapes(out.shape, c.shape):
+        return out.bitwise_xor_(c)
+    return out ^ c
+
+
+def philox(seed, c0, c1, c2, c3, rounds: int = 10):
+    """Philox4x32 (Random123; `tl.philox`'s constants) on 32-bit counter words.
+
+    Parameters
+    ----------
+    seed : int64 tensor (or int), values in [0, 2**63); key = (low word, high word)
+        (a negative value keys as its two's-complement bits, as in `tl.philox`)
+    c0, c1, c2, c3 : int64 tensors (or ints) in [0, 2**32), broadcastable with `seed`
+    rounds : 10 for the contract (other values only for known-answer tests)
+
+    Returns
+    -------
+    r0, r1, r2, r3 : int64 tensors in [0, 2**32), of the broadcast shape
+    """
+    device = seed.device if torch.is_tensor(seed) else None
+    seed = _as_i64(seed, device)
+    k0, k1 = seed & MASK32, (seed >> 32) & MASK32   # a negative int64 keys as its uint64 bits
+    c0, c1, c2, c3 = (_as_i64(c, device) for c in (c0, c1, c2, c3))
+    for i in range(rounds):
+        if i:  # the key is bumped before every round but the first (Random123's schedule)
+            k0 = (k0 + PHILOX_KEY_A) & MASK32
+            k1 = (k1 + PHILOX_KEY_B) & MASK32
+        hi_b, lo_b = _mulhilo(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo(PHILOX_ROUND_A, c0)
+        c0 = _xor3(hi_b, c1, k0)
+        c2 = _xor3(hi_a, c3, k1)
+        c1, c3 = lo_b, lo_a
+    return c0, c1, c2, c3
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Uniforms from integer bits
+# ---------------------------------------------------------------------------------------------
+
+def uniform72(r0: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """fp32 uniform in [2**-73, 1 - 2**-24] from 24 + 24 + 23 bits of three Philox words."""
+    a = (r0 >> 8).to(torch.float32)              # < 2**24: the conversions are exact
+    b = (r1 >> 8).to(torch.float32)
+    c = ((r2 >> 9) * 2 + 1).to(torch.float32)    # odd, so w > 0
+    # Smallest terms first: two rounded additions; the products by powers of two are exact.
+    w = c.mul_(TWO_M73).add_(b.mul_(TWO_M48))
+    # The last addition rounds up to 1.0 when a = 2**24 - 1 and b is large: clamp below 1.
+    return w.add_(a.mul_(TWO_M24)).clamp_max_(ONE_M24)
+
+
+def uniform24(r0: torch.Tensor) -> torch.Tensor:
+    """fp32 uniform (2k + 1) * 2**-24 in (0, 1), exact, from the top 23 bits of a word."""
+    return ((r0 >> 9) * 2 + 1).to(torch.float32).mul_(TWO_M24)   # 2k + 1 < 2**24: exact
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Own transcendentals
+# ---------------------------------------------------------------------------------------------
+
+def _pow2(k: torch.Tensor) -> torch.Tensor:
+    """2**k as fp32 from exponent bits, for int32 `k` in [-126, 127]."""
+    return ((k + 127) << 23).view(torch.float32)
+
+
+def exp_(x: torch.Tensor) -> torch.Tensor:
+    """exp of fp32 `x`: Cody-Waite reduction, degree-7 Taylor polynomial, scaling by bits."""
+    x = x.clamp(EXP_LO, EXP_HI)                  # keeps k in range; exp_(-inf) = 0, exp_(inf) = inf
+    k = (x * LOG2E).add_(0.5).floor_()
+    r = (x - k * LN2_HI).sub_(k * LN2_LO)        # k * LN2_HI is exact, so is the first subtraction
+    c2, c3, c4, c5, c6, c7 = EXP_C
+    q = (r * c7).add_(c6).mul_(r).add_(c5).mul_(r).add_(c4).mul_(r).add_(c3).mul_(r).add_(c2)
+    p = q.mul_(r).mul_(r).add_(r).add_(1.0)      # 1 + (r + r*r*q): the big term added last
+    ki = k.to(torch.int32)
+    k1 = ki >> 1
+    # Two factors, each a normal fp32: the first product is exact, the second rounds once
+    # (gradual underflow to subnormals and overflow to inf happen there, as IEEE does).
+    return p.mul_(_pow2(k1)).mul_(_pow2(ki - k1))
+
+
+def log_(x: torch.Tensor) -> torch.Tensor:
+    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0."""
+    sub = x < 1.1754943508222875e-38             # subnormal: scale by 2**23 to normalise it
+    xs = torch.where(sub, x * TWO_P23, x)
+    bits = xs.view(torch.int32) - SQRT_HALF_BITS  # exponent of x / sqrt(1/2) ...
+    e = bits >> 23                                # ... so the mantissa lands in [sqrt(1/2), sqrt(2))
+    m = ((bits & 0x7FFFFF) + SQRT_HALF_BITS).view(torch.float32)
+    e = e.sub_(sub.to(torch.int32) * 23).to(torch.float32)
+    f = m - 1.0                                   # exact (Sterbenz)
+    s = f / (f + 2.0)                             # IEEE division (div_rn on the twin)
+    z = s * s
+    c3, c5, c7, c9 = LOG_C
+    rz = (z * c9).add_(c7).mul_(z).add_(c5).mul_(z).add_(c3).mul_(z)
+    logm = (s + s).add_(rz.mul_(s))               # log(m) = 2s + s*R(s*s), R(z) = 2z/3 + 2z^2/5 + ...
+    y = (e * LN2_HI).add_(logm.add_(e * LN2_LO))  # e * LN2_HI is exact; small terms first
+    y = torch.where(x == 0, float("-inf"), y)
+    y = torch.where(x == float("inf"), float("inf"), y)
+    return torch.where(x < 0, float("nan"), y)
+
+
+def log1p_(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + x) for fp32 `x >= -1` (Goldberg: u - 1 is exact and corrects the rounding of 1 + x)."""
+    u = x + 1.0
+    y = (log_(u) * x) / (u - 1.0)
+    return torch.where(u == 1.0, x, y)
+
+
+def gumbel(w: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
+    return log_(log1p_(-w).neg_()).neg_()        # 1 - w is as uniform as w; log1p keeps w ~ 2**-73
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Exact softmax sums over fixed chunks
+# ---------------------------------------------------------------------------------------------
+
+def to_f32(n: torch.Tensor) -> torch.Tensor:
+    """int64 -> fp32 via fp64 (two roundings), spelled out because direct paths differ by library."""
+    return n.to(torch.float64).to(torch.float32)
+
+
+def chunk_sums(l: torch.Tensor):
+    """Per-chunk max and fixed-point sums of fp32 logits `l` [..., V] (numerics.md §5).
+
+    Returns `m_c` fp32, `S_c` int64, `A_c` int64, each [..., ceil(V / CHUNK)]. Positions past
+    the vocab count as -inf; an all -inf chunk has m_c = -inf and S_c = A_c = 0.
+    """
+    v = l.shape[-1]
+    n_c = max(1, -(-v // CHUNK))
+    if n_c * CHUNK != v:
+        l = torch.nn.functional.pad(l, (0, n_c * CHUNK - v), value=float("-inf"))
+    l = l.reshape(*l.shape[:-1], n_c, CHUNK)
+    m_c = l.amax(dim=-1)
+    m_safe = torch.where(m_c == float("-inf"), 0.0, m_c).unsqueeze(-1)   # no -inf - -inf
+    d = l - m_safe                                                       # <= 0, -inf beyond
+    e = exp_(d)
+    t = e * (-d)                                  # e' * (m_c - l); -d is exact negation
+    t = torch.where(e == 0, 0.0, t)               # 0 * inf is no term
+    s_c = e.mul_(float(FIXED)).to(torch.int64).sum(dim=-1)   # * 2**40 exact; trunc; int64 sum
+    a_c = t.mul_(float(FIXED)).to(torch.int64).sum(dim=-1)
+    return m_c, s_c, a_c
+
+
+def combine_chunks(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor):
+    """Row max `m` fp32, softmax denominator `Z` and `B` (int64, scaled by 2**40) from chunks [..., C].
+
+    Z = sum_c trunc(S_c * f_c), B = sum_c trunc((A_c + (m - m_c) * S_c) * f_c), f_c = exp_(m_c - m),
+    products and the sum in fp64. A row of only -inf gets m = -inf, Z = B = 0.
+    """
+    m = m_c.amax(dim=-1, keepdim=True)
+    live = m_c != float("-inf")                  # dead chunks (S_c = A_c = 0) add exactly 0:
+    f = exp_(torch.where(live, m_c - m, float("-inf"))).to(torch.float64)   # f_c = 0, no inf - inf
+    d = torch.where(live, m.to(torch.float64) - m_c.to(torch.float64), 0.0)  # m - m_c in fp64
+    s64 = s_c.to(torch.float64)                  # < 2**51: exact
+    z = (s64 * f).to(torch.int64).sum(dim=-1)
+    b = (a_c.to(torch.float64) + d * s64).mul_(f).to(torch.int64).sum(dim=-1)
+    return m.squeeze(-1), z, b
+
+
+def fixed_term(l: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """t(l) = trunc(exp_(l - m) * 2**40) as int64 (fp32 `l`, `m` broadcastable)."""
+    return exp_(l - m).mul_(float(FIXED)).to(torch.int64)
+
+
+def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """q(n) = fp32(n) / fp32(Z), correctly rounded, for int64 `n`, `Z`."""
+    return to_f32(n) / to_f32(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Draws used by the samplers
+# ---------------------------------------------------------------------------------------------
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, step: int,
+                 vocab_index: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise [R, V] fp32 for rows with `seeds`, `positions` [R] int64 at global `step`.
+
+    Counter (v, position, step, STREAM_GUMBEL), so a row's noise depends on nothing else.
+    """
+    r0, r1, r2, _ = philox(seeds.reshape(-1, 1), vocab_index.reshape(1, -1),
+                           positions.reshape(-1, 1), step, STREAM_GUMBEL)
+    return gumbel(uniform72(r0, r1, r2))
+
+
+def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, step: int) -> torch.Tensor:
+    """The `random` remasking confidence [R] fp32: counter (0, position, step, STREAM_REMASK)."""
+    r0, _, _, _ = philox(seeds, 0, positions, step, STREAM_REMASK)
+    return uniform24(r0)
