@@ -41,6 +41,7 @@ __all__ = [
     "detect_family",
     "load",
     "pad_batch",
+    "tiny_tokenizer",
     "wrap",
 ]
 
@@ -149,6 +150,11 @@ class Adapter:
         if dev is None and isinstance(self.model, torch.nn.Module):
             dev = next(self.model.parameters()).device
         return torch.device(dev if dev is not None else "cpu")
+
+    @property
+    def config(self):
+        """The wrapped model's config (`generate` reads ``config.vocab_size``), or None."""
+        return getattr(self.model, "config", None)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -381,10 +387,7 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
     if family not in _ADAPTERS:
         raise ModelLoadError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     if isinstance(model, TinyMaskedLM) and tokenizer is None:
-        from .tokenizer import CharTokenizer
-
-        if model.config.vocab_size >= 128:
-            tokenizer = CharTokenizer(model.config.vocab_size)
+        tokenizer = tiny_tokenizer(model.config.vocab_size)
     vocab_size = _first_int(getattr(config, "vocab_size", None))
     if isinstance(model, TinyMaskedLM) and mask_id is None:
         mask_id = model.config.mask_id
@@ -394,6 +397,22 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def tiny_tokenizer(vocab_size: int, folder=None):
+    """The tokenizer of a `TinyMaskedLM`: the task vocabulary of `fastremask.tasks` for a
+    folder with ``demo.json`` (the trained demo model), the ASCII `CharTokenizer` for a vocab
+    of 128 or more, else None (token ids only)."""
+    from .tokenizer import CharTokenizer
+
+    if folder is not None and os.path.isfile(os.path.join(os.fspath(folder), "demo.json")):
+        from . import tasks
+
+        if vocab_size == len(tasks.VOCAB):
+            return CharTokenizer.from_tokens(tasks.VOCAB, pad="<pad>", mask="<mask>")
+    if vocab_size >= 128:
+        return CharTokenizer(vocab_size)
+    return None
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -465,8 +484,8 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
 
         tdtype = _parse_dtype(dtype)
         model = TinyMaskedLM.from_pretrained(name, device=device, dtype=None if tdtype == "auto" else tdtype)
-        return wrap(model, family=family or "tiny", mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
-                    pad_id=pad_id, name=name)
+        return wrap(model, tiny_tokenizer(model.config.vocab_size, name), family=family or "tiny",
+                    mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, pad_id=pad_id, name=name)
     if raw is None and os.path.exists(name):
         raise ModelLoadError(f"{name} has no config.json; is it a model folder?")
 

@@ -32,25 +32,48 @@ _ROLES = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|
 
 
 class CharTokenizer:
-    """Character-level tokenizer over ASCII; ids 0..6 special, the last id the mask token."""
+    """Character-level tokenizer: one id per character (or per whole special-token string).
 
-    chat_template = "char-template"  # a marker: `apply_chat_template` is implemented in Python
+    ``CharTokenizer(vocab_size)``: the ASCII layout above. `from_tokens` builds one over any
+    list of token strings (id = index), e.g. the 16-token vocabulary of `fastremask.tasks`.
+    """
 
     def __init__(self, vocab_size: int = 128):
         if vocab_size < 128:
             raise ValueError(f"CharTokenizer needs vocab_size >= 128 (ASCII), got {vocab_size}")
+        id_to_token = {i: chr(i) for i in range(32, 127)}
+        id_to_token.update({9: "\t", 10: "\n"})
+        id_to_token.update(SPECIAL_TOKENS)
+        id_to_token[vocab_size - 1] = MASK_TOKEN
+        self._setup(vocab_size, id_to_token, pad="<|pad|>", bos="<|startoftext|>", eos="<|endoftext|>",
+                    eot="<|eot_id|>", mask=MASK_TOKEN, unknown="?")
+        self.chat_template = "<|user|>{content}<|eot_id|><|assistant|>"  # `apply_chat_template` is Python
+
+    @classmethod
+    def from_tokens(cls, tokens, *, pad: str | None = None, eos: str | None = None, eot: str | None = None,
+                    mask: str | None = None) -> "CharTokenizer":
+        """A tokenizer over ``tokens`` (id = index; no chat template; unknown characters are
+        an error)."""
+        self = cls.__new__(cls)
+        self._setup(len(tokens), dict(enumerate(tokens)), pad=pad, bos=None, eos=eos, eot=eot, mask=mask,
+                    unknown=None)
+        self.chat_template = None
+        return self
+
+    def _setup(self, vocab_size, id_to_token, *, pad, bos, eos, eot, mask, unknown):
         self.vocab_size = vocab_size
-        self._id_to_token = {i: chr(i) for i in range(32, 127)}
-        self._id_to_token.update({9: "\t", 10: "\n"})
-        self._id_to_token.update(SPECIAL_TOKENS)
-        self._id_to_token[vocab_size - 1] = MASK_TOKEN
-        self._token_to_id = {t: i for i, t in self._id_to_token.items()}
-        self.pad_token, self.bos_token, self.eos_token = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1], SPECIAL_TOKENS[2]
-        self.mask_token = MASK_TOKEN
-        self.pad_token_id, self.bos_token_id, self.eos_token_id = 0, 1, 2
-        self.eot_token_id = 3
-        self.mask_token_id = vocab_size - 1
-        self.all_special_ids = sorted(set(SPECIAL_TOKENS) | {self.mask_token_id})
+        self._id_to_token = id_to_token
+        self._token_to_id = {t: i for i, t in id_to_token.items()}
+        self._unknown = unknown
+        self._long = sorted((t for t in self._token_to_id if len(t) > 1), key=len, reverse=True)
+        ids = {name: self._token_to_id.get(t) if t is not None else None
+               for name, t in dict(pad=pad, bos=bos, eos=eos, eot=eot, mask=mask).items()}
+        self.pad_token, self.bos_token, self.eos_token, self.mask_token = pad, bos, eos, mask
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = ids["pad"], ids["bos"], ids["eos"]
+        self.eot_token_id, self.mask_token_id = ids["eot"], ids["mask"]
+        self.all_special_ids = sorted(i for t, i in self._token_to_id.items() if len(t) > 1)
+        # ids with no token: `fastremask generate` suppresses them (an untrained model picks them)
+        self.unused_ids = [i for i in range(vocab_size) if i not in id_to_token]
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -63,13 +86,18 @@ class CharTokenizer:
         ids: list[int] = []
         i = 0
         while i < len(text):
-            if text[i] == "<":
-                end = text.find("|>", i)
-                if end != -1 and text[i : end + 2] in self._token_to_id:
-                    ids.append(self._token_to_id[text[i : end + 2]])
-                    i = end + 2
-                    continue
-            ids.append(self._token_to_id.get(text[i], ord("?")))
+            long = next((t for t in self._long if text.startswith(t, i)), None)
+            if long is not None:
+                ids.append(self._token_to_id[long])
+                i += len(long)
+                continue
+            tid = self._token_to_id.get(text[i])
+            if tid is None:
+                if self._unknown is None:
+                    raise ValueError(f"character {text[i]!r} is not in the vocabulary "
+                                     f"{[self._id_to_token[k] for k in sorted(self._id_to_token)]}")
+                tid = self._token_to_id[self._unknown]
+            ids.append(tid)
             i += 1
         return ids
 
@@ -98,6 +126,8 @@ class CharTokenizer:
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = True, **_):
         """``<|user|>content<|eot_id|>`` per message, then ``<|assistant|>`` when asked."""
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template")
         text = ""
         for m in messages:
             role = m["role"]

@@ -1,0 +1,453 @@
+"""The ``fastremask`` command.
+
+    fastremask generate --prompt "Hi, I am" --gen-length 32 --schedule pyramid --trace
+    fastremask generate --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --chat --prompt "..."
+    fastremask generate --prompts-file in.jsonl --output out.jsonl
+    fastremask bench | profile | eval ...      (when those modules are installed)
+
+``generate`` without ``--model`` uses the trained demo model shipped in ``fastremask/data/``
+when there is one, else the untrained built-in `fastremask.tiny` model, so it always runs
+offline. docs/cli.md describes every option.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+__all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
+
+# subcommands provided by other modules: name -> (module, help); each module exposes
+# add_arguments(parser) and run(args) -> int, and is imported only when its command runs
+EXTERNAL_COMMANDS = {
+    "bench": ("fastremask.bench", "benchmark the sampling step against the reference"),
+    "profile": ("fastremask.profile", "profile the kernels"),
+    "eval": ("fastremask.evaluate", "accuracy of schedules and remasking rules on the demo task"),
+}
+
+DEFAULT_PROMPT = "Hi, I am"
+
+
+class CliError(Exception):
+    """A bad input or option; printed as ``fastremask: error: ...`` with exit status 2."""
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _schedule(s: str):
+    if s in ("uniform", "pyramid"):
+        return s
+    try:
+        return _int_list(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--schedule must be uniform, pyramid or comma-separated per-step counts (e.g. 1,2,3), got {s!r}"
+        ) from None
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    from .generate import BACKENDS
+    from .reference import REMASKING
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", metavar="PATH_OR_ID", default=None,
+                   help="checkpoint folder or hub id (default: the demo model in fastremask/data, "
+                        "else the untrained built-in tiny model)")
+    m.add_argument("--family", choices=("llada", "dream", "tiny"), default=None,
+                   help="model family, overriding config.json's model_type")
+    m.add_argument("--trust-remote-code", action="store_true",
+                   help="run the modeling code shipped with the checkpoint (LLaDA and Dream need it)")
+    m.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    m.add_argument("--mask-id", type=int, default=None, help="mask token id (default: from the checkpoint)")
+    m.add_argument("--pad-id", type=int, default=None, help="left-padding id for batches (default: tokenizer's)")
+    m.add_argument("--eos-id", type=int, default=None, help="EOS id for --logits-eos-inf (default: checkpoint's)")
+    m.add_argument("--eot-id", type=int, default=None, help="EoT id for --confidence-eos-eot-inf")
+
+    i = p.add_argument_group("input and output")
+    i.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="a prompt; repeat for a batch (default: a sample prompt)")
+    i.add_argument("--prompts-file", metavar="FILE",
+                   help='JSONL, one {"prompt": ..., "seed": optional int} per line ("-": stdin); '
+                        "writes JSONL: each input object plus output, tokens")
+    i.add_argument("--output", metavar="FILE", default=None, help="where the JSONL goes (default: stdout)")
+    i.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    i.add_argument("--system", default=None, metavar="TEXT", help="system message for --chat")
+    i.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    i.add_argument("--keep-special-tokens", action="store_true", help="keep EOS, EoT, ... in the output text")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    i.add_argument("--trace", action="store_true",
+                   help="print, step by step, the tokens each step kept (JSONL: a trace field)")
+    i.add_argument("--trace-png", metavar="FILE", default=None,
+                   help="draw the denoising (position x step, coloured by commit step) to FILE; "
+                        "with several prompts FILE-<n>.png per prompt")
+
+    s = p.add_argument_group("sampling (fastremask.generate's options)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="model-call budget (default: gen-length, one token per step)")
+    s.add_argument("--gen-length", type=int, default=None,
+                   help="tokens to generate (default: the demo task's answer length, else 128)")
+    s.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
+    s.add_argument("--temperature", type=float, default=0.0)
+    s.add_argument("--cfg-scale", type=float, default=0.0)
+    s.add_argument("--remasking", choices=REMASKING, default="low_confidence")
+    s.add_argument("--schedule", type=_schedule, default="uniform",
+                   help="uniform | pyramid | comma-separated per-step counts (default uniform)")
+    s.add_argument("--factor", type=int, default=1, help="pyramid dilation: step i keeps i // factor + 1")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="keep every candidate with confidence >= this each step (at least one)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the first prompt; prompt n (from 0) uses seed + n unless its line has one")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.add_argument("--logits-eos-inf", action="store_true", help="never generate the model's EOS")
+    s.add_argument("--confidence-eos-eot-inf", action="store_true",
+                   help="keep EOS/EoT predictions only after every other position of the block")
+    s.add_argument("--suppress-tokens", type=_int_list, default=None, metavar="IDS", help="ids never generated")
+    s.add_argument("--defer-tokens", type=_int_list, default=None, metavar="IDS",
+                   help="ids kept only after every other position of the block")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _demo_dir() -> str | None:
+    """``fastremask/data`` when it holds a checkpoint (``config.json``)."""
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    return d if os.path.isfile(os.path.join(d, "config.json")) else None
+
+
+def _load_model(args):
+    """``(adapter, task or None, description)`` for ``--model`` or the default model."""
+    from . import models
+
+    ids = dict(mask_id=args.mask_id, eos_id=args.eos_id, eot_id=args.eot_id, pad_id=args.pad_id)
+    if args.model is not None:
+        adapter = models.load(args.model, family=args.family, dtype=args.dtype, device=args.device,
+                              trust_remote_code=args.trust_remote_code, **ids)
+        return adapter, None, args.model
+    demo = _demo_dir()
+    if demo is not None:
+        adapter = models.load(demo, dtype=args.dtype, device=args.device or "cpu", **ids)
+        task = None
+        meta = os.path.join(demo, "demo.json")
+        if os.path.isfile(meta):
+            from .tasks import get_task
+
+            with open(meta) as f:
+                task = get_task(json.load(f)["task"])
+        return adapter, task, "the demo model (fastremask/data)"
+    from .tiny import tiny_model
+
+    model = tiny_model()
+    if args.device:
+        model.to(args.device)
+    adapter = models.wrap(model, name="built-in tiny model", **ids)
+    print("fastremask: using the built-in tiny model (untrained: its text is noise; "
+          "pass --model for a real one)", file=sys.stderr)
+    return adapter, None, "the built-in tiny model"
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Item:
+    """One prompt: where it came from (``line``: 1-based line of the prompts file, or the
+    index of ``--prompt``), its record, its seed; then its tokens, output or error."""
+
+    line: int
+    record: dict
+    seed: int
+    ids: list = field(default_factory=list)
+    error: str | None = None
+    tokens: list | None = None
+    text: str | None = None
+    trace: object = None
+
+
+def _read_prompts_file(path: str, base_seed: int) -> list[Item]:
+    """Parse the JSONL prompts file; a broken line becomes an `Item` with ``error`` set."""
+    try:
+        f = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read --prompts-file {path}: {e.strerror}") from None
+    items = []
+    with f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            item = Item(line=n, record={}, seed=base_seed + n - 1)
+            try:
+                rec = json.loads(raw.strip())
+            except json.JSONDecodeError as e:
+                item.error = f"invalid JSON ({e.msg} at column {e.colno})"
+                items.append(item)
+                continue
+            if not isinstance(rec, dict):
+                item.error = f'expected a JSON object like {{"prompt": "..."}}, got {type(rec).__name__}'
+            elif not isinstance(rec.get("prompt"), str):
+                item.error = 'missing "prompt" (a string)'
+            elif "seed" in rec and (not isinstance(rec["seed"], int) or isinstance(rec["seed"], bool)
+                                    or not 0 <= rec["seed"] < 2**63):
+                item.error = f'"seed" must be an int in [0, 2**63), got {rec["seed"]!r}'
+            else:
+                item.record = rec
+                item.seed = rec.get("seed", item.seed)
+            items.append(item)
+    return items
+
+
+def _default_prompt(adapter, task) -> str:
+    if task is not None:
+        from . import tasks
+
+        prompts, _ = task.test_set(1)
+        return tasks.decode(prompts[0])
+    return DEFAULT_PROMPT
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _calls_per_run(args, gen_length: int, block_length: int, steps: int) -> int | None:
+    """Model calls of one generate call (None in threshold mode: not known in advance)."""
+    if args.threshold is not None:
+        return None
+    from . import schedule
+
+    num_blocks = gen_length // block_length
+    if num_blocks == 0 or gen_length % block_length or steps % num_blocks:
+        return None
+    per_block = schedule.resolve(args.schedule, args.factor)(block_length, steps // num_blocks)
+    return num_blocks * sum(1 for c in per_block if c)
+
+
+def _png_path(base: str, index: int, many: bool) -> str:
+    if not many:
+        return base
+    stem, ext = os.path.splitext(base)
+    return f"{stem}-{index}{ext or '.png'}"
+
+
+def run_generate(args) -> int:
+    import torch
+
+    from .generate import generate
+    from .models import PadIsMaskError
+    from .trace import format_trace, kept_by_step, plot_trace
+
+    if args.prompt is not None and args.prompts_file is not None:
+        raise CliError("give --prompt or --prompts-file, not both")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.system is not None and not args.chat:
+        raise CliError("--system needs --chat")
+    if args.trace_png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CliError("--trace-png needs matplotlib: pip install 'fastremask[plot]'") from None
+
+    adapter, task, model_name = _load_model(args)
+
+    if args.prompts_file is not None:
+        items = _read_prompts_file(args.prompts_file, args.seed)
+        file_mode = True
+    else:
+        prompts = args.prompt or [_default_prompt(adapter, task)]
+        items = [Item(line=i, record={"prompt": p}, seed=args.seed + i) for i, p in enumerate(prompts)]
+        file_mode = False
+    for it in items:
+        if it.error is None:
+            try:
+                it.ids = adapter.tokenize(it.record["prompt"], chat=args.chat, system=args.system)
+                if not it.ids:
+                    it.error = "the prompt is empty after tokenization"
+                elif adapter.mask_id in it.ids:
+                    it.error = f"the prompt contains the mask token (id {adapter.mask_id})"
+            except ValueError as e:
+                it.error = str(e)
+        if it.error is not None and not file_mode:
+            raise CliError(f"prompt {it.line}: {it.error}")
+
+    gen_length = args.gen_length or (task.answer_length if task is not None else 128)
+    block_length = args.block_length or gen_length
+    steps = args.steps or gen_length
+    # ids the tokenizer has no token for (the built-in model's CharTokenizer has some)
+    suppress = list(args.suppress_tokens or []) + list(getattr(adapter.tokenizer, "unused_ids", []))
+    defer = list(args.defer_tokens or [])
+    if args.logits_eos_inf:
+        if not adapter.suppress_eos:
+            raise CliError("--logits-eos-inf: the model has no EOS token; pass --eos-id")
+        suppress += adapter.suppress_eos
+    if args.confidence_eos_eot_inf:
+        if not adapter.defer_eos_eot:
+            raise CliError("--confidence-eos-eot-inf: the model has no EOS/EoT tokens; pass --eos-id/--eot-id")
+        defer += adapter.defer_eos_eot
+    want_trace = args.trace or bool(args.trace_png)
+
+    todo = [it for it in items if it.error is None]
+    batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+    calls = _calls_per_run(args, gen_length, block_length, steps)
+    bar = None
+    if not args.no_progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=None if calls is None else calls * len(batches), file=sys.stderr, unit="step",
+                   desc="generating", leave=False, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            ids, mask = adapter.pad([it.ids for it in batch])
+            x, trace = generate(
+                adapter, ids, mask, steps=steps, gen_length=gen_length, block_length=block_length,
+                temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+                mask_id=adapter.mask_id, schedule=args.schedule, factor=args.factor, threshold=args.threshold,
+                seed=[it.seed for it in batch], suppress_tokens=suppress or None, defer_tokens=defer or None,
+                backend=args.backend, return_trace=True,
+                callback=None if bar is None else (lambda rec: bar.update(1)),
+            )
+            answers = x[:, ids.shape[1]:].cpu()
+            for b, it in enumerate(batch):
+                it.tokens = answers[b].tolist()
+                it.text = adapter.decode(it.tokens, skip_special_tokens=not args.keep_special_tokens)
+                it.trace = (trace, b) if want_trace else None
+    except PadIsMaskError as e:
+        raise CliError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    out = sys.stdout
+    if args.output is not None:
+        try:
+            out = open(args.output, "w", encoding="utf-8")
+        except OSError as e:
+            raise CliError(f"cannot write --output {args.output}: {e.strerror}") from None
+    n_errors = 0
+    try:
+        many = len(items) > 1
+        for it in items:
+            if it.error is not None:
+                n_errors += 1
+                where = f"{args.prompts_file}:{it.line}"
+                print(f"fastremask: {where}: {it.error}", file=sys.stderr)
+                out.write(json.dumps({"line": it.line, "error": it.error}) + "\n")
+                continue
+            if args.trace_png:
+                trace, b = it.trace
+                path = _png_path(args.trace_png, it.line, many)
+                plot_trace(trace, adapter.token_str, path, row=b,
+                           title=f"{model_name}: {it.record['prompt'][:60]!r}")
+                print(f"fastremask: wrote {path}", file=sys.stderr)
+            if file_mode:
+                rec = dict(it.record)
+                rec.update(line=it.line, seed=it.seed, output=it.text, tokens=it.tokens)
+                if args.trace:
+                    trace, b = it.trace
+                    rec["trace"] = [[step, [[pos, adapter.token_str(t)] for pos, t in kept]]
+                                    for step, kept in kept_by_step(trace, b)]
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            else:
+                if many:
+                    out.write(f"[{it.line}] {it.record['prompt']}\n")
+                if args.trace:
+                    trace, b = it.trace
+                    for line in format_trace(trace, adapter.token_str, row=b):
+                        out.write(line + "\n")
+                    out.write("Final output: ")
+                out.write(it.text + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if n_errors:
+        print(f"fastremask: {n_errors} of {len(items)} lines had errors (see above); the others were generated",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _first_command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fastremask`` parser. External commands get their options (which means importing
+    their module) only when ``argv`` names them."""
+    parser = argparse.ArgumentParser(
+        prog="fastremask", description="Fast, exact sampling for masked diffusion language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser("generate", help="generate text with a masked diffusion LM",
+                       description="Generate with a masked diffusion LM (docs/cli.md).")
+    add_generate_arguments(g)
+    g.set_defaults(run=run_generate)
+    chosen = _first_command(argv or [])
+    for name, (module, help_) in EXTERNAL_COMMANDS.items():
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if name != chosen:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:  # an optional command must not break the others
+            sp.set_defaults(run=_unavailable(name, f"importing {module} failed: {e}"))
+            continue
+        if not (callable(getattr(mod, "add_arguments", None)) and callable(getattr(mod, "run", None))):
+            sp.set_defaults(run=_unavailable(name, f"{module} has no add_arguments/run"))
+            continue
+        mod.add_arguments(sp)
+        sp.set_defaults(run=mod.run)
+    return parser
+
+
+def _unavailable(name: str, why: str):
+    def run(args):
+        raise CliError(f"'fastremask {name}' is unavailable: {why}")
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .models import ModelLoadError
+
+    try:
+        return int(args.run(args) or 0)
+    except (CliError, ModelLoadError) as e:
+        print(f"fastremask: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        # generate's argument checks name the argument; show them without a traceback
+        print(f"fastremask: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
