@@ -27,6 +27,7 @@ __all__ = [
     "save_tiny_llada",
     "save_tiny_dream",
     "save_tiny_mdlm",
+    "register_tiny_mdlm",
 ]
 
 WORDS = (
@@ -137,13 +138,26 @@ def save_tiny_dream(folder, *, remote_code: bool = True, mask_token: bool = True
     return _save(folder, hf_tiny.TinyDreamModel, config, tok, remote_code, seed)
 
 
-def save_tiny_mdlm(folder, *, seed: int = 0) -> str:
+def save_tiny_mdlm(folder, *, remote_code: bool = True, seed: int = 0) -> str:
     """A checkpoint of a model type fastremask does not know (``"tiny-mdlm"``, LLaDA's
-    interface, LLaDA's tokenizer): loading it needs ``family="llada"``."""
+    interface, LLaDA's tokenizer): loading it needs ``family="llada"``. Without remote code,
+    `transformers` needs the classes registered first (`register_tiny_mdlm`)."""
     tok = llada_tokenizer()
     config = hf_tiny.TinyMDLMConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
                                     pad_token_id=tok.pad_token_id)
-    return _save(folder, hf_tiny.TinyMDLMModel, config, tok, True, seed)
+    return _save(folder, hf_tiny.TinyMDLMModel, config, tok, remote_code, seed)
+
+
+def register_tiny_mdlm() -> None:
+    """Register ``"tiny-mdlm"`` with `transformers`' auto classes (as an installed model
+    library would), so a checkpoint without remote code loads; idempotent."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register(hf_tiny.TinyMDLMConfig.model_type, hf_tiny.TinyMDLMConfig)
+        AutoModel.register(hf_tiny.TinyMDLMConfig, hf_tiny.TinyMDLMModel)
+    except ValueError:  # already registered
+        pass
 
 
 def read_config(folder) -> dict:
