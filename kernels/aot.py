@@ -1,0 +1,235 @@
+"""Ahead-of-time compile of every kernel specialisation `generate` can launch, without a GPU.
+
+`triton.compile` with a `GPUTarget` needs no device: it runs the Triton pipeline down to PTX and
+calls the `ptxas` shipped in the triton wheel. For each specialisation and architecture this
+module
+
+* scans the PTX for instructions that would break the numerics contract (docs/numerics.md):
+  contracted multiply-adds (`fma.rn.f32`, any fp32/fp64 `fma`/`mad`) and the approximate
+  transcendentals and divisions (`ex2.approx`, `lg2.approx`, `div.full`, `div.approx`,
+  `rcp.approx`, `sqrt.approx`);
+* reads the cubin's resource usage (`cuobjdump --dump-resource-usage`, from the same wheel):
+  registers per thread, local memory (spills) and stack.
+
+Run ``python -m fastremask.kernels.aot`` (all specialisations, sm_80 and sm_90; exit status 1
+on any violation) or ``--quick`` for the cover set the tests use.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastremask.numerics import CHUNK
+
+from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _combine_kernel, _sample_rows_kernel
+from .select import _select_kernel
+
+__all__ = ["ARCHS", "FORBIDDEN", "Spec", "Result", "specialisations", "compile_spec", "check", "main"]
+
+ARCHS = (80, 90)
+# Regexes over PTX instruction text. Any of these lowers a contract operation to something that
+# is not one IEEE rounding (fma contraction) or not correctly rounded (the .approx family).
+FORBIDDEN = {
+    "fma.rn.f32": r"\bfma\.rn(\.ftz)?(\.sat)?\.f32\b",
+    "fma/mad f32/f64": r"\b(fma|mad)(\.\w+)*\.f(32|64)\b",
+    "ex2.approx": r"\bex2\.approx\b",
+    "lg2.approx": r"\blg2\.approx\b",
+    "div.full": r"\bdiv\.full\b",
+    "div.approx": r"\bdiv\.approx\b",
+    "rcp.approx": r"\brcp\.approx\b",
+    "sqrt.approx": r"\bsqrt\.approx\b",
+}
+_LOGIT_TYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+_RULES = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY,
+          "random": _RANDOM}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One compiled variant: kernel, argument types, constexpr values, launch options."""
+
+    name: str
+    fn: object
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    aligned: tuple = ()          # arguments that get the divisibility-by-16 hint (as at run time)
+
+
+@dataclass
+class Result:
+    spec: Spec
+    arch: int
+    forbidden: dict = field(default_factory=dict)   # name -> count
+    registers: int = -1
+    local_bytes: int = -1
+    stack_bytes: int = -1
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and not self.forbidden and self.local_bytes == 0
+
+
+def _row_spec(dtype: str, cfg: bool, noise: bool, rule: str, active: bool = True) -> Spec:
+    r = _RULES[rule]
+    sig = {
+        "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
+        "p_seeds": "*i64", "p_pos": "*i64", "p_active": "*i1", "p_suppress": "*i64",
+        "p_pf": "*fp32", "p_pi": "*i64", "stride_l": "i32", "stride_u": "i32", "V": "i32",
+        "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32", "step": "i32",
+        "temperature": "fp32", "cfg_s1": "fp32",
+    }
+    const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise,
+             "NEED_S": r != _RANDOM, "NEED_A": r == _ENTROPY}
+    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
+    aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
+    return Spec(name, _sample_rows_kernel, sig, const, 8 if noise else 4, aligned)
+
+
+def _combine_spec(rule: str, active: bool = True, block_c: int = 64) -> Spec:
+    sig = {"p_pf": "*fp32", "p_pi": "*i64", "p_active": "*i1", "p_seeds": "*i64", "p_pos": "*i64",
+           "p_x0": "*i64", "p_conf": "*fp32", "p_invalid": "*i1", "n_chunks": "i32", "step": "i32"}
+    const = {"RULE": _RULES[rule], "HAS_ACTIVE": active, "BLOCK_C": block_c}
+    aligned = tuple(k for k in sig if k.startswith("p_"))
+    return Spec(f"combine[{rule},C={block_c}]", _combine_kernel, sig, const, 1, aligned)
+
+
+def _select_spec(threshold: bool, write_x: bool, block_c: int = 32) -> Spec:
+    sig = {"p_conf": "*fp32", "p_cand": "*i1", "p_def": "*i1", "p_k": "*i64", "p_keep": "*i1",
+           "p_x": "*i64", "p_x0": "*i64", "C": "i32", "stride_conf": "i32", "stride_cand": "i32",
+           "stride_def": "i32", "stride_keep": "i32", "stride_x": "i32", "stride_x0": "i32",
+           "x_start": "i32", "threshold": "fp32"}
+    block_j = max(2, min(block_c, 4096 // block_c))
+    const = {"BLOCK_C": block_c, "BLOCK_J": block_j, "THRESHOLD": threshold, "WRITE_X": write_x}
+    aligned = tuple(k for k in sig if k.startswith("p_"))
+    return Spec(f"select[threshold={int(threshold)},write_x={int(write_x)},C={block_c}]",
+                _select_kernel, sig, const, 4 if block_c * block_j >= 2048 else 1, aligned)
+
+
+def specialisations(quick: bool = False) -> list[Spec]:
+    """Every variant `generate` can launch (`active` always given), or a cover set (`quick`):
+    each constexpr value at least once, the heaviest row kernel (bf16, CFG, noise, entropy) included."""
+    if quick:
+        rows = [_row_spec("bf16", True, True, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
+                _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random")]
+        combines = [_combine_spec(r) for r in _RULES]
+        selects = [_select_spec(True, True), _select_spec(False, False, block_c=512)]
+        return rows + combines + selects
+    rows = [_row_spec(d, c, n, r) for d, c, n, r in
+            itertools.product(_LOGIT_TYPES, (False, True), (False, True), ("low_confidence", "margin",
+                                                                            "entropy", "random"))]
+    # margin and low_confidence compile to the same row kernel (NEED_S, not NEED_A): keep one.
+    seen, uniq = set(), []
+    for s in rows:
+        key = (s.signature["p_logits"], tuple(sorted(s.constexprs.items())))
+        if key not in seen:
+            seen.add(key)
+            uniq.append(s)
+    combines = [_combine_spec(r) for r in _RULES]
+    selects = [_select_spec(t, w, c) for t, w in itertools.product((False, True), repeat=2)
+               for c in (32, 512)]
+    return uniq + combines + selects
+
+
+def _bin(tool: str) -> str:
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+    if os.path.exists(path):
+        return path
+    found = shutil.which(tool)
+    if not found:
+        raise FileNotFoundError(f"{tool} not found in the triton wheel nor on PATH")
+    return found
+
+
+def _resource_usage(cubin: bytes, arch: int) -> tuple[int, int, int]:
+    """(registers, local bytes, stack bytes) of the one kernel in `cubin`, from cuobjdump."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        out = subprocess.run([_bin("cuobjdump"), "--dump-resource-usage", path], check=True,
+                             capture_output=True, text=True).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)", out)
+    if not m:
+        raise RuntimeError(f"unexpected cuobjdump output for sm_{arch}:\n{out}")
+    return int(m.group(1)), int(m.group(3)), int(m.group(2))
+
+
+def scan_ptx(ptx: str) -> dict:
+    """{forbidden name: count} over the PTX instruction lines (comments stripped)."""
+    body = "\n".join(line.split("//")[0] for line in ptx.splitlines())
+    found = {}
+    for name, pattern in FORBIDDEN.items():
+        n = len(re.findall(pattern, body))
+        if n:
+            found[name] = n
+    return found
+
+
+def compile_spec(spec: Spec, arch: int) -> Result:
+    """Compile one variant for `sm_<arch>` (no GPU needed) and check it."""
+    t0 = time.time()
+    res = Result(spec, arch)
+    try:
+        names = list(spec.fn.arg_names)
+        signature = {k: spec.signature.get(k, "constexpr") for k in names}
+        attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in spec.aligned}
+        src = ASTSource(spec.fn, signature, constexprs=dict(spec.constexprs), attrs=attrs)
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": spec.num_warps, "enable_fp_fusion": False})
+        res.forbidden = scan_ptx(kernel.asm["ptx"])
+        res.registers, res.local_bytes, res.stack_bytes = _resource_usage(kernel.asm["cubin"], arch)
+    except Exception as e:  # noqa: BLE001 - reported, and fails the check
+        res.error = f"{type(e).__name__}: {e}"
+    res.seconds = time.time() - t0
+    return res
+
+
+def check(quick: bool = False, archs=ARCHS, log=None) -> list[Result]:
+    results = []
+    for spec in specialisations(quick):
+        for arch in archs:
+            r = compile_spec(spec, arch)
+            results.append(r)
+            if log:
+                log(_line(r))
+    return results
+
+
+def _line(r: Result) -> str:
+    status = "ok" if r.ok else "FAIL"
+    extra = f" forbidden={r.forbidden}" if r.forbidden else ""
+    extra += f" error={r.error}" if r.error else ""
+    return (f"{status:4} sm_{r.arch} {r.spec.name:58} warps={r.spec.num_warps} reg={r.registers:3} "
+            f"local={r.local_bytes} stack={r.stack_bytes} {r.seconds:5.1f}s{extra}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the cover set only (as the tests)")
+    ap.add_argument("--arch", type=int, action="append", help="80, 90 (default both)")
+    args = ap.parse_args(argv)
+    results = check(args.quick, tuple(args.arch or ARCHS), log=lambda s: print(s, flush=True))
+    bad = [r for r in results if not r.ok]
+    print(f"{len(results) - len(bad)}/{len(results)} ok (triton {triton.__version__})")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

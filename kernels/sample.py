@@ -1,0 +1,340 @@
+"""`sample_rows` as Triton kernels: Gumbel-max sample and confidence of selected logits rows.
+
+The function is `fastremask.reference.sample_rows` (the specification); this module computes the
+same bits (docs/numerics.md) while reading every needed logit exactly once:
+
+* `_sample_rows_kernel`, grid `(R, n_splits)`: program `(r, s)` reads a run of whole
+  `CHUNK = 2048`-entry chunks of logits row `rows[r]` (and of the unconditional row with CFG),
+  and writes one set of *partials* per chunk: max `m_c`, second largest `l2_c`, fixed-point
+  sums `S_c` / `A_c` (numerics.md §5), the best Gumbel score with its vocab index and logit,
+  and a NaN / `+inf` flag. The split is a performance choice only: every chunk's partials are
+  a fixed function of that chunk, so any split gives the same bits.
+* `_combine_kernel`, grid `(R,)`: combines the partials of one row exactly (numerics.md §5-6)
+  into `x0`, `confidence` and `invalid`.
+
+Rows whose `active` flag is False cost one load in each kernel.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from fastremask.numerics import CHUNK, FIXED
+from fastremask.reference import RowSample   # the one result type of every backend
+
+from .numerics import LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, log_, remask_uniform, to_f32
+
+__all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
+
+REMASKING = ("low_confidence", "random", "margin", "entropy")   # as fastremask.reference
+_LOW_CONFIDENCE, _MARGIN, _ENTROPY, _RANDOM = range(4)           # the RULE constexpr
+_RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY, "random": _RANDOM}
+MAX_VOCAB = 1 << 22        # 2048 chunks: the combine kernel holds a row's partials in one block
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
+_N_F, _N_I = 4, 4          # partial planes: fp32 (m, l2, best score, its logit), int64 (S, A, idx, bad)
+# Constants as constexpr (jit functions may only read constexpr globals).
+_FIXED_F = tl.constexpr(float(FIXED))   # 2**40, exact in fp32
+_FIXED_I = tl.constexpr(FIXED)
+_INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress", "step"])   # no recompiles per step
+def _sample_rows_kernel(
+    p_logits, p_uncond, p_rows, p_seeds, p_pos, p_active, p_suppress, p_pf, p_pi,
+    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, step, temperature, cfg_s1,
+    CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr,
+):
+    i_r = tl.program_id(0)
+    i_s = tl.program_id(1)
+    act = True
+    if HAS_ACTIVE:
+        act = tl.load(p_active + i_r) != 0
+    if act:
+        plane = tl.num_programs(0).to(tl.int64) * n_chunks          # one partial plane [R, NC]
+        row = tl.load(p_rows + i_r)                                  # int64
+        p_l = p_logits + row * stride_l                              # int64 offsets: N * V > 2**31
+        if HAS_CFG:
+            p_u = p_uncond + row * stride_u
+        if NOISE:
+            seed = tl.load(p_seeds + i_r)
+            pos = tl.load(p_pos + i_r).to(tl.uint32)
+        o = tl.arange(0, CHUNK)
+        c_lo = i_s * chunks_per_prog
+        c_hi = tl.minimum(c_lo + chunks_per_prog, n_chunks)
+        for c in range(c_lo, c_hi):
+            o_v = c * CHUNK + o                                      # [CHUNK] vocab index
+            m_v = o_v < V
+            b_l = tl.load(p_l + o_v, mask=m_v, other=0.0).to(tl.float32)
+            if HAS_CFG:
+                b_u = tl.load(p_u + o_v, mask=m_v, other=0.0).to(tl.float32)
+                b_l = b_u + cfg_s1 * (b_l - b_u)                     # §7: one rounding per op
+            b_l = tl.where(m_v, b_l, float("-inf"))                  # past the vocab: -inf
+            for j in range(n_suppress):                              # after the CFG, as §7
+                b_l = tl.where(o_v == tl.load(p_suppress + j), float("-inf"), b_l)
+            # NaN / +inf make the row invalid (its outputs are fixed below); NaN -> -inf keeps
+            # every reduction well defined meanwhile.
+            bad = tl.max(((b_l != b_l) | (b_l == float("inf"))).to(tl.int32), 0)
+            b_l = tl.where(b_l == b_l, b_l, float("-inf"))
+            m_c = tl.max(b_l, 0)
+            i_top = tl.min(tl.where(b_l == m_c, o, CHUNK), 0)        # first max: the rest hold l2
+            l2_c = tl.max(tl.where(o == i_top, float("-inf"), b_l), 0)
+            if NOISE:
+                b_s = b_l + temperature * gumbel_noise(seed, pos, step, o_v)   # §4: one mul, one add
+            else:
+                b_s = b_l                                            # T == 0 draws no noise
+            best = tl.max(b_s, 0)
+            i_best = tl.min(tl.where(b_s == best, o, CHUNK), 0)      # ties: lowest index
+            l_best = tl.max(tl.where(o == i_best, b_l, float("-inf")), 0)
+            s_c = 0
+            a_c = 0
+            if NEED_S:
+                d = b_l - tl.where(m_c == float("-inf"), 0.0, m_c)   # <= 0; -inf past the vocab
+                e = exp_(d)
+                s_c = tl.sum((e * _FIXED_F).to(tl.int64), 0)            # * 2**40 exact, trunc, int sum
+                if NEED_A:
+                    t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf: none
+                    a_c = tl.sum((t * _FIXED_F).to(tl.int64), 0)
+            o_p = i_r.to(tl.int64) * n_chunks + c
+            tl.store(p_pf + o_p, m_c)
+            tl.store(p_pf + plane + o_p, l2_c)
+            tl.store(p_pf + 2 * plane + o_p, best)
+            tl.store(p_pf + 3 * plane + o_p, l_best)
+            tl.store(p_pi + o_p, s_c)
+            tl.store(p_pi + plane + o_p, a_c)
+            tl.store(p_pi + 2 * plane + o_p, (c * CHUNK + i_best).to(tl.int64))
+            tl.store(p_pi + 3 * plane + o_p, bad.to(tl.int64))
+
+
+@triton.jit(do_not_specialize=["step"])
+def _combine_kernel(
+    p_pf, p_pi, p_active, p_seeds, p_pos, p_x0, p_conf, p_invalid, n_chunks, step,
+    RULE: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    i_r = tl.program_id(0)
+    act = True
+    if HAS_ACTIVE:
+        act = tl.load(p_active + i_r) != 0
+    if act:
+        plane = tl.num_programs(0).to(tl.int64) * n_chunks
+        o_c = tl.arange(0, BLOCK_C)
+        m_c = o_c < n_chunks
+        o_p = i_r.to(tl.int64) * n_chunks + o_c
+        b_m = tl.load(p_pf + o_p, mask=m_c, other=float("-inf"))              # [BLOCK_C]
+        b_best = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"))
+        b_lbest = tl.load(p_pf + 3 * plane + o_p, mask=m_c, other=float("-inf"))
+        b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0)
+        b_bad = tl.load(p_pi + 3 * plane + o_p, mask=m_c, other=0)
+        m = tl.max(b_m, 0)
+        invalid = (tl.max(b_bad, 0) != 0) | (m == float("-inf"))
+        # x0: best score over chunks; chunks are in vocab order, so the first best chunk holds
+        # the lowest index among equal scores.
+        best = tl.max(b_best, 0)
+        c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
+        x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
+        l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
+        if RULE == 3:   # random
+            conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), step)
+        else:
+            b_s = tl.load(p_pi + o_p, mask=m_c, other=0)
+            if RULE == 2:    # entropy needs B
+                b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0)
+            else:
+                b_a = tl.zeros((BLOCK_C,), tl.int64)                 # B unused: no load
+            z_c, b_c = combine_terms(b_m, b_s, b_a, m)               # §5, per chunk, exact ints
+            z = tl.sum(z_c, 0)                                       # Z, scaled by 2**40
+            if RULE == 0:   # low_confidence
+                conf = fixed_ratio(fixed_term(l_x0, m), z)
+            elif RULE == 1:  # margin: top-2 over chunks, the max counted once
+                c_top = tl.min(tl.where(b_m == m, o_c, BLOCK_C), 0)
+                b_l2 = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"))
+                l2 = tl.maximum(tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0),
+                                tl.max(tl.where(o_c == c_top, b_l2, float("-inf")), 0))
+                conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)   # 2**40 - t(l2)
+            else:            # entropy
+                conf = -(log_(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
+        tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
+        tl.store(p_conf + i_r, tl.where(invalid, float("nan"), conf))
+        tl.store(p_invalid + i_r, invalid)
+    else:
+        tl.store(p_x0 + i_r, -1)
+        tl.store(p_conf + i_r, float("-inf"))
+        tl.store(p_invalid + i_r, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# launcher
+# ---------------------------------------------------------------------------------------------
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, logits on {device}: put them on one device")
+
+
+def _index_tensor(name: str, t, r: int, device: torch.device) -> torch.Tensor:
+    if not torch.is_tensor(t):
+        raise TypeError(f"{name} must be an int64 tensor of shape [{r}], got {type(t).__name__}")
+    _check_device(name, t, device)
+    if t.shape != (r,):
+        raise ValueError(f"{name} must have shape [{r}] (one per row), got {list(t.shape)}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64, got {t.dtype}")
+    return t.contiguous()
+
+
+def _suppress_tensor(suppress_tokens, v: int, device: torch.device) -> torch.Tensor | None:
+    if suppress_tokens is None:
+        return None
+    if torch.is_tensor(suppress_tokens):
+        _check_device("suppress_tokens", suppress_tokens, device)
+        t = suppress_tokens.reshape(-1).to(torch.int64)
+    else:
+        ids = [int(i) for i in suppress_tokens]
+        if any(i < 0 or i >= v for i in ids):
+            raise ValueError(f"suppress_tokens must lie in [0, {v}), got {ids}")
+        t = torch.tensor(ids, dtype=torch.int64, device=device)   # host -> device: pass a tensor to avoid
+    return t if t.numel() else None
+
+
+def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | None,
+                   num_warps: int | None) -> tuple[int, int, int]:
+    """(chunks per program, programs per row, warps): a performance choice only, never the bits."""
+    if chunks_per_prog is None:
+        n_splits = min(n_chunks, max(1, triton.cdiv(_TARGET_PROGRAMS, max(r, 1))))
+        chunks_per_prog = triton.cdiv(n_chunks, n_splits)
+    chunks_per_prog = max(1, min(int(chunks_per_prog), n_chunks))
+    if num_warps is None:
+        num_warps = 8 if noise else 4   # noise: philox + two logs per entry, spread the registers
+    return chunks_per_prog, triton.cdiv(n_chunks, chunks_per_prog), num_warps
+
+
+def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
+                positions: torch.Tensor, step: int, *, temperature: float, remasking: str,
+                cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
+                suppress_tokens=None, active: torch.Tensor | None = None,
+                out: RowSample | None = None, chunks_per_prog: int | None = None,
+                num_warps: int | None = None) -> RowSample:
+    """Gumbel-max sample and confidence of logits rows, bit-equal to `reference.sample_rows`.
+
+    Parameters
+    ----------
+    logits : fp32, bf16 or fp16 tensor [N, V]
+        The model's output flattened over batch and length. Read at its own width; the row
+        stride is honoured (the vocab dimension must have stride 1, else a contiguous copy is made).
+    rows : int64 [R]
+        Indices into `N` of the rows to sample.
+    seeds, positions : int64 [R]
+        Each row's seed in [0, 2**63) and its position within the generated answer.
+    step : int
+        Global step index (counter word `c2`).
+    temperature : float
+        Gumbel noise scale; 0 draws no noise (argmax).
+    remasking : {"low_confidence", "margin", "entropy", "random"}
+        Which confidence to return (docs/numerics.md §6).
+    cfg_scale : float
+        With `uncond_logits`: `l = u + (cfg_scale + 1) * (c - u)` in fp32.
+    uncond_logits : tensor like `logits`, optional
+        Unconditional logits; the same `rows` apply. Never combined into a written tensor.
+    suppress_tokens : int64 tensor [K] or sequence of int, optional
+        Token ids whose logits count as -inf. Pass a device tensor to avoid a host copy per call.
+    active : bool [R], optional
+        Rows where False are skipped and return `x0 = -1`, `confidence = -inf`, `invalid = False`.
+    out : RowSample, optional
+        Preallocated outputs (int64, fp32, bool, each [R]) to write into.
+    chunks_per_prog, num_warps : int, optional
+        Launch tuning (vocab chunks per program, warps of the row kernel). Results do not depend
+        on them.
+
+    Returns
+    -------
+    RowSample
+        `x0` int64 [R], `confidence` fp32 [R], `invalid` bool [R] (NaN or +inf logits, or no
+        finite logit, in that row after CFG and suppression; such rows get `x0 = -1`,
+        `confidence = NaN`).
+    """
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        raise ValueError("logits must be a tensor [N, V]")
+    if logits.dtype not in _DTYPES:
+        raise TypeError(f"logits must be fp32, bf16 or fp16, got {logits.dtype}")
+    device = logits.device
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
+                         "(or set TRITON_INTERPRET=1 before importing triton, for small tests)")
+    n, v = logits.shape
+    if not 1 <= v <= MAX_VOCAB:
+        raise ValueError(f"vocab size {v} outside [1, {MAX_VOCAB}] supported by the triton kernels")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0 and temperature != float("inf")):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    step = int(step)
+    if not 0 <= step < 2 ** 32:
+        raise ValueError(f"step must lie in [0, 2**32), got {step}")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    r = rows.shape[0] if torch.is_tensor(rows) and rows.dim() == 1 else -1
+    rows = _index_tensor("rows", rows, r, device)
+    seeds = _index_tensor("seeds", seeds, r, device)
+    positions = _index_tensor("positions", positions, r, device)
+    has_cfg = uncond_logits is not None
+    if has_cfg:
+        if uncond_logits.shape != logits.shape or uncond_logits.dtype != logits.dtype:
+            raise ValueError(f"uncond_logits must match logits ({list(logits.shape)}, {logits.dtype}), "
+                             f"got {list(uncond_logits.shape)}, {uncond_logits.dtype}")
+        _check_device("uncond_logits", uncond_logits, device)
+        if uncond_logits.stride(1) != 1:
+            uncond_logits = uncond_logits.contiguous()
+    cfg_s1 = _f32(float(cfg_scale) + 1.0)   # numerics.md §7: s + 1 rounded to fp32 first
+    if active is not None:
+        _check_device("active", active, device)
+        if active.shape != (r,) or active.dtype != torch.bool:
+            raise ValueError(f"active must be bool [{r}], got {active.dtype} {list(active.shape)}")
+        active = active.contiguous()
+    sup = _suppress_tensor(suppress_tokens, v, device)
+
+    if out is None:
+        out = RowSample(torch.empty(r, dtype=torch.int64, device=device),
+                        torch.empty(r, dtype=torch.float32, device=device),
+                        torch.empty(r, dtype=torch.bool, device=device))
+    if r == 0:
+        return out
+
+    rule = _RULE[remasking]
+    noise = temperature != 0.0
+    n_chunks = triton.cdiv(v, CHUNK)
+    cpp, n_splits, warps = _launch_config(r, n_chunks, noise, chunks_per_prog, num_warps)
+    pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
+    pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
+    _sample_rows_kernel[(r, n_splits)](
+        logits, uncond_logits if has_cfg else logits, rows, seeds, positions,
+        active if active is not None else rows, sup if sup is not None else rows, pf, pi,
+        logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
+        sup.numel() if sup is not None else 0, step, _f32(temperature), cfg_s1,
+        CHUNK=CHUNK, HAS_CFG=has_cfg,
+        HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
+        NEED_A=rule == _ENTROPY, num_warps=warps, **LAUNCH_OPTIONS)
+    block_c = max(2, triton.next_power_of_2(n_chunks))
+    _combine_kernel[(r,)](
+        pf, pi, active if active is not None else rows, seeds, positions,
+        out.x0, out.confidence, out.invalid, n_chunks, step,
+        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c,
+        num_warps=1 if block_c <= 256 else 4, **LAUNCH_OPTIONS)
+    return out
+
+
+def _f32(x: float) -> float:
+    """`x` rounded to the nearest fp32 (what the kernel receives for an fp32 scalar argument)."""
+    return struct.unpack("f", struct.pack("f", x))[0]

@@ -1,0 +1,148 @@
+"""`select` as a Triton kernel: which candidates of each batch row keep their sample.
+
+The function is `fastremask.reference.select` (docs/numerics.md §8). One program per batch row
+ranks its candidates by (non-deferred first, higher confidence, lower position): the rank of
+candidate `i` is the number of candidates that come before it, counted by comparing all pairs
+in tiles of `[BLOCK_C, BLOCK_J]`. The order is strict and total, so ranks are `0 .. n-1` and
+no sort, `nonzero` or host sync is needed: schedule mode keeps rank `< k`, threshold mode keeps
+the non-deferred candidates `>= threshold`, or rank 0 when there is none. Optionally the kept
+`x0` are written into the sequence `x` in the same kernel.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from .numerics import LAUNCH_OPTIONS
+
+__all__ = ["select"]
+
+_PAIRS = 4096   # elements of one [BLOCK_C, BLOCK_J] comparison tile
+
+
+@triton.jit(do_not_specialize=["x_start"])   # the block start changes every block
+def _select_kernel(
+    p_conf, p_cand, p_def, p_k, p_keep, p_x, p_x0,
+    C, stride_conf, stride_cand, stride_def, stride_keep, stride_x, stride_x0, x_start, threshold,
+    BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, THRESHOLD: tl.constexpr, WRITE_X: tl.constexpr,
+):
+    i_b = tl.program_id(0).to(tl.int64)
+    o_i = tl.arange(0, BLOCK_C)
+    m_i = o_i < C
+    b_conf_i = tl.load(p_conf + i_b * stride_conf + o_i, mask=m_i, other=0.0)      # [BLOCK_C]
+    b_cand_i = tl.load(p_cand + i_b * stride_cand + o_i, mask=m_i, other=0) != 0
+    b_def_i = (tl.load(p_def + i_b * stride_def + o_i, mask=m_i, other=0) != 0).to(tl.int32)
+    rank = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for j0 in range(0, C, BLOCK_J):
+        o_j = j0 + tl.arange(0, BLOCK_J)
+        m_j = o_j < C
+        b_conf_j = tl.load(p_conf + i_b * stride_conf + o_j, mask=m_j, other=0.0)  # [BLOCK_J]
+        b_cand_j = tl.load(p_cand + i_b * stride_cand + o_j, mask=m_j, other=0) != 0
+        b_def_j = (tl.load(p_def + i_b * stride_def + o_j, mask=m_j, other=0) != 0).to(tl.int32)
+        d_i, d_j = b_def_i[:, None], b_def_j[None, :]                                # [BLOCK_C, BLOCK_J]
+        c_i, c_j = b_conf_i[:, None], b_conf_j[None, :]
+        before = (d_j < d_i) | ((d_j == d_i) & ((c_j > c_i) | ((c_j == c_i) & (o_j[None, :] < o_i[:, None]))))
+        before = before & b_cand_j[None, :]
+        rank += tl.sum(before.to(tl.int32), 1)
+    if THRESHOLD:
+        keep = b_cand_i & (b_def_i == 0) & (b_conf_i >= threshold)
+        none = tl.max(keep.to(tl.int32), 0) == 0
+        keep = (keep | (b_cand_i & (rank == 0) & none)) != 0   # none above: the first by the ranking
+    else:
+        keep = b_cand_i & (rank.to(tl.int64) < tl.load(p_k + i_b))
+    tl.store(p_keep + i_b * stride_keep + o_i, keep, mask=m_i)
+    if WRITE_X:
+        b_x0 = tl.load(p_x0 + i_b * stride_x0 + o_i, mask=m_i & keep, other=0)
+        tl.store(p_x + i_b * stride_x + x_start + o_i, b_x0, mask=m_i & keep)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Tensor,
+           k: torch.Tensor | None, threshold: float | None = None, *,
+           x: torch.Tensor | None = None, x0: torch.Tensor | None = None, start: int = 0,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions of each batch row that keep their sample, bit-equal to `reference.select`.
+
+    Parameters
+    ----------
+    confidence : fp32 [B, C]
+        Confidence of each position of the current block (any value where not a candidate).
+    candidate : bool [B, C]
+        Still-masked positions of the block.
+    deferred : bool [B, C]
+        Candidates whose `x0` is a deferred token: ranked after all others.
+    k : int64 [B]
+        Schedule mode: how many to keep per row (capped at the candidates). Ignored when
+        `threshold` is given (may be None then).
+    threshold : float, optional
+        Threshold mode: keep every non-deferred candidate with confidence `>= threshold`
+        (compared in fp32); when there is none, the first by the ranking.
+    x : int64 [B, L], optional
+        When given with `x0` (int64 [B, C]), the kept `x0[b, i]` are written to `x[b, start + i]`
+        **in place**, in the same kernel.
+    start : int
+        Column of `x` where the block begins.
+    out : bool [B, C], optional
+        Preallocated result.
+
+    Returns
+    -------
+    keep : bool [B, C]
+    """
+    if not torch.is_tensor(confidence) or confidence.dim() != 2 or confidence.dtype != torch.float32:
+        raise ValueError("confidence must be an fp32 tensor [B, C]")
+    device = confidence.device
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(f"the triton backend needs CUDA tensors, got confidence on {device}")
+    b, c = confidence.shape
+    for name, t in (("candidate", candidate), ("deferred", deferred)):
+        if not torch.is_tensor(t) or t.shape != (b, c) or t.dtype != torch.bool or t.device != device:
+            raise ValueError(f"{name} must be a bool tensor [{b}, {c}] on {device}")
+    threshold_mode = threshold is not None
+    if not threshold_mode:
+        if not torch.is_tensor(k) or k.shape != (b,) or k.dtype != torch.int64 or k.device != device:
+            raise ValueError(f"k must be an int64 tensor [{b}] on {device} (or give threshold)")
+    write_x = x is not None
+    if write_x:
+        if x0 is None or x0.shape != (b, c) or x0.dtype != torch.int64 or x0.device != device:
+            raise ValueError(f"x0 must be an int64 tensor [{b}, {c}] on {device} when x is given")
+        if x.dim() != 2 or x.shape[0] != b or x.dtype != torch.int64 or x.device != device:
+            raise ValueError(f"x must be an int64 tensor [{b}, L] on {device}")
+        if x.stride(1) != 1:
+            raise ValueError("x must have unit stride along its length (it is written in place)")
+        start = int(start)
+        if not 0 <= start <= x.shape[1] - c:
+            raise ValueError(f"block [{start}, {start + c}) does not fit in x of length {x.shape[1]}")
+        if x0.stride(1) != 1:
+            x0 = x0.contiguous()
+    if out is None:
+        out = torch.empty((b, c), dtype=torch.bool, device=device)
+    elif out.shape != (b, c) or out.dtype != torch.bool or out.device != device or out.stride(1) != 1:
+        raise ValueError(f"out must be a bool tensor [{b}, {c}] on {device} with unit last stride")
+    if b == 0 or c == 0:
+        return out
+    confidence = confidence if confidence.stride(1) == 1 else confidence.contiguous()
+    candidate = candidate if candidate.stride(1) == 1 else candidate.contiguous()
+    deferred = deferred if deferred.stride(1) == 1 else deferred.contiguous()
+    block_c = max(2, triton.next_power_of_2(c))
+    block_j = max(2, min(block_c, _PAIRS // block_c))
+    _select_kernel[(b,)](
+        confidence, candidate, deferred, k if not threshold_mode else confidence, out,
+        x if write_x else out, x0 if write_x else out,
+        c, confidence.stride(0), candidate.stride(0), deferred.stride(0), out.stride(0),
+        x.stride(0) if write_x else 0, x0.stride(0) if write_x else 0, start if write_x else 0,
+        _f32(float(threshold)) if threshold_mode else 0.0,
+        BLOCK_C=block_c, BLOCK_J=block_j, THRESHOLD=threshold_mode, WRITE_X=write_x,
+        num_warps=4 if block_c * block_j >= 2048 else 1, **LAUNCH_OPTIONS)
+    return out
