@@ -44,6 +44,7 @@ def _f32(x: float) -> float:
 LOG2E = _f32(1.4426950408889634)
 LN2_HI = 0.693145751953125            # 0x3F317200: 15 significant bits, so k * LN2_HI is exact
 LN2_LO = _f32(0.6931471805599453 - 0.693145751953125)
+ROUNDER = 12582912.0                  # 1.5 * 2**23: t + ROUNDER - ROUNDER = rint(t), |t| < 2**22
 EXP_LO, EXP_HI = -104.0, 89.0         # exp_ clamps here: below rounds to 0, above to inf
 EXP_C = tuple(_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
 LOG_C = tuple(_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
@@ -143,8 +144,8 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
 
 def exp_(x: torch.Tensor) -> torch.Tensor:
     """exp of fp32 `x`: Cody-Waite reduction, degree-7 Taylor polynomial, scaling by bits."""
-    x = x.clamp(EXP_LO, EXP_HI)                  # keeps k in range; exp_(-inf) = 0, exp_(inf) = inf
-    k = (x * LOG2E).add_(0.5).floor_()
+    x = x.clamp(EXP_LO, EXP_HI)                  # keeps k in range: -inf -> 0, inf -> inf; NaN stays
+    k = (x * LOG2E).add_(ROUNDER).sub_(ROUNDER)  # nearest integer (ties to even): exact adds
     r = (x - k * LN2_HI).sub_(k * LN2_LO)        # k * LN2_HI is exact, so is the first subtraction
     c2, c3, c4, c5, c6, c7 = EXP_C
     q = (r * c7).add_(c6).mul_(r).add_(c5).mul_(r).add_(c4).mul_(r).add_(c3).mul_(r).add_(c2)
@@ -157,7 +158,7 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_(x: torch.Tensor) -> torch.Tensor:
-    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0."""
+    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0 and for NaN."""
     sub = x < 1.1754943508222875e-38             # subnormal: scale by 2**23 to normalise it
     xs = torch.where(sub, x * TWO_P23, x)
     bits = xs.view(torch.int32) - SQRT_HALF_BITS  # exponent of x / sqrt(1/2) ...
@@ -173,7 +174,7 @@ def log_(x: torch.Tensor) -> torch.Tensor:
     y = (e * LN2_HI).add_(logm.add_(e * LN2_LO))  # e * LN2_HI is exact; small terms first
     y = torch.where(x == 0, float("-inf"), y)
     y = torch.where(x == float("inf"), float("inf"), y)
-    return torch.where(x < 0, float("nan"), y)
+    return torch.where(x >= 0, y, float("nan"))  # x < 0 and NaN give NaN
 
 
 def log1p_(x: torch.Tensor) -> torch.Tensor:

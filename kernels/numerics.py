@@ -1,0 +1,223 @@
+"""The numerics contract (docs/numerics.md) as Triton device functions.
+
+Each function is the twin of the one of the same name in `fastremask/numerics.py`: the same
+operations in the same order, so the two return the same bits (tests/test_numerics_triton.py).
+What makes that hold on a GPU:
+
+* kernels that call these are launched with `LAUNCH_OPTIONS` (`enable_fp_fusion=False`): a
+  contracted `a * b + c` (fma.rn.f32) rounds once where PyTorch rounds twice;
+* division is `tl.div_rn`: fp32 `/` may lower to `div.full.f32`, which is not IEEE;
+* no `tl.exp`, `tl.log` or libdevice: they lower to `ex2.approx` / `lg2.approx`;
+* plain fp32 ops keep subnormals; `tl.floor` would not (it lowers to `cvt.rmi.ftz`), so
+  `exp_` rounds with an add/sub pair instead.
+
+32-bit words are `tl.uint32` here (int64 in `[0, 2**32)` on the PyTorch side).
+"""
+import triton
+import triton.language as tl
+
+from fastremask import numerics as _nm
+
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}   # pass as `kernel[grid](..., **LAUNCH_OPTIONS)`
+
+# The constants are the PyTorch side's, as constexprs (every float is an exact fp32 value).
+_ROUND_A = tl.constexpr(_nm.PHILOX_ROUND_A)
+_ROUND_B = tl.constexpr(_nm.PHILOX_ROUND_B)
+_KEY_A = tl.constexpr(_nm.PHILOX_KEY_A)
+_KEY_B = tl.constexpr(_nm.PHILOX_KEY_B)
+_LOG2E = tl.constexpr(_nm.LOG2E)
+_ROUNDER = tl.constexpr(_nm.ROUNDER)
+_LN2_HI = tl.constexpr(_nm.LN2_HI)
+_LN2_LO = tl.constexpr(_nm.LN2_LO)
+_EXP_LO = tl.constexpr(_nm.EXP_LO)
+_EXP_HI = tl.constexpr(_nm.EXP_HI)
+_E2, _E3, _E4, _E5, _E6, _E7 = (tl.constexpr(c) for c in _nm.EXP_C)
+_L3, _L5, _L7, _L9 = (tl.constexpr(c) for c in _nm.LOG_C)
+_SQRT_HALF_BITS = tl.constexpr(_nm.SQRT_HALF_BITS)
+_MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)   # 2**-126
+_TWO_P23 = tl.constexpr(_nm.TWO_P23)
+_TWO_M24 = tl.constexpr(_nm.TWO_M24)
+_TWO_M48 = tl.constexpr(_nm.TWO_M48)
+_TWO_M73 = tl.constexpr(_nm.TWO_M73)
+_ONE_M24 = tl.constexpr(_nm.ONE_M24)
+_FIXED_F = tl.constexpr(float(_nm.FIXED))
+_STREAM_GUMBEL = tl.constexpr(_nm.STREAM_GUMBEL)
+_STREAM_REMASK = tl.constexpr(_nm.STREAM_REMASK)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Philox4x32-10
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def philox(seed, c0, c1, c2, c3, ROUNDS: tl.constexpr = 10):
+    """Philox4x32 on counter words (uint32 / int32 / int64 tensors or ints in [0, 2**32)) and a
+    64-bit `seed`; returns four uint32 words of the broadcast shape."""
+    seed = tl.to_tensor(seed).to(tl.uint64)          # an int64 keys as its bits, as tl.philox
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c0 = tl.to_tensor(c0).to(tl.uint32)
+    c1 = tl.to_tensor(c1).to(tl.uint32)
+    c2 = tl.to_tensor(c2).to(tl.uint32)
+    c3 = tl.to_tensor(c3).to(tl.uint32)
+    for _ in tl.static_range(ROUNDS):
+        _c0, _c2 = c0, c2
+        c0 = tl.umulhi(_c2, _ROUND_B) ^ c1 ^ k0
+        c2 = tl.umulhi(_c0, _ROUND_A) ^ c3 ^ k1
+        c1 = tl.mul(_c2, _ROUND_B, sanitize_overflow=False)     # low word: wraps mod 2**32
+        c3 = tl.mul(_c0, _ROUND_A, sanitize_overflow=False)
+        k0 = tl.add(k0, _KEY_A, sanitize_overflow=False)        # a bump after the last round
+        k1 = tl.add(k1, _KEY_B, sanitize_overflow=False)        # is unused: Random123's schedule
+    return c0, c1, c2, c3
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Uniforms from integer bits
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def uniform72(r0, r1, r2):
+    """fp32 uniform in [2**-73, 1 - 2**-24] from 24 + 24 + 23 bits of three words."""
+    a = (r0 >> 8).to(tl.float32)                     # < 2**24: exact
+    b = (r1 >> 8).to(tl.float32)
+    c = ((r2 >> 9) * 2 + 1).to(tl.float32)           # odd, so w > 0
+    w = (c * _TWO_M73 + b * _TWO_M48) + a * _TWO_M24  # smallest first, two rounded additions
+    return tl.minimum(w, _ONE_M24)                   # the last addition can round up to 1.0
+
+
+@triton.jit
+def uniform24(r0):
+    """fp32 uniform (2k + 1) * 2**-24 in (0, 1), exact, from the top 23 bits of a word."""
+    return ((r0 >> 9) * 2 + 1).to(tl.float32) * _TWO_M24
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Own transcendentals
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def _pow2(k):
+    """2**k as fp32 from exponent bits, for int32 `k` in [-126, 127]."""
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def exp_(x):
+    """exp of fp32 `x`: Cody-Waite reduction, degree-7 Taylor polynomial, scaling by bits."""
+    # Keeps k in range (-inf -> 0, inf -> inf); NaN stays NaN, as torch.clamp.
+    x = tl.minimum(tl.maximum(x, _EXP_LO, propagate_nan=tl.PropagateNan.ALL), _EXP_HI,
+                   propagate_nan=tl.PropagateNan.ALL)
+    k = (x * _LOG2E + _ROUNDER) - _ROUNDER           # round to nearest integer by adds (no floor)
+    r = (x - k * _LN2_HI) - k * _LN2_LO              # k * LN2_HI exact, so is the subtraction
+    q = ((((r * _E7 + _E6) * r + _E5) * r + _E4) * r + _E3) * r + _E2
+    p = ((q * r) * r + r) + 1.0                      # 1 + (r + r*r*q): the big term added last
+    ki = k.to(tl.int32)
+    k1 = ki >> 1
+    return (p * _pow2(k1)) * _pow2(ki - k1)          # exact, then one rounding (gradual underflow)
+
+
+@triton.jit
+def log_(x):
+    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0 and for NaN."""
+    sub = x < _MIN_NORMAL                            # subnormal: scale by 2**23 to normalise it
+    xs = tl.where(sub, x * _TWO_P23, x)
+    bits = xs.to(tl.int32, bitcast=True) - _SQRT_HALF_BITS
+    e = bits >> 23                                   # mantissa lands in [sqrt(1/2), sqrt(2))
+    m = ((bits & 0x7FFFFF) + _SQRT_HALF_BITS).to(tl.float32, bitcast=True)
+    e = (e - sub.to(tl.int32) * 23).to(tl.float32)
+    f = m - 1.0                                      # exact (Sterbenz)
+    s = tl.div_rn(f, f + 2.0)                        # div_rn: fp32 '/' may be div.full, not IEEE
+    z = s * s
+    rz = (((z * _L9 + _L7) * z + _L5) * z + _L3) * z
+    logm = (s + s) + rz * s                          # 2s + s*R(s*s)
+    y = e * _LN2_HI + (logm + e * _LN2_LO)           # e * LN2_HI exact; small terms first
+    y = tl.where(x == 0, float("-inf"), y)
+    y = tl.where(x == float("inf"), float("inf"), y)
+    return tl.where(x >= 0, y, float("nan"))          # x < 0 and NaN give NaN
+
+
+@triton.jit
+def log1p_(x):
+    """log(1 + x) for fp32 `x >= -1` (Goldberg: exact u - 1 corrects the rounding of 1 + x)."""
+    u = x + 1.0
+    y = tl.div_rn(log_(u) * x, u - 1.0)
+    return tl.where(u == 1.0, x, y)
+
+
+@triton.jit
+def gumbel(w):
+    """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
+    return -log_(-log1p_(-w))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-6. Fixed-point sums and confidences
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def to_f32(n):
+    """int64 -> fp64 -> fp32, each rounding to nearest (as the PyTorch side)."""
+    return n.to(tl.float64).to(tl.float32)
+
+
+@triton.jit
+def fixed_term(l, m):
+    """t(l) = trunc(exp_(l - m) * 2**40) as int64."""
+    return (exp_(l - m) * _FIXED_F).to(tl.int64)     # * 2**40 exact; fp -> int truncates
+
+
+@triton.jit
+def fixed_ratio(n, z):
+    """q(n) = fp32(n) / fp32(Z), correctly rounded."""
+    return tl.div_rn(to_f32(n), to_f32(z))
+
+
+@triton.jit
+def chunk_partials(l):
+    """m_c fp32, S_c int64, A_c int64 of one chunk: `l` is fp32 [..., CHUNK] (-inf past the
+    vocab); reduces the last axis. An all -inf chunk gives (-inf, 0, 0)."""
+    m_c = tl.max(l, axis=-1, keep_dims=True)
+    d = l - tl.where(m_c == float("-inf"), 0.0, m_c)  # <= 0; no -inf - -inf
+    e = exp_(d)
+    t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf is no term
+    s_c = tl.sum((e * _FIXED_F).to(tl.int64), axis=-1)
+    a_c = tl.sum((t * _FIXED_F).to(tl.int64), axis=-1)
+    return tl.max(l, axis=-1), s_c, a_c
+
+
+@triton.jit
+def combine_terms(m_c, s_c, a_c, m):
+    """Per-chunk terms of Z and B (int64) given the row max `m`; sum them in any order."""
+    live = m_c != float("-inf")                      # dead chunks add exactly 0
+    f = exp_(tl.where(live, m_c - m, float("-inf"))).to(tl.float64)
+    d = tl.where(live, m.to(tl.float64) - m_c.to(tl.float64), 0.0)
+    s64 = s_c.to(tl.float64)                         # < 2**51: exact
+    z_c = (s64 * f).to(tl.int64)
+    b_c = ((a_c.to(tl.float64) + d * s64) * f).to(tl.int64)
+    return z_c, b_c
+
+
+@triton.jit
+def combine_chunks(m_c, s_c, a_c):
+    """(m, Z, B) of a row from its chunk partials along the last axis (pad with -inf, 0, 0)."""
+    m = tl.max(m_c, axis=-1, keep_dims=True)
+    z_c, b_c = combine_terms(m_c, s_c, a_c, m)
+    return tl.max(m_c, axis=-1), tl.sum(z_c, axis=-1), tl.sum(b_c, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Draws used by the samplers
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def gumbel_noise(seed, pos, step, o_v):
+    """Gumbel noise for vocab indices `o_v` of a row (seed int64, position, global step)."""
+    r0, r1, r2, r3 = philox(seed, o_v, pos, step, _STREAM_GUMBEL)
+    return gumbel(uniform72(r0, r1, r2))
+
+
+@triton.jit
+def remask_uniform(seed, pos, step):
+    """The `random` remasking confidence of a position."""
+    r0, r1, r2, r3 = philox(seed, 0, pos, step, _STREAM_REMASK)
+    return uniform24(r0)
