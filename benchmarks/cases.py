@@ -276,23 +276,29 @@ def step_callable(backend: str, inp: StepInputs) -> Callable[[], torch.Tensor]:
 
 
 def _llada_step(mod, inp: StepInputs):
-    """LLaDA's step on the whole ``[B, L, V]`` logits (fastremask/llada.py)."""
+    """LLaDA's step on the whole ``[B, L, V]`` logits (`fastremask.llada.llada_step`), with
+    LLaDA's CFG combine (``u + (s + 1) * (c - u)`` over all of ``[B, L, V]``) in front of it,
+    as its generate loop does; the fast backends do the combine inside ``sample_rows``."""
     case = inp.case
     block_end = case.prompt + case.block
-    num_transfer = inp.k
+    B = case.batch
 
     def fn():
-        x = inp.x.clone()
-        return mod.llada_step(
-            inp.logits, x, num_transfer, temperature=case.temperature, remasking=case.remasking,
-            cfg_scale=case.cfg, prompt_length=case.prompt, block_end=block_end, mask_id=inp.mask_id,
-        )
+        torch.manual_seed(SEED)  # LLaDA draws from the global generator
+        logits = inp.logits
+        if case.cfg:
+            c, u = logits[:B], logits[B:]
+            logits = u + (case.cfg + 1) * (c - u)
+        return mod.llada_step(inp.x, logits, inp.k, block_end=block_end, temperature=case.temperature,
+                              remasking=case.remasking, mask_id=inp.mask_id)
 
     return fn
 
 
 def _rows_step(mod, inp: StepInputs):
-    """sample_rows on the block's candidate rows, select, write the kept tokens into x."""
+    """What `fastremask.generate`'s fast loop does in a step whose candidates are the whole
+    block: sample_rows on the candidate rows, the NaN/inf check (its one host sync), select,
+    write the kept tokens into x."""
     case = inp.case
     B, L, V, C = case.batch, case.length, case.vocab, case.block
     flat = inp.logits.view(-1, V)
@@ -307,6 +313,8 @@ def _rows_step(mod, inp: StepInputs):
             cond, inp.rows, inp.seeds, inp.positions, 0, temperature=case.temperature,
             remasking=case.remasking, cfg_scale=case.cfg, uncond_logits=uncond,
         )
+        if bool(s.invalid.any()):  # the generate loops' one host sync per step
+            raise ValueError(f"invalid logits in benchmark case {case.name}")
         keep = mod.select(s.confidence.view(B, C), candidate, deferred, inp.k, None)
         blk = x[:, s0:s1]
         blk[keep] = s.x0.view(B, C)[keep]

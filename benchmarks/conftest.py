@@ -8,6 +8,7 @@ Options (all ``--bench-*``, so they cannot clash with pytest-benchmark's ``--ben
 * ``--bench-backends llada,reference,torch,triton``: which backends to time.
 * ``--bench-rounds N``: timed rounds per case (default 5 on CPU, 20 on CUDA; 1 with ``quick``).
 * ``--bench-device cpu|cuda``.
+* ``--bench-threads N``: ``torch.set_num_threads(N)`` (recorded in the results).
 
 Every benchmark's ``extra_info`` gets the device, torch, triton, commit, the case's
 ``bytes_moved`` and, after the run, effective GB/s, roofline share (of the copy bandwidth
@@ -39,6 +40,9 @@ def pytest_addoption(parser):
     g.addoption("--bench-rounds", type=int, default=None, help="timed rounds per case")
     g.addoption("--bench-device", default=None, choices=["cpu", "cuda"],
                 help="device (default: cuda if available)")
+    g.addoption("--bench-threads", type=int, default=None,
+                help="torch.set_num_threads for the run (default: torch's own choice); on a shared, "
+                     "oversubscribed CPU one thread avoids OpenMP spin-waits that make small ops 50x slower")
 
 
 class BenchConfig:
@@ -69,10 +73,14 @@ class BenchConfig:
 
     def info(self) -> dict:
         return {"device": cases.device_name(self.device), "device_type": self.device.type,
-                **cases.versions(), "copy_gbps": self.bandwidth, "case_set": self.set_name}
+                **cases.versions(), "copy_gbps": self.bandwidth, "case_set": self.set_name,
+                "threads": torch.get_num_threads()}
 
 
 def pytest_configure(config):
+    threads = config.getoption("--bench-threads")
+    if threads:
+        torch.set_num_threads(threads)
     config._fastremask_bench = BenchConfig(config)
 
 

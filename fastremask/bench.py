@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to pick cases")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("--json", dest="json_path", default=None, help="write pytest-benchmark's JSON here")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                         help="compare two saved JSON runs instead of running anything")
@@ -87,6 +89,8 @@ def pytest_command(args, json_out: str) -> list[str]:
         cmd.append(f"--bench-rounds={args.rounds}")
     if args.device:
         cmd.append(f"--bench-device={args.device}")
+    if args.threads:
+        cmd.append(f"--bench-threads={args.threads}")
     if args.keyword:
         cmd += ["-k", args.keyword]
     return cmd
@@ -158,7 +162,7 @@ def format_table(data: dict) -> str:
     """One readable table per suite from pytest-benchmark's JSON (with our extra_info)."""
     info = data.get("fastremask") or data.get("machine_info", {}).get("fastremask", {})
     head = (f"device: {info.get('device', '?')} | torch {info.get('torch')} | triton {info.get('triton')} "
-            f"| commit {info.get('commit')} | copy bandwidth {info.get('copy_gbps', float('nan')):.1f} GB/s")
+            f"| {info.get('threads', '?')} threads | commit {info.get('commit')} | copy bandwidth {info.get('copy_gbps', float('nan')):.1f} GB/s")
     out = [head]
     by_kind: dict = {}
     for b in data["benchmarks"]:
