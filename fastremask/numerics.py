@@ -62,13 +62,12 @@ TWO_M73 = 2.0 ** -73
 
 def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) 32-bit words of the 64-bit product of the constant word `m` and words `x`."""
-    # Split x into 16-bit halves: each partial product is < 2**48, so int64 never overflows.
-    p_lo = x & 0xFFFF
-    p_lo.mul_(m)                                    # m * x_lo           < 2**48
-    t = x >> 16
-    t.mul_(m).add_(p_lo >> 16)                      # (m * x) >> 16      < 2**49
-    lo = (t & 0xFFFF).bitwise_left_shift_(16).bitwise_or_(p_lo.bitwise_and_(0xFFFF))
-    return t.bitwise_right_shift_(16), lo
+    # Split m into 16-bit halves: each partial product is < 2**48, so int64 never overflows.
+    p_lo = x * (m & 0xFFFF)                         # x * m_lo                < 2**48
+    p_hi = x * (m >> 16)                            # x * m_hi                < 2**48
+    lo = (p_hi & 0xFFFF).bitwise_left_shift_(16).add_(p_lo).bitwise_and_(MASK32)
+    hi = p_hi.add_(p_lo.bitwise_right_shift_(16)).bitwise_right_shift_(16)   # (x*m >> 16) >> 16
+    return hi, lo
 
 
 def _as_i64(x, device) -> torch.Tensor:
