@@ -242,8 +242,6 @@ def _png_path(base: str, index: int, many: bool) -> str:
 
 
 def run_generate(args) -> int:
-    import torch
-
     from .generate import generate
     from .models import PadIsMaskError
     from .trace import format_trace, kept_by_step, plot_trace

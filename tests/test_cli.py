@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fastremask import cli, generate, models, testing
 from fastremask.tiny import tiny_model
