@@ -1,0 +1,423 @@
+"""Accuracy against model calls (NFE) for schedules and remasking rules: ``fastremask eval``.
+
+    fastremask eval                                   # the shipped demo model on its task
+    fastremask eval -n 1000 --out benchmarks/results/eval_add15
+
+For one model and one task (`fastremask.tasks`), every schedule family is run with every
+remasking rule over its settings, the answers are checked exactly, and each point reports the
+measured NFE (model calls per example, counted around the model), the number of examples,
+the exact-match accuracy with its 95% Wilson interval, and the per-token accuracy.
+
+Schedule families (``--schedules``):
+
+* ``uniform``: LLaDA's schedule with ``steps`` = each NFE of ``--nfe``.
+* ``pyramid``: the post's pyramid, ``k_i = i // factor + 1``, for each ``--factors`` value; its
+  NFE is what the pyramid needs (`fastremask.schedule.pyramid_steps`), not a free choice.
+* ``ramp``: the pyramid's shape at any budget: exactly ``nfe`` steps, step 0 keeps one token
+  and the rest grow linearly (an explicit list schedule, `ramp_counts`); one point per
+  ``--nfe`` value, so it can be compared with ``uniform`` at equal NFE.
+
+Generation is batched (every prompt of a task has the same length, so no padding) through
+`fastremask.generate` with the given backend (``torch`` by default), one block covering the
+whole answer, temperature 0 by default (greedy tokens; ``random`` remasking is then the only
+randomness, seeded per batch from ``--seed``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .tasks import Task, get_task, wilson_interval
+
+__all__ = [
+    "Point",
+    "Row",
+    "ramp_counts",
+    "plan",
+    "evaluate",
+    "format_table",
+    "plot",
+    "add_arguments",
+    "run",
+    "load_model",
+]
+
+FAMILIES = ("uniform", "pyramid", "ramp")
+DEFAULT_RULES = ("low_confidence", "random")
+DEFAULT_FACTORS = (1, 2, 3, 4, 6, 8)
+
+
+def ramp_counts(n: int, steps: int) -> list[int]:
+    """``steps`` counts summing to ``n``: one token at step 0, then a linear ramp.
+
+    Every step keeps at least one token; the ``n - steps`` extra tokens are spread so that
+    the extra kept by step ``i`` grows linearly with ``i`` (cumulative extra after step ``i``
+    is ``round((n - steps) * i (i + 1) / ((steps - 1) steps))``). ``steps == 1`` keeps all
+    ``n`` at once; ``steps == n`` keeps one per step. With ``steps`` equal to a pyramid's step
+    count the counts are close to that pyramid's.
+    """
+    if not 1 <= steps <= n:
+        raise ValueError(f"ramp needs 1 <= steps <= n, got steps={steps}, n={n}")
+    if steps == 1:
+        return [n]
+    extra = n - steps
+    denom = (steps - 1) * steps
+    # integer rounding (half up) of the cumulative extra: exact, no float ties
+    cum = [(2 * extra * i * (i + 1) + denom) // (2 * denom) for i in range(steps)]
+    return [1 + cum[i] - (cum[i - 1] if i else 0) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration: a schedule family and its setting, and a remasking rule."""
+
+    family: str  # "uniform" | "pyramid" | "ramp"
+    setting: int  # uniform/ramp: steps; pyramid: factor
+    remasking: str
+
+    @property
+    def label(self) -> str:
+        return f"factor={self.setting}" if self.family == "pyramid" else f"steps={self.setting}"
+
+    def generate_kwargs(self, answer_length: int) -> dict:
+        """Keywords for `fastremask.generate` (``steps``, ``schedule``, ``factor``)."""
+        if self.family == "uniform":
+            return dict(steps=self.setting, schedule="uniform")
+        if self.family == "pyramid":
+            # steps is the pyramid's budget; it takes the fewest steps that finish the block
+            return dict(steps=answer_length, schedule="pyramid", factor=self.setting)
+        if self.family == "ramp":
+            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting))
+        raise ValueError(f"unknown schedule family {self.family!r}; known: {FAMILIES}")
+
+    def expected_nfe(self, answer_length: int) -> int:
+        if self.family == "pyramid":
+            from .schedule import pyramid_steps
+
+            return pyramid_steps(answer_length, self.setting)
+        return self.setting
+
+
+@dataclass
+class Row:
+    """One result: a `Point`, its measured NFE and its accuracy over ``n`` examples."""
+
+    family: str
+    setting: str
+    remasking: str
+    nfe: float
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    token_accuracy: float
+    seconds: float
+
+
+def plan(families, remasking, nfe_grid, factors, answer_length: int) -> list[Point]:
+    """The points to run: uniform and ramp at each NFE of the grid (<= answer length),
+    pyramid at each factor (whatever NFE it needs)."""
+    points = []
+    for fam in families:
+        if fam not in FAMILIES:
+            raise ValueError(f"unknown schedule family {fam!r}; known: {FAMILIES}")
+        settings = factors if fam == "pyramid" else [s for s in nfe_grid if 1 <= s <= answer_length]
+        if fam != "pyramid" and len(settings) != len(list(nfe_grid)):
+            dropped = sorted(set(nfe_grid) - set(settings))
+            raise ValueError(f"NFE values {dropped} are outside [1, answer length {answer_length}]")
+        for rule in remasking:
+            for s in sorted(set(settings)):
+                points.append(Point(fam, int(s), rule))
+    return points
+
+
+class _CountCalls:
+    """Wraps a model and counts its forward calls; everything else is passed through."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    task: Task,
+    schedules=("uniform", "pyramid"),
+    remasking=DEFAULT_RULES,
+    nfe_grid=None,
+    n_examples: int = 500,
+    seed: int = 0,
+    *,
+    factors=DEFAULT_FACTORS,
+    batch_size: int = 500,
+    temperature: float = 0.0,
+    backend: str = "torch",
+    mask_id: int | None = None,
+    progress=None,
+) -> list[Row]:
+    """Run every schedule family and remasking rule on the first ``n_examples`` test examples.
+
+    Parameters
+    ----------
+    model : a masked-diffusion LM with LLaDA's call interface (``model(x).logits [B, L, V]``)
+        trained on ``task``'s vocabulary.
+    task : a `fastremask.tasks.Task`.
+    schedules : families among ``"uniform"``, ``"pyramid"``, ``"ramp"``.
+    remasking : rules `fastremask.generate` accepts (``"low_confidence"``, ``"random"``, ...).
+    nfe_grid : NFE values for ``uniform`` and ``ramp`` (default: 1, 2, 3, 4, 6, 8, 12, 16, ...
+        up to and including the answer length).
+    factors : pyramid factors (those needing more steps than the answer length are dropped).
+    seed : ``generate``'s seed for the batch starting at example ``i`` is ``seed + i``.
+    progress : optional ``callable(str)`` told about each finished point.
+
+    Returns
+    -------
+    list of `Row`, in the order of `plan`. ``nfe`` is measured: model calls per batch,
+    averaged over batches (every row of a batch takes the same steps here).
+    """
+    from .generate import generate
+    from .schedule import pyramid_steps
+
+    A, P = task.answer_length, task.prompt_length
+    if mask_id is None:
+        mask_id = getattr(model, "mask_id", None)
+        if mask_id is None:
+            mask_id = getattr(getattr(model, "config", None), "mask_id", None)
+        if mask_id is None:
+            raise ValueError("mask_id not given and the model does not say (model.mask_id)")
+    if nfe_grid is None:
+        nfe_grid = default_nfe_grid(A)
+    factors = [f for f in factors if pyramid_steps(A, f) <= A]
+    points = plan(schedules, remasking, nfe_grid, factors, A)
+    prompts, _ = task.test_set(n_examples)
+    counter = _CountCalls(model)
+    rows = []
+    for pt in points:
+        kwargs = pt.generate_kwargs(A)
+        t0 = time.perf_counter()
+        counter.calls = 0
+        n_batches = 0
+        ok, tok_ok = [], 0
+        for start in range(0, n_examples, batch_size):
+            batch = prompts[start:start + batch_size].to(model.device)
+            out = generate(
+                counter, batch, gen_length=A, block_length=A, temperature=temperature,
+                remasking=pt.remasking, mask_id=mask_id, seed=seed + start, backend=backend, **kwargs,
+            )
+            answers = out[:, P:].cpu()
+            truth = task.solve(batch.cpu())
+            ok.append((answers == truth).all(1))
+            tok_ok += int((answers == truth).sum())
+            n_batches += 1
+        ok = torch.cat(ok)
+        correct = int(ok.sum())
+        lo, hi = wilson_interval(correct, n_examples)
+        row = Row(
+            family=pt.family, setting=pt.label, remasking=pt.remasking,
+            nfe=counter.calls / n_batches, n=n_examples, correct=correct,
+            accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
+            token_accuracy=tok_ok / (n_examples * A), seconds=time.perf_counter() - t0,
+        )
+        rows.append(row)
+        if progress is not None:
+            progress(
+                f"{pt.family:8s} {pt.label:10s} {pt.remasking:15s} NFE {row.nfe:5.1f}  "
+                f"acc {row.accuracy:.3f} [{lo:.3f}, {hi:.3f}]  ({row.seconds:.1f}s)"
+            )
+    return rows
+
+
+def default_nfe_grid(answer_length: int) -> list[int]:
+    grid = [v for v in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if v < answer_length]
+    return grid + [answer_length]
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    head = "| schedule | setting | remasking | NFE | n | exact match | 95% CI | token acc. |\n"
+    head += "|---|---|---|---:|---:|---:|---|---:|\n"
+    lines = [
+        f"| {r.family} | {r.setting} | {r.remasking} | {r.nfe:g} | {r.n} | {r.accuracy:.3f} | "
+        f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.token_accuracy:.3f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+_COLORS = {"uniform": "tab:blue", "pyramid": "tab:red", "ramp": "tab:orange"}
+_STYLES = {"low_confidence": "-", "random": "--", "margin": "-.", "entropy": ":"}
+
+
+def plot(rows: list[Row], path: str, title: str = "", answer_length: int | None = None) -> None:
+    """Accuracy against NFE, one line per (schedule family, remasking rule), 95% Wilson
+    intervals as error bars; pyramid points are labelled with their factor. Written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.family, r.remasking), []).append(r)
+    for (fam, rule), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.nfe)
+        x = [r.nfe for r in rs]
+        y = [r.accuracy for r in rs]
+        err = [[r.accuracy - r.ci_low for r in rs], [r.ci_high - r.accuracy for r in rs]]
+        ax.errorbar(
+            x, y, yerr=err, color=_COLORS.get(fam), linestyle=_STYLES.get(rule, "-"),
+            marker="o" if fam != "ramp" else "s", markersize=4, capsize=3, label=f"{fam}, {rule}",
+        )
+        if fam == "pyramid":
+            for r in rs:
+                ax.annotate(r.setting.replace("factor=", "f"), (r.nfe, r.accuracy),
+                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=_COLORS[fam])
+    if answer_length:
+        ax.axvline(answer_length, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({round(r.nfe) for r in rows})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlabel("NFE (model calls per answer)")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    n = sorted({r.n for r in rows})
+    ax.set_title((title + "\n" if title else "") + f"n = {', '.join(map(str, n))} test examples per point, 95% Wilson CI",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _demo_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def load_model(path: str | None = None, device: str | None = None):
+    """A `fastremask.tiny.TinyMaskedLM` checkpoint folder (default: the shipped demo model,
+    ``fastremask/data``) -> ``(model, task or None)``; the task comes from the folder's
+    ``demo.json`` when it has one."""
+    from .tiny import TinyMaskedLM
+
+    path = path or _demo_dir()
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"no config.json in {path!r} (a fastremask.tiny checkpoint folder is expected)")
+    model = TinyMaskedLM.from_pretrained(path, device=device)
+    task = None
+    meta = os.path.join(path, "demo.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            task = get_task(json.load(f)["task"])
+    return model, task
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def _names(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``fastremask eval`` options."""
+    parser.add_argument("--model", default=None,
+                        help="a fastremask.tiny checkpoint folder (default: the shipped demo model)")
+    parser.add_argument("--task", default=None,
+                        help="task spec, e.g. add:15 or sort:12 (default: the model's own, from demo.json)")
+    parser.add_argument("--schedules", type=_names, default=["uniform", "pyramid"],
+                        help=f"comma-separated families among {','.join(FAMILIES)} (default: uniform,pyramid)")
+    parser.add_argument("--remasking", type=_names, default=list(DEFAULT_RULES),
+                        help="comma-separated remasking rules (default: low_confidence,random)")
+    parser.add_argument("--nfe", type=_ints, default=None,
+                        help="NFE grid for uniform and ramp (default: 1,2,3,4,6,8,12,... up to the answer length)")
+    parser.add_argument("--factors", type=_ints, default=list(DEFAULT_FACTORS),
+                        help="pyramid factors (default: 1,2,3,4,6,8)")
+    parser.add_argument("-n", "--examples", type=int, default=200, help="test examples per point (default 200)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", default=None,
+                        help="write <out>.md (table), <out>.csv, <out>.json and <out>.png (plot)")
+    parser.add_argument("--quiet", action="store_true", help="no per-point progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fastremask eval``: print the table; with ``--out``, write table, CSV, JSON and PNG."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, model_task = load_model(args.model, device=args.device)
+    task = get_task(args.task) if args.task else model_task
+    if task is None:
+        raise SystemExit("--task is required: the model folder has no demo.json naming its task")
+    say = None if args.quiet else (lambda s: print(s, flush=True))
+    t0 = time.perf_counter()
+    rows = evaluate(
+        model, task, schedules=args.schedules, remasking=args.remasking, nfe_grid=args.nfe,
+        n_examples=args.examples, seed=args.seed, factors=args.factors, batch_size=args.batch_size,
+        temperature=args.temperature, backend=args.backend, progress=say,
+    )
+    seconds = time.perf_counter() - t0
+    table = format_table(rows)
+    model_name = args.model or "demo model (fastremask/data)"
+    print(table, end="")
+    print(f"{task.describe()}; model {model_name}; {seconds:.0f}s on {torch.get_num_threads()} threads")
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out + ".md", "w") as f:
+            f.write(table)
+        with open(args.out + ".csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+            w.writeheader()
+            for r in rows:
+                w.writerow(asdict(r))
+        meta = dict(
+            task=task.describe(), model=model_name, examples=args.examples, seed=args.seed,
+            temperature=args.temperature, backend=args.backend, batch_size=args.batch_size,
+            threads=torch.get_num_threads(), torch=torch.__version__, seconds=round(seconds, 1),
+            rows=[asdict(r) for r in rows],
+        )
+        with open(args.out + ".json", "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+        plot(rows, args.out + ".png", title=f"{task.describe()}; {model_name}", answer_length=task.answer_length)
+        print(f"wrote {args.out}.md, .csv, .json, .png")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastremask eval", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

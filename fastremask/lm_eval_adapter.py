@@ -1,0 +1,356 @@
+"""An lm-evaluation-harness model that samples with fastremask: ``--model fastremask``.
+
+    pip install lm_eval
+    lm_eval --model fastremask --include_path <dir with this import> ...   # or, simpler:
+    python -m fastremask.lm_eval_adapter --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,\\
+        trust_remote_code=True,dtype=bf16,gen_length=256,steps=256,block_length=32,schedule=pyramid,factor=2,chat=True \\
+        --tasks gsm8k --batch_size 8
+    accelerate launch -m fastremask.lm_eval_adapter --model_args ... --tasks humaneval   # data parallel
+
+``python -m fastremask.lm_eval_adapter`` is lm_eval's own command line with this module
+imported first (importing it registers the model name ``"fastremask"``). Model arguments
+(``--model_args k=v,...``): ``pretrained`` (a folder or hub id, loaded by
+`fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, and the sampling
+options of `fastremask.generate`: ``gen_length`` (default: the task's ``max_gen_toks``),
+``steps`` (default ``gen_length``), ``block_length`` (default ``gen_length``), ``schedule``
+(``uniform`` | ``pyramid``), ``factor``, ``remasking``, ``threshold``, ``temperature``,
+``cfg_scale``, ``seed``, ``backend``; ``chat`` wraps each prompt in the tokenizer's chat
+template (what LLaDA-Instruct and Dream-Instruct expect; lm_eval's ``--apply_chat_template``
+works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags.
+
+What is implemented:
+
+* ``generate_until``: prompts of one ``gen_length`` are batched (``--batch_size``) and
+  left-padded, generated with `fastremask.generate`, cut at the first EOS/EoT token and then
+  at the first of the request's ``until`` strings. Each request's seed is derived from
+  ``seed``, the task name, the document id and the repeat index, so results do not depend on
+  the batch size, the order or the number of processes.
+* ``loglikelihood``: LLaDA's Monte Carlo estimate (``mc_num`` samples, default 32): mask
+  ``l ~ U{1..L}`` of the ``L`` continuation tokens at random, score the masked tokens, weight
+  by ``L / l``; a lower bound on the log-likelihood (the ELBO), with the estimator's variance;
+  ``is_greedy`` is always False. Good enough to rank choices, not an exact likelihood.
+* ``loglikelihood_rolling``: raises `NotImplementedError` (perplexity tasks need an exact
+  likelihood a masked diffusion model does not give).
+
+Data parallel: under ``accelerate launch`` (more than one process) the model goes to the
+process's device and reports ``rank``/``world_size``; lm_eval's evaluator then gives each
+rank every ``world_size``-th document and gathers the results, so ``generate_until`` only sees
+its own share. `shard` does the same split for callers that drive the model directly.
+
+The module imports without lm_eval (the class then derives from a small stand-in), so its
+request handling is tested in CI without installing the harness.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Any, Sequence
+
+import torch
+
+try:  # lm_eval is optional: only needed to run the harness itself
+    from lm_eval.api.model import LM as _LMBase
+    from lm_eval.api.registry import register_model as _register_model
+
+    HAVE_LM_EVAL = True
+except ImportError:  # pragma: no cover - exercised where lm_eval is missing
+    HAVE_LM_EVAL = False
+
+    class _LMBase:  # the part of lm_eval.api.model.LM this adapter relies on
+        def __init__(self) -> None:
+            self._rank = 0
+            self._world_size = 1
+            self.cache_hook = None
+
+        @property
+        def rank(self) -> int:
+            return self._rank
+
+        @property
+        def world_size(self) -> int:
+            return self._world_size
+
+    def _register_model(*names):
+        return lambda cls: cls
+
+
+__all__ = ["FastRemaskLM", "HAVE_LM_EVAL", "shard", "request_seed", "truncate"]
+
+SEED_LIMIT = 2**63
+
+
+def shard(requests: Sequence, rank: int, world_size: int) -> list:
+    """Every ``world_size``-th request starting at ``rank`` (lm_eval's own document split)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return list(requests[rank::world_size])
+
+
+def request_seed(seed: int, task: str | None, doc_id: Any, repeat: int) -> int:
+    """A 63-bit seed from the run seed, the task name, the document id and the repeat index."""
+    key = f"{seed}\x00{task}\x00{doc_id}\x00{repeat}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % SEED_LIMIT
+
+
+def truncate(text: str, until: Sequence[str]) -> str:
+    """``text`` cut before the earliest occurrence of any stop string in ``until``."""
+    cut = len(text)
+    for stop in until:
+        if stop:
+            i = text.find(stop)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def _bool(v) -> bool:
+    if isinstance(v, str):
+        if v.lower() in ("true", "1", "yes"):
+            return True
+        if v.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {v!r}")
+    return bool(v)
+
+
+def _instance_parts(req) -> tuple[tuple, str | None, Any]:
+    """``(args, task_name, doc_id)`` of an lm_eval ``Instance`` (or a bare args tuple)."""
+    if isinstance(req, tuple):
+        return req, None, None
+    args = req.args
+    return args, getattr(req, "task_name", None), getattr(req, "doc_id", None)
+
+
+@_register_model("fastremask")
+class FastRemaskLM(_LMBase):
+    """An lm_eval ``LM`` backed by `fastremask.generate` (see the module docstring).
+
+    Build it from a checkpoint (``pretrained=``) or from an already loaded model (``model=``,
+    anything `fastremask.models.wrap` accepts, with its tokenizer).
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        *,
+        model=None,
+        tokenizer=None,
+        device: str | None = None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        batch_size: int | str = 1,
+        gen_length: int | None = None,
+        steps: int | None = None,
+        block_length: int | None = None,
+        schedule: str = "uniform",
+        factor: int = 1,
+        remasking: str = "low_confidence",
+        threshold: float | None = None,
+        temperature: float = 0.0,
+        cfg_scale: float = 0.0,
+        seed: int = 0,
+        backend: str = "auto",
+        chat: bool = False,
+        logits_eos_inf: bool = False,
+        confidence_eos_eot_inf: bool = False,
+        mc_num: int = 32,
+        mask_id: int | None = None,
+        **unused,
+    ):
+        super().__init__()
+        from . import models
+
+        unused.pop("max_batch_size", None)  # lm_eval passes these to every model
+        if unused:
+            print(f"fastremask lm_eval adapter: ignoring unknown model args {sorted(unused)}", file=sys.stderr)
+        self.accelerator = None
+        try:
+            import accelerate
+
+            state = accelerate.PartialState()
+            if state.num_processes > 1:
+                self.accelerator = accelerate.Accelerator()
+                self._rank = state.process_index
+                self._world_size = state.num_processes
+                device = str(state.device)
+        except ImportError:
+            pass
+        if (pretrained is None) == (model is None):
+            raise ValueError("give exactly one of pretrained= (a checkpoint) and model= (a loaded model)")
+        if pretrained is not None:
+            self.adapter = models.load(pretrained, dtype=dtype, device=device,
+                                       trust_remote_code=_bool(trust_remote_code), mask_id=mask_id)
+        else:
+            self.adapter = models.wrap(model, tokenizer, mask_id=mask_id, device=device)
+        self.batch_size = 1 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
+        self.gen_length = None if gen_length is None else int(gen_length)
+        self.steps = None if steps is None else int(steps)
+        self.block_length = None if block_length is None else int(block_length)
+        self.schedule = schedule
+        self.factor = int(factor)
+        self.remasking = remasking
+        self.threshold = None if threshold is None else float(threshold)
+        self.temperature = float(temperature)
+        self.cfg_scale = float(cfg_scale)
+        self.seed = int(seed)
+        self.backend = backend
+        self.chat = _bool(chat)
+        self.logits_eos_inf = _bool(logits_eos_inf)
+        self.confidence_eos_eot_inf = _bool(confidence_eos_eot_inf)
+        self.mc_num = int(mc_num)
+
+    # --- what lm_eval reads -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    # lm_eval's evaluator synchronises ranks through these (no-ops in one process)
+    def all_gather(self, tensor):
+        return tensor if self.world_size <= 1 else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size <= 1:
+            return [obj]
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.adapter.name).replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        tok = self.adapter._need_tokenizer()
+        return tok.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    # --- generation ---------------------------------------------------------------------
+    def _sampling_kwargs(self, gen_length: int) -> dict:
+        block = self.block_length or gen_length
+        if gen_length % block:
+            raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block}")
+        steps = self.steps or gen_length
+        return dict(
+            steps=steps, gen_length=gen_length, block_length=block, temperature=self.temperature,
+            cfg_scale=self.cfg_scale, remasking=self.remasking, mask_id=self.adapter.mask_id,
+            logits_eos_inf=False, confidence_eos_eot_inf=False, schedule=self.schedule, factor=self.factor,
+            threshold=self.threshold, backend=self.backend,
+            suppress_tokens=self.adapter.suppress_eos if self.logits_eos_inf else None,
+            defer_tokens=self.adapter.defer_eos_eot if self.confidence_eos_eot_inf else None,
+        )
+
+    def _prompt_ids(self, context: str) -> list[int]:
+        return self.adapter.tokenize(context, chat=self.chat)
+
+    def _stop_ids(self) -> set[int]:
+        return {t for t in (self.adapter.eos_id, self.adapter.eot_id) if t is not None}
+
+    def _decode(self, ids: list[int], until: Sequence[str]) -> str:
+        stops = self._stop_ids()
+        for j, t in enumerate(ids):  # the answer ends at the first EOS/EoT (LLaDA pads with EOS)
+            if t in stops:
+                ids = ids[:j]
+                break
+        text = self.adapter.decode(ids, skip_special_tokens=True)
+        return truncate(text, until)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """One string per request: ``requests`` are lm_eval ``Instance``s (or
+        ``(context, gen_kwargs)`` tuples) with ``gen_kwargs`` holding ``until`` and
+        optionally ``max_gen_toks``."""
+        from .generate import generate
+
+        jobs, repeats = [], {}
+        for i, req in enumerate(requests):
+            (context, gen_kwargs), task, doc_id = _instance_parts(req)
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            gen_length = self.gen_length or int(gen_kwargs.get("max_gen_toks", 256))
+            key = (task, doc_id if doc_id is not None else i)
+            r = repeats[key] = repeats.get(key, -1) + 1
+            seed = request_seed(self.seed, task, key[1], r)
+            jobs.append((i, context, until, gen_length, seed))
+        out: list[str | None] = [None] * len(jobs)
+        # batch requests of equal gen_length, longest prompts first (less padding per batch)
+        by_len: dict[int, list] = {}
+        for job in jobs:
+            by_len.setdefault(job[3], []).append(job)
+        for gen_length, group in by_len.items():
+            kwargs = self._sampling_kwargs(gen_length)
+            encoded = [(job, self._prompt_ids(job[1])) for job in group]
+            encoded.sort(key=lambda e: -len(e[1]))
+            for s in range(0, len(encoded), self.batch_size):
+                chunk = encoded[s:s + self.batch_size]
+                ids, mask = self.adapter.pad([e[1] for e in chunk])
+                x = generate(self.adapter, ids, mask, seed=[e[0][4] for e in chunk], **kwargs)
+                P = ids.shape[1]
+                for (job, _), row in zip(chunk, x[:, P:].tolist()):
+                    text = self._decode(row, job[2])
+                    out[job[0]] = text
+                    if self.cache_hook is not None and hasattr(self.cache_hook, "add_partial"):
+                        self.cache_hook.add_partial("generate_until", (job[1], {"until": job[2]}), text)
+        return out  # type: ignore[return-value]
+
+    # --- likelihoods --------------------------------------------------------------------
+    @torch.no_grad()
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """LLaDA's Monte Carlo ELBO of each continuation given its context (module docstring)."""
+        results = []
+        for i, req in enumerate(requests):
+            (context, continuation), task, doc_id = _instance_parts(req)
+            ctx = self._prompt_ids(context)
+            cont = self.adapter.tokenize(continuation) if continuation else []
+            if not cont:
+                results.append((0.0, False))
+                continue
+            seed = request_seed(self.seed, task, doc_id if doc_id is not None else i, 0)
+            results.append((self._elbo(ctx, cont, seed), False))
+        return results
+
+    def _elbo(self, ctx: list[int], cont: list[int], seed: int) -> float:
+        L, P = len(cont), len(ctx)
+        g = torch.Generator().manual_seed(seed)
+        dev = self.device
+        total = 0.0
+        target = torch.tensor(cont, dtype=torch.long)
+        for s in range(0, self.mc_num, max(1, self.batch_size)):
+            n = min(self.batch_size, self.mc_num - s)
+            l = torch.randint(1, L + 1, (n,), generator=g)  # masked count per sample
+            order = torch.rand(n, L, generator=g).argsort(dim=1)
+            masked = order < l[:, None]  # [n, L]: l random positions per row
+            x = torch.tensor(ctx + cont, dtype=torch.long).repeat(n, 1)
+            x[:, P:][masked] = self.adapter.mask_id
+            logits = self.adapter(x.to(dev)).logits[:, P:].float().cpu()  # [n, L, V]
+            logp = torch.log_softmax(logits, -1).gather(-1, target.expand(n, L)[..., None])[..., 0]
+            total += float(((logp * masked).sum(1) * L / l).sum())
+        return total / self.mc_num
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            "fastremask: loglikelihood_rolling (perplexity tasks) needs an exact likelihood, which a "
+            "masked diffusion model does not give; use generate_until tasks, or loglikelihood tasks "
+            "(Monte Carlo ELBO) for multiple choice"
+        )
+
+
+def main(argv=None) -> int:
+    """lm_eval's command line with the ``fastremask`` model registered."""
+    if not HAVE_LM_EVAL:
+        raise SystemExit("lm_eval is not installed: pip install lm_eval")
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    if "--model" not in sys.argv:
+        at = 2 if len(sys.argv) > 1 and sys.argv[1] == "run" else 1
+        sys.argv[at:at] = ["--model", "fastremask"]
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
