@@ -113,6 +113,7 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
     if not threshold_mode:
         if not torch.is_tensor(k) or k.shape != (b,) or k.dtype != torch.int64 or k.device != device:
             raise ValueError(f"k must be an int64 tensor [{b}] on {device} (or give threshold)")
+        k = k.contiguous()                  # e.g. a column of the schedule's [B, S] table
     write_x = x is not None
     if write_x:
         if x0 is None or x0.shape != (b, c) or x0.dtype != torch.int64 or x0.device != device:
