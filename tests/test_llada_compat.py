@@ -20,7 +20,7 @@ class NoMaskPrediction(torch.nn.Module):
 
     def __init__(self, **cfg):
         super().__init__()
-        self.inner = tiny_model(**cfg)
+        self.inner = tiny_model(d_model=32, **cfg)
         self.config = self.inner.config
 
     @property
@@ -34,11 +34,11 @@ class NoMaskPrediction(torch.nn.Module):
 
 
 CASES = [  # steps, gen_length, block_length, cfg_scale
-    (16, 32, 8, 0.0),
+    (12, 24, 8, 0.0),
     (8, 24, 24, 0.0),
     (12, 12, 4, 1.5),
     (5, 10, 10, 0.0),
-    (32, 32, 32, 0.0),
+    (16, 16, 16, 0.0),
 ]
 
 
