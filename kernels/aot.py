@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -201,6 +203,24 @@ def compile_spec(spec: Spec, arch: int) -> Result:
     return res
 
 
+@triton.jit
+def _control_kernel(p_x, p_y):
+    # What the scan must catch: a * b + c contracts to fma.rn.f32 when fusion is on, and
+    # tl.exp lowers to ex2.approx.
+    o = tl.arange(0, 128)
+    b_x = tl.load(p_x + o)
+    tl.store(p_y + o, tl.exp(b_x * b_x + 1.0))
+
+
+def control(arch: int = 90) -> dict:
+    """Scan of a kernel that breaks the contract on purpose (fusion on, `tl.exp`): shows that
+    `scan_ptx` sees what it looks for. Returns its {forbidden name: count}."""
+    src = ASTSource(_control_kernel, {"p_x": "*fp32", "p_y": "*fp32"}, constexprs={}, attrs={})
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": 4, "enable_fp_fusion": True})
+    return scan_ptx(kernel.asm["ptx"])
+
+
 def check(quick: bool = False, archs=ARCHS, log=None) -> list[Result]:
     results = []
     for spec in specialisations(quick):
@@ -224,11 +244,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="the cover set only (as the tests)")
     ap.add_argument("--arch", type=int, action="append", help="80, 90 (default both)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-    results = check(args.quick, tuple(args.arch or ARCHS), log=lambda s: print(s, flush=True))
+    archs = tuple(args.arch or ARCHS)
+    results = check(args.quick, archs, log=lambda s: print(s, flush=True))
+    ctrl = control(archs[-1])
+    ctrl_ok = "fma.rn.f32" in ctrl and "ex2.approx" in ctrl
+    print(f"control (fusion on, tl.exp): {ctrl} -> scanner {'sees them' if ctrl_ok else 'MISSES them'}")
     bad = [r for r in results if not r.ok]
     print(f"{len(results) - len(bad)}/{len(results)} ok (triton {triton.__version__})")
-    return 1 if bad else 0
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"triton": triton.__version__, "control": ctrl, "results": [
+                {"name": r.spec.name, "arch": r.arch, "num_warps": r.spec.num_warps,
+                 "registers": r.registers, "local_bytes": r.local_bytes, "stack_bytes": r.stack_bytes,
+                 "forbidden": r.forbidden, "error": r.error, "ok": r.ok, "seconds": round(r.seconds, 2)}
+                for r in results]}, f, indent=1)
+    return 1 if bad or not ctrl_ok else 0
 
 
 if __name__ == "__main__":
