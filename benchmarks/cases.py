@@ -25,6 +25,7 @@ measures exactly what the suites measure.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -331,7 +332,13 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
 
 
 def copy_bandwidth(device: torch.device, nbytes: int | None = None, rounds: int = 10) -> float:
