@@ -26,7 +26,8 @@ import triton.language as tl
 from fastremask.numerics import CHUNK, FIXED
 from fastremask.reference import RowSample   # the one result type of every backend
 
-from .numerics import LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, log_, remask_uniform, to_f32
+from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, log_,
+                       remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -51,7 +52,8 @@ _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_active, p_suppress, p_pf, p_pi,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, step, temperature, cfg_s1,
-    CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr,
+    CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
+    NEED_S: tl.constexpr, NEED_A: tl.constexpr,
 ):
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
