@@ -35,7 +35,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record rc and
 { nvidia-smi; python -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name())"; git rev-parse HEAD; git status --short; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" | head -40
 
-step install 45 pip install --no-deps --no-build-isolation -e .
+step install 60 python -m pip install --no-deps --no-build-isolation -e .
 step smoke 40 python - <<'EOF'
 import torch
 from fastremask import reference as ref
