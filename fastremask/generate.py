@@ -22,7 +22,7 @@ import torch
 from fastremask import reference
 from fastremask import schedule as _schedule
 from fastremask.reference import (
-    REMASKING, Trace, TraceStep, model_logits, raise_invalid, sampling_suppress,
+    REMASKING, Trace, TraceStep, model_logits, sampling_suppress,
 )
 
 __all__ = ["generate", "row_seeds", "BACKENDS", "LLADA_EOS", "LLADA_EOT", "LLADA_MASK", "Backend", "get_backend"]
@@ -187,6 +187,79 @@ def get_backend(name: str, device: torch.device) -> Optional[Backend]:
 # The fast loop (torch and triton backends)
 # ---------------------------------------------------------------------------------------------
 
+_NO_ROW = torch.iinfo(torch.int64).max
+
+
+class _FirstInvalid:
+    """The first invalid sampled row of a block, kept on the device: no host sync per step.
+
+    `note` is called after every step; it records, unless an earlier step of the block already
+    has, the step's first invalid row (lowest batch row, then position) as ``rec`` ``[4]``
+    int64 = (step, batch row, index in ``x``, number of invalid rows in the step; 0: none) and
+    that row's model logits (both halves with CFG), which is all the error message needs once
+    the step's logits are gone. `count` is the number on the device (threshold mode reads it
+    in its per-step sync); `check` reads ``rec`` (one sync) and raises the error
+    `reference.raise_invalid` raises, then forgets the block.
+    """
+
+    def __init__(self):
+        self.rec = self.row = self.urow = None
+
+    def note(self, invalid, key, rows, bi, xpos, step, logits, uncond):
+        # invalid [R] bool; key [R] int64 orders rows (batch row, then position); rows [R]:
+        # indices into the flat logits [N, V]; bi, xpos [R]: batch row and index in x
+        n = invalid.sum()
+        i = torch.where(invalid, key, _NO_ROW).argmin().view(1)                   # [1]
+        rec = torch.cat([torch.full((1,), step, dtype=torch.int64, device=n.device),
+                         bi.gather(0, i), xpos.gather(0, i), n.view(1)])
+        r = rows.gather(0, i)
+        row = logits.index_select(0, r)                                           # [1, V]
+        urow = None if uncond is None else uncond.index_select(0, r)
+        if self.rec is None:
+            self.rec, self.row, self.urow = rec, row, urow
+            return
+        old = self.rec[3] > 0                       # an earlier step of the block comes first
+        self.rec = torch.where(old, self.rec, rec)
+        self.row = torch.where(old, self.row, row)
+        if urow is not None:
+            self.urow = torch.where(old, self.urow, urow)
+
+    def count(self, device) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.int64, device=device) if self.rec is None else self.rec[3]
+
+    def check(self, *, prompt_length, cfg_scale, suppress_tokens) -> None:
+        if self.rec is None:
+            return
+        step, b, p, n = self.rec.tolist()                                         # the sync
+        if n:
+            raise reference.invalid_error(
+                self.row[0], None if self.urow is None else self.urow[0], step=step, batch_row=b,
+                position=p, prompt_length=prompt_length, n_invalid=n, cfg_scale=cfg_scale,
+                suppress_tokens=suppress_tokens)
+        self.rec = self.row = self.urow = None
+
+
+def _window_call(start: int, length: int):
+    """``call(model, x, attention_mask) -> logits [B, length, V]`` for `reference.model_logits`:
+    the model's logits for positions ``start:start + length`` only (`models.window_logits`),
+    checked like `reference.call_model` checks full logits."""
+    from fastremask import models
+
+    def call(model, x, attention_mask):
+        logits = models.window_logits(model, x, attention_mask, start, length)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"window_logits returned {type(logits).__name__}, not a tensor")
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != (x.shape[0], length) or logits.shape[2] < 1:
+            raise ValueError(
+                f"model window logits have shape {tuple(logits.shape)}; expected [B, C, V] = "
+                f"[{x.shape[0]}, {length}, V] for positions {start}:{start + length} of input of "
+                f"shape {tuple(x.shape)}")
+        if logits.dtype not in reference.LOGIT_DTYPES:
+            raise TypeError(f"model logits have dtype {logits.dtype}; expected fp32, bf16 or fp16")
+        return logits
+
+    return call
+
 @torch.no_grad()
 def _fast_generate(
     backend: Backend,
@@ -208,13 +281,25 @@ def _fast_generate(
     defer_tokens: Optional[torch.Tensor],
     record: bool,
     callback: Optional[Callable],
+    logits_window: bool = False,
 ) -> tuple:
     """`reference.generate`'s loop, sampling only what is needed; same results, same trace.
 
-    Host synchronisations: one per step, for the NaN/inf check (in threshold mode it also
-    reads how many candidates are left). The candidate count of a step is known on the host
-    in schedule mode (every row's block starts fully masked and keeps exactly its count), so
-    the candidate rows are gathered with a stable argsort instead of ``nonzero``.
+    Host synchronisations: schedule mode, one per block: the NaN/inf check is lazy (the first
+    invalid row is kept on the device, `_FirstInvalid`) and read at the end of the block,
+    which raises the error naming the step it happened in. Threshold mode, one per step: it
+    reads how many candidates are left (it has to, to know when the block is done) and, in
+    the same read, whether an earlier step had an invalid row. The candidate count of a step
+    is known on the host in schedule mode (every row's block starts fully masked and keeps
+    exactly its count), so the candidate rows are gathered with a stable argsort instead of
+    ``nonzero``.
+
+    After an invalid row the block's remaining steps still run (nothing on the host knows
+    yet); an invalid row's ``x0`` is -1 and is never written into ``x`` (``keep`` excludes it),
+    so the model keeps getting valid ids until the error is raised.
+
+    ``logits_window``: the model returns logits ``[B, C, V]`` for the current block only
+    (`fastremask.models.window_logits`) instead of ``[B, L, V]``.
     """
     B, P = prompt.shape
     L, C = P + gen_length, block_length
@@ -230,12 +315,15 @@ def _fast_generate(
         plan = schedule.counts(torch.full((B,), C, dtype=torch.int64), steps_per_block)    # [B, S]
         per_step = plan[0].tolist()
         k_table = plan.to(device)
-    j_all = torch.arange(C, device=device)
     suppress, V = None, None
+    errors = _FirstInvalid()
     global_step = 0
     for block in range(gen_length // C):
         start = P + block * C
         xb = x[:, start:start + C]                                  # a view: written in place
+        # logits rows: [B, L] over the sequence, or [B, C] over the block (logits_window)
+        Lw, off = (C, start) if logits_window else (L, 0)
+        call = _window_call(start, C) if logits_window else reference.call_model
         remaining = C
         for i in range(len(per_step) if threshold is None else C):
             cand = xb == mask_id                                     # [B, C]
@@ -247,11 +335,14 @@ def _fast_generate(
                 remaining -= per_step[i]
                 k = k_table[:, i]
             else:
-                R = int(cand.sum())                                  # the stop test needs the host
+                # the one sync per step: is the block done, and did an earlier step go bad?
+                R, n_bad = torch.stack([cand.sum(), errors.count(device)]).tolist()
+                if n_bad:
+                    errors.check(prompt_length=P, cfg_scale=cfg_scale, suppress_tokens=suppress)
                 if R == 0:
                     break
                 k = None
-            logits, uncond = model_logits(model, x, attention_mask, P, cfg_scale, mask_id)
+            logits, uncond = model_logits(model, x, attention_mask, P, cfg_scale, mask_id, call=call)
             if V is None:
                 V = logits.shape[-1]
                 suppress = sampling_suppress(suppress_tokens, mask_id, V, device)
@@ -264,23 +355,24 @@ def _fast_generate(
                 idx = torch.argsort((~cand).reshape(-1).to(torch.int8), stable=True)[:R]
                 active = None
             bi, ji = idx // C, idx % C
+            rows = bi * Lw + (start - off) + ji
+            flat = logits.reshape(B * Lw, V)
+            flat_u = None if uncond is None else uncond.reshape(B * Lw, V)
             sample = backend.sample_rows(
-                logits.reshape(B * L, V), bi * L + start + ji, seeds[bi], start - P + ji, global_step,
+                flat, rows, seeds[bi], start - P + ji, global_step,
                 temperature=temperature, remasking=remasking, cfg_scale=cfg_scale,
-                uncond_logits=None if uncond is None else uncond.reshape(B * L, V),
-                suppress_tokens=suppress, active=active,
+                uncond_logits=flat_u, suppress_tokens=suppress, active=active,
             )
-            if bool(sample.invalid.any()):                           # the one sync per step
-                rows_bj = torch.stack([bi, start + ji], dim=1)
-                raise_invalid(logits, uncond, rows_bj, sample.invalid, global_step, start, P,
-                              cfg_scale, suppress)
+            errors.note(sample.invalid, idx, rows, bi, start + ji, global_step, flat, flat_u)
             x0 = torch.full((B * C,), -1, dtype=torch.int64, device=device).index_copy_(0, idx, sample.x0).view(B, C)
             conf = torch.full((B * C,), float("-inf"), device=device).index_copy_(0, idx, sample.confidence).view(B, C)
             if defer_tokens is not None and defer_tokens.numel():
                 deferred = cand & torch.isin(x0, defer_tokens)
             else:
                 deferred = torch.zeros_like(cand)
-            keep = backend.select(conf, cand, deferred, k, threshold)
+            # x0 >= 0: an invalid row (x0 = -1, its error raised at the end of the block) is
+            # never written into x; a no-op otherwise (every kept candidate was sampled)
+            keep = backend.select(conf, cand, deferred, k, threshold) & (x0 >= 0)
             xb.copy_(torch.where(keep, x0, xb))
             if record or callback is not None:
                 rec = TraceStep(global_step, block, start, cand, x0, conf, keep)
@@ -289,6 +381,8 @@ def _fast_generate(
                 if callback is not None:
                     callback(rec)
             global_step += 1
+        else:       # schedule mode, or threshold mode out of steps: the block's one check
+            errors.check(prompt_length=P, cfg_scale=cfg_scale, suppress_tokens=suppress)
     return x, trace
 
 
@@ -327,6 +421,7 @@ def generate(
     backend="auto",
     return_trace=False,
     callback=None,
+    logits_window=False,
 ):
     """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
 
@@ -357,6 +452,11 @@ def generate(
     backend : 'auto' | 'reference' | 'torch' | 'triton'
     return_trace : also return a `fastremask.reference.Trace`
     callback : called with each step's `TraceStep` after it is applied
+    logits_window : the model computes its output projection for the current block's
+        positions only (``[B, block_length, V]`` logits instead of ``[B, L, V]``); needs a model
+        `fastremask.models.window_logits` supports; not with ``backend='reference'``. Same
+        tokens when the model's logits for a slice equal its full logits' slice, which is not
+        promised on every GPU (docs/api.md)
 
     Returns
     -------
@@ -414,6 +514,7 @@ def generate(
     return_trace = _bool("return_trace", return_trace)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}")
+    logits_window = _bool("logits_window", logits_window)
     sched = _schedule.resolve(schedule, factor)
     if threshold is not None:
         threshold = _real("threshold", threshold)
@@ -433,6 +534,12 @@ def generate(
     if confidence_eos_eot_inf:
         defer = _union(defer, [LLADA_EOS, LLADA_EOT], device)
     impl = get_backend(backend, device)
+    if logits_window:
+        if impl is None:
+            raise ValueError("logits_window=True is a fast-path option; backend='reference' (the "
+                             "specification) always takes the full [B, L, V] logits")
+        from fastremask import models
+        models.check_window_support(model)           # a clear error before any model call
 
     kwargs = dict(
         gen_length=gen_length, block_length=block_length, steps_per_block=steps_per_block,
@@ -444,5 +551,6 @@ def generate(
                                       callback=callback, **kwargs)
     else:
         x, trace = _fast_generate(impl, model, prompt, attention_mask, suppress_tokens=suppress,
-                                  record=return_trace, callback=callback, **kwargs)
+                                  record=return_trace, callback=callback, logits_window=logits_window,
+                                  **kwargs)
     return (x, trace) if return_trace else x

@@ -23,6 +23,7 @@ and only when they fit the vocabulary. Anything that cannot be resolved is a cle
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -38,10 +39,13 @@ __all__ = [
     "ModelLoadError",
     "ModelOutput",
     "PadIsMaskError",
+    "check_window_support",
     "detect_family",
     "load",
     "pad_batch",
+    "output_head",
     "tiny_tokenizer",
+    "window_logits",
     "wrap",
 ]
 
@@ -168,9 +172,41 @@ class Adapter:
         """``[B, L, V]`` logits, position ``i`` scoring the token at ``i``."""
         return self(input_ids, attention_mask).logits
 
-    def _forward(self, x, attention_mask):
+    def _raw(self, x, attention_mask):
+        """The wrapped model's logits as it returns them (its own position convention)."""
         out = self.model(x, attention_mask=attention_mask)
         return out if isinstance(out, torch.Tensor) else out.logits
+
+    def _forward(self, x, attention_mask):
+        return self._raw(x, attention_mask)
+
+    # --- logits for the current block only (generate(..., logits_window=True))
+
+    def _head_span(self, start: int, length: int) -> tuple[int, int]:
+        """The positions of the head's input whose outputs are the logits of ``start:start + length``."""
+        return start, start + length
+
+    def _from_span(self, logits: torch.Tensor, start: int) -> torch.Tensor:
+        return logits
+
+    def window_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      start: int, length: int) -> torch.Tensor:
+        """``[B, length, V]``: the logits of positions ``start:start + length`` only.
+
+        The body runs on the whole sequence; the output head (``get_output_embeddings()`` of
+        the wrapped model, an ``nn.Linear``) runs on those positions alone, so the ``[B, L, V]``
+        tensor is never built. A `ModelLoadError` when the model has no such head.
+        """
+        L = input_ids.shape[1]
+        if not (0 <= start and 1 <= length and start + length <= L):
+            raise ValueError(f"window {start}:{start + length} is outside a sequence of length {L}")
+        head = output_head(self.model)
+        if head is None:
+            raise ModelLoadError(_no_head_message(self.model, self.name))
+        lo, hi = self._head_span(start, length)
+        with torch.no_grad(), _restricted(head, lo, hi, L, self.name):
+            logits = self._raw(input_ids, attention_mask)
+        return self._from_span(logits, start)
 
     # --- text in and out
 
@@ -241,7 +277,7 @@ class CallableAdapter(Adapter):
 
     family = "callable"
 
-    def _forward(self, x, attention_mask):
+    def _raw(self, x, attention_mask):
         out = self.model(x, attention_mask)
         return out if isinstance(out, torch.Tensor) else out.logits
 
@@ -284,14 +320,122 @@ class DreamAdapter(Adapter):
         self._cached = (attention_mask, attention_mask._version, mask4, tok_idx)
         return mask4, tok_idx
 
-    def _forward(self, x, attention_mask):
+    def _raw(self, x, attention_mask):
         mask4, tok_idx = self._dream_mask(attention_mask)
         out = self.model(x, mask4, tok_idx)  # positional, as Dream's generate calls it
-        logits = out if isinstance(out, torch.Tensor) else out.logits
+        return out if isinstance(out, torch.Tensor) else out.logits
+
+    def _forward(self, x, attention_mask):
+        logits = self._raw(x, attention_mask)
         return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def _head_span(self, start, length):
+        # the logits of position i are the output at i - 1 (position 0: its own output)
+        return (start - 1, start - 1 + length) if start > 0 else (0, length)
+
+    def _from_span(self, logits, start):
+        return logits if start > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 _ADAPTERS = {"llada": Adapter, "dream": DreamAdapter, "tiny": TinyAdapter, "callable": CallableAdapter}
+
+
+# ----------------------------------------------------------------------------- logits for a window
+#
+# generate(..., logits_window=True) asks the model for the logits of the current block only.
+# The transformer body still runs on the whole sequence (bidirectional attention needs it); what
+# is saved is the output projection for the other positions and the [B, L, V] tensor (LLaDA-8B:
+# 126,464 logits per position). The projection is restricted by a forward pre-hook on the
+# model's output head that slices its input to the window's positions.
+
+
+def output_head(model) -> torch.nn.Linear | None:
+    """The model's output projection (``get_output_embeddings()``) when it is an ``nn.Linear``
+    that can be restricted to some positions, else None.
+
+    A weight-tied head that the model applies as ``F.linear(h, embedding.weight)`` (LLaDA with
+    ``weight_tying``) returns its ``nn.Embedding`` here, which is never called on the hidden
+    states: None.
+    """
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return None
+    try:
+        head = get()
+    except (NotImplementedError, AttributeError):
+        return None
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def _no_head_message(model, name) -> str:
+    return (
+        f"logits_window=True needs the output head of {name} as an nn.Linear from "
+        f"get_output_embeddings() (got {type(model).__name__}, which has none or a tied one); "
+        "use logits_window=False, or give the model a window_logits(input_ids, attention_mask, "
+        "start, length) method (docs/api.md)"
+    )
+
+
+@contextlib.contextmanager
+def _restricted(head: torch.nn.Linear, lo: int, hi: int, length: int, name: str):
+    """Within the block, ``head`` sees only positions ``lo:hi`` of its ``[B, length, D]`` input;
+    afterwards it must have been called exactly once."""
+    calls = []
+
+    def hook(module, args):
+        h = args[0] if args else None
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[1] != length:
+            raise RuntimeError(
+                f"logits_window: the output head of {name} got an input of shape "
+                f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}, not the "
+                f"hidden states [B, {length}, D] of every position; use logits_window=False")
+        calls.append(None)
+        return (h[:, lo:hi], *args[1:])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if len(calls) != 1:
+        raise RuntimeError(
+            f"logits_window: the output head of {name} ran {len(calls)} times in one forward, not "
+            "once; use logits_window=False")
+
+
+def check_window_support(model) -> None:
+    """Raise a `ModelLoadError` (a ValueError) unless `window_logits` can serve ``model``."""
+    if isinstance(model, Adapter):
+        if output_head(model.model) is None:
+            raise ModelLoadError(_no_head_message(model.model, model.name))
+    elif not callable(getattr(model, "window_logits", None)) and output_head(model) is None:
+        raise ModelLoadError(_no_head_message(model, type(model).__name__))
+
+
+def window_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  start: int, length: int) -> torch.Tensor:
+    """``[B, length, V]``: ``model``'s logits for positions ``start:start + length`` only.
+
+    * an object with a ``window_logits(input_ids, attention_mask, start, length)`` method (an
+      `Adapter`, which also handles Dream's shift; or a user's model implementing it): that;
+    * else a module whose ``get_output_embeddings()`` is an ``nn.Linear`` (`TinyMaskedLM`, a
+      Hugging Face LLaDA): called as `generate` calls a model (``model(x)`` or ``model(x,
+      attention_mask=...)``), position ``i`` scoring the token at ``i``, with the head
+      restricted to the window;
+    * else a `ModelLoadError` (there is no silent fallback to the full logits).
+    """
+    method = getattr(model, "window_logits", None)
+    if callable(method):
+        return method(input_ids, attention_mask, start, length)
+    head = output_head(model)
+    if head is None:
+        raise ModelLoadError(_no_head_message(model, type(model).__name__))
+    L = input_ids.shape[1]
+    if not (0 <= start and 1 <= length and start + length <= L):
+        raise ValueError(f"window {start}:{start + length} is outside a sequence of length {L}")
+    with torch.no_grad(), _restricted(head, start, start + length, L, type(model).__name__):
+        out = model(input_ids) if attention_mask is None else model(input_ids, attention_mask=attention_mask)
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
 
 
 # ----------------------------------------------------------------------------- detection

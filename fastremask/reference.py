@@ -36,6 +36,7 @@ __all__ = [
     "call_model",
     "model_logits",
     "sampling_suppress",
+    "invalid_error",
     "raise_invalid",
     "step",
     "generate",
@@ -317,20 +318,23 @@ def call_model(model, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -
     return logits
 
 
-def model_logits(model, x, attention_mask, prompt_length: int, cfg_scale: float, mask_id: int):
+def model_logits(model, x, attention_mask, prompt_length: int, cfg_scale: float, mask_id: int,
+                 call: Callable = call_model):
     """Conditional logits ``[B, L, V]`` and, with ``cfg_scale > 0``, unconditional ones.
 
     CFG as LLaDA does it: one model call on ``2B`` rows, the second half a copy of ``x`` with
     the whole prompt (padding included) replaced by ``mask_id``; the same attention mask twice.
+    ``call(model, x, attention_mask) -> logits`` makes the call (`call_model`; the fast loop's
+    ``logits_window`` mode passes one that returns only the current block's positions).
     """
     if cfg_scale > 0:
         un_x = x.clone()
         un_x[:, :prompt_length] = mask_id
         am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-        both = call_model(model, torch.cat([x, un_x]), am)
+        both = call(model, torch.cat([x, un_x]), am)
         B = x.shape[0]
         return both[:B], both[B:]
-    return call_model(model, x, attention_mask), None
+    return call(model, x, attention_mask), None
 
 
 def sampling_suppress(suppress_tokens: Optional[torch.Tensor], mask_id: int, vocab: int,
@@ -353,6 +357,23 @@ def sampling_suppress(suppress_tokens: Optional[torch.Tensor], mask_id: int, voc
     return torch.tensor(sorted(ids), dtype=torch.int64, device=device)
 
 
+def invalid_error(row, uncond_row, *, step: int, batch_row: int, position: int, prompt_length: int,
+                  n_invalid: int, cfg_scale, suppress_tokens) -> ValueError:
+    """The ValueError for an invalid sampled row, the same text from every backend.
+
+    ``row``/``uncond_row``: the model's logits ``[V]`` at (``batch_row``, ``position``), the
+    latter None without CFG; ``position`` indexes ``x``; ``n_invalid``: how many sampled rows
+    of that step were invalid.
+    """
+    l = prepare_logits(row, cfg_scale=cfg_scale, uncond_logits=uncond_row, suppress_tokens=suppress_tokens)
+    more = f" ({n_invalid - 1} more position(s) in this step)" if n_invalid > 1 else ""
+    cfg = " after classifier-free guidance" if uncond_row is not None else ""
+    return ValueError(
+        f"model produced {describe_invalid(l)}{cfg} at step {step}, batch row {batch_row}, "
+        f"position {position} (position {position - prompt_length} of the generated answer){more}"
+    )
+
+
 def raise_invalid(logits, uncond, rows_bj, invalid, step: int, start: int, prompt_length: int,
                   cfg_scale, suppress_tokens) -> None:
     """Raise the ValueError for the first invalid row (lowest batch row, then position).
@@ -363,15 +384,9 @@ def raise_invalid(logits, uncond, rows_bj, invalid, step: int, start: int, promp
     bad = rows_bj[invalid]
     order = torch.argsort(bad[:, 0] * (1 << 32) + bad[:, 1])
     b, p = (int(v) for v in bad[order[0]])
-    l = prepare_logits(logits[b, p], cfg_scale=cfg_scale,
-                       uncond_logits=None if uncond is None else uncond[b, p],
-                       suppress_tokens=suppress_tokens)
-    more = f" ({bad.shape[0] - 1} more position(s) in this step)" if bad.shape[0] > 1 else ""
-    cfg = " after classifier-free guidance" if uncond is not None else ""
-    raise ValueError(
-        f"model produced {describe_invalid(l)}{cfg} at step {step}, batch row {b}, position {p} "
-        f"(position {p - prompt_length} of the generated answer){more}"
-    )
+    raise invalid_error(logits[b, p], None if uncond is None else uncond[b, p], step=step, batch_row=b,
+                        position=p, prompt_length=prompt_length, n_invalid=bad.shape[0],
+                        cfg_scale=cfg_scale, suppress_tokens=suppress_tokens)
 
 
 def step(

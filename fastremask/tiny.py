@@ -161,6 +161,11 @@ class TinyMaskedLM(nn.Module):
     def mask_id(self) -> int:
         return self.config.mask_id
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """The output head (as Hugging Face models name it); `fastremask.models.window_logits`
+        restricts it to the current block's positions."""
+        return self.head
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TinyOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")

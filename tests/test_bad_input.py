@@ -176,3 +176,97 @@ def test_nan_message_is_the_same_for_every_backend():
             _call(model=_Poisoned(call=1, row=0, pos=4, value=float("nan")), backend=backend, cfg_scale=1.0)
         msgs.append(str(e.value))
     assert msgs[0] == msgs[1] and "classifier-free guidance" in msgs[0]
+
+
+# ----------------------------------------------------------------------------- the lazy check
+# The fast loop does not sync per step: it keeps the first invalid row of a block on the device
+# and raises at the end of the block (schedule mode) or at the next step's sync (threshold
+# mode). The error must still name the step it happened in, and the steps run in between must
+# never write the invalid rows' x0 = -1 into x.
+
+
+class _PoisonSteps(torch.nn.Module):
+    """The tiny model; at the listed calls, NaN at token 5 of every position ``pos`` of row ``row``.
+    Every call checks that the model is only ever given valid token ids."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, poison):
+        super().__init__()
+        self.poison, self.calls = poison, 0          # {call: (row, positions)}
+
+    def forward(self, x, attention_mask=None):
+        assert int(x.min()) >= 0 and int(x.max()) < 20, x        # never a -1 written into x
+        logits = MODEL(x, attention_mask=attention_mask).logits
+        if self.calls in self.poison:
+            row, positions = self.poison[self.calls]
+            logits[row, positions, 5] = float("nan")
+        self.calls += 1
+        return logits
+
+
+LAZY = dict(steps=8, gen_length=16, block_length=8, mask_id=MASK, seed=3, temperature=0.9)
+
+
+def _message(model, **kw):
+    with pytest.raises(ValueError) as e:
+        _call(model=model, **{**LAZY, **kw})
+    return str(e.value)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.0])
+def test_early_bad_step_is_reported_with_its_step(cfg_scale):
+    """NaN at step 1 of a 4-step block: the torch loop notices it at the block's end, after 2
+    more model calls, and still names step 1, the first still-masked position of row 1 and how
+    many more there were, in the reference's words."""
+    _, trace = _call(**LAZY, return_trace=True, cfg_scale=cfg_scale)
+    masked = torch.nonzero(trace.steps[1].candidate[1]).flatten().tolist()   # row 1 at step 1
+    first = 3 + masked[0]
+    poison = {1: (1, list(range(3, 11)))}           # the whole first block of row 1
+    ref = _message(_PoisonSteps(poison), backend="reference", cfg_scale=cfg_scale)
+    model = _PoisonSteps(poison)
+    fast = _message(model, backend="torch", cfg_scale=cfg_scale)
+    assert fast == ref, (fast, ref)
+    assert f"at step 1, batch row 1, position {first} " in fast
+    assert f"({len(masked) - 1} more position(s) in this step)" in fast
+    assert model.calls == 4                          # the rest of block 0, then the check
+
+
+def test_first_bad_step_of_the_block_wins():
+    """Two bad steps in one block: the earlier one is reported, not the later one."""
+    poison = {0: (0, [5]), 2: (1, [3, 4, 5, 6, 7, 8, 9, 10])}
+    fast = _message(_PoisonSteps(poison), backend="torch")
+    assert fast == _message(_PoisonSteps(poison), backend="reference")
+    assert "at step 0, batch row 0, position 5 " in fast and "more position" not in fast
+
+
+def test_bad_step_in_a_later_block():
+    """The check of block 0 passes; block 1's first step goes bad and is reported at its end."""
+    model = _PoisonSteps({4: (0, [12])})
+    fast = _message(model, backend="torch")
+    assert fast == _message(_PoisonSteps({4: (0, [12])}), backend="reference")
+    assert "at step 4, batch row 0, position 12 " in fast and model.calls == 8
+
+
+def test_invalid_rows_are_never_kept():
+    """Between the bad step and the check, the bad row stays masked (it is never kept), and
+    only valid tokens are kept elsewhere; the error names the first bad step."""
+    seen = []
+    poison = {c: (1, [4]) for c in range(4)}        # position 4 of row 1 bad at every step
+    with pytest.raises(ValueError, match="at step 0, batch row 1, position 4 "):
+        _call(model=_PoisonSteps(poison), backend="torch", callback=seen.append, **LAZY)
+    assert len(seen) == 4                            # every step of block 0 ran
+    for s in seen:
+        assert s.candidate[1, 1] and not s.keep[1, 1]     # index 1 of the block = position 4
+        assert torch.isnan(s.confidence[1, 1]) and int(s.x0[1, 1]) == -1
+        assert bool((s.x0[s.keep] >= 0).all())
+
+
+def test_threshold_mode_raises_at_the_next_step():
+    """Threshold mode syncs every step anyway: the error comes at the very next step's check."""
+    kw = dict(threshold=0.9, remasking="low_confidence")
+    model = _PoisonSteps({0: (0, [3, 4])})
+    fast = _message(model, backend="torch", **kw)
+    assert fast == _message(_PoisonSteps({0: (0, [3, 4])}), backend="reference", **kw)
+    assert "at step 0, batch row 0, position 3 " in fast and "(1 more position(s) in this step)" in fast
+    assert model.calls == 1
