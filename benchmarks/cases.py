@@ -298,8 +298,8 @@ def _llada_step(mod, inp: StepInputs):
 
 def _rows_step(mod, inp: StepInputs):
     """What `fastremask.generate`'s fast loop does in a step whose candidates are the whole
-    block: sample_rows on the candidate rows, the NaN/inf check (its one host sync), select,
-    write the kept tokens into x."""
+    block: sample_rows on the candidate rows, the lazy NaN/inf check (first invalid row kept
+    on the device), select, write the kept tokens into x. No host sync."""
     case = inp.case
     B, L, V, C = case.batch, case.length, case.vocab, case.block
     flat = inp.logits.view(-1, V)
@@ -307,6 +307,8 @@ def _rows_step(mod, inp: StepInputs):
     candidate = torch.ones(B, C, dtype=torch.bool, device=inp.device)
     deferred = torch.zeros(B, C, dtype=torch.bool, device=inp.device)
     s0, s1 = inp.block_start, inp.block_start + C
+    R = B * C
+    order = torch.arange(R, device=inp.device)
 
     def fn():
         x = inp.x.clone()
@@ -314,11 +316,13 @@ def _rows_step(mod, inp: StepInputs):
             cond, inp.rows, inp.seeds, inp.positions, 0, temperature=case.temperature,
             remasking=case.remasking, cfg_scale=case.cfg, uncond_logits=uncond,
         )
-        if bool(s.invalid.any()):  # the generate loops' one host sync per step
-            raise ValueError(f"invalid logits in benchmark case {case.name}")
-        keep = mod.select(s.confidence.view(B, C), candidate, deferred, inp.k, None)
+        # the loop's lazy NaN/inf check: the first invalid row stays on the device (no sync)
+        first_invalid = torch.where(s.invalid, order, R).amin()
+        x0 = s.x0.view(B, C)
+        keep = mod.select(s.confidence.view(B, C), candidate, deferred, inp.k, None) & (x0 >= 0)
         blk = x[:, s0:s1]
-        blk[keep] = s.x0.view(B, C)[keep]
+        blk.copy_(torch.where(keep, x0, blk))
+        x.first_invalid = first_invalid  # keeps it alive, as the loop does until the block ends
         return x
 
     return fn
