@@ -233,8 +233,11 @@ def run(args) -> int:
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
     prof.export_chrome_trace(args.out)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":  # torch >= 2.4 names it "device"; older ones "cuda"
+        sort = "self_device_time_total" if any(hasattr(e, "self_device_time_total") for e in averages) \
+            else "self_cuda_time_total"
     print(averages.table(sort_by=sort, row_limit=args.top))
     print(phase_summary(averages, ph, wall, device))
     print(f"wrote {args.out} (open in ui.perfetto.dev or chrome://tracing)")
