@@ -96,7 +96,7 @@ def _row_spec(dtype: str, cfg: bool, noise: bool, rule: str, active: bool = True
         "temperature": "fp32", "cfg_s1": "fp32",
     }
     const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise,
-             "NEED_S": r != _RANDOM, "NEED_A": r == _ENTROPY}
+             "NEED_S": r != _RANDOM, "NEED_A": r == _ENTROPY, "NEED_L2": r == _MARGIN}
     name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
     return Spec(name, _sample_rows_kernel, sig, const, 8 if noise else 4, aligned)
@@ -134,7 +134,7 @@ def specialisations(quick: bool = False) -> list[Spec]:
     rows = [_row_spec(d, c, n, r) for d, c, n, r in
             itertools.product(_LOGIT_TYPES, (False, True), (False, True), ("low_confidence", "margin",
                                                                             "entropy", "random"))]
-    # margin and low_confidence compile to the same row kernel (NEED_S, not NEED_A): keep one.
+    # Rules that give the same constexprs compile to the same row kernel: keep one.
     seen, uniq = set(), []
     for s in rows:
         key = (s.signature["p_logits"], tuple(sorted(s.constexprs.items())))

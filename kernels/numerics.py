@@ -27,6 +27,7 @@ _KEY_A = tl.constexpr(_nm.PHILOX_KEY_A)
 _KEY_B = tl.constexpr(_nm.PHILOX_KEY_B)
 _LOG2E = tl.constexpr(_nm.LOG2E)
 _ROUNDER = tl.constexpr(_nm.ROUNDER)
+_ROUNDER_BITS = tl.constexpr(0x4B400000)             # bits of ROUNDER = 1.5 * 2**23
 _LN2_HI = tl.constexpr(_nm.LN2_HI)
 _LN2_LO = tl.constexpr(_nm.LN2_LO)
 _EXP_LO = tl.constexpr(_nm.EXP_LO)
@@ -53,13 +54,14 @@ _STREAM_REMASK = tl.constexpr(_nm.STREAM_REMASK)
 def philox(seed, c0, c1, c2, c3, ROUNDS: tl.constexpr = 10):
     """Philox4x32 on counter words (uint32 / int32 / int64 tensors or ints in [0, 2**32)) and a
     64-bit `seed`; returns four uint32 words of the broadcast shape."""
-    seed = tl.to_tensor(seed).to(tl.uint64)          # an int64 keys as its bits, as tl.philox
+    # tl.core.to_tensor: triton 3.6 does not export to_tensor as tl.to_tensor (3.9 does).
+    seed = tl.core.to_tensor(seed).to(tl.uint64)     # an int64 keys as its bits, as tl.philox
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    c0 = tl.to_tensor(c0).to(tl.uint32)
-    c1 = tl.to_tensor(c1).to(tl.uint32)
-    c2 = tl.to_tensor(c2).to(tl.uint32)
-    c3 = tl.to_tensor(c3).to(tl.uint32)
+    c0 = tl.core.to_tensor(c0).to(tl.uint32)
+    c1 = tl.core.to_tensor(c1).to(tl.uint32)
+    c2 = tl.core.to_tensor(c2).to(tl.uint32)
+    c3 = tl.core.to_tensor(c3).to(tl.uint32)
     for _ in tl.static_range(ROUNDS):
         _c0, _c2 = c0, c2
         c0 = tl.umulhi(_c2, _ROUND_B) ^ c1 ^ k0
@@ -96,6 +98,13 @@ def uniform24(r0):
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
+def neg(x):
+    """IEEE negation of fp32 `x` (a sign flip: -(+0.0) == -0.0), as torch's unary minus.
+    Not `-x`: triton 3.6 lowers unary minus on floats to `0 - x`, which gives +0.0 for +0.0."""
+    return (x.to(tl.int32, bitcast=True) ^ -2147483648).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _pow2(k):
     """2**k as fp32 from exponent bits, for int32 `k` in [-126, 127]."""
     return ((k + 127) << 23).to(tl.float32, bitcast=True)
@@ -107,11 +116,14 @@ def exp_(x):
     # Keeps k in range (-inf -> 0, inf -> inf); NaN stays NaN, as torch.clamp.
     x = tl.minimum(tl.maximum(x, _EXP_LO, propagate_nan=tl.PropagateNan.ALL), _EXP_HI,
                    propagate_nan=tl.PropagateNan.ALL)
-    k = (x * _LOG2E + _ROUNDER) - _ROUNDER           # round to nearest integer by adds (no floor)
+    t = x * _LOG2E + _ROUNDER                        # in [2**23, 2**24): an integer (ulp 1)
+    k = t - _ROUNDER                                 # round to nearest integer by adds (no floor)
     r = (x - k * _LN2_HI) - k * _LN2_LO              # k * LN2_HI exact, so is the subtraction
     q = ((((r * _E7 + _E6) * r + _E5) * r + _E4) * r + _E3) * r + _E2
     p = ((q * r) * r + r) + 1.0                      # 1 + (r + r*r*q): the big term added last
-    ki = k.to(tl.int32)
+    # int(k) from the bits of t (one integer subtract) instead of a float -> int conversion
+    # (cvt is a quarter-rate instruction); same integer, so the same bits (NaN: p is NaN anyway).
+    ki = t.to(tl.int32, bitcast=True) - _ROUNDER_BITS
     k1 = ki >> 1
     return (p * _pow2(k1)) * _pow2(ki - k1)          # exact, then one rounding (gradual underflow)
 
@@ -147,7 +159,7 @@ def log1p_(x):
 @triton.jit
 def gumbel(w):
     """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
-    return -log_(-log1p_(-w))
+    return neg(log_(neg(log1p_(neg(w)))))
 
 
 # ---------------------------------------------------------------------------------------------

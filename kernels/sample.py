@@ -16,6 +16,7 @@ Rows whose `active` flag is False cost one load in each kernel.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -27,7 +28,7 @@ from fastremask.numerics import CHUNK, FIXED
 from fastremask.reference import RowSample   # the one result type of every backend
 
 from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, log_,
-                       remask_uniform, to_f32)
+                       neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -37,7 +38,7 @@ _RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTRO
 MAX_VOCAB = 1 << 22        # 2048 chunks: the combine kernel holds a row's partials in one block
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
-_N_F, _N_I = 4, 4          # partial planes: fp32 (m, l2, best score, its logit), int64 (S, A, idx, bad)
+_N_F, _N_I = 4, 3          # partial planes: fp32 (m, l2, best score, its logit), int64 (S, A, idx)
 # Constants as constexpr (jit functions may only read constexpr globals).
 _FIXED_F = tl.constexpr(float(FIXED))   # 2**40, exact in fp32
 _FIXED_I = tl.constexpr(FIXED)
@@ -48,12 +49,27 @@ _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
 # kernels
 # ---------------------------------------------------------------------------------------------
 
+@triton.jit
+def _top2_combine(a1, ia, a2, b1, ib, b2):
+    """tl.reduce combine of (max, its lowest index, second largest with multiplicity)."""
+    pick_a = (a1 > b1) | ((a1 == b1) & (ia < ib))
+    return (tl.where(pick_a, a1, b1), tl.where(pick_a, ia, ib),
+            tl.maximum(tl.minimum(a1, b1), tl.maximum(a2, b2)))
+
+
+@triton.jit
+def _best_combine(sa, ia, la, sb, ib, lb):
+    """tl.reduce combine of (best score, its lowest index, its logit)."""
+    pick_a = (sa > sb) | ((sa == sb) & (ia < ib))
+    return tl.where(pick_a, sa, sb), tl.where(pick_a, ia, ib), tl.where(pick_a, la, lb)
+
+
 @triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress", "step"])   # no recompiles per step
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_active, p_suppress, p_pf, p_pi,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, step, temperature, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
-    NEED_S: tl.constexpr, NEED_A: tl.constexpr,
+    NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_L2: tl.constexpr,
 ):
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
@@ -70,9 +86,11 @@ def _sample_rows_kernel(
             seed = tl.load(p_seeds + i_r)
             pos = tl.load(p_pos + i_r).to(tl.uint32)
         o = tl.arange(0, CHUNK)
-        c_lo = i_s * chunks_per_prog
-        c_hi = tl.minimum(c_lo + chunks_per_prog, n_chunks)
-        for c in range(c_lo, c_hi):
+        c = i_s * chunks_per_prog
+        c_hi = tl.minimum(c + chunks_per_prog, n_chunks)
+        # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
+        # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
+        while c < c_hi:
             o_v = c * CHUNK + o                                      # [CHUNK] vocab index
             m_v = o_v < V
             b_l = tl.load(p_l + o_v, mask=m_v, other=0.0).to(tl.float32)
@@ -80,22 +98,30 @@ def _sample_rows_kernel(
                 b_u = tl.load(p_u + o_v, mask=m_v, other=0.0).to(tl.float32)
                 b_l = b_u + cfg_s1 * (b_l - b_u)                     # §7: one rounding per op
             b_l = tl.where(m_v, b_l, float("-inf"))                  # past the vocab: -inf
-            for j in range(n_suppress):                              # after the CFG, as §7
+            j = 0
+            while j < n_suppress:                                    # after the CFG, as §7
                 b_l = tl.where(o_v == tl.load(p_suppress + j), float("-inf"), b_l)
-            # NaN / +inf make the row invalid (its outputs are fixed below); NaN -> -inf keeps
-            # every reduction well defined meanwhile.
-            bad = tl.max(((b_l != b_l) | (b_l == float("inf"))).to(tl.int32), 0)
-            b_l = tl.where(b_l == b_l, b_l, float("-inf"))
-            m_c = tl.max(b_l, 0)
-            i_top = tl.min(tl.where(b_l == m_c, o, CHUNK), 0)        # first max: the rest hold l2
-            l2_c = tl.max(tl.where(o == i_top, float("-inf"), b_l), 0)
-            if NOISE:
-                b_s = b_l + temperature * gumbel_noise(seed, pos, step, o_v)   # §4: one mul, one add
+                j += 1
+            # NaN and +inf make the row invalid (its outputs are fixed by the combine): NaN -> +inf,
+            # so a chunk is bad iff its max is +inf, and no separate reduction is needed. What
+            # the rest computes for a bad chunk is never used.
+            b_l = tl.where(b_l == b_l, b_l, float("inf"))
+            # One tree reduction per quantity group; T == 0 needs only (max, first argmax).
+            l2_c = float("-inf")
+            if NEED_L2:      # margin: max, first argmax and second largest in one reduction
+                m_c, i_top, l2_c = tl.reduce((b_l, o, tl.full([CHUNK], float("-inf"), tl.float32)),
+                                             0, _top2_combine)
+            elif NOISE:      # the index of the max is not needed: the sample is the best score's
+                m_c = tl.max(b_l, 0)
             else:
-                b_s = b_l                                            # T == 0 draws no noise
-            best = tl.max(b_s, 0)
-            i_best = tl.min(tl.where(b_s == best, o, CHUNK), 0)      # ties: lowest index
-            l_best = tl.max(tl.where(o == i_best, b_l, float("-inf")), 0)
+                m_c, i_top = tl.max(b_l, 0, return_indices=True, return_indices_tie_break_left=True)
+            if NOISE:        # §4: one mul, one add; best score, its lowest index, its logit
+                b_s = b_l + temperature * gumbel_noise(seed, pos, step, o_v)
+                best, i_best, l_best = tl.reduce((b_s, o, b_l), 0, _best_combine)
+            else:            # T == 0 draws no noise: the sample is the first max
+                best = m_c
+                i_best = i_top
+                l_best = m_c
             s_c = 0
             a_c = 0
             if NEED_S:
@@ -113,7 +139,7 @@ def _sample_rows_kernel(
             tl.store(p_pi + o_p, s_c)
             tl.store(p_pi + plane + o_p, a_c)
             tl.store(p_pi + 2 * plane + o_p, (c * CHUNK + i_best).to(tl.int64))
-            tl.store(p_pi + 3 * plane + o_p, bad.to(tl.int64))
+            c += 1
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -134,9 +160,8 @@ def _combine_kernel(
         b_best = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"))
         b_lbest = tl.load(p_pf + 3 * plane + o_p, mask=m_c, other=float("-inf"))
         b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0)
-        b_bad = tl.load(p_pi + 3 * plane + o_p, mask=m_c, other=0)
         m = tl.max(b_m, 0)
-        invalid = (tl.max(b_bad, 0) != 0) | (m == float("-inf"))
+        invalid = (m == float("inf")) | (m == float("-inf"))          # NaN / +inf, or no finite logit
         # x0: best score over chunks; chunks are in vocab order, so the first best chunk holds
         # the lowest index among equal scores.
         best = tl.max(b_best, 0)
@@ -162,7 +187,7 @@ def _combine_kernel(
                                 tl.max(tl.where(o_c == c_top, b_l2, float("-inf")), 0))
                 conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)   # 2**40 - t(l2)
             else:            # entropy
-                conf = -(log_(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
+                conf = neg(log_(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
         tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
         tl.store(p_conf + i_r, tl.where(invalid, float("nan"), conf))
         tl.store(p_invalid + i_r, invalid)
@@ -210,6 +235,7 @@ def _suppress_tensor(suppress_tokens, v: int, device: torch.device) -> torch.Ten
     return t if t.numel() else None
 
 
+@functools.lru_cache(maxsize=256)   # pure function of ints: no per-call Python work after the first
 def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | None,
                    num_warps: int | None) -> tuple[int, int, int]:
     """(chunks per program, programs per row, warps): a performance choice only, never the bits."""
@@ -327,7 +353,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         sup.numel() if sup is not None else 0, step, _f32(temperature), cfg_s1,
         CHUNK=CHUNK, HAS_CFG=has_cfg,
         HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
-        NEED_A=rule == _ENTROPY, num_warps=warps, **LAUNCH_OPTIONS)
+        NEED_A=rule == _ENTROPY, NEED_L2=rule == _MARGIN, num_warps=warps, **LAUNCH_OPTIONS)
     block_c = max(2, triton.next_power_of_2(n_chunks))
     _combine_kernel[(r,)](
         pf, pi, active if active is not None else rows, seeds, positions,

@@ -37,7 +37,8 @@ def _select_kernel(
     b_cand_i = tl.load(p_cand + i_b * stride_cand + o_i, mask=m_i, other=0) != 0
     b_def_i = (tl.load(p_def + i_b * stride_def + o_i, mask=m_i, other=0) != 0).to(tl.int32)
     rank = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    for j0 in range(0, C, BLOCK_J):
+    j0 = 0
+    while j0 < C:      # not range(0, C, ...): triton 3.6's interpreter cannot take tensor bounds
         o_j = j0 + tl.arange(0, BLOCK_J)
         m_j = o_j < C
         b_conf_j = tl.load(p_conf + i_b * stride_conf + o_j, mask=m_j, other=0.0)  # [BLOCK_J]
@@ -48,6 +49,7 @@ def _select_kernel(
         before = (d_j < d_i) | ((d_j == d_i) & ((c_j > c_i) | ((c_j == c_i) & (o_j[None, :] < o_i[:, None]))))
         before = before & b_cand_j[None, :]
         rank += tl.sum(before.to(tl.int32), 1)
+        j0 += BLOCK_J
     if THRESHOLD:
         keep = b_cand_i & (b_def_i == 0) & (b_conf_i >= threshold)
         none = tl.max(keep.to(tl.int32), 0) == 0
