@@ -111,6 +111,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the first prompt; prompt n (from 0) uses seed + n unless its line has one")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
+    s.add_argument("--logits-window", action="store_true",
+                   help="run the output head on the current block only (less memory; not in the bit-equality promise)")
     s.add_argument("--logits-eos-inf", action="store_true", help="never generate the model's EOS")
     s.add_argument("--confidence-eos-eot-inf", action="store_true",
                    help="keep EOS/EoT predictions only after every other position of the block")
@@ -313,7 +315,7 @@ def run_generate(args) -> int:
                 temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
                 mask_id=adapter.mask_id, schedule=args.schedule, factor=args.factor, threshold=args.threshold,
                 seed=[it.seed for it in batch], suppress_tokens=suppress or None, defer_tokens=defer or None,
-                backend=args.backend, return_trace=True,
+                backend=args.backend, logits_window=args.logits_window, return_trace=True,
                 callback=None if bar is None else (lambda rec: bar.update(1)),
             )
             answers = x[:, ids.shape[1]:].cpu()

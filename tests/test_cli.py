@@ -1,5 +1,6 @@
 """The ``fastremask`` command: generate with the built-in model, the demo model and tiny HF
 checkpoints; JSONL in and out; the trace and its picture; clear errors for bad inputs."""
+import importlib
 import json
 import shutil
 import subprocess
@@ -195,3 +196,21 @@ def test_module_entry():
     r = subprocess.run([sys.executable, "-m", "fastremask.cli", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "generate" in r.stdout
+
+
+def test_logits_window_flag_gives_the_same_answer(capsys, monkeypatch):
+    seen = []
+
+    def spy(*a, **kw):
+        seen.append(kw["logits_window"])
+        return generate(*a, **kw)
+
+    monkeypatch.setattr(importlib.import_module("fastremask.generate"), "generate", spy)
+    argv = ("--prompt", "Hi, I am", "--gen-length", "8", "--block-length", "4", "--steps", "8",
+            "--temperature", "1", "--backend", "torch")
+    rc, full, err = run(capsys, *argv)
+    assert rc == 0, err
+    rc, window, err = run(capsys, *argv, "--logits-window")
+    assert rc == 0, err
+    assert seen == [False, True]
+    assert window == full
