@@ -24,15 +24,56 @@ from fastremask.reference import (
 
 __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
-# Target size of one piece's [R, width] temporaries (the Philox words are int64, so a piece
-# costs about 10 x 8 bytes per element at its peak): 2**21 elements ~ 160 MiB.
+# Target size of one block of [rows, columns] worked on at a time. On a CPU a block of
+# 2**15 fp32 elements (128 KiB; its int32/fp32 temporaries alike) stays in L2 through the
+# ~30 element-wise passes of `exp_` and the sums, and it is at ATen's GRAIN_SIZE, so every op
+# runs on the calling thread (no OpenMP barrier per small op when torch has several threads).
+# On an accelerator the blocks are large (2**21 elements) to keep launches few.
+BLOCK_ELEMENTS_CPU = 1 << 15
 PIECE_ELEMENTS = 1 << 21
 NEG_INF = float("-inf")
+F32_MAX = 3.4028234663852886e38
 
 
-def _piece_width(R: int, V: int) -> int:
-    chunks = max(1, PIECE_ELEMENTS // (max(R, 1) * nx.CHUNK))
-    return min(chunks * nx.CHUNK, -(-V // nx.CHUNK) * nx.CHUNK)
+def _block_shape(R: int, V: int, device: torch.device, piece_width: Optional[int]) -> tuple[int, int]:
+    """(rows per block, vocab columns per block): columns a multiple of CHUNK (or V if V <= CHUNK)."""
+    budget = BLOCK_ELEMENTS_CPU if device.type == "cpu" else PIECE_ELEMENTS
+    if V <= nx.CHUNK:
+        W = V
+    else:
+        W = max(1, budget // nx.CHUNK) * nx.CHUNK
+        W = min(W, -(-V // nx.CHUNK) * nx.CHUNK)
+        if piece_width is not None:
+            W = min(W, piece_width)
+    r = max(1, min(R, budget // max(W, 1)))
+    return r, W
+
+
+def _fixed_sums(d: torch.Tensor, k: torch.Tensor, t: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+    """`S_c` (fp64, exact integers) of `d = l - m_c` [r, c, w] (consumed), with scratch `k`, `t`, `ki`.
+
+    Same integers as `nx.chunk_sums`'s `S_c` for every row without NaN or +inf (those rows
+    are invalid and their sums unused). Against `nx.exp_` then `* 2**40`, trunc, int64 sum:
+    * `d <= 0` (or -inf) here, so `clamp(-104, 89)` is `clamp_min(-104)`.
+    * `exp_` scales its polynomial `p` by `2**k` in two factors, then the sum takes
+      `trunc(e * 2**40)`. Here `p` is scaled once by `2**(k + 40)` (k in [-150, 0], so k + 40
+      in [-110, 40]: a normal power of two, and the product rounds at most once). If
+      `p * 2**k >= 2**-126` both products are exact and equal `p * 2**(k+40)`. Otherwise
+      `e <= 2**-126` (a subnormal or 0 after its one rounding), so `e * 2**40 < 1` truncates
+      to 0, and `p * 2**(k+40) < 2**-85` also truncates to 0 (`p < 2`).
+    * `trunc` in fp32 is exact and each term is an integer in [0, 2**40]; a chunk's sum of
+      at most 2048 of them is below 2**51, so summing them in fp64 is exact in any order.
+    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums`.
+    """
+    c2, c3, c4, c5, c6, c7 = nx.EXP_C
+    d.clamp_min_(nx.EXP_LO)
+    torch.mul(d, nx.LOG2E, out=k).add_(nx.ROUNDER).sub_(nx.ROUNDER)   # k = rint(d / ln2)
+    d.sub_(torch.mul(k, nx.LN2_HI, out=t)).sub_(torch.mul(k, nx.LN2_LO, out=t))   # r
+    r = d
+    q = torch.mul(r, c7, out=t).add_(c6).mul_(r).add_(c5).mul_(r).add_(c4).mul_(r).add_(c3)
+    q.mul_(r).add_(c2).mul_(r).mul_(r).add_(r).add_(1.0)          # p = 1 + (r + r*r*q)
+    ki.copy_(k).add_(127 + nx.FIXED_BITS).bitwise_left_shift_(23)  # bits of 2**(k + 40)
+    return q.mul_(ki.view(torch.float32)).trunc_().sum(-1, dtype=torch.float64)
 
 
 def sample_rows(
@@ -52,67 +93,126 @@ def sample_rows(
 ) -> RowSample:
     """Same contract and result as `fastremask.reference.sample_rows`.
 
-    ``piece_width`` (a multiple of ``CHUNK``; default from ``PIECE_ELEMENTS``) only bounds
+    ``piece_width`` (a multiple of ``CHUNK``; default from the block size) only bounds
     memory; it never changes a bit of the result (tested).
     """
     _check_sample_args(logits, rows, seeds, positions, step, temperature, remasking, uncond_logits)
     device = logits.device
     R, V = rows.numel(), logits.shape[1]
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
-    W = piece_width or _piece_width(R, V)
-    if W % nx.CHUNK:
-        raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {W}")
+    if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
+        raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
+    r_blk, W = _block_shape(R, V, device, piece_width)
+    cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
     noisy = float(temperature) != 0.0
     T = torch.tensor(float(temperature), dtype=torch.float32, device=device)
     if suppress_tokens is not None:
         suppress_tokens = suppress_tokens.to(device=device, dtype=torch.int64)
+        if not suppress_tokens.numel():
+            suppress_tokens = None
+    simple = uncond_logits is None and suppress_tokens is None
 
-    best_score = torch.full((R,), NEG_INF, device=device)       # running argmax of the scores
-    best_index = torch.zeros(R, dtype=torch.int64, device=device)
-    best_logit = torch.full((R,), NEG_INF, device=device)       # l at the running argmax
-    top2 = torch.full((R, 2), NEG_INF, device=device)           # two largest logits so far
-    bad = torch.zeros(R, dtype=torch.bool, device=device)
-    any_finite = torch.zeros(R, dtype=torch.bool, device=device)
-    m_c, s_c, a_c = [], [], []
-    for v0 in range(0, V, W):
-        v1 = min(v0 + W, V)
-        sup = None
-        if suppress_tokens is not None and suppress_tokens.numel():
-            sup = suppress_tokens - v0       # out-of-piece ids are dropped below
-            sup = sup[(sup >= 0) & (sup < v1 - v0)]
-        l = prepare_logits(
-            logits[rows, v0:v1], cfg_scale=cfg_scale,
-            uncond_logits=None if uncond_logits is None else uncond_logits[rows, v0:v1],
-            suppress_tokens=sup,
-        )                                                           # [R, w] fp32
-        bad |= torch.isnan(l).any(-1) | (l == float("inf")).any(-1)
-        any_finite |= (l != NEG_INF).any(-1)
-        mc, sc, ac = nx.chunk_sums(l)                               # [R, w / CHUNK]
-        m_c.append(mc), s_c.append(sc), a_c.append(ac)
-        vocab = torch.arange(v0, v1, device=device)
-        score = l + T * nx.gumbel_noise(seeds, positions, step, vocab) if noisy else l
-        p_best = score.amax(-1)                                     # [R]
-        p_index = torch.where(score == p_best[:, None], vocab, V).amin(-1).clamp_max(V - 1)
-        take = p_best > best_score       # strict: an equal score in a later piece has a higher id
-        best_score = torch.where(take, p_best, best_score)
-        best_index = torch.where(take, p_index, best_index)
-        best_logit = torch.where(take, l.gather(-1, (p_index - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(-1),
-                                 best_logit)
-        if remasking == "margin":
-            k = min(2, v1 - v0)
-            top2 = torch.cat([top2, l.topk(k, dim=-1).values], dim=-1).topk(2, dim=-1).values
-        del l, score
+    # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
+    n_buf = r_blk * W
+    buf = torch.empty(n_buf, dtype=torch.float32, device=device)
+    k_buf, t_buf = torch.empty_like(buf), torch.empty_like(buf)
+    ki_buf = torch.empty(n_buf, dtype=torch.int32, device=device)
 
-    m, Z, B = nx.combine_chunks(torch.cat(m_c, -1), torch.cat(s_c, -1), torch.cat(a_c, -1))
-    if remasking == "low_confidence":
-        confidence = nx.fixed_ratio(nx.fixed_term(best_logit, m), Z)
-    elif remasking == "margin":
-        confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m), Z)
-    elif remasking == "entropy":
-        logZ = nx.log_(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
-        confidence = -(logZ + nx.fixed_ratio(B, Z))
+    m_rows, s_rows, a_rows, i_rows = [], [], [], []      # per row group: lists over blocks
+    bs_rows, bi_rows, bl_rows, t2_rows = [], [], [], []
+    for g0 in range(0, R, r_blk):
+        g1 = min(g0 + r_blk, R)
+        r = g1 - g0
+        rows_g = rows[g0:g1]
+        m_l, s_l, a_l, i_l, bs_l, bi_l, bl_l, t2_l = [], [], [], [], [], [], [], []
+        for v0 in range(0, V, W):
+            v1 = min(v0 + W, V)
+            n = v1 - v0
+            nc = -(-n // cw)
+            x = buf[: r * nc * cw].view(r, nc * cw)
+            if simple:
+                x[:, :n].copy_(logits[:, v0:v1].index_select(0, rows_g))   # gather + to fp32
+            else:
+                sup = None
+                if suppress_tokens is not None:
+                    sup = suppress_tokens - v0       # out-of-block ids are dropped
+                    sup = sup[(sup >= 0) & (sup < n)]
+                x[:, :n].copy_(prepare_logits(
+                    logits[:, v0:v1].index_select(0, rows_g), cfg_scale=cfg_scale,
+                    uncond_logits=None if uncond_logits is None
+                    else uncond_logits[:, v0:v1].index_select(0, rows_g),
+                    suppress_tokens=sup,
+                ))
+            if n < nc * cw:
+                x[:, n:].fill_(NEG_INF)
+            l = x[:, :n]
+            if noisy:
+                vocab = torch.arange(v0, v1, device=device)
+                score = nx.gumbel_noise(seeds[g0:g1], positions[g0:g1], step, vocab).mul_(T).add_(l)
+                b_s, b_i = score.max(-1)             # first index of the max
+                del score
+                bs_l.append(b_s), bi_l.append(b_i + v0)
+                bl_l.append(l.gather(-1, b_i[:, None]).squeeze(-1))
+            if remasking == "margin":
+                t2_l.append(l.topk(min(2, n), dim=-1).values)
+            x3 = x.view(r, nc, cw)
+            if remasking == "entropy":
+                mc, sc, ac = nx.chunk_sums(x)        # [r, nc * cw] (padded) -> [r, nc]
+                m_l.append(mc), s_l.append(sc), a_l.append(ac)
+                if not noisy:
+                    i_l.append(x3.argmax(-1))
+                continue
+            if noisy:
+                mc = x3.amax(-1)
+            else:
+                mc, ic = x3.max(-1)                  # chunk max and its first index
+                i_l.append(ic)
+            m_l.append(mc)
+            if remasking == "random":
+                continue
+            x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # an all -inf chunk stays -inf (no -inf - -inf)
+            sz = x3.numel()
+            s_l.append(_fixed_sums(x3, k_buf[:sz].view_as(x3), t_buf[:sz].view_as(x3), ki_buf[:sz].view_as(x3)))
+        m_rows.append(torch.cat(m_l, -1))
+        if s_l:
+            s_rows.append(torch.cat(s_l, -1))
+        if a_l:
+            a_rows.append(torch.cat(a_l, -1))
+        if i_l:
+            i_rows.append(torch.cat(i_l, -1))
+        if noisy:
+            bs_rows.append(torch.stack(bs_l, -1)), bi_rows.append(torch.stack(bi_l, -1))
+            bl_rows.append(torch.stack(bl_l, -1))
+        if t2_l:
+            t2_l.insert(0, torch.full((r, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
+            t2_rows.append(torch.cat(t2_l, -1).topk(2, dim=-1).values)
+
+    m_c = torch.cat(m_rows, 0)                                   # [R, n_chunks] fp32
+    bad = torch.isnan(m_c).any(-1) | (m_c == float("inf")).any(-1)   # max propagates NaN and +inf
+    any_finite = (m_c != NEG_INF).any(-1)
+    if noisy:
+        b_s = torch.cat(bs_rows, 0)                              # [R, blocks]: first block wins ties
+        j = b_s.max(-1).indices[:, None]
+        best_index = torch.cat(bi_rows, 0).gather(-1, j).squeeze(-1)
+        best_logit = torch.cat(bl_rows, 0).gather(-1, j).squeeze(-1)
     else:
+        best_logit, j = m_c.max(-1)                              # first chunk holding the row max
+        best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
+
+    if remasking == "random":
         confidence = nx.remask_uniform(seeds, positions, step)
+    else:
+        s_c = torch.cat(s_rows, 0).to(torch.int64)
+        a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_c)
+        m, Z, B = nx.combine_chunks(m_c, s_c, a_c)
+        if remasking == "low_confidence":
+            confidence = nx.fixed_ratio(nx.fixed_term(best_logit, m), Z)
+        elif remasking == "margin":
+            top2 = torch.cat(t2_rows, 0)
+            confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m), Z)
+        else:
+            logZ = nx.log_(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+            confidence = -(logZ + nx.fixed_ratio(B, Z))
 
     invalid = bad | ~any_finite
     if active is not None:
