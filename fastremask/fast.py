@@ -49,12 +49,35 @@ def _block_shape(R: int, V: int, device: torch.device, piece_width: Optional[int
     return r, W
 
 
-def _fixed_sums(d: torch.Tensor, k: torch.Tensor, t: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
-    """`S_c` (fp64, exact integers) of `d = l - m_c` [r, c, w] (consumed), with scratch `k`, `t`, `ki`.
+_CONSTS: dict = {}
+
+
+def _consts(device: torch.device) -> dict:
+    """The fp32/int32 constants of `_fixed_sums` as 0-dim tensors (a Python scalar costs a
+    wrapped-number tensor per op; the values, and so the results, are the same)."""
+    key = str(device)
+    if key not in _CONSTS:
+        f = dict(log2e=nx.LOG2E, rounder=nx.ROUNDER, ln2_hi=nx.LN2_HI, ln2_lo=nx.LN2_LO,
+                 exp_lo=nx.EXP_LO, one=1.0, **{f"c{n}": c for n, c in zip(range(2, 8), nx.EXP_C)})
+        c = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in f.items()}
+        rounder_bits = int(torch.tensor(nx.ROUNDER, dtype=torch.float32).view(torch.int32))
+        c["bias"] = torch.tensor(127 + nx.FIXED_BITS - rounder_bits, dtype=torch.int32, device=device)
+        c["shift"] = torch.tensor(23, dtype=torch.int32, device=device)
+        _CONSTS[key] = c
+    return _CONSTS[key]
+
+
+def _fixed_sums(d: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`S_c` (fp64, exact integers) of `d = l - m_c` [r, c, w] (consumed), with fp32 scratch
+    `y`, `k`, `t` of the same shape.
 
     Same integers as `nx.chunk_sums`'s `S_c` for every row without NaN or +inf (those rows
     are invalid and their sums unused). Against `nx.exp_` then `* 2**40`, trunc, int64 sum:
     * `d <= 0` (or -inf) here, so `clamp(-104, 89)` is `clamp_min(-104)`.
+    * `k = (d * LOG2E + ROUNDER) - ROUNDER` as in `exp_`. The intermediate
+      `y = d * LOG2E + ROUNDER` lies in [2**23, 2**24) (|d * LOG2E| <= 151), where the fp32
+      spacing is 1, so `y = ROUNDER + k` exactly and its bits are `bits(ROUNDER) + k`: the
+      integer `k` is read from the bits, with no float -> int conversion.
     * `exp_` scales its polynomial `p` by `2**k` in two factors, then the sum takes
       `trunc(e * 2**40)`. Here `p` is scaled once by `2**(k + 40)` (k in [-150, 0], so k + 40
       in [-110, 40]: a normal power of two, and the product rounds at most once). If
@@ -62,18 +85,20 @@ def _fixed_sums(d: torch.Tensor, k: torch.Tensor, t: torch.Tensor, ki: torch.Ten
       `e <= 2**-126` (a subnormal or 0 after its one rounding), so `e * 2**40 < 1` truncates
       to 0, and `p * 2**(k+40) < 2**-85` also truncates to 0 (`p < 2`).
     * `trunc` in fp32 is exact and each term is an integer in [0, 2**40]; a chunk's sum of
-      at most 2048 of them is below 2**51, so summing them in fp64 is exact in any order.
-    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums`.
+      at most 2048 of them is below 2**52, so summing them in fp64 is exact in any order.
+    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums` and `nx.exp_`.
     """
-    c2, c3, c4, c5, c6, c7 = nx.EXP_C
-    d.clamp_min_(nx.EXP_LO)
-    torch.mul(d, nx.LOG2E, out=k).add_(nx.ROUNDER).sub_(nx.ROUNDER)   # k = rint(d / ln2)
-    d.sub_(torch.mul(k, nx.LN2_HI, out=t)).sub_(torch.mul(k, nx.LN2_LO, out=t))   # r
+    c = _consts(d.device)
+    d.clamp_min_(c["exp_lo"])
+    torch.mul(d, c["log2e"], out=y).add_(c["rounder"])             # ROUNDER + k, exactly
+    torch.sub(y, c["rounder"], out=k)                              # k = rint(d * LOG2E)
+    d.sub_(torch.mul(k, c["ln2_hi"], out=t)).sub_(torch.mul(k, c["ln2_lo"], out=t))   # r
     r = d
-    q = torch.mul(r, c7, out=t).add_(c6).mul_(r).add_(c5).mul_(r).add_(c4).mul_(r).add_(c3)
-    q.mul_(r).add_(c2).mul_(r).mul_(r).add_(r).add_(1.0)          # p = 1 + (r + r*r*q)
-    ki.copy_(k).add_(127 + nx.FIXED_BITS).bitwise_left_shift_(23)  # bits of 2**(k + 40)
-    return q.mul_(ki.view(torch.float32)).trunc_().sum(-1, dtype=torch.float64)
+    q = torch.mul(r, c["c7"], out=k).add_(c["c6"]).mul_(r).add_(c["c5"]).mul_(r).add_(c["c4"])
+    q.mul_(r).add_(c["c3"]).mul_(r).add_(c["c2"]).mul_(r).mul_(r).add_(r).add_(c["one"])   # p
+    yi = y.view(torch.int32)
+    yi.add_(c["bias"]).bitwise_left_shift_(c["shift"])             # bits of 2**(k + 40)
+    return q.mul_(y).trunc_().sum(-1, dtype=torch.float64)
 
 
 def sample_rows(
@@ -97,6 +122,26 @@ def sample_rows(
     memory; it never changes a bit of the result (tested).
     """
     _check_sample_args(logits, rows, seeds, positions, step, temperature, remasking, uncond_logits)
+    threads = torch.get_num_threads()
+    if logits.device.type != "cpu" or threads == 1:
+        return _sample_rows(logits, rows, seeds, positions, step, temperature=temperature,
+                            remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
+                            suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
+    # On a CPU the blocks are small (BLOCK_ELEMENTS_CPU): an intra-op parallel region per op
+    # costs more than the op (and far more on a busy machine, where the other threads wait to
+    # be scheduled: 5-10x slower steps measured with 2 threads). So the step runs on the
+    # calling thread; set_num_threads is OpenMP's per-thread setting, restored on exit.
+    torch.set_num_threads(1)
+    try:
+        return _sample_rows(logits, rows, seeds, positions, step, temperature=temperature,
+                            remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
+                            suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sample_rows(logits, rows, seeds, positions, step, *, temperature, remasking, cfg_scale,
+                 uncond_logits, suppress_tokens, active, piece_width) -> RowSample:
     device = logits.device
     R, V = rows.numel(), logits.shape[1]
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
@@ -115,8 +160,7 @@ def sample_rows(
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
     n_buf = r_blk * W
     buf = torch.empty(n_buf, dtype=torch.float32, device=device)
-    k_buf, t_buf = torch.empty_like(buf), torch.empty_like(buf)
-    ki_buf = torch.empty(n_buf, dtype=torch.int32, device=device)
+    scratch = [torch.empty_like(buf) for _ in range(3)]
 
     m_rows, s_rows, a_rows, i_rows = [], [], [], []      # per row group: lists over blocks
     bs_rows, bi_rows, bl_rows, t2_rows = [], [], [], []
@@ -172,7 +216,7 @@ def sample_rows(
                 continue
             x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # an all -inf chunk stays -inf (no -inf - -inf)
             sz = x3.numel()
-            s_l.append(_fixed_sums(x3, k_buf[:sz].view_as(x3), t_buf[:sz].view_as(x3), ki_buf[:sz].view_as(x3)))
+            s_l.append(_fixed_sums(x3, *(b[:sz].view_as(x3) for b in scratch)))
         m_rows.append(torch.cat(m_l, -1))
         if s_l:
             s_rows.append(torch.cat(s_l, -1))

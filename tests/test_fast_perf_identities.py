@@ -13,9 +13,7 @@ def _fast_s(l: torch.Tensor) -> torch.Tensor:
     x3 = l.reshape(l.shape[0], -1, nx.CHUNK).clone()
     m = x3.amax(-1)
     x3.sub_(m.clamp_min(-fast.F32_MAX)[..., None])
-    k, t = torch.empty_like(x3), torch.empty_like(x3)
-    ki = torch.empty(x3.shape, dtype=torch.int32)
-    return fast._fixed_sums(x3, k, t, ki).to(torch.int64)
+    return fast._fixed_sums(x3, *(torch.empty_like(x3) for _ in range(3))).to(torch.int64)
 
 
 def _extreme_rows(C: int) -> torch.Tensor:
@@ -68,9 +66,7 @@ def test_fixed_sums_every_exponent():
     assert torch.equal(_fast_s(l), s_ref)
     # term by term: trunc(p * 2**(k+40)) == trunc(exp_(d) * 2**40), each d its own "chunk"
     d3 = d.reshape(-1, 1, 1).clone()
-    k, t = torch.empty_like(d3), torch.empty_like(d3)
-    ki = torch.empty(d3.shape, dtype=torch.int32)
-    terms = fast._fixed_sums(d3, k, t, ki).to(torch.int64).reshape(-1)
+    terms = fast._fixed_sums(d3, *(torch.empty_like(d3) for _ in range(3))).to(torch.int64).reshape(-1)
     assert torch.equal(terms, nx.exp_(d).mul_(float(nx.FIXED)).to(torch.int64))
 
 
