@@ -31,6 +31,7 @@ __all__ = [
     "Task",
     "Addition",
     "Sorting",
+    "Permutation",
     "get_task",
     "TASKS",
     "wilson_interval",
@@ -239,11 +240,42 @@ class Sorting(Task):
         return x.sort(dim=1).values
 
 
-TASKS = {"add": Addition, "sort": Sorting}
+@dataclass(frozen=True)
+class Permutation(Sorting):
+    """``d,d,...,d>`` with ``length`` digits, answer *any* ordering of the same digits.
+
+    Many answers are right, and they constrain each other: every position's marginal is the
+    digit histogram, so drawing several positions at once from their marginals tends to repeat
+    the frequent digits, which is the failure the pyramid post describes (a model keeping many
+    ``.`` and ``I`` at its first step). Training answers are uniformly random orderings; the
+    check is that the answer's digits are the prompt's digits, as a multiset. Sample with
+    ``temperature > 0``: greedy decoding writes one digit everywhere.
+
+    Example (length 4): prompt ``"3,1,3,0>"``; ``"3013"`` and ``"0133"`` are both right.
+    """
+
+    name: str = "perm"
+
+    def _draw(self, g, n):
+        prompts, ordered = super()._draw(g, n)
+        order = torch.rand(n, self.length, generator=g).argsort(dim=1)
+        return prompts, prompts[:, 0::2].gather(1, order)
+
+    def solve(self, prompts):
+        """One right answer (the sorted digits); `check` accepts every ordering."""
+        return super().solve(prompts)
+
+    def check(self, prompts, outputs):
+        if outputs.dim() != 2 or outputs.shape[1] != self.answer_length:
+            raise ValueError(f"outputs must be [n, {self.answer_length}], got {tuple(outputs.shape)}")
+        return (outputs.to(torch.long).sort(dim=1).values == self.solve(prompts)).all(dim=1)
+
+
+TASKS = {"add": Addition, "sort": Sorting, "perm": Permutation}
 
 
 def get_task(spec: str) -> Task:
-    """``"add"``, ``"add:15"`` (operand digits), ``"sort"``, ``"sort:12"`` (list length)."""
+    """``"add"``, ``"add:15"`` (operand digits), ``"sort"``, ``"sort:12"``, ``"perm:12"`` (list length)."""
     name, _, arg = spec.partition(":")
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
@@ -253,7 +285,7 @@ def get_task(spec: str) -> Task:
         n = int(arg)
     except ValueError:
         raise ValueError(f"task size must be an int, got {arg!r} in {spec!r}") from None
-    return Addition(digits=n) if name == "add" else Sorting(length=n)
+    return Addition(digits=n) if name == "add" else TASKS[name](length=n)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -96,3 +96,14 @@ def test_wilson_interval():
     lo, hi = wilson_interval(50, 100)
     assert math.isclose(lo, 0.40383, abs_tol=1e-4) and math.isclose(hi, 0.59617, abs_tol=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_permutation_accepts_any_ordering():
+    task = get_task("perm:4")
+    prompt = torch.tensor([encode("3,1,3,0>")] * 4)
+    out = torch.tensor([encode("3013"), encode("0133"), encode("3310"), encode("3311")])
+    assert task.check(prompt, out).tolist() == [True, True, True, False]
+    prompts, answers = get_task("perm:12").test_set(200)
+    assert get_task("perm:12").check(prompts, answers).all()
+    # training answers are orderings of the prompt, not the sorted one
+    assert not torch.equal(answers, get_task("sort:12").solve(prompts))
