@@ -10,25 +10,32 @@
 # 4. pytest -m gpu (tests/test_gpu.py): LLaDA-vocab bit-equality, no host sync, CUDA graph;
 # 5. tests/test_kernels.py on CUDA (the interpreter tests, now on the real compiler);
 # 6. the AOT check (kernels/aot.py) with this machine's triton.
-# Each step has its own timeout and its failure does not stop the others; everything goes to
-# $OUT (set by the GPU tool; default benchmarks/results/gpu-<date>/). Worst case (every step
-# at its timeout) ~7.5 min, typically ~4.
+# 7. the pytest-benchmark suites on CUDA: the step (every backend, one table) and the whole
+#    generate loop with a LLaDA-8B-shaped random-weight model (model / sample / select split);
+# 8. fastremask profile of that loop (Chrome trace, top operators).
+# Each step has its own timeout and its failure does not stop the others; a step that would
+# start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
+# work folder that is packed into $OUT/logs.tgz at the end, so that the few files the GPU tool
+# returns hold everything (set by the GPU tool; default benchmarks/results/gpu-<date>/).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$OUT"
+LOGS="$(mktemp -d)/logs"
+mkdir -p "$OUT" "$LOGS"
 T0=$(date +%s)
+BUDGET_S="${BUDGET_S:-420}"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 
 step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record rc and seconds
   local name=$1 limit=$2; shift 2
   local t=$(date +%s)
+  if (( t - T0 > BUDGET_S )); then echo "$name skipped (past ${BUDGET_S}s)" | tee -a "$SUMMARY"; return; fi
   echo "+ [$(( t - T0 ))s] $name: $*"
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
-  tail -n 25 "$OUT/$name.log"
+  tail -n 25 "$LOGS/$name.log"
   echo "$name rc=$rc $(( $(date +%s) - t ))s" | tee -a "$SUMMARY"
 }
 
@@ -52,12 +59,16 @@ keep = select(got.confidence.view(4, 8), torch.ones(4, 8, dtype=torch.bool, devi
               torch.zeros(4, 8, dtype=torch.bool, device="cuda"), torch.full((4,), 2, device="cuda"), None)
 print("select kept per row:", keep.sum(1).tolist())
 EOF
-step bench 130 python benchmarks/bench_kernels_gpu.py --out "$OUT"
-step test_gpu 110 python -m pytest -m gpu tests/test_gpu.py -v -rA -p no:cacheprovider --junitxml="$OUT/test_gpu.xml"
-step test_kernels 75 python -m pytest tests/test_kernels.py -v -p no:cacheprovider -k "not property and not generate" --junitxml="$OUT/test_kernels.xml"
-step aot 35 python -m fastremask.kernels.aot --quick --json "$OUT/aot.json"
+step test_gpu 110 python -m pytest -m gpu tests/test_gpu.py -v -rA -p no:cacheprovider --junitxml="$LOGS/test_gpu.xml"
+step bench 120 python benchmarks/bench_kernels_gpu.py --out "$OUT"
+step bench_generate 110 fastremask bench --suites generate --backends llada,torch,triton --rounds 1 --json "$OUT/bench_generate.json"
+step bench_step 90 fastremask bench --suites step --rounds 5 --json "$OUT/bench_step.json"
+step test_kernels 60 python -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "not property and not generate" --junitxml="$LOGS/test_kernels.xml"
+step profile 60 fastremask profile --model llada-8b --backend triton --prompt-length 128 --gen-length 64 --block-length 32 --steps 64 --out "$LOGS/trace.json"
+step aot 35 python -m fastremask.kernels.aot --quick --json "$LOGS/aot.json"
 
 echo "total $(( $(date +%s) - T0 ))s" | tee -a "$SUMMARY"
+tar -czf "$OUT/logs.tgz" -C "$(dirname "$LOGS")" logs
 cat "$SUMMARY"
 [ -f "$OUT/kernels_gpu.txt" ] && cat "$OUT/kernels_gpu.txt"
 exit 0
