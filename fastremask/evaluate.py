@@ -1,12 +1,13 @@
 """Accuracy against model calls (NFE) for schedules and remasking rules: ``fastremask eval``.
 
     fastremask eval                                   # the shipped demo model on its task
-    fastremask eval -n 1000 --out benchmarks/results/eval_add15
+    fastremask eval -n 300 --schedules uniform,pyramid,ramp --out benchmarks/results/eval_perm12
 
 For one model and one task (`fastremask.tasks`), every schedule family is run with every
 remasking rule over its settings, the answers are checked exactly, and each point reports the
 measured NFE (model calls per example, counted around the model), the number of examples,
-the exact-match accuracy with its 95% Wilson interval, and the per-token accuracy.
+the exact-match accuracy (`Task.check`) with its 95% Wilson interval, and the per-token
+accuracy against `Task.solve` (meaningless for tasks with many right answers, such as ``perm``).
 
 Schedule families (``--schedules``):
 
@@ -16,11 +17,14 @@ Schedule families (``--schedules``):
 * ``ramp``: the pyramid's shape at any budget: exactly ``nfe`` steps, step 0 keeps one token
   and the rest grow linearly (an explicit list schedule, `ramp_counts`); one point per
   ``--nfe`` value, so it can be compared with ``uniform`` at equal NFE.
+* ``ramp_down``: the ramp reversed (the most tokens at step 0, one at the last step): the
+  opposite of the post's advice, as a control.
 
 Generation is batched (every prompt of a task has the same length, so no padding) through
 `fastremask.generate` with the given backend (``torch`` by default), one block covering the
-whole answer, temperature 0 by default (greedy tokens; ``random`` remasking is then the only
-randomness, seeded per batch from ``--seed``).
+whole answer. The command's temperature is 1 for the ``perm`` task (many right answers: the
+model must sample) and 0 otherwise (greedy tokens; ``random`` remasking is then the only
+randomness). Example ``i`` of the test set always gets seed ``--seed + i``.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ __all__ = [
     "load_model",
 ]
 
-FAMILIES = ("uniform", "pyramid", "ramp")
+FAMILIES = ("uniform", "pyramid", "ramp", "ramp_down")
 DEFAULT_RULES = ("low_confidence", "random")
 DEFAULT_FACTORS = (1, 2, 3, 4, 6, 8)
 
@@ -94,6 +98,8 @@ class Point:
             return dict(steps=answer_length, schedule="pyramid", factor=self.setting)
         if self.family == "ramp":
             return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting))
+        if self.family == "ramp_down":
+            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting)[::-1])
         raise ValueError(f"unknown schedule family {self.family!r}; known: {FAMILIES}")
 
     def expected_nfe(self, answer_length: int) -> int:
@@ -177,9 +183,9 @@ def evaluate(
     model : a masked-diffusion LM with LLaDA's call interface (``model(x).logits [B, L, V]``)
         trained on ``task``'s vocabulary.
     task : a `fastremask.tasks.Task`.
-    schedules : families among ``"uniform"``, ``"pyramid"``, ``"ramp"``.
+    schedules : families among ``"uniform"``, ``"pyramid"``, ``"ramp"``, ``"ramp_down"``.
     remasking : rules `fastremask.generate` accepts (``"low_confidence"``, ``"random"``, ...).
-    nfe_grid : NFE values for ``uniform`` and ``ramp`` (default: 1, 2, 3, 4, 6, 8, 12, 16, ...
+    nfe_grid : NFE values for ``uniform`` and the ramps (default: 1, 2, 3, 4, 6, 8, 12, 16, ...
         up to and including the answer length).
     factors : pyramid factors (those needing more steps than the answer length are dropped).
     seed : ``generate``'s seed for the batch starting at example ``i`` is ``seed + i``.
@@ -221,7 +227,7 @@ def evaluate(
             )
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
-            ok.append((answers == truth).all(1))
+            ok.append(task.check(batch.cpu(), answers))
             tok_ok += int((answers == truth).sum())
             n_batches += 1
         ok = torch.cat(ok)
@@ -262,49 +268,53 @@ def format_table(rows: list[Row]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-_COLORS = {"uniform": "tab:blue", "pyramid": "tab:red", "ramp": "tab:orange"}
+_COLORS = {"uniform": "tab:blue", "pyramid": "tab:red", "ramp": "tab:orange", "ramp_down": "tab:green"}
 _STYLES = {"low_confidence": "-", "random": "--", "margin": "-.", "entropy": ":"}
 
 
 def plot(rows: list[Row], path: str, title: str = "", answer_length: int | None = None) -> None:
-    """Accuracy against NFE, one line per (schedule family, remasking rule), 95% Wilson
-    intervals as error bars; pyramid points are labelled with their factor. Written as PNG."""
+    """Accuracy against NFE: one panel per remasking rule, one line per schedule family, 95%
+    Wilson intervals as error bars, pyramid points labelled with their factor. PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    groups = {}
-    for r in rows:
-        groups.setdefault((r.family, r.remasking), []).append(r)
-    for (fam, rule), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r.nfe)
-        x = [r.nfe for r in rs]
-        y = [r.accuracy for r in rs]
-        err = [[r.accuracy - r.ci_low for r in rs], [r.ci_high - r.accuracy for r in rs]]
-        ax.errorbar(
-            x, y, yerr=err, color=_COLORS.get(fam), linestyle=_STYLES.get(rule, "-"),
-            marker="o" if fam != "ramp" else "s", markersize=4, capsize=3, label=f"{fam}, {rule}",
-        )
-        if fam == "pyramid":
-            for r in rs:
-                ax.annotate(r.setting.replace("factor=", "f"), (r.nfe, r.accuracy),
-                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=_COLORS[fam])
-    if answer_length:
-        ax.axvline(answer_length, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
+    rules = list(dict.fromkeys(r.remasking for r in rows))
+    fig, axes = plt.subplots(1, len(rules), figsize=(5.2 * len(rules), 4.4), dpi=120, sharey=True, squeeze=False)
     ticks = sorted({round(r.nfe) for r in rows})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) for t in ticks])
-    ax.set_xlabel("NFE (model calls per answer)")
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
+    for ax, rule in zip(axes[0], rules):
+        groups = {}
+        for r in rows:
+            if r.remasking == rule:
+                groups.setdefault(r.family, []).append(r)
+        for fam, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r.nfe)
+            ax.errorbar(
+                [r.nfe for r in rs], [r.accuracy for r in rs],
+                yerr=[[r.accuracy - r.ci_low for r in rs], [r.ci_high - r.accuracy for r in rs]],
+                color=_COLORS.get(fam), marker={"ramp": "s", "ramp_down": "v"}.get(fam, "o"),
+                markersize=4, capsize=3, label=fam,
+            )
+            if fam == "pyramid":
+                for r in rs:
+                    ax.annotate(r.setting.replace("factor=", "f"), (r.nfe, r.accuracy), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7, color=_COLORS[fam])
+        if answer_length:
+            ax.axvline(answer_length, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (model calls per answer)")
+        ax.set_title(f"remasking = {rule}", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0][0].set_ylabel("exact-match accuracy")
     n = sorted({r.n for r in rows})
-    ax.set_title((title + "\n" if title else "") + f"n = {', '.join(map(str, n))} test examples per point, 95% Wilson CI",
+    fig.suptitle((title + "; " if title else "") + f"n = {', '.join(map(str, n))} per point, 95% Wilson CI",
                  fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -361,7 +371,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--examples", type=int, default=200, help="test examples per point (default 200)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature (default: 1 for the perm task, whose answers are not "
+                             "unique, else 0)")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -378,6 +390,8 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task) if args.task else model_task
     if task is None:
         raise SystemExit("--task is required: the model folder has no demo.json naming its task")
+    if args.temperature is None:
+        args.temperature = 1.0 if task.name == "perm" else 0.0
     say = None if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
     rows = evaluate(

@@ -111,26 +111,24 @@ def test_bad_arguments(llada_dir):
 
 @pytest.mark.skipif(not HAS_DEMO, reason="no demo checkpoint in fastremask/data")
 def test_demo_model_answers_through_the_adapter():
-    from fastremask.tasks import decode, get_task
+    from fastremask.tasks import decode, encode, get_task
 
-    meta = json.load(open(os.path.join(DEMO, "demo.json")))
-    task = get_task(meta["task"])
+    task = get_task(json.load(open(os.path.join(DEMO, "demo.json")))["task"])
     prompts, answers = task.test_set(8)
-    lm = la.FastRemaskLM(pretrained=DEMO, device="cpu", gen_length=task.answer_length, batch_size=8)
+    A = task.answer_length
+    lm = la.FastRemaskLM(pretrained=DEMO, device="cpu", gen_length=A, steps=A, temperature=1.0, batch_size=8)
     out = lm.generate_until([_req(decode(p), doc_id=i) for i, p in enumerate(prompts)])
-    right = sum(o == decode(a) for o, a in zip(out, answers))
-    assert right >= 4, (out, [decode(a) for a in answers])
-    # the ELBO prefers the true sum to a wrong one
-    wrong = [decode((a + 1) % 10) for a in answers[:4]]
-    ll = lm.loglikelihood([SimpleNamespace(args=(decode(p), c), task_name="t", doc_id=i)
-                           for i, (p, c) in enumerate(zip(prompts[:4], [decode(a) for a in answers[:4]] + wrong))])
-    assert ll  # smoke; the ranking is checked on the true/false pairs below
-    pairs = lm.loglikelihood([SimpleNamespace(args=(decode(prompts[0]), c), task_name="t", doc_id=0)
-                              for c in (decode(answers[0]), wrong[0])])
-    assert pairs[0][0] > pairs[1][0]
+    assert all(len(o) == A for o in out)
+    right = task.check(prompts, torch.tensor([encode(o) for o in out]))
+    assert int(right.sum()) >= 6, out
+    # the ELBO prefers a right answer to a wrong one (every digit shifted by one)
+    ctx = decode(prompts[0])
+    good, bad = decode(answers[0]), decode((answers[0] + 1) % 10)
+    ll = lm.loglikelihood([SimpleNamespace(args=(ctx, c), task_name="t", doc_id=0) for c in (good, bad)])
+    assert ll[0][0] > ll[1][0]
 
 
-TASK_YAML = """task: fastremask_local_add
+TASK_YAML = """task: fastremask_local_demo
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -142,10 +140,23 @@ doc_to_target: "{{{{answer}}}}"
 generation_kwargs:
   until: []
   max_gen_toks: {gen}
+process_results: !function check.process_results
 metric_list:
-  - metric: exact_match
+  - metric: acc
     aggregation: mean
     higher_is_better: true
+"""
+
+CHECK_PY = """
+from fastremask.tasks import encode, get_task
+import torch
+
+TASK = get_task({spec!r})
+
+
+def process_results(doc, results):
+    ok = TASK.check(torch.tensor([encode(doc["prompt"])]), torch.tensor([encode(results[0])]))
+    return {{"acc": float(ok[0])}}
 """
 
 
@@ -158,15 +169,18 @@ def test_harness_local_task(tmp_path):
 
     from fastremask.tasks import decode, get_task
 
-    task = get_task(json.load(open(os.path.join(DEMO, "demo.json")))["task"])
+    spec = json.load(open(os.path.join(DEMO, "demo.json")))["task"]
+    task = get_task(spec)
     prompts, answers = task.test_set(6)
-    data = tmp_path / "add.jsonl"
+    data = tmp_path / "demo.jsonl"
     data.write_text("".join(json.dumps({"prompt": decode(p), "answer": decode(a)}) + "\n"
                             for p, a in zip(prompts, answers)))
-    (tmp_path / "add.yaml").write_text(TASK_YAML.format(data=data, gen=task.answer_length))
+    (tmp_path / "demo.yaml").write_text(TASK_YAML.format(data=data, gen=task.answer_length))
+    (tmp_path / "check.py").write_text(CHECK_PY.format(spec=spec))
     res = lm_eval.simple_evaluate(
-        model="fastremask", model_args=f"pretrained={DEMO},device=cpu,schedule=pyramid,factor=1",
-        tasks=["fastremask_local_add"], task_manager=TaskManager(include_path=str(tmp_path)), batch_size=6,
+        model="fastremask",
+        model_args=f"pretrained={DEMO},device=cpu,steps={task.answer_length},temperature=1.0",
+        tasks=["fastremask_local_demo"], task_manager=TaskManager(include_path=str(tmp_path)), batch_size=6,
     )
-    em = res["results"]["fastremask_local_add"]["exact_match,none"]
-    assert 0.5 <= em <= 1.0
+    acc = res["results"]["fastremask_local_demo"]["acc,none"]
+    assert 0.5 <= acc <= 1.0
