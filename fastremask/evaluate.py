@@ -7,7 +7,8 @@ For one model and one task (`fastremask.tasks`), every schedule family is run wi
 remasking rule over its settings, the answers are checked exactly, and each point reports the
 measured NFE (model calls per example, counted around the model), the number of examples,
 the exact-match accuracy (`Task.check`) with its 95% Wilson interval, and the per-token
-accuracy against `Task.solve` (meaningless for tasks with many right answers, such as ``perm``).
+accuracy against `Task.solve` (NaN, shown as n/a, for tasks with many right answers, such as
+``perm``).
 
 Schedule families (``--schedules``):
 
@@ -237,7 +238,7 @@ def evaluate(
             family=pt.family, setting=pt.label, remasking=pt.remasking,
             nfe=counter.calls / n_batches, n=n_examples, correct=correct,
             accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
-            token_accuracy=tok_ok / (n_examples * A), seconds=time.perf_counter() - t0,
+            token_accuracy=tok_ok / (n_examples * A) if task.unique_answers else float("nan"), seconds=time.perf_counter() - t0,
         )
         rows.append(row)
         if progress is not None:
@@ -256,13 +257,17 @@ def default_nfe_grid(answer_length: int) -> list[int]:
 # ---------------------------------------------------------------------------- reporting
 
 
+def _fmt(v: float) -> str:
+    return "n/a" if v != v else f"{v:.3f}"  # NaN: token accuracy is undefined (many right answers)
+
+
 def format_table(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
     head = "| schedule | setting | remasking | NFE | n | exact match | 95% CI | token acc. |\n"
     head += "|---|---|---|---:|---:|---:|---|---:|\n"
     lines = [
         f"| {r.family} | {r.setting} | {r.remasking} | {r.nfe:g} | {r.n} | {r.accuracy:.3f} | "
-        f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.token_accuracy:.3f} |"
+        f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {_fmt(r.token_accuracy)} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -321,6 +326,24 @@ def plot(rows: list[Row], path: str, title: str = "", answer_length: int | None 
 
 
 # ---------------------------------------------------------------------------- CLI
+
+
+def write_results(rows: list[Row], out: str, meta: dict, title: str = "", answer_length: int | None = None) -> None:
+    """``out.md`` (table), ``out.csv``, ``out.json`` (``meta`` plus the rows; NaN as null)
+    and ``out.png`` (`plot`)."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(format_table(rows))
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        w.writeheader()
+        for r in rows:
+            w.writerow(asdict(r))
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(r).items()} for r in rows]
+    with open(out + ".json", "w") as f:
+        json.dump({**meta, "rows": clean}, f, indent=2)
+        f.write("\n")
+    plot(rows, out + ".png", title=title, answer_length=answer_length)
 
 
 def _demo_dir() -> str:
@@ -405,24 +428,13 @@ def run(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"{task.describe()}; model {model_name}; {seconds:.0f}s on {torch.get_num_threads()} threads")
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out + ".md", "w") as f:
-            f.write(table)
-        with open(args.out + ".csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            w.writeheader()
-            for r in rows:
-                w.writerow(asdict(r))
         meta = dict(
             task=task.describe(), model=model_name, examples=args.examples, seed=args.seed,
             temperature=args.temperature, backend=args.backend, batch_size=args.batch_size,
             threads=torch.get_num_threads(), torch=torch.__version__, seconds=round(seconds, 1),
-            rows=[asdict(r) for r in rows],
         )
-        with open(args.out + ".json", "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-        plot(rows, args.out + ".png", title=f"{task.describe()}; {model_name}", answer_length=task.answer_length)
+        write_results(rows, args.out, meta, title=f"{task.describe()}; {model_name}",
+                      answer_length=task.answer_length)
         print(f"wrote {args.out}.md, .csv, .json, .png")
     return 0
 

@@ -76,6 +76,7 @@ class Task:
     """
 
     name: str = "task"
+    unique_answers = True  # class attribute (not a field): False where many answers are right
 
     @property
     def prompt_length(self) -> int:
@@ -255,6 +256,7 @@ class Permutation(Sorting):
     """
 
     name: str = "perm"
+    unique_answers = False
 
     def _draw(self, g, n):
         prompts, ordered = super()._draw(g, n)
