@@ -307,7 +307,8 @@ def plot(rows: list[Row], path: str, title: str = "", answer_length: int | None 
                                 xytext=(4, -10), fontsize=7, color=_COLORS[fam])
         if answer_length:
             ax.axvline(answer_length, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2)
+        if max(ticks) > 16:  # long answers: log axis; short ones read better on a linear one
+            ax.set_xscale("log", base=2)
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
