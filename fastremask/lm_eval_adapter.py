@@ -1,7 +1,6 @@
 """An lm-evaluation-harness model that samples with fastremask: ``--model fastremask``.
 
     pip install lm_eval
-    lm_eval --model fastremask --include_path <dir with this import> ...   # or, simpler:
     python -m fastremask.lm_eval_adapter --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,\\
         trust_remote_code=True,dtype=bf16,gen_length=256,steps=256,block_length=32,schedule=pyramid,factor=2,chat=True \\
         --tasks gsm8k --batch_size 8

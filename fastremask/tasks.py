@@ -1,5 +1,8 @@
 """Tasks with exactly checkable answers, for training and evaluating the demo model.
 
+Tasks: `Addition` (``add:N``), `Sorting` (``sort:N``) and `Permutation` (``perm:N``, any
+ordering of N digits: many right answers, the shipped demo model's task).
+
 A task turns a seeded random draw into ``(prompt, answer)`` token tensors of fixed lengths
 (every prompt of a task has the same length, so a batch needs no padding) and checks a
 generated answer exactly. The tokens of an answer depend on each other: in multi-digit
