@@ -19,6 +19,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import torch
+
 __all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
@@ -211,6 +213,14 @@ def _read_prompts_file(path: str, base_seed: int) -> list[Item]:
     return items
 
 
+def _task_verdict(task, it) -> str:
+    """``'Correct: yes (task perm:12)'`` when the demo task can check this answer, else ''."""
+    if task is None or len(it.ids) != task.prompt_length or len(it.tokens) != task.answer_length:
+        return ""
+    ok = bool(task.check(torch.tensor([it.ids]), torch.tensor([it.tokens]))[0])
+    return f"Correct: {'yes' if ok else 'no'} (task {task.name}, checked exactly)"
+
+
 def _default_prompt(adapter, task) -> str:
     if task is not None:
         from . import tasks
@@ -364,10 +374,15 @@ def run_generate(args) -> int:
                     out.write(f"[{it.line}] {it.record['prompt']}\n")
                 if args.trace:
                     trace, b = it.trace
+                    if not many:
+                        out.write(f"Prompt: {it.record['prompt']}\n")
                     for line in format_trace(trace, adapter.token_str, row=b):
                         out.write(line + "\n")
                     out.write("Final output: ")
                 out.write(it.text + "\n")
+                verdict = _task_verdict(task, it)
+                if verdict and args.trace:
+                    out.write(verdict + "\n")
             out.flush()
     finally:
         if out is not sys.stdout:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastremask import cli, generate, models, testing
 from fastremask.tiny import tiny_model
@@ -39,7 +40,8 @@ def test_builtin_model_trace(capsys):
     rc, out, err = run(capsys, "--prompt", "Hi, I am", "--gen-length", "8", "--trace")
     assert rc == 0, err
     assert "built-in tiny model" in err
-    lines = out.splitlines()
+    prompt_line, *lines = out.splitlines()
+    assert prompt_line == "Prompt: Hi, I am"
     assert [ln.split(",")[0] for ln in lines[:8]] == [f"step {i}" for i in range(8)]
     assert all(", Keeping: [" in ln for ln in lines[:8])
     assert lines[8].startswith("Final output: ")
@@ -214,3 +216,19 @@ def test_logits_window_flag_gives_the_same_answer(capsys, monkeypatch):
     assert rc == 0, err
     assert seen == [False, True]
     assert window == full
+
+
+def test_shipped_demo_trace_prints_prompt_and_exact_verdict(monkeypatch, capsys):
+    from fastremask import tasks
+
+    demo = cli.__file__.rsplit("cli.py", 1)[0] + "data"
+    monkeypatch.setattr(cli, "_demo_dir", lambda: demo)
+    task = tasks.get_task(json.load(open(demo + "/demo.json"))["task"])
+    for schedule in ("uniform", "pyramid"):
+        rc, out, err = run(capsys, "--trace", "--schedule", schedule, "--temperature", "1")
+        assert rc == 0, err
+        lines = out.splitlines()
+        prompt = lines[0].removeprefix("Prompt: ")
+        answer = lines[-2].removeprefix("Final output: ")
+        ok = task.check(torch.tensor([tasks.encode(prompt)]), torch.tensor([tasks.encode(answer)]))[0]
+        assert lines[-1] == f"Correct: {'yes' if ok else 'no'} (task {task.name}, checked exactly)"
