@@ -21,15 +21,15 @@ import torch
 
 from fastremask import reference
 from fastremask import schedule as _schedule
+# LLaDA's mask id (the default mask_id), EOS (logits_eos_inf suppresses it,
+# confidence_eos_eot_inf defers it) and EoT (confidence_eos_eot_inf defers it)
+from fastremask.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 from fastremask.reference import (
     REMASKING, Trace, TraceStep, model_logits, sampling_suppress,
 )
 
 __all__ = ["generate", "row_seeds", "BACKENDS", "LLADA_EOS", "LLADA_EOT", "LLADA_MASK", "Backend", "get_backend"]
 
-LLADA_MASK = 126336     # LLaDA's mask token id (the default mask_id)
-LLADA_EOS = 126081      # <|endoftext|>: suppressed by logits_eos_inf, deferred by confidence_eos_eot_inf
-LLADA_EOT = 126348      # <|eot_id|>: deferred by confidence_eos_eot_inf
 BACKENDS = ("auto", "reference", "torch", "triton")
 SEED_LIMIT = 2**63
 

@@ -31,6 +31,8 @@ from typing import Sequence
 
 import torch
 
+from .llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+
 __all__ = [
     "Adapter",
     "DreamAdapter",
@@ -61,7 +63,7 @@ FAMILIES = ("llada", "dream", "tiny", "callable")
 
 # Published ids, used only when neither config nor tokenizer names the token (and the id fits).
 FAMILY_DEFAULTS = {
-    "llada": {"mask": 126336, "eos": 126081, "eot": 126348},
+    "llada": {"mask": LLADA_MASK, "eos": LLADA_EOS, "eot": LLADA_EOT},
     "dream": {"mask": 151666, "eos": 151643, "eot": 151645},
 }
 MASK_TOKENS = ("<|mdm_mask|>", "<|mask|>", "[MASK]", "<mask>")

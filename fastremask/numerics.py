@@ -18,7 +18,7 @@ import torch
 __all__ = [
     "CHUNK", "FIXED_BITS", "FIXED", "STREAM_GUMBEL", "STREAM_REMASK",
     "philox", "uniform72", "uniform24", "exp_", "log_", "log1p_", "gumbel",
-    "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32",
+    "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "gumbel_noise", "remask_uniform",
 ]
 
@@ -35,19 +35,19 @@ PHILOX_KEY_A = 0x9E3779B9     # Weyl key increments
 PHILOX_KEY_B = 0xBB67AE85
 
 
-def _f32(x: float) -> float:
+def round_f32(x: float) -> float:
     """`x` rounded to the nearest fp32, as a Python float (so both sides use the same constant)."""
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
 # Constants of exp_/log_; every one is an exact fp32 value.
-LOG2E = _f32(1.4426950408889634)
+LOG2E = round_f32(1.4426950408889634)
 LN2_HI = 0.693145751953125            # 0x3F317200: 15 significant bits, so k * LN2_HI is exact
-LN2_LO = _f32(0.6931471805599453 - 0.693145751953125)
+LN2_LO = round_f32(0.6931471805599453 - 0.693145751953125)
 ROUNDER = 12582912.0                  # 1.5 * 2**23: t + ROUNDER - ROUNDER = rint(t), |t| < 2**22
 EXP_LO, EXP_HI = -104.0, 89.0         # exp_ clamps here: below rounds to 0, above to inf
-EXP_C = tuple(_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
-LOG_C = tuple(_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
+EXP_C = tuple(round_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
+LOG_C = tuple(round_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
 SQRT_HALF_BITS = 0x3F3504F3           # fp32 bits of sqrt(1/2)
 TWO_P23 = 8388608.0
 TWO_M24 = 2.0 ** -24

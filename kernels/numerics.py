@@ -13,12 +13,19 @@ What makes that hold on a GPU:
 
 32-bit words are `tl.uint32` here (int64 in `[0, 2**32)` on the PyTorch side).
 """
+import os
+
 import triton
 import triton.language as tl
 
 from fastremask import numerics as _nm
 
 LAUNCH_OPTIONS = {"enable_fp_fusion": False}   # pass as `kernel[grid](..., **LAUNCH_OPTIONS)`
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET, read by the launchers)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # The constants are the PyTorch side's, as constexprs (every float is an exact fp32 value).
 _ROUND_A = tl.constexpr(_nm.PHILOX_ROUND_A)

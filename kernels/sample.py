@@ -17,26 +17,22 @@ Rows whose `active` flag is False cost one load in each kernel.
 from __future__ import annotations
 
 import functools
-import os
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from fastremask.numerics import CHUNK, FIXED
-from fastremask.reference import RowSample   # the one result type of every backend
+from fastremask.numerics import CHUNK, FIXED, round_f32
+from fastremask.reference import LOGIT_DTYPES, REMASKING, RowSample   # shared by every backend
 
-from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, log_,
-                       neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, interpreting,
+                       log_, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
-REMASKING = ("low_confidence", "random", "margin", "entropy")   # as fastremask.reference
 _LOW_CONFIDENCE, _MARGIN, _ENTROPY, _RANDOM = range(4)           # the RULE constexpr
 _RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY, "random": _RANDOM}
 MAX_VOCAB = 1 << 22        # 2048 chunks: the combine kernel holds a row's partials in one block
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
 _N_F, _N_I = 4, 3          # partial planes: fp32 (m, l2, best score, its logit), int64 (S, A, idx)
 # Constants as constexpr (jit functions may only read constexpr globals).
@@ -201,10 +197,6 @@ def _combine_kernel(
 # launcher
 # ---------------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}, logits on {device}: put them on one device")
@@ -294,10 +286,10 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     """
     if not torch.is_tensor(logits) or logits.dim() != 2:
         raise ValueError("logits must be a tensor [N, V]")
-    if logits.dtype not in _DTYPES:
+    if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"logits must be fp32, bf16 or fp16, got {logits.dtype}")
     device = logits.device
-    if device.type != "cuda" and not _interpreting():
+    if device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
                          "(or set TRITON_INTERPRET=1 before importing triton, for small tests)")
     n, v = logits.shape
@@ -325,7 +317,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         _check_device("uncond_logits", uncond_logits, device)
         if uncond_logits.stride(1) != 1:
             uncond_logits = uncond_logits.contiguous()
-    cfg_s1 = _f32(float(cfg_scale) + 1.0)   # numerics.md §7: s + 1 rounded to fp32 first
+    cfg_s1 = round_f32(float(cfg_scale) + 1.0)   # numerics.md §7: s + 1 rounded to fp32 first
     if active is not None:
         _check_device("active", active, device)
         if active.shape != (r,) or active.dtype != torch.bool:
@@ -350,7 +342,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         logits, uncond_logits if has_cfg else logits, rows, seeds, positions,
         active if active is not None else rows, sup if sup is not None else rows, pf, pi,
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
-        sup.numel() if sup is not None else 0, step, _f32(temperature), cfg_s1,
+        sup.numel() if sup is not None else 0, step, round_f32(temperature), cfg_s1,
         CHUNK=CHUNK, HAS_CFG=has_cfg,
         HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
         NEED_A=rule == _ENTROPY, NEED_L2=rule == _MARGIN, num_warps=warps, **LAUNCH_OPTIONS)
@@ -361,8 +353,3 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c,
         num_warps=1 if block_c <= 256 else 4, **LAUNCH_OPTIONS)
     return out
-
-
-def _f32(x: float) -> float:
-    """`x` rounded to the nearest fp32 (what the kernel receives for an fp32 scalar argument)."""
-    return struct.unpack("f", struct.pack("f", x))[0]

@@ -10,14 +10,14 @@ the non-deferred candidates `>= threshold`, or rank 0 when there is none. Option
 """
 from __future__ import annotations
 
-import os
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from .numerics import LAUNCH_OPTIONS
+from fastremask.numerics import round_f32
+
+from .numerics import LAUNCH_OPTIONS, interpreting
 
 __all__ = ["select"]
 
@@ -62,14 +62,6 @@ def _select_kernel(
         tl.store(p_x + i_b * stride_x + x_start + o_i, b_x0, mask=m_i & keep)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _f32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
 def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Tensor,
            k: torch.Tensor | None, threshold: float | None = None, *,
            x: torch.Tensor | None = None, x0: torch.Tensor | None = None, start: int = 0,
@@ -105,7 +97,7 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
     if not torch.is_tensor(confidence) or confidence.dim() != 2 or confidence.dtype != torch.float32:
         raise ValueError("confidence must be an fp32 tensor [B, C]")
     device = confidence.device
-    if device.type != "cuda" and not _interpreting():
+    if device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors, got confidence on {device}")
     b, c = confidence.shape
     for name, t in (("candidate", candidate), ("deferred", deferred)):
@@ -145,7 +137,7 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
         x if write_x else out, x0 if write_x else out,
         c, confidence.stride(0), candidate.stride(0), deferred.stride(0), out.stride(0),
         x.stride(0) if write_x else 0, x0.stride(0) if write_x else 0, start if write_x else 0,
-        _f32(float(threshold)) if threshold_mode else 0.0,
+        round_f32(float(threshold)) if threshold_mode else 0.0,
         BLOCK_C=block_c, BLOCK_J=block_j, THRESHOLD=threshold_mode, WRITE_X=write_x,
         num_warps=4 if block_c * block_j >= 2048 else 1, **LAUNCH_OPTIONS)
     return out
