@@ -3,12 +3,14 @@
 A *schedule* maps ``(n_masked, steps)`` to per-step counts ``[c_0, ..., c_{S-1}]`` with
 ``sum == n_masked``, every ``c_i >= 0`` and ``S <= steps``: ``n_masked`` is the number of
 masked positions of the current block in one batch row and ``steps`` is LLaDA's per-block step
-count (``generate``'s ``steps // num_blocks``). ``S`` is the number of model calls the block
-takes. The schedules:
+count (``generate``'s ``steps // num_blocks``). The block takes one model call per step with
+``c_i > 0``: ``generate`` skips a step that keeps 0 tokens without calling the model. The
+schedules:
 
 * ``uniform()``: LLaDA's ``get_num_transfer_tokens``: ``n // steps`` every step, the remainder
   one by one to the first steps. Always ``S == steps``; ``steps > n`` gives steps that keep
-  nothing (LLaDA does the same, and still calls the model).
+  nothing (LLaDA still calls the model for them; ``generate`` here skips them: they change
+  nothing).
 * ``pyramid(factor)``: step ``i`` keeps ``min(i // factor + 1, still masked)`` and the block
   takes the fewest steps that unmask all of it; ``steps`` is a budget (a ValueError names both
   numbers when the pyramid needs more). See docs/schedules.md for how this differs from the
@@ -18,7 +20,8 @@ takes. The schedules:
 
 `resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``) into a `Schedule`;
 `counts` is the batched form (rows may have different ``n_masked``); `cost` says what a
-``generate`` configuration costs in model calls.
+``generate`` configuration costs in model calls (steps that keep 0 tokens are skipped by
+``generate`` and not counted).
 """
 from __future__ import annotations
 
@@ -96,7 +99,8 @@ class Schedule:
         """Per-row counts ``[B, S]`` int64 on ``n_masked``'s device (``n_masked`` ``[B]`` int).
 
         Row ``b`` holds ``self(n_masked[b], steps)`` followed by zeros; ``S`` is the longest
-        row's length (so a block costs ``S`` model calls for the whole batch).
+        row's length (a block costs one model call for the whole batch per column with a
+        count > 0 in some row).
         """
         n, steps = _check_batch(n_masked, steps)
         rows = {v: self._counts(v, steps) for v in torch.unique(n).tolist()}
@@ -342,7 +346,8 @@ def post_outcome(n: int, factor: int = 1) -> PostOutcome:
 class Cost:
     """What one ``generate`` call costs.
 
-    ``model_calls``: forward passes (NFEs; CFG runs cond and uncond in one call of 2B rows).
+    ``model_calls``: forward passes (NFEs), one per step that keeps >= 1 token (steps keeping
+    0 are skipped); CFG runs cond and uncond in one call of 2B rows, so it does not double it.
     ``rows_through_model``: sequence positions through the model, ``model_calls * batch *
     (2 if cfg) * (prompt_length + gen_length)``. ``sampled_rows``: masked positions of the
     current block summed over steps (times batch, times 2 with CFG): the logit rows a fast
@@ -368,6 +373,11 @@ def cost(
 
     Follows LLaDA's rules: ``gen_length % block_length == 0`` and ``steps % num_blocks == 0``;
     each block has ``block_length`` masked tokens and a budget of ``steps // num_blocks``.
+    ``model_calls`` is exactly how often ``generate`` (schedule mode, any backend) calls the
+    model: once per step whose count is > 0; steps that keep 0 tokens (uniform with
+    ``steps // num_blocks > block_length``, zeros in an explicit list or a callable's result)
+    are skipped and cost nothing. With CFG it is still one call per step, on ``2 * batch``
+    rows. Threshold mode is not covered (its step count depends on the logits).
     """
     gen_length = _int("gen_length", gen_length, 1)
     block_length = _int("block_length", block_length, 1)
@@ -382,12 +392,16 @@ def cost(
     if steps % num_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
     per_block = resolve(schedule, factor)(block_length, steps // num_blocks)
-    left, sampled = block_length, 0
+    # a step that keeps 0 tokens (in every row: each block starts fully masked, so all rows
+    # share these counts) is skipped by `generate` without calling the model or sampling
+    left, sampled, called = block_length, 0, 0
     for c in per_block:
-        sampled += left
-        left -= c
+        if c:
+            called += 1
+            sampled += left
+            left -= c
     rows = batch * (2 if cfg else 1)
-    calls = num_blocks * len(per_block)
+    calls = num_blocks * called
     return Cost(
         model_calls=calls,
         rows_through_model=calls * rows * (prompt_length + gen_length),

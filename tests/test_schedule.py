@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastremask import generate
 from fastremask import schedule as sch
 from fastremask.schedule import (
     Cost,
@@ -309,3 +310,158 @@ def test_cost_pyramid():
 def test_cost_misuse(kw, exc, match):
     with pytest.raises(exc, match=match):
         cost(**kw)
+
+
+# ---------------------------------------------------------------------------- cost == real calls
+
+
+class CountingLM:
+    """Random logits ``[B, L, V]`` (a seeded generator); records the rows of every call."""
+
+    def __init__(self, vocab=9, seed=0):
+        self.vocab, self.rows = vocab, []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x, attention_mask=None):
+        self.rows.append(x.shape[0])
+        return torch.randn(*x.shape, self.vocab, generator=self.gen)
+
+
+def front_loaded(n, steps):
+    return [n] + [0] * (steps - 1)
+
+
+def zeros_between(n, steps):
+    """n ones, a zero after each but the last, trailing zeros up to the budget when it allows."""
+    out = []
+    for i in range(n):
+        out += [1, 0] if i < n - 1 else [1]
+    return out[:steps] if len(out) <= steps else [n]
+
+
+def calls_made(backend, gen_length, block_length, steps, schedule, factor=1, batch=1, cfg=False):
+    model = CountingLM(seed=gen_length * 31 + steps)
+    prompt = torch.randint(0, 8, (batch, 3), generator=torch.Generator().manual_seed(steps))
+    x = generate(model, prompt, None, steps, gen_length, block_length, 0.5, 1.0 if cfg else 0.0,
+                 mask_id=8, schedule=schedule, factor=factor, seed=0, backend=backend)
+    assert not (x == 8).any()
+    assert set(model.rows) <= {batch * (2 if cfg else 1)}  # CFG: one call on 2B rows per step
+    return len(model.rows)
+
+
+def expected_calls(gen_length, block_length, steps, schedule, factor=1):
+    """Counted independently of `cost`: per block, the steps whose count is not 0."""
+    num_blocks = gen_length // block_length
+    per_block = resolve(schedule, factor)(block_length, steps // num_blocks)
+    return num_blocks * sum(1 for c in per_block if c != 0)
+
+
+# (gen_length, block_length, steps, schedule, factor): every kind of schedule, blocks > 1
+COST_CASES = [
+    # uniform, steps per block < = > block_length
+    (8, 4, 4, "uniform", 1),
+    (8, 4, 8, "uniform", 1),
+    (8, 4, 12, "uniform", 1),
+    (12, 4, 30, "uniform", 1),
+    (6, 2, 15, uniform(), 1),
+    (9, 3, 6, "uniform", 1),
+    # pyramid, several factors
+    (16, 8, 16, "pyramid", 1),
+    (16, 8, 16, "pyramid", 2),
+    (12, 6, 12, "pyramid", 3),
+    (20, 10, 40, pyramid, 4),
+    # explicit lists, with and without zeros
+    (8, 4, 6, [1, 3, 0], 1),
+    (8, 4, 8, [0, 4], 1),
+    (12, 4, 15, [0, 2, 0, 2, 0], 1),
+    (6, 3, 6, (3,), 1),
+    (6, 3, 8, torch.tensor([0, 0, 3]), 1),
+    # callables, with zeros
+    (12, 4, 12, front_loaded, 1),
+    (9, 3, 15, zeros_between, 1),
+    (8, 2, 8, lambda n, s: [0] * (s - 1) + [n], 1),
+    # Schedule objects
+    (8, 4, 8, Uniform(), 1),
+    (16, 8, 10, Pyramid(2), 1),
+    (8, 4, 10, Explicit((1, 0, 2, 0, 1)), 1),
+    (8, 4, 8, sch.FromCallable(front_loaded), 1),
+]
+
+
+def _case_id(c):
+    s = c[3]
+    name = s if isinstance(s, str) else getattr(s, "__name__", None) or (
+        str(s.tolist()) if isinstance(s, torch.Tensor) else str(list(s)) if isinstance(s, (list, tuple))
+        else type(s).__name__)
+    return f"{c[0]}/{c[1]}/{c[2]}-{name}-f{c[4]}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("case", COST_CASES, ids=_case_id)
+def test_cost_is_the_model_calls_generate_makes(case, backend):
+    gen_length, block_length, steps, schedule, factor = case
+    c = cost(gen_length, block_length, steps, schedule, factor=factor, prompt_length=3)
+    n = calls_made(backend, gen_length, block_length, steps, schedule, factor)
+    assert c.model_calls == n == expected_calls(gen_length, block_length, steps, schedule, factor)
+    assert c.rows_through_model == n * (3 + gen_length)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_cost_counts_cfg_as_one_call_of_2b_rows(backend):
+    for schedule, steps in (("uniform", 12), ([0, 2, 0, 2], 8), ("pyramid", 8)):
+        c = cost(8, 4, steps, schedule, batch=2, cfg=True, prompt_length=3)
+        n = calls_made(backend, 8, 4, steps, schedule, batch=2, cfg=True)
+        assert c.model_calls == n
+        assert c.rows_through_model == n * 2 * 2 * (3 + 8)
+
+
+def test_cost_skips_zero_count_steps():
+    # uniform with 12 steps for 4-token blocks: 4 calls per block, not 12
+    assert cost(8, 4, 24, "uniform").model_calls == 8
+    # the first zero-count step of an explicit list samples nothing either
+    c = cost(8, 4, 8, [0, 4])
+    assert (c.model_calls, c.sampled_rows) == (2, 2 * 4)
+    assert cost(8, 4, 8, [0, 4]) == cost(8, 4, 8, [4])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_blocks=st.integers(2, 3),
+    block_length=st.integers(1, 5),
+    per_block=st.integers(1, 8),
+    kind=st.sampled_from(["uniform", "pyramid", "explicit", "callable"]),
+    factor=st.integers(1, 3),
+    data=st.data(),
+)
+def test_cost_matches_generate_random(num_blocks, block_length, per_block, kind, factor, data):
+    gen_length, steps = num_blocks * block_length, num_blocks * per_block
+    if kind == "pyramid":
+        per_block = max(per_block, pyramid_steps(block_length, factor))
+        steps = num_blocks * per_block
+        schedule = Pyramid(factor)
+    elif kind == "uniform":
+        schedule = "uniform"
+    else:
+        # counts of any length <= per_block (zeros allowed) summing to block_length
+        cuts = sorted(data.draw(st.lists(st.integers(0, block_length), min_size=per_block - 1, max_size=per_block - 1)))
+        cs = [b - a for a, b in zip([0] + cuts, cuts + [block_length])]
+        schedule = cs if kind == "explicit" else (lambda n, s, cs=cs: cs)
+    c = cost(gen_length, block_length, steps, schedule)
+    want = expected_calls(gen_length, block_length, steps, schedule)
+    for backend in ("torch", "reference"):
+        assert calls_made(backend, gen_length, block_length, steps, schedule) == c.model_calls == want
+
+
+def test_cost_with_the_tiny_model():
+    from fastremask.tiny import tiny_model
+
+    model = tiny_model(vocab_size=16, d_model=16, n_layers=1, n_heads=2, max_len=32)
+    calls = []
+    orig = model.forward
+    model.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+    prompt = torch.tensor([[1, 2, 3]])
+    for backend in ("torch", "reference"):
+        for schedule, steps in (("uniform", 12), ([0, 1, 0, 3], 8), ("pyramid", 6)):
+            calls.clear()
+            generate(model, prompt, None, steps, 8, 4, mask_id=15, schedule=schedule, seed=0, backend=backend)
+            assert len(calls) == cost(8, 4, steps, schedule).model_calls
