@@ -18,9 +18,8 @@ from typing import Optional
 import torch
 
 from fastremask import numerics as nx
-from fastremask.reference import (
-    REMASKING, RowSample, _check_sample_args, invalid_rows, prepare_logits,
-)
+from fastremask.contract import RowSample, check_sample_args, row_steps
+from fastremask.reference import prepare_logits
 
 __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
@@ -106,7 +105,7 @@ def sample_rows(
     rows: torch.Tensor,
     seeds: torch.Tensor,
     positions: torch.Tensor,
-    step: int,
+    steps,
     *,
     temperature: float,
     remasking: str,
@@ -121,10 +120,13 @@ def sample_rows(
     ``piece_width`` (a multiple of ``CHUNK``; default from the block size) only bounds
     memory; it never changes a bit of the result (tested).
     """
-    _check_sample_args(logits, rows, seeds, positions, step, temperature, remasking, uncond_logits)
+    check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits)
+    if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
+        raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
+    steps = row_steps(steps, rows.numel(), logits.device)
     threads = torch.get_num_threads()
     if logits.device.type != "cpu" or threads == 1:
-        return _sample_rows(logits, rows, seeds, positions, step, temperature=temperature,
+        return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                             suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
     # On a CPU the blocks are small (BLOCK_ELEMENTS_CPU): an intra-op parallel region per op
@@ -133,20 +135,20 @@ def sample_rows(
     # calling thread; set_num_threads is OpenMP's per-thread setting, restored on exit.
     torch.set_num_threads(1)
     try:
-        return _sample_rows(logits, rows, seeds, positions, step, temperature=temperature,
+        return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                             suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
     finally:
         torch.set_num_threads(threads)
 
 
-def _sample_rows(logits, rows, seeds, positions, step, *, temperature, remasking, cfg_scale,
-                 uncond_logits, suppress_tokens, active, piece_width) -> RowSample:
+def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
+                 uncond_logits=None, suppress_tokens=None, active=None, piece_width=None) -> RowSample:
+    """`sample_rows` without its checks (the loop's call): ``rows``, ``seeds``, ``positions``,
+    ``steps`` int64 ``[R]`` on the logits' device."""
     device = logits.device
     R, V = rows.numel(), logits.shape[1]
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
-    if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
-        raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
     r_blk, W = _block_shape(R, V, device, piece_width)
     cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
     noisy = float(temperature) != 0.0
@@ -192,7 +194,7 @@ def _sample_rows(logits, rows, seeds, positions, step, *, temperature, remasking
             l = x[:, :n]
             if noisy:
                 vocab = torch.arange(v0, v1, device=device)
-                score = nx.gumbel_noise(seeds[g0:g1], positions[g0:g1], step, vocab).mul_(T).add_(l)
+                score = nx.gumbel_noise(seeds[g0:g1], positions[g0:g1], steps[g0:g1], vocab).mul_(T).add_(l)
                 b_s, b_i = score.max(-1)             # first index of the max
                 del score
                 bs_l.append(b_s), bi_l.append(b_i + v0)
@@ -244,7 +246,7 @@ def _sample_rows(logits, rows, seeds, positions, step, *, temperature, remasking
         best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
 
     if remasking == "random":
-        confidence = nx.remask_uniform(seeds, positions, step)
+        confidence = nx.remask_uniform(seeds, positions, steps)
     else:
         s_c = torch.cat(s_rows, 0).to(torch.int64)
         a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_c)
@@ -266,6 +268,24 @@ def _sample_rows(logits, rows, seeds, positions, step, *, temperature, remasking
     x0 = torch.where(invalid, -1, best_index)
     confidence = torch.where(invalid, float("nan"), confidence)
     return RowSample(x0, confidence.to(torch.float32), invalid)
+
+
+def _sample_rows_active(logits, rows, seeds, positions, steps, *, active=None, **kw) -> RowSample:
+    """The loop's entry point: `_sample_rows` on the ``active`` rows only, outputs over all rows.
+
+    The loop passes every position of the block with an ``active`` mask (one shape for every
+    backend); this backend computes only the active rows. ``nonzero`` synchronises, which costs
+    nothing on a CPU (this backend's device; ``'auto'`` picks ``triton`` on CUDA).
+    """
+    if active is None:
+        return _sample_rows(logits, rows, seeds, positions, steps, **kw)
+    idx = active.nonzero().squeeze(1)
+    part = _sample_rows(logits, rows[idx], seeds[idx], positions[idx], steps[idx], **kw)
+    R = rows.numel()
+    x0 = torch.full((R,), -1, dtype=torch.int64, device=rows.device).index_copy_(0, idx, part.x0)
+    conf = torch.full((R,), NEG_INF, device=rows.device).index_copy_(0, idx, part.confidence)
+    invalid = torch.zeros(R, dtype=torch.bool, device=rows.device).index_copy_(0, idx, part.invalid)
+    return RowSample(x0, conf, invalid)
 
 
 def select(

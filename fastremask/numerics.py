@@ -249,18 +249,20 @@ def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # Draws used by the samplers
 # ---------------------------------------------------------------------------------------------
 
-def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, step: int,
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, steps,
                  vocab_index: torch.Tensor) -> torch.Tensor:
-    """Gumbel noise [R, V] fp32 for rows with `seeds`, `positions` [R] int64 at global `step`.
+    """Gumbel noise [R, V] fp32 for rows with `seeds`, `positions`, `steps` [R] int64
+    (`steps` may be one int for all rows): each row's own step counter.
 
     Counter (v, position, step, STREAM_GUMBEL), so a row's noise depends on nothing else.
     """
+    steps = _as_i64(steps, seeds.device)
     r0, r1, r2, _ = philox(seeds.reshape(-1, 1), vocab_index.reshape(1, -1),
-                           positions.reshape(-1, 1), step, STREAM_GUMBEL)
+                           positions.reshape(-1, 1), steps.reshape(-1, 1), STREAM_GUMBEL)
     return gumbel(uniform72(r0, r1, r2))
 
 
-def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, step: int) -> torch.Tensor:
+def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch.Tensor:
     """The `random` remasking confidence [R] fp32: counter (0, position, step, STREAM_REMASK)."""
-    r0, _, _, _ = philox(seeds, 0, positions, step, STREAM_REMASK)
+    r0, _, _, _ = philox(seeds, 0, positions, steps, STREAM_REMASK)
     return uniform24(r0)

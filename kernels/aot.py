@@ -36,6 +36,8 @@ from triton.compiler import ASTSource
 from fastremask.numerics import CHUNK
 
 from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _combine_kernel, _sample_rows_kernel
+from .sample import _combine_config, _launch_config as _row_launch_config
+from .select import _launch_config as _select_launch_config
 from .select import _select_kernel
 
 __all__ = ["ARCHS", "FORBIDDEN", "Spec", "Result", "specialisations", "compile_spec", "check", "main"]
@@ -90,24 +92,25 @@ def _row_spec(dtype: str, cfg: bool, noise: bool, rule: str, active: bool = True
     r = _RULES[rule]
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
-        "p_seeds": "*i64", "p_pos": "*i64", "p_active": "*i1", "p_suppress": "*i64",
+        "p_seeds": "*i64", "p_pos": "*i64", "p_steps": "*i64", "p_active": "*i1", "p_suppress": "*i64",
         "p_pf": "*fp32", "p_pi": "*i64", "stride_l": "i32", "stride_u": "i32", "V": "i32",
-        "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32", "step": "i32",
+        "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32",
         "temperature": "fp32", "cfg_s1": "fp32",
     }
     const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise,
              "NEED_S": r != _RANDOM, "NEED_A": r == _ENTROPY, "NEED_L2": r == _MARGIN}
     name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
-    return Spec(name, _sample_rows_kernel, sig, const, 8 if noise else 4, aligned)
+    warps = _row_launch_config(1, 62, noise, None, None)[2]       # the warps generate launches with
+    return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
 
 
 def _combine_spec(rule: str, active: bool = True, block_c: int = 64) -> Spec:
     sig = {"p_pf": "*fp32", "p_pi": "*i64", "p_active": "*i1", "p_seeds": "*i64", "p_pos": "*i64",
-           "p_x0": "*i64", "p_conf": "*fp32", "p_invalid": "*i1", "n_chunks": "i32", "step": "i32"}
+           "p_steps": "*i64", "p_x0": "*i64", "p_conf": "*fp32", "p_invalid": "*i1", "n_chunks": "i32"}
     const = {"RULE": _RULES[rule], "HAS_ACTIVE": active, "BLOCK_C": block_c}
     aligned = tuple(k for k in sig if k.startswith("p_"))
-    return Spec(f"combine[{rule},C={block_c}]", _combine_kernel, sig, const, 1, aligned)
+    return Spec(f"combine[{rule},C={block_c}]", _combine_kernel, sig, const, _combine_config(block_c)[1], aligned)
 
 
 def _select_spec(threshold: bool, write_x: bool, block_c: int = 32) -> Spec:
@@ -115,11 +118,11 @@ def _select_spec(threshold: bool, write_x: bool, block_c: int = 32) -> Spec:
            "p_x": "*i64", "p_x0": "*i64", "C": "i32", "stride_conf": "i32", "stride_cand": "i32",
            "stride_def": "i32", "stride_keep": "i32", "stride_x": "i32", "stride_x0": "i32",
            "x_start": "i32", "threshold": "fp32"}
-    block_j = max(2, min(block_c, 4096 // block_c))
+    block_c, block_j, warps = _select_launch_config(block_c)
     const = {"BLOCK_C": block_c, "BLOCK_J": block_j, "THRESHOLD": threshold, "WRITE_X": write_x}
     aligned = tuple(k for k in sig if k.startswith("p_"))
     return Spec(f"select[threshold={int(threshold)},write_x={int(write_x)},C={block_c}]",
-                _select_kernel, sig, const, 4 if block_c * block_j >= 2048 else 1, aligned)
+                _select_kernel, sig, const, warps, aligned)
 
 
 def specialisations(quick: bool = False) -> list[Spec]:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from fastremask.numerics import CHUNK, FIXED, round_f32
-from fastremask.reference import LOGIT_DTYPES, REMASKING, RowSample   # shared by every backend
+from fastremask.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
 from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, interpreting,
                        log_, neg, remask_uniform, to_f32)
@@ -60,10 +60,10 @@ def _best_combine(sa, ia, la, sb, ib, lb):
     return tl.where(pick_a, sa, sb), tl.where(pick_a, ia, ib), tl.where(pick_a, la, lb)
 
 
-@triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress", "step"])   # no recompiles per step
+@triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress"])   # no recompiles per step
 def _sample_rows_kernel(
-    p_logits, p_uncond, p_rows, p_seeds, p_pos, p_active, p_suppress, p_pf, p_pi,
-    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, step, temperature, cfg_s1,
+    p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
+    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, temperature, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
     NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_L2: tl.constexpr,
 ):
@@ -81,6 +81,7 @@ def _sample_rows_kernel(
         if NOISE:
             seed = tl.load(p_seeds + i_r)
             pos = tl.load(p_pos + i_r).to(tl.uint32)
+            step = tl.load(p_steps + i_r).to(tl.uint32)              # the row's own counter
         o = tl.arange(0, CHUNK)
         c = i_s * chunks_per_prog
         c_hi = tl.minimum(c + chunks_per_prog, n_chunks)
@@ -138,9 +139,9 @@ def _sample_rows_kernel(
             c += 1
 
 
-@triton.jit(do_not_specialize=["step"])
+@triton.jit
 def _combine_kernel(
-    p_pf, p_pi, p_active, p_seeds, p_pos, p_x0, p_conf, p_invalid, n_chunks, step,
+    p_pf, p_pi, p_active, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
     RULE: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     i_r = tl.program_id(0)
@@ -165,7 +166,7 @@ def _combine_kernel(
         x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
         l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
         if RULE == 3:   # random
-            conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), step)
+            conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), tl.load(p_steps + i_r))
         else:
             b_s = tl.load(p_pi + o_p, mask=m_c, other=0)
             if RULE == 2:    # entropy needs B
@@ -240,8 +241,52 @@ def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | No
     return chunks_per_prog, triton.cdiv(n_chunks, chunks_per_prog), num_warps
 
 
+def _combine_config(n_chunks: int) -> tuple[int, int]:
+    """(BLOCK_C, warps) of the combine kernel: a row's partials in one block."""
+    block_c = max(2, triton.next_power_of_2(n_chunks))
+    return block_c, 1 if block_c <= 256 else 4
+
+
+def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
+                 uncond_logits=None, suppress_tokens=None, active=None, out=None,
+                 chunks_per_prog=None, num_warps=None) -> RowSample:
+    """The launcher: allocates and launches, checks nothing (`sample_rows` checks; the loop calls
+    this with what it built). Index tensors int64 ``[R]`` contiguous on the logits' device,
+    ``suppress_tokens`` an int64 device tensor or None, logits with unit vocab stride."""
+    device = logits.device
+    r, v = rows.shape[0], logits.shape[1]
+    if out is None:
+        out = RowSample(torch.empty(r, dtype=torch.int64, device=device),
+                        torch.empty(r, dtype=torch.float32, device=device),
+                        torch.empty(r, dtype=torch.bool, device=device))
+    if r == 0:
+        return out
+    rule = _RULE[remasking]
+    noise = float(temperature) != 0.0
+    has_cfg = uncond_logits is not None
+    n_chunks = triton.cdiv(v, CHUNK)
+    cpp, n_splits, warps = _launch_config(r, n_chunks, noise, chunks_per_prog, num_warps)
+    pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
+    pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
+    n_sup = 0 if suppress_tokens is None else suppress_tokens.numel()
+    _sample_rows_kernel[(r, n_splits)](
+        logits, uncond_logits if has_cfg else logits, rows, seeds, positions, steps,
+        active if active is not None else rows, suppress_tokens if n_sup else rows, pf, pi,
+        logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
+        n_sup, round_f32(float(temperature)), round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
+        CHUNK=CHUNK, HAS_CFG=has_cfg,
+        HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
+        NEED_A=rule == _ENTROPY, NEED_L2=rule == _MARGIN, num_warps=warps, **LAUNCH_OPTIONS)
+    block_c, c_warps = _combine_config(n_chunks)
+    _combine_kernel[(r,)](
+        pf, pi, active if active is not None else rows, seeds, positions, steps,
+        out.x0, out.confidence, out.invalid, n_chunks,
+        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c, num_warps=c_warps, **LAUNCH_OPTIONS)
+    return out
+
+
 def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
-                positions: torch.Tensor, step: int, *, temperature: float, remasking: str,
+                positions: torch.Tensor, steps, *, temperature: float, remasking: str,
                 cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
                 suppress_tokens=None, active: torch.Tensor | None = None,
                 out: RowSample | None = None, chunks_per_prog: int | None = None,
@@ -257,8 +302,8 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         Indices into `N` of the rows to sample.
     seeds, positions : int64 [R]
         Each row's seed in [0, 2**63) and its position within the generated answer.
-    step : int
-        Global step index (counter word `c2`).
+    steps : int64 [R], or one int for every row
+        Each row's own step counter (counter word `c2`), in [0, 2**32).
     temperature : float
         Gumbel noise scale; 0 draws no noise (argmax).
     remasking : {"low_confidence", "margin", "entropy", "random"}
@@ -300,56 +345,26 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     temperature = float(temperature)
     if not (temperature >= 0.0 and temperature != float("inf")):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    step = int(step)
-    if not 0 <= step < 2 ** 32:
-        raise ValueError(f"step must lie in [0, 2**32), got {step}")
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     r = rows.shape[0] if torch.is_tensor(rows) and rows.dim() == 1 else -1
     rows = _index_tensor("rows", rows, r, device)
     seeds = _index_tensor("seeds", seeds, r, device)
     positions = _index_tensor("positions", positions, r, device)
-    has_cfg = uncond_logits is not None
-    if has_cfg:
+    steps = _index_tensor("steps", row_steps(steps, r, device), r, device)
+    if uncond_logits is not None:
         if uncond_logits.shape != logits.shape or uncond_logits.dtype != logits.dtype:
             raise ValueError(f"uncond_logits must match logits ({list(logits.shape)}, {logits.dtype}), "
                              f"got {list(uncond_logits.shape)}, {uncond_logits.dtype}")
         _check_device("uncond_logits", uncond_logits, device)
         if uncond_logits.stride(1) != 1:
             uncond_logits = uncond_logits.contiguous()
-    cfg_s1 = round_f32(float(cfg_scale) + 1.0)   # numerics.md §7: s + 1 rounded to fp32 first
     if active is not None:
         _check_device("active", active, device)
         if active.shape != (r,) or active.dtype != torch.bool:
             raise ValueError(f"active must be bool [{r}], got {active.dtype} {list(active.shape)}")
         active = active.contiguous()
-    sup = _suppress_tensor(suppress_tokens, v, device)
-
-    if out is None:
-        out = RowSample(torch.empty(r, dtype=torch.int64, device=device),
-                        torch.empty(r, dtype=torch.float32, device=device),
-                        torch.empty(r, dtype=torch.bool, device=device))
-    if r == 0:
-        return out
-
-    rule = _RULE[remasking]
-    noise = temperature != 0.0
-    n_chunks = triton.cdiv(v, CHUNK)
-    cpp, n_splits, warps = _launch_config(r, n_chunks, noise, chunks_per_prog, num_warps)
-    pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
-    pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
-    _sample_rows_kernel[(r, n_splits)](
-        logits, uncond_logits if has_cfg else logits, rows, seeds, positions,
-        active if active is not None else rows, sup if sup is not None else rows, pf, pi,
-        logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
-        sup.numel() if sup is not None else 0, step, round_f32(temperature), cfg_s1,
-        CHUNK=CHUNK, HAS_CFG=has_cfg,
-        HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
-        NEED_A=rule == _ENTROPY, NEED_L2=rule == _MARGIN, num_warps=warps, **LAUNCH_OPTIONS)
-    block_c = max(2, triton.next_power_of_2(n_chunks))
-    _combine_kernel[(r,)](
-        pf, pi, active if active is not None else rows, seeds, positions,
-        out.x0, out.confidence, out.invalid, n_chunks, step,
-        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c,
-        num_warps=1 if block_c <= 256 else 4, **LAUNCH_OPTIONS)
-    return out
+    return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
+                        remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
+                        suppress_tokens=_suppress_tensor(suppress_tokens, v, device), active=active,
+                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps)

@@ -121,17 +121,25 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
             raise ValueError(f"block [{start}, {start + c}) does not fit in x of length {x.shape[1]}")
         if x0.stride(1) != 1:
             x0 = x0.contiguous()
-    if out is None:
-        out = torch.empty((b, c), dtype=torch.bool, device=device)
-    elif out.shape != (b, c) or out.dtype != torch.bool or out.device != device or out.stride(1) != 1:
-        raise ValueError(f"out must be a bool tensor [{b}, {c}] on {device} with unit last stride")
-    if b == 0 or c == 0:
-        return out
     confidence = confidence if confidence.stride(1) == 1 else confidence.contiguous()
     candidate = candidate if candidate.stride(1) == 1 else candidate.contiguous()
     deferred = deferred if deferred.stride(1) == 1 else deferred.contiguous()
-    block_c = max(2, triton.next_power_of_2(c))
-    block_j = max(2, min(block_c, _PAIRS // block_c))
+    if out is not None and (out.shape != (b, c) or out.dtype != torch.bool or out.device != device or out.stride(1) != 1):
+        raise ValueError(f"out must be a bool tensor [{b}, {c}] on {device} with unit last stride")
+    return _select(confidence, candidate, deferred, k, threshold, x=x, x0=x0, start=start, out=out)
+
+
+def _select(confidence, candidate, deferred, k, threshold=None, *, x=None, x0=None, start=0, out=None):
+    """The launcher: allocates and launches, checks nothing (`select` checks; the loop calls this
+    with what it built: ``[B, C]`` tensors with unit last stride, ``k`` contiguous)."""
+    b, c = confidence.shape
+    if out is None:
+        out = torch.empty((b, c), dtype=torch.bool, device=confidence.device)
+    if b == 0 or c == 0:
+        return out
+    threshold_mode = threshold is not None
+    write_x = x is not None
+    block_c, block_j, warps = _launch_config(c)
     _select_kernel[(b,)](
         confidence, candidate, deferred, k if not threshold_mode else confidence, out,
         x if write_x else out, x0 if write_x else out,
@@ -139,5 +147,12 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
         x.stride(0) if write_x else 0, x0.stride(0) if write_x else 0, start if write_x else 0,
         round_f32(float(threshold)) if threshold_mode else 0.0,
         BLOCK_C=block_c, BLOCK_J=block_j, THRESHOLD=threshold_mode, WRITE_X=write_x,
-        num_warps=4 if block_c * block_j >= 2048 else 1, **LAUNCH_OPTIONS)
+        num_warps=warps, **LAUNCH_OPTIONS)
     return out
+
+
+def _launch_config(c: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_J, warps) for a block of ``c`` positions: a performance choice only."""
+    block_c = max(2, triton.next_power_of_2(c))
+    block_j = max(2, min(block_c, _PAIRS // block_c))
+    return block_c, block_j, 4 if block_c * block_j >= 2048 else 1

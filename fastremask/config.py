@@ -1,0 +1,233 @@
+"""`SamplingConfig`: every sampling option, validated once, shared by every entry point.
+
+`fastremask.generate`, the command line, ``fastremask eval``, ``profile``, ``bench`` and the
+lm-eval adapter all build one `SamplingConfig` (``generate``'s keywords are its fields) and the
+loop reads it; nothing re-validates per step. The token ids that depend on the model (mask,
+EOS, EoT) are resolved in one place, `SpecialIds.of`: from the model adapter when it knows
+them, LLaDA's otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import operator
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from fastremask import schedule as _schedule
+from fastremask.contract import REMASKING
+from fastremask.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+
+__all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+SEED_LIMIT = 2**63
+
+
+# ------------------------------------------------------------------ checks that name the argument
+
+def check_int(name: str, value, minimum: int, maximum: Optional[int] = None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+    if v < minimum or (maximum is not None and v >= maximum):
+        bound = f"in [{minimum}, {maximum})" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {v}")
+    return v
+
+
+def check_real(name: str, value, minimum: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype.is_floating_point:
+            value = float(value)
+        else:
+            raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v) or (minimum is not None and v < minimum):
+        bound = f"a finite number >= {minimum}" if minimum is not None else "a finite number"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return v
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_token_ids(name: str, value) -> tuple:
+    """None, an int, a sequence of ints or a 1-D integer tensor -> sorted unique ids."""
+    if value is None:
+        return ()
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() > 1:
+            raise TypeError(f"{name} must be token ids (ints), got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        ids = value.reshape(-1).tolist()
+    elif isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be token ids (ints), got {value!r}")
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        ids = [value]
+    else:
+        try:
+            ids = list(value)
+        except TypeError:
+            raise TypeError(f"{name} must be token ids (ints), got {value!r}") from None
+    return tuple(sorted({check_int(f"{name}[{i}]", v, 0, SEED_LIMIT) for i, v in enumerate(ids)}))
+
+
+def row_seeds(seed, batch: int) -> list:
+    """The per-row seeds `generate` uses: one int in ``[0, 2**63)`` per batch row.
+
+    * an int ``s``: row ``b`` gets ``(s + b) % 2**63``, so row ``b`` alone with ``seed=s + b``
+      reproduces it, and equal prompts in one batch still get different samples;
+    * a sequence (or 1-D tensor) of ``batch`` ints: one per row, as given;
+    * None: ``s`` drawn from torch's default generator (so ``torch.manual_seed`` controls it),
+      then as an int.
+    """
+    batch = check_int("batch", batch, 1)
+    if seed is None:
+        seed = int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64))
+    if isinstance(seed, torch.Tensor) and seed.dim() == 0:
+        if seed.dtype.is_floating_point or seed.dtype == torch.bool:
+            raise TypeError(f"seed must be an int or one int per batch row, got {seed!r}")
+        seed = int(seed)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        s = check_int("seed", seed, 0, SEED_LIMIT)
+        return [(s + b) % SEED_LIMIT for b in range(batch)]
+    if isinstance(seed, (str, bytes, bool, float)):
+        raise TypeError(f"seed must be an int or one int per batch row, got {seed!r}")
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype.is_floating_point or seed.dtype == torch.bool or seed.dim() != 1:
+            raise TypeError(f"seed must be an int or one int per batch row, got a {seed.dtype} tensor of shape {tuple(seed.shape)}")
+        seed = seed.tolist()
+    try:
+        seeds = list(seed)
+    except TypeError:
+        raise TypeError(f"seed must be an int or one int per batch row, got {seed!r}") from None
+    if len(seeds) != batch:
+        raise ValueError(f"seed has {len(seeds)} values but the prompt has {batch} batch rows")
+    return [check_int(f"seed[{i}]", s, 0, SEED_LIMIT) for i, s in enumerate(seeds)]
+
+
+# ------------------------------------------------------------------------------- the config
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """What to sample and how; the fields are `fastremask.generate`'s keywords (docs/api.md).
+
+    Validated on construction (every bad value is a ValueError or TypeError naming the field);
+    token-id fields are normalised to sorted tuples, ``threshold`` to a float, ``schedule`` is
+    kept as given and resolved into `plan` (a `fastremask.schedule.Schedule`). ``mask_id``
+    None means the model's (`SpecialIds.of`). Build variants with `replace`.
+    """
+
+    steps: int = 128
+    gen_length: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    mask_id: Optional[int] = None
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    schedule: object = "uniform"
+    factor: int = 1
+    threshold: Optional[float] = None
+    suppress_tokens: tuple = ()
+    defer_tokens: tuple = ()
+    backend: str = "auto"
+    logits_window: bool = False
+    plan: _schedule.Schedule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        put = lambda name, v: object.__setattr__(self, name, v)   # noqa: E731 (frozen)
+        steps = check_int("steps", self.steps, 1)
+        gen_length = check_int("gen_length", self.gen_length, 1)
+        block_length = check_int("block_length", self.block_length, 1)
+        if gen_length % block_length:
+            raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+        put("steps", steps), put("gen_length", gen_length), put("block_length", block_length)
+        put("temperature", check_real("temperature", self.temperature, 0.0))
+        put("cfg_scale", check_real("cfg_scale", self.cfg_scale, 0.0))
+        if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
+            raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
+        if self.mask_id is not None:
+            put("mask_id", check_int("mask_id", self.mask_id, 0, SEED_LIMIT))
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window"):
+            check_bool(name, getattr(self, name))
+        put("suppress_tokens", check_token_ids("suppress_tokens", self.suppress_tokens))
+        put("defer_tokens", check_token_ids("defer_tokens", self.defer_tokens))
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {list(BACKENDS)}")
+        plan = _schedule.resolve(self.schedule, self.factor)
+        put("plan", plan)
+        if self.threshold is not None:
+            put("threshold", check_real("threshold", self.threshold))
+        else:
+            if steps % self.num_blocks:
+                raise ValueError(
+                    f"steps={steps} must be a multiple of the number of blocks "
+                    f"(gen_length / block_length = {self.num_blocks})")
+            plan(block_length, self.steps_per_block)  # raises now if the schedule cannot use steps
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        """The per-block budget: ``steps // num_blocks`` (threshold mode: unused)."""
+        return self.steps // self.num_blocks
+
+    def replace(self, **changes) -> "SamplingConfig":
+        """A copy with ``changes`` applied, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def block_counts(self) -> Optional[list]:
+        """Schedule mode: the per-step counts of one block (every row's block starts fully
+        masked, so all rows share them); threshold mode: None."""
+        if self.threshold is not None:
+            return None
+        return self.plan(self.block_length, self.steps_per_block)
+
+    def model_calls(self) -> int:
+        """Schedule mode: the model calls `generate` makes (steps that keep 0 are skipped);
+        threshold mode: the most it can make (each step keeps at least one per row)."""
+        if self.threshold is not None:
+            return self.gen_length
+        return self.num_blocks * sum(1 for k in self.block_counts() if k)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The token ids a call depends on: mask, and what the LLaDA flags suppress and defer."""
+
+    mask_id: int
+    suppress: tuple
+    defer: tuple
+
+    @staticmethod
+    def of(model, config: SamplingConfig) -> "SpecialIds":
+        """Resolve against ``model``: ``mask_id``/``eos_id``/``eot_id`` attributes (a
+        `fastremask.models.Adapter`, the tiny model) when it has them, LLaDA's otherwise."""
+        mask_id = config.mask_id if config.mask_id is not None else getattr(model, "mask_id", LLADA_MASK)
+        mask_id = check_int("mask_id", mask_id, 0, SEED_LIMIT)
+        eos = getattr(model, "eos_id", LLADA_EOS)
+        eot = getattr(model, "eot_id", LLADA_EOT)
+        suppress, defer = set(config.suppress_tokens), set(config.defer_tokens)
+        if config.logits_eos_inf:
+            if eos is None:
+                raise ValueError("logits_eos_inf=True: the model has no EOS token id; pass suppress_tokens=")
+            suppress.add(eos)
+        if config.confidence_eos_eot_inf:
+            ids = [t for t in (eos, eot) if t is not None]
+            if not ids:
+                raise ValueError("confidence_eos_eot_inf=True: the model has no EOS/EoT token ids; pass defer_tokens=")
+            defer.update(ids)
+        return SpecialIds(mask_id, tuple(sorted(suppress)), tuple(sorted(defer)))

@@ -1,0 +1,66 @@
+"""The interface every backend implements: names, dtypes, the result type and its checks.
+
+A backend is a pair of functions with the signatures of `fastremask.reference.sample_rows`
+and `fastremask.reference.select` (docs/architecture.md). This module holds what the
+specification (`fastremask.reference`), the ``torch`` backend (`fastremask.fast`) and the
+``triton`` backend (`fastremask.kernels`) share, so that no backend imports another.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps"]
+
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STEP_LIMIT = 2**32          # a step counter is one 32-bit Philox counter word
+
+
+class RowSample(NamedTuple):
+    """What `sample_rows` returns, one entry per requested row (all ``[R]``).
+
+    ``x0`` int64: the sampled token; ``confidence`` fp32: the remasking score (higher is kept
+    first); ``invalid`` bool: the row's logits hold NaN or ``+inf`` or no finite value.
+    Inactive rows: ``x0 = -1``, ``confidence = -inf``, ``invalid = False``. Invalid rows:
+    ``x0 = -1``, ``confidence = NaN``.
+    """
+
+    x0: torch.Tensor
+    confidence: torch.Tensor
+    invalid: torch.Tensor
+
+
+def row_steps(steps, r: int, device) -> torch.Tensor:
+    """``steps`` (an int for every row, or one per row) as an int64 ``[r]`` tensor on ``device``.
+
+    Each row's step counter is the Philox counter word ``c2`` of its draws (numerics.md §1);
+    the loop passes one per row so that a row's noise depends only on its own steps.
+    """
+    if torch.is_tensor(steps):
+        if steps.dtype.is_floating_point or steps.dtype == torch.bool or steps.dim() > 1 or \
+                (steps.dim() == 1 and steps.shape[0] != r):
+            raise ValueError(f"step must be an int or an integer tensor [{r}], got {steps.dtype} "
+                             f"of shape {tuple(steps.shape)}")
+        return steps.to(device=device, dtype=torch.int64).expand(r)
+    step = int(steps)
+    if not 0 <= step < STEP_LIMIT:
+        raise ValueError(f"step must lie in [0, 2**32), got {step}")
+    return torch.full((r,), step, dtype=torch.int64, device=device)
+
+
+def check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits) -> None:
+    """The argument checks of every backend's public `sample_rows` (the loop skips them)."""
+    if remasking not in REMASKING:
+        raise ValueError(f"unknown remasking {remasking!r}; expected one of {list(REMASKING)}")
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.dtype not in LOGIT_DTYPES:
+        got = f"{logits.dtype} {tuple(logits.shape)}" if torch.is_tensor(logits) else type(logits).__name__
+        raise TypeError(f"logits must be [N, V] fp32/bf16/fp16, got {got}")
+    if uncond_logits is not None and uncond_logits.shape != logits.shape:
+        raise ValueError(f"uncond_logits shape {tuple(uncond_logits.shape)} != logits shape {tuple(logits.shape)}")
+    if not all(torch.is_tensor(t) for t in (rows, seeds, positions)) or \
+            not (rows.shape == seeds.shape == positions.shape) or rows.dim() != 1:
+        raise ValueError("rows, seeds and positions must be 1-D tensors of one length")
+    if not float(temperature) >= 0.0 or float(temperature) == float("inf"):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")

@@ -1,0 +1,271 @@
+"""`generate`: the one sampling loop, for every backend.
+
+    prompt -> x = [prompt | masks] -> for each block, for each step:
+        model(x) -> logits -> backend.sample_rows -> x0, confidence
+                           -> backend.select      -> keep;  x[keep] = x0[keep]
+
+``fastremask.generate(model, prompt, ...)`` takes LLaDA's ``generate`` arguments in LLaDA's
+order with LLaDA's defaults, builds a `SamplingConfig` from them and calls `run`; the
+command line, ``eval`` and the lm-eval adapter call `run` with their config. `step` is one
+denoising step as tensors only: shapes are fixed per block (every position of the block is a
+row, ``active`` where still masked) and it has no Python branch on tensor values, so it runs
+the same on every backend and device.
+
+Batch invariance: row ``b``'s draws use its own step counter ``row_step[b]``, which advances
+at every step of a block in which the row still has masked positions (schedule mode: every
+step of the schedule, skipped ones included, for every row alike). So a row's tokens never
+depend on how many steps the other rows of the batch needed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from fastremask.backends import Backend, get_backend
+from fastremask.config import SamplingConfig, SpecialIds, row_seeds
+from fastremask.errors import FirstInvalid, ImmediateCheck
+from fastremask.model_call import ModelCall, call_model, sampling_suppress, window_call
+from fastremask.trace import Trace, TraceStep
+
+__all__ = ["generate", "run", "step", "Block"]
+
+
+class Block:
+    """What the steps of one block share: its position and its rows' indices, all ``[B * C]``.
+
+    Row ``r = b * C + j`` is position ``start + j`` of batch row ``b``: ``rows`` indexes the
+    flat logits ``[B * Lw, V]`` (``Lw`` the sequence length, or ``C`` with a logits window),
+    ``bi`` is ``b``, ``seeds`` the row's seed, ``positions`` its position in the answer.
+    """
+
+    def __init__(self, index: int, start: int, C: int, P: int, window: bool, bi, seeds, j, L: int):
+        self.index, self.start = index, start
+        self.bi, self.seeds = bi, seeds
+        self.positions = j + (start - P)
+        self.rows = bi * C + j if window else bi * L + (j + start)
+        self.call = window_call(start, C) if window else call_model
+
+
+def step(backend: Backend, x: torch.Tensor, logits: torch.Tensor, uncond: Optional[torch.Tensor],
+         blk: Block, row_step: torch.Tensor, k: Optional[torch.Tensor], *, config: SamplingConfig,
+         mask_id: int, suppress, defer, no_defer, checker, step_index: int) -> tuple:
+    """One denoising step of block ``blk``: writes the kept tokens into ``x`` in place.
+
+    ``row_step`` ``[B]`` int64: each row's step counter (its noise counter); ``k`` ``[B]``:
+    the schedule's counts (None in threshold mode). Returns ``(candidate, x0, confidence,
+    keep)``, each ``[B, C]``.
+    """
+    B, C = no_defer.shape
+    xb = x[:, blk.start:blk.start + C]
+    cand = xb == mask_id                                                      # [B, C]
+    V = logits.shape[-1]
+    sample = backend.sample_rows(
+        logits.view(-1, V), blk.rows, blk.seeds, blk.positions, row_step.index_select(0, blk.bi),
+        temperature=config.temperature, remasking=config.remasking, cfg_scale=config.cfg_scale,
+        uncond_logits=None if uncond is None else uncond.view(-1, V), suppress_tokens=suppress,
+        active=cand.view(-1))
+    x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
+    candidate = checker.note(sample.invalid, cand, blk, step_index, logits, uncond)   # no bad row kept
+    deferred = no_defer if defer is None else candidate & torch.isin(x0, defer)
+    if backend.fused_write:
+        keep = backend.select(conf, candidate, deferred, k, config.threshold, x=x, x0=x0, start=blk.start)
+    else:
+        keep = backend.select(conf, candidate, deferred, k, config.threshold)
+        torch.where(keep, x0, xb, out=xb)
+    return cand, x0, conf, keep
+
+
+def _check_prompt(model, prompt, attention_mask, mask_id: int):
+    if not isinstance(prompt, torch.Tensor):
+        raise TypeError(f"prompt must be a 2-D integer tensor [batch, length], got {type(prompt).__name__}")
+    if prompt.dim() != 2 or prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+        raise TypeError(f"prompt must be a 2-D integer tensor [batch, length], got {prompt.dtype} of shape {tuple(prompt.shape)}")
+    if prompt.shape[0] < 1:
+        raise ValueError(f"prompt must have at least one batch row, got shape {tuple(prompt.shape)}")
+    dev = getattr(model, "device", None)
+    device = torch.device(dev) if isinstance(dev, (torch.device, str)) else prompt.device
+    prompt = prompt.to(device=device, dtype=torch.int64)
+    B, P = prompt.shape
+    if prompt.numel() and int(prompt.min()) < 0:
+        raise ValueError(f"prompt must hold token ids >= 0, got {int(prompt.min())}")
+    masked = torch.nonzero(prompt == mask_id)
+    if masked.numel():
+        b, p = masked[0].tolist()
+        raise ValueError(
+            f"prompt contains mask_id={mask_id} at batch row {b}, position {p} "
+            f"({masked.shape[0]} in all); masks inside the prompt are not supported: "
+            "pad with another token (LLaDA pads with EOS) and mark padding in attention_mask")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and mask_id >= vocab:
+        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (config.vocab_size={vocab})")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != (B, P):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected the prompt's {(B, P)}")
+        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 and 1")
+        attention_mask = attention_mask.to(device)
+    return prompt, attention_mask, device
+
+
+@torch.no_grad()
+def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None,
+        return_trace: bool = False, callback: Optional[Callable] = None):
+    """`generate` with its sampling options given as one `SamplingConfig`.
+
+    Returns ``x`` ``[B, P + gen_length]`` int64 on the model's device, or ``(x, trace)`` with
+    ``return_trace``.
+    """
+    if not isinstance(config, SamplingConfig):
+        raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if not isinstance(return_trace, bool):
+        raise TypeError(f"return_trace must be True or False, got {return_trace!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
+    ids = SpecialIds.of(model, config)
+    prompt, attention_mask, device = _check_prompt(model, prompt, attention_mask, ids.mask_id)
+    B, P = prompt.shape
+    seeds = torch.tensor(row_seeds(seed, B), dtype=torch.int64, device=device)
+    backend = get_backend(config.backend, device)
+    if config.logits_window:
+        from fastremask import models
+        models.check_window_support(model)           # a clear error before any model call
+    x = torch.full((B, P + config.gen_length), ids.mask_id, dtype=torch.int64, device=device)
+    x[:, :P] = prompt
+    calls = ModelCall(model, attention_mask, prompt_length=P, gen_length=config.gen_length,
+                      cfg_scale=config.cfg_scale, mask_id=ids.mask_id)
+    trace = Trace(P, config.gen_length, config.block_length)
+    _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback)
+    return (x, trace) if return_trace else x
+
+
+def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, trace, callback) -> None:
+    """The loop over blocks and steps (`run`'s body); ``x`` is filled in place."""
+    B, L = x.shape
+    C, P = config.block_length, L - config.gen_length
+    device = x.device
+    counts = config.block_counts()                           # schedule mode: one list for all rows
+    k_cols = None
+    if counts is not None:
+        k_cols = torch.tensor(counts, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+    bi = torch.arange(B, device=device).repeat_interleave(C)                     # [B * C]
+    j = torch.arange(C, device=device).repeat(B)
+    seeds_r = seeds.index_select(0, bi)
+    row_step = torch.zeros(B, dtype=torch.int64, device=device)
+    no_defer = torch.zeros(B, C, dtype=torch.bool, device=device)
+    defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
+    checker = ImmediateCheck(P, config.cfg_scale) if device.type == "cpu" else FirstInvalid(P, config.cfg_scale)
+    suppress, V = None, None
+    global_step = 0
+    for b in range(config.num_blocks):
+        blk = Block(b, P + b * C, C, P, config.logits_window, bi, seeds_r, j, L)
+        for i in range(len(counts) if counts is not None else C):
+            if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
+                row_step += 1
+                global_step += 1
+                continue
+            if counts is None and checker.block_done(x[:, blk.start:blk.start + C] == ids.mask_id):
+                break                                                 # threshold mode's one sync
+            logits, uncond = calls(x, blk.call)
+            if V is None:
+                V = logits.shape[-1]
+                suppress = sampling_suppress(ids.suppress, ids.mask_id, V, device)
+                checker.suppress = suppress
+            elif logits.shape[-1] != V:
+                raise ValueError(f"model logits changed vocabulary size from {V} to {logits.shape[-1]}")
+            k = None if k_cols is None else k_cols[i]
+            record = trace is not None or callback is not None
+            rs = row_step.clone() if record else row_step
+            cand, x0, conf, keep = step(
+                backend, x, logits, uncond, blk, row_step, k, config=config, mask_id=ids.mask_id,
+                suppress=suppress, defer=defer, no_defer=no_defer, checker=checker, step_index=global_step)
+            row_step += 1 if counts is not None else cand.any(1)
+            if record:
+                rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep)
+                if trace is not None:
+                    trace.steps.append(rec)
+                if callback is not None:
+                    callback(rec)
+            global_step += 1
+        checker.check()                                       # schedule mode's one sync per block
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt,
+    attention_mask=None,
+    steps=128,
+    gen_length=128,
+    block_length=128,
+    temperature=0.0,
+    cfg_scale=0.0,
+    remasking="low_confidence",
+    mask_id=None,
+    logits_eos_inf=False,
+    confidence_eos_eot_inf=False,
+    *,
+    schedule="uniform",
+    factor=1,
+    threshold=None,
+    seed=None,
+    suppress_tokens=None,
+    defer_tokens=None,
+    backend="auto",
+    return_trace=False,
+    callback=None,
+    logits_window=False,
+):
+    """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
+
+    The positional parameters are LLaDA's ``generate``'s, in its order, with its defaults;
+    docs/api.md describes every parameter, the trace and what is exact. The sampling options
+    become one `fastremask.SamplingConfig` (validated there) and `run` samples.
+
+    Parameters
+    ----------
+    model : callable, ``model(x [B, L] int64, attention_mask=...)`` -> ``.logits`` ``[B, L, V]``
+        (fp32, bf16 or fp16); ``model.device`` (if present) is where ``x`` is built
+    prompt : [B, P] integer tensor, left-padded; must not contain ``mask_id``
+    attention_mask : [B, P] (1 = token, 0 = padding) or None; ones are appended for the answer
+    steps : model-call budget: per block ``steps // num_blocks`` (uniform: exactly that many;
+        pyramid: at most that many; unused in threshold mode)
+    gen_length, block_length : answer length and semi-autoregressive block length
+    temperature : Gumbel-max temperature (0 = greedy)
+    cfg_scale : classifier-free guidance scale (0 = off)
+    remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
+    mask_id : the mask token id; None: the model's (``model.mask_id``, e.g. an adapter) or
+        LLaDA's (126336)
+    logits_eos_inf : suppress the model's EOS (``model.eos_id``; LLaDA's 126081 otherwise)
+    confidence_eos_eot_inf : defer the model's EOS and EoT (LLaDA's 126081 and 126348 otherwise)
+    schedule : 'uniform' | 'pyramid' | list of per-step counts | callable(n, steps) | Schedule
+    factor : pyramid dilation (step i keeps ``i // factor + 1``)
+    threshold : keep every candidate with confidence >= threshold each step (at least one)
+    seed : int, one int per batch row, or None (drawn from torch's default generator)
+    suppress_tokens : token ids never generated
+    defer_tokens : token ids kept only after every other candidate of the block
+    backend : 'auto' | 'reference' | 'torch' | 'triton'
+    return_trace : also return a `fastremask.Trace`
+    callback : called with each step's `fastremask.TraceStep` after it is applied
+    logits_window : the model computes its output projection for the current block's
+        positions only (``[B, block_length, V]`` logits instead of ``[B, L, V]``); needs a model
+        `fastremask.models.window_logits` supports. Same tokens when the model's logits for a
+        slice equal its full logits' slice, which is not promised on every GPU (docs/api.md)
+
+    Returns
+    -------
+    x : [B, P + gen_length] int64 on the model's device, prompt included
+    (x, trace) when ``return_trace``
+    """
+    config = SamplingConfig(
+        steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
+        cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, factor=factor,
+        threshold=threshold, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
+        backend=backend, logits_window=logits_window)
+    return run(model, prompt, config, attention_mask=attention_mask, seed=seed,
+               return_trace=return_trace, callback=callback)

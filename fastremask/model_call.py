@@ -1,0 +1,102 @@
+"""Calling the model: the checked call, the block-only window, classifier-free guidance.
+
+`ModelCall` is built once per `generate` call and called once per step: it holds what does
+not change between steps (the extended attention mask, twice with CFG; the window's call).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from fastremask.contract import LOGIT_DTYPES
+
+__all__ = ["call_model", "window_call", "ModelCall", "sampling_suppress"]
+
+
+def _check_logits(logits, x: torch.Tensor, length: int, what: str) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model output has no .logits tensor (got {type(logits).__name__})")
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != (x.shape[0], length) or logits.shape[2] < 1:
+        raise ValueError(
+            f"model {what} have shape {tuple(logits.shape)}; expected [B, {'L' if length == x.shape[1] else 'C'}, V]"
+            f" = [{x.shape[0]}, {length}, V] for input of shape {tuple(x.shape)}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"model logits have dtype {logits.dtype}; expected fp32, bf16 or fp16")
+    return logits
+
+
+def call_model(model, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``model(x, attention_mask=...)`` -> logits ``[B, L, V]``, checked.
+
+    Accepts an output with ``.logits`` (Hugging Face, `fastremask.tiny`) or a bare tensor.
+    Without an attention mask the model is called as ``model(x)``.
+    """
+    out = model(x) if attention_mask is None else model(x, attention_mask=attention_mask)
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+    return _check_logits(logits, x, x.shape[1], "logits")
+
+
+def window_call(start: int, length: int) -> Callable:
+    """``call(model, x, attention_mask) -> logits [B, length, V]``: the model's logits for
+    positions ``start:start + length`` only (`fastremask.models.window_logits`), checked."""
+    from fastremask import models
+
+    def call(model, x, attention_mask):
+        logits = models.window_logits(model, x, attention_mask, start, length)
+        if isinstance(logits, torch.Tensor) and logits.dim() == 3 and tuple(logits.shape[:2]) != (x.shape[0], length):
+            raise ValueError(
+                f"model window logits have shape {tuple(logits.shape)}; expected [B, C, V] = "
+                f"[{x.shape[0]}, {length}, V] for positions {start}:{start + length} of input of "
+                f"shape {tuple(x.shape)}")
+        return _check_logits(logits, x, length, "window logits")
+
+    return call
+
+
+class ModelCall:
+    """``self(x, call) -> (logits, uncond_logits or None)``, one model call per step.
+
+    CFG as LLaDA does it: one call on ``2B`` rows, the second half a copy of ``x`` with the
+    whole prompt (padding included) replaced by ``mask_id``, the same attention mask twice.
+    """
+
+    def __init__(self, model, attention_mask: Optional[torch.Tensor], *, prompt_length: int,
+                 gen_length: int, cfg_scale: float, mask_id: int):
+        self.model, self.P, self.mask_id = model, prompt_length, mask_id
+        self.cfg = cfg_scale > 0
+        am = attention_mask
+        if am is not None:
+            B = am.shape[0]
+            am = torch.cat([am, torch.ones(B, gen_length, dtype=am.dtype, device=am.device)], dim=1)
+            if self.cfg:
+                am = torch.cat([am, am])
+        self.attention_mask = am
+
+    def __call__(self, x: torch.Tensor, call: Callable = call_model):
+        if not self.cfg:
+            return call(self.model, x, self.attention_mask), None
+        un_x = x.clone()
+        un_x[:, :self.P] = self.mask_id
+        both = call(self.model, torch.cat([x, un_x]), self.attention_mask)
+        B = x.shape[0]
+        return both[:B], both[B:]
+
+
+def sampling_suppress(suppress_tokens, mask_id: int, vocab: int, device=None) -> Optional[torch.Tensor]:
+    """The ids `sample_rows` suppresses: ``suppress_tokens`` plus ``mask_id`` when in the vocab.
+
+    The mask token is never sampled, so a finished answer holds no mask. A suppressed id
+    outside the vocabulary is a ValueError (a mistake, e.g. LLaDA's EOS id on another model).
+    """
+    ids = set(suppress_tokens or ())
+    if ids and max(ids) >= vocab:
+        raise ValueError(
+            f"suppress_tokens contains token id {max(ids)}, outside the model's vocabulary of "
+            f"{vocab} (logits_eos_inf suppresses LLaDA's EOS id 126081)"
+        )
+    if mask_id < vocab:
+        ids.add(mask_id)
+    if not ids:
+        return None
+    return torch.tensor(sorted(ids), dtype=torch.int64, device=device)
