@@ -12,7 +12,7 @@ import torch
 
 from fastremask.reference import prepare_logits
 
-__all__ = ["describe_invalid", "invalid_error", "FirstInvalid"]
+__all__ = ["describe_invalid", "invalid_error", "checker_for", "ImmediateCheck", "FirstInvalid"]
 
 _NO_ROW = torch.iinfo(torch.int64).max
 
@@ -128,3 +128,8 @@ class FirstInvalid:
                 position=p, prompt_length=self.P, n_invalid=n, cfg_scale=self.cfg_scale,
                 suppress_tokens=self.suppress)
         self.rec = self.row = self.urow = None
+
+
+def checker_for(device: torch.device) -> type:
+    """`ImmediateCheck` on a CPU (a sync is free there), `FirstInvalid` elsewhere."""
+    return ImmediateCheck if device.type == "cpu" else FirstInvalid

@@ -24,7 +24,8 @@ import torch
 
 from fastremask.backends import Backend, get_backend
 from fastremask.config import SamplingConfig, SpecialIds, row_seeds
-from fastremask.errors import FirstInvalid, ImmediateCheck
+from fastremask.llada import LLADA_MASK
+from fastremask import errors
 from fastremask.model_call import ModelCall, call_model, sampling_suppress, window_call
 from fastremask.trace import Trace, TraceStep
 
@@ -158,7 +159,7 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     row_step = torch.zeros(B, dtype=torch.int64, device=device)
     no_defer = torch.zeros(B, C, dtype=torch.bool, device=device)
     defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
-    checker = ImmediateCheck(P, config.cfg_scale) if device.type == "cpu" else FirstInvalid(P, config.cfg_scale)
+    checker = errors.checker_for(device)(P, config.cfg_scale)
     suppress, V = None, None
     global_step = 0
     for b in range(config.num_blocks):
@@ -205,7 +206,7 @@ def generate(
     temperature=0.0,
     cfg_scale=0.0,
     remasking="low_confidence",
-    mask_id=None,
+    mask_id=LLADA_MASK,
     logits_eos_inf=False,
     confidence_eos_eot_inf=False,
     *,
@@ -238,8 +239,8 @@ def generate(
     temperature : Gumbel-max temperature (0 = greedy)
     cfg_scale : classifier-free guidance scale (0 = off)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
-    mask_id : the mask token id; None: the model's (``model.mask_id``, e.g. an adapter) or
-        LLaDA's (126336)
+    mask_id : the mask token id (LLaDA's 126336 by default, as in LLaDA's signature; None: the
+        model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)
     logits_eos_inf : suppress the model's EOS (``model.eos_id``; LLaDA's 126081 otherwise)
     confidence_eos_eot_inf : defer the model's EOS and EoT (LLaDA's 126081 and 126348 otherwise)
     schedule : 'uniform' | 'pyramid' | list of per-step counts | callable(n, steps) | Schedule

@@ -87,10 +87,9 @@ def test_mask_inside_prompt_is_refused():
 
 
 def test_triton_backend_unavailable_is_a_clear_error(monkeypatch):
-    import importlib
+    from fastremask import backends
 
-    gen_mod = importlib.import_module("fastremask.generate")
-    monkeypatch.setattr(gen_mod, "_triton_backend", lambda: None)
+    monkeypatch.setattr(backends, "triton_backend", lambda: None)
     with pytest.raises(RuntimeError, match="backend='triton' is not available"):
         _call(backend="triton")
     assert _call(backend="auto").shape == (2, 11)          # auto falls back to torch
@@ -179,10 +178,19 @@ def test_nan_message_is_the_same_for_every_backend():
 
 
 # ----------------------------------------------------------------------------- the lazy check
-# The fast loop does not sync per step: it keeps the first invalid row of a block on the device
-# and raises at the end of the block (schedule mode) or at the next step's sync (threshold
-# mode). The error must still name the step it happened in, and the steps run in between must
-# never write the invalid rows' x0 = -1 into x.
+# On an accelerator the loop does not sync per step: it keeps the first invalid row of a block
+# on the device (`errors.FirstInvalid`) and raises at the end of the block (schedule mode) or at
+# the next step's sync (threshold mode). The error must still name the step it happened in, and
+# the steps run in between must never write the invalid rows' x0 = -1 into x. On a CPU the loop
+# checks at the step itself (`errors.ImmediateCheck`, a sync costs nothing there); the `lazy`
+# fixture makes the CPU loop use the accelerator's check so both are tested here.
+
+
+@pytest.fixture
+def lazy(monkeypatch):
+    from fastremask import errors
+
+    monkeypatch.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
 
 
 class _PoisonSteps(torch.nn.Module):
@@ -215,7 +223,7 @@ def _message(model, **kw):
 
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 1.0])
-def test_early_bad_step_is_reported_with_its_step(cfg_scale):
+def test_early_bad_step_is_reported_with_its_step(cfg_scale, lazy):
     """NaN at step 1 of a 4-step block: the torch loop notices it at the block's end, after 2
     more model calls, and still names step 1, the first still-masked position of row 1 and how
     many more there were, in the reference's words."""
@@ -232,7 +240,7 @@ def test_early_bad_step_is_reported_with_its_step(cfg_scale):
     assert model.calls == 4                          # the rest of block 0, then the check
 
 
-def test_first_bad_step_of_the_block_wins():
+def test_first_bad_step_of_the_block_wins(lazy):
     """Two bad steps in one block: the earlier one is reported, not the later one."""
     poison = {0: (0, [5]), 2: (1, [3, 4, 5, 6, 7, 8, 9, 10])}
     fast = _message(_PoisonSteps(poison), backend="torch")
@@ -240,7 +248,7 @@ def test_first_bad_step_of_the_block_wins():
     assert "at step 0, batch row 0, position 5 " in fast and "more position" not in fast
 
 
-def test_bad_step_in_a_later_block():
+def test_bad_step_in_a_later_block(lazy):
     """The check of block 0 passes; block 1's first step goes bad and is reported at its end."""
     model = _PoisonSteps({4: (0, [12])})
     fast = _message(model, backend="torch")
@@ -248,7 +256,7 @@ def test_bad_step_in_a_later_block():
     assert "at step 4, batch row 0, position 12 " in fast and model.calls == 8
 
 
-def test_invalid_rows_are_never_kept():
+def test_invalid_rows_are_never_kept(lazy):
     """Between the bad step and the check, the bad row stays masked (it is never kept), and
     only valid tokens are kept elsewhere; the error names the first bad step."""
     seen = []
@@ -262,7 +270,7 @@ def test_invalid_rows_are_never_kept():
         assert bool((s.x0[s.keep] >= 0).all())
 
 
-def test_threshold_mode_raises_at_the_next_step():
+def test_threshold_mode_raises_at_the_next_step(lazy):
     """Threshold mode syncs every step anyway: the error comes at the very next step's check."""
     kw = dict(threshold=0.9, remasking="low_confidence")
     model = _PoisonSteps({0: (0, [3, 4])})
@@ -270,3 +278,18 @@ def test_threshold_mode_raises_at_the_next_step():
     assert fast == _message(_PoisonSteps({0: (0, [3, 4])}), backend="reference", **kw)
     assert "at step 0, batch row 0, position 3 " in fast and "(1 more position(s) in this step)" in fast
     assert model.calls == 1
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.0])
+def test_cpu_loop_raises_at_the_bad_step(cfg_scale):
+    """Without the lazy check (a CPU): the same message, raised before any further model call."""
+    poison = {1: (1, list(range(3, 11)))}
+    model = _PoisonSteps(poison)
+    msg = _message(model, backend="torch", cfg_scale=cfg_scale)
+    assert "at step 1, batch row 1, position " in msg and model.calls == 2
+    lazy_model = _PoisonSteps(poison)
+    with pytest.MonkeyPatch.context() as mp:
+        from fastremask import errors
+        mp.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
+        assert _message(lazy_model, backend="torch", cfg_scale=cfg_scale) == msg
+    assert lazy_model.calls == 4

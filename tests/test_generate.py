@@ -1,17 +1,14 @@
 """The whole loop: `torch` backend bit-equal to the reference, and what `generate` promises."""
-import importlib
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastremask
-from fastremask import fast
-from fastremask.generate import Backend, generate
+from fastremask import backends
+from fastremask.loop import generate
 from fastremask.schedule import pyramid_steps
 from fastremask.tiny import tiny_model
 
-gen_mod = importlib.import_module("fastremask.generate")   # the package's `generate` is the function
 THRESHOLDS = {"low_confidence": 0.3, "margin": 0.2, "random": 0.6, "entropy": -1.5}
 
 
@@ -96,10 +93,9 @@ def _config(draw):
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
     vocab=st.sampled_from([7, 50]),
     tokens=st.sampled_from(["none", "suppress", "defer", "both"]),
-    fixed_shape=st.booleans(),
     seed=st.integers(0, 2**63 - 1),
 )
-def test_torch_backend_equals_reference(cfg, B, P, dtype, vocab, tokens, fixed_shape, seed):
+def test_torch_backend_equals_reference(cfg, B, P, dtype, vocab, tokens, seed):
     model = tiny_model(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1, seed=seed % 1000).to(dtype)
     mask_id = model.mask_id
     prompt, am = _prompt(B, P, vocab, mask_id, seed % 997)
@@ -109,11 +105,7 @@ def test_torch_backend_equals_reference(cfg, B, P, dtype, vocab, tokens, fixed_s
     if tokens in ("defer", "both"):
         kw["defer_tokens"] = [3, 4, 5]
     x_ref, t_ref = generate(model, prompt, am, backend="reference", **kw)
-    with pytest.MonkeyPatch.context() as mp:
-        if fixed_shape:  # the loop the triton backend uses: every block position, `active` mask
-            mp.setattr(gen_mod, "get_backend",
-                       lambda name, device: Backend("torch-fixed", fast.sample_rows, fast.select, True))
-        x_fast, t_fast = generate(model, prompt, am, backend="torch", **kw)
+    x_fast, t_fast = generate(model, prompt, am, backend="torch", **kw)
     assert torch.equal(x_ref, x_fast)
     _same_trace(t_ref, t_fast)
     # what every run promises
@@ -263,7 +255,7 @@ def test_triton_backend_is_exact_or_clearly_unavailable():
 
 
 def test_auto_backend_on_cpu_is_torch():
-    assert gen_mod.get_backend("auto", torch.device("cpu")).name == "torch"
+    assert backends.get_backend("auto", torch.device("cpu")).name == "torch"
 
 
 def test_package_import_does_not_import_triton():

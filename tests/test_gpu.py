@@ -6,6 +6,7 @@ Run on a lent GPU by benchmarks/gpu_check.sh (`pytest -m gpu`).
 import pytest
 import torch
 
+from fastremask.contract import REMASKING
 from fastremask import reference as ref
 
 pytestmark = pytest.mark.gpu
@@ -57,7 +58,7 @@ def test_llada_vocab_bit_equal(batch, block, cfg, temperature):
     from fastremask.kernels import sample_rows
     lg, un, rows, seeds, pos, active = _llada_case(batch, block, cfg, seed=batch * block)
     sup = torch.tensor([126_336], device="cuda")         # LLaDA's mask id
-    for i, remasking in enumerate(ref.REMASKING):
+    for i, remasking in enumerate(REMASKING):
         if (i + block + int(cfg)) % 2:                    # two rules per case, all over the grid
             continue
         kw = dict(temperature=temperature, remasking=remasking, cfg_scale=1.5 if cfg else 0.0,
@@ -72,7 +73,7 @@ def test_gpu_kernel_equals_cpu_reference():
     _need_cuda()
     from fastremask.kernels import sample_rows
     lg, un, rows, seeds, pos, active = _llada_case(1, 16, True, seed=3)
-    for remasking in ref.REMASKING:
+    for remasking in REMASKING:
         kw = dict(temperature=1.0, remasking=remasking, cfg_scale=0.5)
         got = sample_rows(lg, rows, seeds, pos, 5, uncond_logits=un, active=active, **kw)
         want = ref.sample_rows(lg.cpu(), rows.cpu(), seeds.cpu(), pos.cpu(), 5, uncond_logits=un.cpu(),

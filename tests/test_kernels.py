@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastremask.contract import REMASKING
 from fastremask import reference as ref
 from fastremask.numerics import CHUNK
 
@@ -68,7 +69,7 @@ CASES = [  # (V, dtype, temperature, cfg): each vocab size meets each rule once
 ]
 
 
-@pytest.mark.parametrize("remasking", ref.REMASKING)
+@pytest.mark.parametrize("remasking", REMASKING)
 @pytest.mark.parametrize("V,dtype,temperature,cfg", CASES,
                          ids=[f"V{c[0]}-{str(c[1])[6:]}-T{c[2]}-cfg{int(c[3])}" for c in CASES])
 def test_sample_rows_equals_reference(V, dtype, temperature, cfg, remasking):
@@ -82,7 +83,7 @@ def test_sample_rows_equals_reference(V, dtype, temperature, cfg, remasking):
     assert got.x0[1] == -1 and got.confidence[1] == float("-inf") and not got.invalid[1]
 
 
-@pytest.mark.parametrize("remasking", ref.REMASKING)
+@pytest.mark.parametrize("remasking", REMASKING)
 def test_vocab_splits_give_identical_bits(remasking):
     """5 chunks + 3 entries; every split of the chunks across programs: the same bits."""
     V = 5 * CHUNK + 3
@@ -104,7 +105,7 @@ def test_max_in_a_later_chunk_and_ties_across_chunks():
     lg[2, :] = float("-inf")
     lg[2, CHUNK + 100] = 0.0                            # one finite logit
     rows, seeds, pos = (torch.arange(3, device=DEV),) * 3
-    for remasking in ref.REMASKING:
+    for remasking in REMASKING:
         for T in (0.0, 1.0):
             want, got = _both(lg.to(DEV), rows, seeds, pos, 0, temperature=T, remasking=remasking,
                               chunks_per_prog=1)
@@ -126,7 +127,7 @@ def test_invalid_rows():
     sup = torch.tensor([5], device=DEV)
     rows = torch.arange(6, device=DEV)
     active = torch.tensor([True] * 5 + [False], device=DEV)
-    for remasking in ref.REMASKING:
+    for remasking in REMASKING:
         want, got = _both(lg.to(DEV), rows, rows, rows, 1, temperature=1.0, remasking=remasking,
                           suppress_tokens=sup, active=active)
         _same(want, got, remasking)
@@ -217,7 +218,7 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
 @given(
     V=st.sampled_from([1, 2, 7, 111, 2048, 2049, 4099]),
     dtype=st.sampled_from(DTYPES),
-    remasking=st.sampled_from(ref.REMASKING),
+    remasking=st.sampled_from(REMASKING),
     temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
     cfg=st.sampled_from([None, 0.0, 1.5]),
     r=st.integers(1, 4),
@@ -313,7 +314,7 @@ def test_select_validation():
 @given(
     B=st.integers(1, 3), P=st.integers(0, 4), block=st.sampled_from([1, 3, 4]), n_blocks=st.integers(1, 2),
     dtype=st.sampled_from(DTYPES), vocab=st.sampled_from([7, 50]),
-    remasking=st.sampled_from(ref.REMASKING), temperature=st.sampled_from([0.0, 0.7]),
+    remasking=st.sampled_from(REMASKING), temperature=st.sampled_from([0.0, 0.7]),
     cfg_scale=st.sampled_from([0.0, 1.5]), mode=st.sampled_from(["uniform", "pyramid", "threshold"]),
     seed=st.integers(0, 2**63 - 1),
 )

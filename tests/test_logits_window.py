@@ -69,7 +69,7 @@ def test_adapter_and_raw_module_agree():
 
 def test_triton_backend_with_window():
     pytest.importorskip("triton")
-    from fastremask.generate import get_backend
+    from fastremask.backends import get_backend
 
     if get_backend("auto", torch.device("cpu")) is None or get_backend("triton", torch.device("cpu")).name != "triton":
         pytest.skip("triton kernels not available")
@@ -118,13 +118,14 @@ def test_hf_models_generate_the_same_tokens(hf, family):
     assert torch.equal(generate(adapter, empty, logits_window=True, **kw), generate(adapter, empty, **kw))
 
 
+def test_reference_backend_takes_the_window_too():
+    """One loop serves every backend, so the specification runs the window mode as well."""
+    kw = dict(steps=4, gen_length=8, block_length=4, mask_id=MASK, seed=1, temperature=1.0)
+    full = generate(MODEL, PROMPTS, ATT, backend="reference", **kw)
+    assert torch.equal(generate(MODEL, PROMPTS, ATT, backend="reference", logits_window=True, **kw), full)
+
+
 # ----------------------------------------------------------------------------- errors
-
-
-def test_reference_backend_refuses_the_window():
-    with pytest.raises(ValueError, match="backend='reference'"):
-        generate(MODEL, PROMPTS, steps=4, gen_length=8, block_length=8, mask_id=MASK,
-                 backend="reference", logits_window=True)
 
 
 def test_logits_window_must_be_a_bool():

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from fastremask.contract import REMASKING
 from fastremask import fast, numerics as nx, reference as ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-RULES = list(ref.REMASKING)
+RULES = list(REMASKING)
 exact = dict(rtol=0, atol=0, equal_nan=True)
 
 
