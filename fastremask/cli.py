@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["main", "build_parser", "EXTERNAL_COMMANDS"]
+from .trace import format_trace, kept_by_step, plot_trace
+
+__all__ = ["main", "build_parser", "config_from_args", "EXTERNAL_COMMANDS"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
@@ -60,8 +62,8 @@ def _schedule(s: str):
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    from .generate import BACKENDS
-    from .reference import REMASKING
+    from .config import BACKENDS
+    from .contract import REMASKING
 
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH_OR_ID", default=None,
@@ -233,17 +235,50 @@ def _default_prompt(adapter, task) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def _calls_per_run(args, gen_length: int, block_length: int, steps: int) -> int | None:
-    """Model calls of one generate call (None in threshold mode: not known in advance)."""
-    if args.threshold is not None:
-        return None
-    from . import schedule
+def config_from_args(args, adapter=None, task=None):
+    """The `fastremask.SamplingConfig` of ``fastremask generate``'s sampling options.
 
-    num_blocks = gen_length // block_length
-    if num_blocks == 0 or gen_length % block_length or steps % num_blocks:
-        return None
-    per_block = schedule.resolve(args.schedule, args.factor)(block_length, steps // num_blocks)
-    return num_blocks * sum(1 for c in per_block if c)
+    Validated there, once: a bad value is rejected with the message `fastremask.generate`
+    gives for it. Defaults: ``--gen-length`` the demo ``task``'s answer length (else 128),
+    ``--block-length`` and ``--steps`` the gen length. ``mask_id`` is left to the model
+    (``--mask-id`` overrides the adapter's), and so are the EOS/EoT ids of
+    ``--logits-eos-inf``/``--confidence-eos-eot-inf`` (`fastremask.config.SpecialIds`); the
+    ids ``adapter``'s tokenizer has no token for (the built-in model's) are suppressed.
+    """
+    from .config import SamplingConfig, check_int
+
+    gen_length = args.gen_length
+    if gen_length is None:
+        gen_length = task.answer_length if task is not None else 128
+    check_int("gen_length", gen_length, 1)   # before the defaults derived from it
+    suppress = list(args.suppress_tokens or [])
+    if adapter is not None:
+        suppress += list(getattr(adapter.tokenizer, "unused_ids", None) or [])
+    return SamplingConfig(
+        steps=gen_length if args.steps is None else args.steps, gen_length=gen_length,
+        block_length=gen_length if args.block_length is None else args.block_length,
+        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+        schedule=args.schedule, factor=args.factor, threshold=args.threshold,
+        suppress_tokens=suppress, defer_tokens=args.defer_tokens, backend=args.backend,
+        logits_window=args.logits_window)
+
+
+def _special_ids(adapter, config) -> None:
+    """The model's EOS/EoT for ``--logits-eos-inf``/``--confidence-eos-eot-inf``, checked
+    before any model call (`fastremask.config.SpecialIds`, as `generate` resolves them)."""
+    from .config import SpecialIds
+
+    try:
+        SpecialIds.of(adapter, config)
+    except ValueError as e:
+        raise CliError(f"{e} (on the command line: --eos-id / --eot-id name the model's ids)") from None
+
+
+def _calls_per_run(config) -> int | None:
+    """Model calls of one generate call (`SamplingConfig.model_calls`, which is
+    `fastremask.schedule.cost`'s count); None in threshold mode (not known in advance)."""
+    return None if config.threshold is not None else config.model_calls()
 
 
 def _png_path(base: str, index: int, many: bool) -> str:
@@ -254,10 +289,18 @@ def _png_path(base: str, index: int, many: bool) -> str:
 
 
 def run_generate(args) -> int:
-    from .generate import generate
-    from .models import PadIsMaskError
-    from .trace import format_trace, kept_by_step, plot_trace
+    """``fastremask generate``: options, model, prompts, one `fastremask.run` per batch, output."""
+    _check_options(args)
+    adapter, task, model_name = _load_model(args)
+    config = config_from_args(args, adapter, task)
+    _special_ids(adapter, config)
+    items, file_mode = _read_items(args, adapter, task)
+    _generate(args, adapter, config, [it for it in items if it.error is None])
+    return _write(args, adapter, task, model_name, items, file_mode)
 
+
+def _check_options(args) -> None:
+    """The options that are the command's own (the sampling ones are `config_from_args`')."""
     if args.prompt is not None and args.prompts_file is not None:
         raise CliError("give --prompt or --prompts-file, not both")
     if args.batch_size < 1:
@@ -270,8 +313,10 @@ def run_generate(args) -> int:
         except ImportError:
             raise CliError("--trace-png needs matplotlib: pip install 'fastremask[plot]'") from None
 
-    adapter, task, model_name = _load_model(args)
 
+def _read_items(args, adapter, task) -> tuple[list[Item], bool]:
+    """The prompts, tokenized: ``(items, file_mode)``. With ``--prompt`` a bad prompt is a
+    `CliError`; in a prompts file it is that line's ``error``."""
     if args.prompts_file is not None:
         items = _read_prompts_file(args.prompts_file, args.seed)
         file_mode = True
@@ -291,26 +336,17 @@ def run_generate(args) -> int:
                 it.error = str(e)
         if it.error is not None and not file_mode:
             raise CliError(f"prompt {it.line}: {it.error}")
+    return items, file_mode
 
-    gen_length = args.gen_length or (task.answer_length if task is not None else 128)
-    block_length = args.block_length or gen_length
-    steps = args.steps or gen_length
-    # ids the tokenizer has no token for (the built-in model's CharTokenizer has some)
-    suppress = list(args.suppress_tokens or []) + list(getattr(adapter.tokenizer, "unused_ids", []))
-    defer = list(args.defer_tokens or [])
-    if args.logits_eos_inf:
-        if not adapter.suppress_eos:
-            raise CliError("--logits-eos-inf: the model has no EOS token; pass --eos-id")
-        suppress += adapter.suppress_eos
-    if args.confidence_eos_eot_inf:
-        if not adapter.defer_eos_eot:
-            raise CliError("--confidence-eos-eot-inf: the model has no EOS/EoT tokens; pass --eos-id/--eot-id")
-        defer += adapter.defer_eos_eot
+
+def _generate(args, adapter, config, todo: list[Item]) -> None:
+    """Fill ``tokens``, ``text`` (and ``trace``) of every item, ``--batch-size`` at a time."""
+    from . import loop
+    from .models import PadIsMaskError
+
     want_trace = args.trace or bool(args.trace_png)
-
-    todo = [it for it in items if it.error is None]
     batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-    calls = _calls_per_run(args, gen_length, block_length, steps)
+    calls = _calls_per_run(config)
     bar = None
     if not args.no_progress and todo:
         from tqdm.auto import tqdm
@@ -320,14 +356,8 @@ def run_generate(args) -> int:
     try:
         for batch in batches:
             ids, mask = adapter.pad([it.ids for it in batch])
-            x, trace = generate(
-                adapter, ids, mask, steps=steps, gen_length=gen_length, block_length=block_length,
-                temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                mask_id=adapter.mask_id, schedule=args.schedule, factor=args.factor, threshold=args.threshold,
-                seed=[it.seed for it in batch], suppress_tokens=suppress or None, defer_tokens=defer or None,
-                backend=args.backend, logits_window=args.logits_window, return_trace=True,
-                callback=None if bar is None else (lambda rec: bar.update(1)),
-            )
+            x, trace = loop.run(adapter, ids, config, attention_mask=mask, seed=[it.seed for it in batch],
+                                return_trace=True, callback=None if bar is None else (lambda rec: bar.update(1)))
             answers = x[:, ids.shape[1]:].cpu()
             for b, it in enumerate(batch):
                 it.tokens = answers[b].tolist()
@@ -339,6 +369,9 @@ def run_generate(args) -> int:
         if bar is not None:
             bar.close()
 
+
+def _write(args, adapter, task, model_name: str, items: list[Item], file_mode: bool) -> int:
+    """Print or write every item (and its picture); 1 when some prompts-file lines had errors."""
     out = sys.stdout
     if args.output is not None:
         try:
@@ -351,38 +384,18 @@ def run_generate(args) -> int:
         for it in items:
             if it.error is not None:
                 n_errors += 1
-                where = f"{args.prompts_file}:{it.line}"
-                print(f"fastremask: {where}: {it.error}", file=sys.stderr)
+                print(f"fastremask: {args.prompts_file}:{it.line}: {it.error}", file=sys.stderr)
                 out.write(json.dumps({"line": it.line, "error": it.error}) + "\n")
                 continue
             if args.trace_png:
                 trace, b = it.trace
                 path = _png_path(args.trace_png, it.line, many)
-                plot_trace(trace, adapter.token_str, path, row=b,
-                           title=f"{model_name}: {it.record['prompt'][:60]!r}")
+                plot_trace(trace, adapter.token_str, path, row=b, title=f"{model_name}: {it.record['prompt'][:60]!r}")
                 print(f"fastremask: wrote {path}", file=sys.stderr)
             if file_mode:
-                rec = dict(it.record)
-                rec.update(line=it.line, seed=it.seed, output=it.text, tokens=it.tokens)
-                if args.trace:
-                    trace, b = it.trace
-                    rec["trace"] = [[step, [[pos, adapter.token_str(t)] for pos, t in kept]]
-                                    for step, kept in kept_by_step(trace, b)]
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                _write_record(out, args, adapter, it)
             else:
-                if many:
-                    out.write(f"[{it.line}] {it.record['prompt']}\n")
-                if args.trace:
-                    trace, b = it.trace
-                    if not many:
-                        out.write(f"Prompt: {it.record['prompt']}\n")
-                    for line in format_trace(trace, adapter.token_str, row=b):
-                        out.write(line + "\n")
-                    out.write("Final output: ")
-                out.write(it.text + "\n")
-                verdict = _task_verdict(task, it)
-                if verdict and args.trace:
-                    out.write(verdict + "\n")
+                _write_text(out, args, adapter, task, it, many)
             out.flush()
     finally:
         if out is not sys.stdout:
@@ -392,6 +405,34 @@ def run_generate(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _write_record(out, args, adapter, it: Item) -> None:
+    """One JSONL line: the input's fields plus ``line``, ``seed``, ``output``, ``tokens`` (``trace``)."""
+    rec = dict(it.record)
+    rec.update(line=it.line, seed=it.seed, output=it.text, tokens=it.tokens)
+    if args.trace:
+        trace, b = it.trace
+        rec["trace"] = [[step, [[pos, adapter.token_str(t)] for pos, t in kept]]
+                        for step, kept in kept_by_step(trace, b)]
+    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _write_text(out, args, adapter, task, it: Item, many: bool) -> None:
+    """The answer as text; with ``--trace`` the prompt and the steps first, and the demo task's verdict."""
+    if many:
+        out.write(f"[{it.line}] {it.record['prompt']}\n")
+    if args.trace:
+        trace, b = it.trace
+        if not many:
+            out.write(f"Prompt: {it.record['prompt']}\n")
+        for line in format_trace(trace, adapter.token_str, row=b):
+            out.write(line + "\n")
+        out.write("Final output: ")
+    out.write(it.text + "\n")
+    verdict = _task_verdict(task, it)
+    if verdict and args.trace:
+        out.write(verdict + "\n")
 
 
 # ----------------------------------------------------------------------------- main

@@ -200,21 +200,29 @@ def test_module_entry():
     assert r.returncode == 0 and "generate" in r.stdout
 
 
+def _spy_run(monkeypatch):
+    """Record the `SamplingConfig` of every `fastremask.run` call (the CLI's and generate's)."""
+    from fastremask import loop
+
+    seen, real = [], loop.run
+
+    def spy(model, prompt, config, **kw):
+        seen.append(config)
+        return real(model, prompt, config, **kw)
+
+    monkeypatch.setattr(loop, "run", spy)
+    return seen
+
+
 def test_logits_window_flag_gives_the_same_answer(capsys, monkeypatch):
-    seen = []
-
-    def spy(*a, **kw):
-        seen.append(kw["logits_window"])
-        return generate(*a, **kw)
-
-    monkeypatch.setattr(importlib.import_module("fastremask.generate"), "generate", spy)
+    seen = _spy_run(monkeypatch)
     argv = ("--prompt", "Hi, I am", "--gen-length", "8", "--block-length", "4", "--steps", "8",
             "--temperature", "1", "--backend", "torch")
     rc, full, err = run(capsys, *argv)
     assert rc == 0, err
     rc, window, err = run(capsys, *argv, "--logits-window")
     assert rc == 0, err
-    assert seen == [False, True]
+    assert [c.logits_window for c in seen] == [False, True]
     assert window == full
 
 
@@ -232,3 +240,127 @@ def test_shipped_demo_trace_prints_prompt_and_exact_verdict(monkeypatch, capsys)
         answer = lines[-2].removeprefix("Final output: ")
         ok = task.check(torch.tensor([tasks.encode(prompt)]), torch.tensor([tasks.encode(answer)]))[0]
         assert lines[-1] == f"Correct: {'yes' if ok else 'no'} (task {task.name}, checked exactly)"
+
+
+# ----------------------------------------------------------------------------- one SamplingConfig
+
+
+def _args(*argv):
+    return cli.build_parser(["generate"]).parse_args(["generate", *argv])
+
+
+@pytest.mark.parametrize("argv,keywords", [
+    ([], dict(steps=128, gen_length=128, block_length=128)),
+    (["--gen-length", "12", "--block-length", "4", "--steps", "9", "--temperature", "0.5", "--cfg-scale", "1.5",
+      "--remasking", "margin", "--schedule", "pyramid", "--factor", "2", "--backend", "reference",
+      "--logits-eos-inf", "--confidence-eos-eot-inf", "--suppress-tokens", "5,4", "--defer-tokens", "7",
+      "--logits-window"],
+     dict(steps=9, gen_length=12, block_length=4, temperature=0.5, cfg_scale=1.5, remasking="margin",
+          schedule="pyramid", factor=2, backend="reference", logits_eos_inf=True, confidence_eos_eot_inf=True,
+          suppress_tokens=[4, 5], defer_tokens=[7], logits_window=True)),
+    (["--gen-length", "8", "--threshold", "0.7", "--schedule", "1,2,5"],
+     dict(steps=8, gen_length=8, block_length=8, threshold=0.7, schedule=[1, 2, 5])),
+])
+def test_config_from_args_is_generates_config(monkeypatch, argv, keywords):
+    """The CLI's options become the `SamplingConfig` generate builds from the same keywords."""
+    from fastremask import SamplingConfig
+
+    assert cli.config_from_args(_args(*argv)) == SamplingConfig(**keywords)
+    # ... and generate itself builds exactly that one (spy on the run it calls)
+    seen = _spy_run(monkeypatch)
+    a = models.wrap(tiny_model())
+    ids, _ = a.encode(["Hi"])
+    generate(a, ids, seed=0, mask_id=None, **keywords)        # mask_id None: the model's, as the CLI
+    assert seen == [cli.config_from_args(_args(*argv))]
+
+
+def test_cli_runs_with_its_config(capsys, monkeypatch):
+    """What `fastremask generate` samples with: its config, with the tokenizer's unused ids
+    suppressed and the ids left to the model (mask, EOS and EoT resolved from the adapter)."""
+    seen = _spy_run(monkeypatch)
+    rc, _, err = run(capsys, "--gen-length", "6", "--block-length", "3", "--steps", "4", "--logits-eos-inf",
+                     "--suppress-tokens", "9")
+    assert rc == 0, err
+    a = models.wrap(tiny_model())
+    want = cli.config_from_args(_args("--gen-length", "6", "--block-length", "3", "--steps", "4",
+                                      "--logits-eos-inf", "--suppress-tokens", "9"), a)
+    assert seen == [want]
+    assert want.mask_id is None and want.logits_eos_inf
+    assert want.suppress_tokens == tuple(sorted({9, *a.tokenizer.unused_ids}))
+
+
+@pytest.mark.parametrize("argv,keywords", [
+    (["--temperature", "-1"], dict(temperature=-1.0)),
+    (["--cfg-scale", "-0.5"], dict(cfg_scale=-0.5)),
+    (["--threshold", "nan"], dict(threshold=float("nan"))),
+    (["--gen-length", "8", "--block-length", "4", "--steps", "3"], dict(gen_length=8, block_length=4, steps=3)),
+    (["--gen-length", "4", "--schedule", "1,2"], dict(gen_length=4, block_length=4, steps=4, schedule=[1, 2])),
+    (["--gen-length", "4", "--factor", "0", "--schedule", "pyramid"],
+     dict(gen_length=4, block_length=4, steps=4, factor=0, schedule="pyramid")),
+    (["--gen-length", "0"], dict(gen_length=0)),
+    (["--suppress-tokens", "-3"], dict(suppress_tokens=[-3])),
+])
+def test_bad_option_same_message_as_generate(capsys, monkeypatch, argv, keywords):
+    """A bad sampling option is rejected once, before any model call, with generate's message."""
+    a = models.wrap(tiny_model())
+    ids, _ = a.encode(["Hi"])
+    with pytest.raises((ValueError, TypeError)) as api:
+        generate(a, ids, **keywords)
+    seen = _spy_run(monkeypatch)
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and out == "" and seen == []
+    assert err.count("fastremask: error:") == 1 and "Traceback" not in err
+    assert str(api.value) in err
+
+
+def test_model_without_eos_is_a_clear_error(capsys, monkeypatch):
+    a = models.wrap(tiny_model())
+    a.eos_id = a.eot_id = None
+    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "a model without EOS"))
+    seen = _spy_run(monkeypatch)
+    for flag in ("--logits-eos-inf", "--confidence-eos-eot-inf"):
+        rc, _, err = run(capsys, "--gen-length", "4", flag)
+        assert rc == 2 and seen == []
+        assert err.startswith("fastremask: error: ") and err.count("\n") == 1, err
+        assert "has no EOS" in err and "--eos-id" in err and "Traceback" not in err
+    rc, _, err = run(capsys, "--gen-length", "4")          # without the flags it runs
+    assert rc == 0, err
+
+
+class _Counting(torch.nn.Module):
+    """The tiny model, counting its forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.calls = tiny_model(), 0
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        return self.inner(*a, **kw)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--gen-length", "8", "--steps", "8"],
+    ["--gen-length", "8", "--block-length", "4", "--steps", "16"],     # uniform: steps that keep 0
+    ["--gen-length", "12", "--block-length", "6", "--schedule", "pyramid"],
+    ["--gen-length", "12", "--block-length", "6", "--steps", "8", "--schedule", "pyramid", "--factor", "2"],
+    ["--gen-length", "6", "--steps", "5", "--schedule", "0,2,0,4,0"],  # a list with zeros
+    ["--gen-length", "6", "--steps", "6", "--cfg-scale", "1"],
+])
+def test_calls_per_run_counts_the_model_calls(capsys, monkeypatch, argv):
+    """The progress bar's total (`SamplingConfig.model_calls`, `schedule.cost`'s count) is what
+    the model receives, per batch."""
+    from fastremask import schedule
+
+    m = _Counting()
+    a = models.wrap(m.inner)
+    a.model = m
+    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "counting"))
+    config = cli.config_from_args(_args(*argv), a)
+    expect = cli._calls_per_run(config)
+    assert expect == schedule.cost(config.gen_length, config.block_length, config.steps, config.schedule,
+                                   config.factor).model_calls
+    rc, _, err = run(capsys, *argv, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch-size", "2")
+    assert rc == 0, err
+    assert m.calls == 2 * expect
+    assert cli._calls_per_run(cli.config_from_args(_args("--threshold", "0.5"))) is None
