@@ -21,9 +21,11 @@ Schedule families (``--schedules``):
 * ``ramp_down``: the ramp reversed (the most tokens at step 0, one at the last step): the
   opposite of the post's advice, as a control.
 
+Each point is one `fastremask.SamplingConfig` (`Point.config`: one block covering the whole
+answer, the point's schedule and rule over the options they share, validated before any model
+call); its predicted NFE is `SamplingConfig.model_calls` (`fastremask.schedule.cost`'s count).
 Generation is batched (every prompt of a task has the same length, so no padding) through
-`fastremask.generate` with the given backend (``torch`` by default), one block covering the
-whole answer. The command's temperature is 1 for the ``perm`` task (many right answers: the
+`fastremask.run` with the given backend (``torch`` by default). The command's temperature is 1 for the ``perm`` task (many right answers: the
 model must sample) and 0 otherwise (greedy tokens; ``random`` remasking is then the only
 randomness). Example ``i`` of the test set always gets seed ``--seed + i``.
 """
@@ -38,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import SamplingConfig
 from .tasks import Task, get_task, wilson_interval
 
 __all__ = [
@@ -93,22 +96,26 @@ class Point:
     def generate_kwargs(self, answer_length: int) -> dict:
         """Keywords for `fastremask.generate` (``steps``, ``schedule``, ``factor``)."""
         if self.family == "uniform":
-            return dict(steps=self.setting, schedule="uniform")
+            return dict(steps=self.setting, schedule="uniform", factor=1)
         if self.family == "pyramid":
             # steps is the pyramid's budget; it takes the fewest steps that finish the block
             return dict(steps=answer_length, schedule="pyramid", factor=self.setting)
         if self.family == "ramp":
-            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting))
+            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting), factor=1)
         if self.family == "ramp_down":
-            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting)[::-1])
+            return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting)[::-1], factor=1)
         raise ValueError(f"unknown schedule family {self.family!r}; known: {FAMILIES}")
 
-    def expected_nfe(self, answer_length: int) -> int:
-        if self.family == "pyramid":
-            from .schedule import pyramid_steps
+    def config(self, answer_length: int, base: SamplingConfig | None = None) -> SamplingConfig:
+        """The point's `SamplingConfig`: ``base``'s options (default: `SamplingConfig`'s) with
+        one block of ``answer_length``, the point's schedule and remasking rule."""
+        base = base if base is not None else SamplingConfig()
+        return base.replace(gen_length=answer_length, block_length=answer_length, remasking=self.remasking,
+                            **self.generate_kwargs(answer_length))
 
-            return pyramid_steps(answer_length, self.setting)
-        return self.setting
+    def expected_nfe(self, answer_length: int) -> int:
+        """The model calls one generate makes (`SamplingConfig.model_calls`)."""
+        return self.config(answer_length).model_calls()
 
 
 @dataclass
@@ -175,6 +182,7 @@ def evaluate(
     temperature: float = 0.0,
     backend: str = "torch",
     mask_id: int | None = None,
+    config: SamplingConfig | None = None,
     progress=None,
 ) -> list[Row]:
     """Run every schedule family and remasking rule on the first ``n_examples`` test examples.
@@ -190,6 +198,11 @@ def evaluate(
         up to and including the answer length).
     factors : pyramid factors (those needing more steps than the answer length are dropped).
     seed : ``generate``'s seed for the batch starting at example ``i`` is ``seed + i``.
+    temperature, backend, mask_id : the sampling options the points share (``mask_id`` None:
+        the model's, ``model.mask_id``).
+    config : a `SamplingConfig` holding the shared options instead (its lengths, steps,
+        schedule and remasking are each point's); not together with ``temperature``,
+        ``backend`` or ``mask_id``.
     progress : optional ``callable(str)`` told about each finished point.
 
     Returns
@@ -197,35 +210,30 @@ def evaluate(
     list of `Row`, in the order of `plan`. ``nfe`` is measured: model calls per batch,
     averaged over batches (every row of a batch takes the same steps here).
     """
-    from .generate import generate
+    from .loop import run
     from .schedule import pyramid_steps
 
     A, P = task.answer_length, task.prompt_length
-    if mask_id is None:
-        mask_id = getattr(model, "mask_id", None)
-        if mask_id is None:
-            mask_id = getattr(getattr(model, "config", None), "mask_id", None)
-        if mask_id is None:
-            raise ValueError("mask_id not given and the model does not say (model.mask_id)")
+    if config is None:
+        config = SamplingConfig(temperature=temperature, backend=backend, mask_id=mask_id)
+    elif (temperature, backend, mask_id) != (0.0, "torch", None):
+        raise ValueError("give config= or temperature=/backend=/mask_id=, not both")
     if nfe_grid is None:
         nfe_grid = default_nfe_grid(A)
     factors = [f for f in factors if pyramid_steps(A, f) <= A]
     points = plan(schedules, remasking, nfe_grid, factors, A)
+    configs = [pt.config(A, config) for pt in points]     # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
     counter = _CountCalls(model)
     rows = []
-    for pt in points:
-        kwargs = pt.generate_kwargs(A)
+    for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
         counter.calls = 0
         n_batches = 0
         ok, tok_ok = [], 0
         for start in range(0, n_examples, batch_size):
             batch = prompts[start:start + batch_size].to(model.device)
-            out = generate(
-                counter, batch, gen_length=A, block_length=A, temperature=temperature,
-                remasking=pt.remasking, mask_id=mask_id, seed=seed + start, backend=backend, **kwargs,
-            )
+            out = run(counter, batch, cfg, seed=seed + start)
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
             ok.append(task.check(batch.cpu(), answers))
@@ -416,12 +424,13 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--task is required: the model folder has no demo.json naming its task")
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
+    config = SamplingConfig(temperature=args.temperature, backend=args.backend)   # what the points share
     say = None if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
     rows = evaluate(
         model, task, schedules=args.schedules, remasking=args.remasking, nfe_grid=args.nfe,
         n_examples=args.examples, seed=args.seed, factors=args.factors, batch_size=args.batch_size,
-        temperature=args.temperature, backend=args.backend, progress=say,
+        config=config, progress=say,
     )
     seconds = time.perf_counter() - t0
     table = format_table(rows)

@@ -72,6 +72,7 @@ def test_evaluate_oracle_is_perfect_and_nfe_is_counted():
         assert r.ci_high == 1.0 and r.ci_low < 1.0
         fam, setting = r.family, int(r.setting.split("=")[1])
         assert r.nfe == (pyramid_steps(5, setting) if fam == "pyramid" else setting)
+        assert r.nfe == ev.Point(fam, setting, r.remasking).expected_nfe(5)   # predicted = measured
 
 
 def test_evaluate_untrained_model_is_deterministic():
@@ -125,3 +126,76 @@ def test_cli_eval_on_demo_model(tmp_path, capsys):
     # the shipped model is trained: one token per call gets most of 16 examples right
     assert rows[1]["correct"] >= 12
     assert f"| uniform | steps={A} | low_confidence | {A} | 16 |" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- one SamplingConfig
+
+
+def _spy_run(monkeypatch):
+    from fastremask import loop
+
+    seen, real = [], loop.run
+
+    def spy(model, prompt, config, **kw):
+        seen.append((config, kw.get("seed")))
+        return real(model, prompt, config, **kw)
+
+    monkeypatch.setattr(loop, "run", spy)
+    return seen
+
+
+def test_points_sample_with_generates_config(monkeypatch):
+    """Each point runs with the `SamplingConfig` generate builds from the same keywords."""
+    from fastremask import SamplingConfig, generate
+
+    task = Addition(digits=4)
+    A = task.answer_length
+    seen = _spy_run(monkeypatch)
+    ev.evaluate(_Oracle(task), task, schedules=["uniform", "pyramid", "ramp", "ramp_down"], remasking=["margin"],
+                nfe_grid=[2], factors=[2], n_examples=3, batch_size=3, seed=7, temperature=0.5, backend="reference")
+    want = [dict(steps=2, schedule="uniform"), dict(steps=A, schedule="pyramid", factor=2),
+            dict(steps=2, schedule=ev.ramp_counts(A, 2)), dict(steps=2, schedule=ev.ramp_counts(A, 2)[::-1])]
+    assert [c for c, _ in seen] == [
+        SamplingConfig(gen_length=A, block_length=A, temperature=0.5, remasking="margin", backend="reference",
+                       **kw) for kw in want]
+    assert [s for _, s in seen] == [7] * 4
+    # generate with those keywords builds the same config
+    got = len(seen)
+    prompts, _ = task.test_set(1)
+    generate(_Oracle(task), prompts, gen_length=A, block_length=A, temperature=0.5, remasking="margin",
+             mask_id=None, backend="reference", seed=7, **want[1])
+    assert seen[got][0] == seen[1][0]
+
+
+def test_expected_nfe_is_the_config_count():
+    """The predicted NFE is `SamplingConfig.model_calls`, i.e. `schedule.cost`'s count."""
+    from fastremask import schedule
+
+    A = 16
+    for pt in ev.plan(list(ev.FAMILIES), ["random"], [1, 3, 5, 16], [1, 2, 3], A):
+        cfg = pt.config(A)
+        assert pt.expected_nfe(A) == cfg.model_calls() == schedule.cost(
+            A, A, cfg.steps, cfg.schedule, cfg.factor).model_calls, pt
+
+
+def test_shared_options_as_a_config(monkeypatch):
+    """``config=`` gives the shared options as a `SamplingConfig`: the same run as the keywords;
+    a bad shared option is rejected before any model call, with SamplingConfig's message."""
+    from fastremask import SamplingConfig
+
+    task = Addition(digits=3)
+    kw = dict(schedules=["uniform"], remasking=["random"], nfe_grid=[2], n_examples=4, batch_size=4, seed=1)
+    seen = _spy_run(monkeypatch)
+    a = ev.evaluate(_Oracle(task), task, temperature=1.0, **kw)
+    b = ev.evaluate(_Oracle(task), task, config=SamplingConfig(temperature=1.0, backend="torch"), **kw)
+    assert [(r.correct, r.nfe) for r in a] == [(r.correct, r.nfe) for r in b]
+    assert seen[0] == seen[1]
+    with pytest.raises(ValueError, match="not both"):
+        ev.evaluate(_Oracle(task), task, temperature=1.0, config=SamplingConfig(), **kw)
+    del seen[:]
+    with pytest.raises(ValueError) as e:
+        ev.evaluate(_Oracle(task), task, **dict(kw, remasking=["random", "lowest"]))
+    assert seen == []
+    with pytest.raises(ValueError) as api:
+        SamplingConfig(remasking="lowest")
+    assert str(e.value) == str(api.value)
