@@ -25,11 +25,18 @@ import torch
 __all__ = ["add_arguments", "run", "Phases", "PhaseModel", "build_model", "PHASES"]
 
 PHASES = ("model", "sample", "select")
-# where the loops look these functions up; patched (and restored) by `Phases`
-# (LLaDA's own loop fuses the two: its whole `llada_step` counts as ``sample``)
-_PATCH_MODULES = ("fastremask.reference", "fastremask.fast", "fastremask.generate", "fastremask.kernels",
-                  "fastremask.llada")
-_PATCH_NAMES = {"sample_rows": "sample", "select": "select", "llada_step": "sample"}
+# where the loops look these functions up at call time (`fastremask.backends` reads the backend
+# entry points from their modules on each `generate`), each with its phase; patched (and
+# restored) by `Phases`. Only the entry points are patched, not what they call, so a phase is
+# counted once per step. LLaDA's own loop fuses the two: its whole `llada_step` counts as
+# ``sample``.
+_PATCHES = {
+    "fastremask.reference": {"sample_rows": "sample", "select": "select"},
+    "fastremask.fast": {"_sample_rows_active": "sample", "select": "select"},
+    "fastremask.kernels.sample": {"_sample_rows": "sample"},
+    "fastremask.kernels.select": {"_select": "select"},
+    "fastremask.llada": {"llada_step": "sample"},
+}
 
 
 class _Range:
@@ -103,14 +110,14 @@ class Phases:
 
     def __enter__(self):
         wrapped: dict = {}
-        for modname in _PATCH_MODULES:
+        for modname, names in _PATCHES.items():
             mod = sys.modules.get(modname)
             if mod is None:
                 try:
                     mod = importlib.import_module(modname)
                 except Exception:  # noqa: BLE001 - a backend that is not there is not patched
                     continue
-            for attr, phase in _PATCH_NAMES.items():
+            for attr, phase in names.items():
                 fn = getattr(mod, attr, None)
                 if not callable(fn) or getattr(fn, "_fastremask_phase", False):
                     continue
@@ -159,15 +166,15 @@ def build_model(name: str, device, max_len: int):
     raise ValueError(f"unknown model {name!r}; choose tiny or llada-8b")
 
 
-def _generate_kwargs(args, model) -> dict:
-    from fastremask import schedule as sched
+def config_from_args(args):
+    """The `fastremask.SamplingConfig` of the command's sampling options (mask id: the model's)."""
+    from fastremask.config import SamplingConfig
 
-    s = sched.pyramid(args.factor) if args.schedule == "pyramid" else sched.uniform()
-    return dict(
-        steps=args.steps or args.gen_length, gen_length=args.gen_length, block_length=args.block_length or args.gen_length,
-        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-        mask_id=model.mask_id, schedule=s, seed=0, backend=args.backend,
-    )
+    return SamplingConfig(
+        steps=args.steps or args.gen_length, gen_length=args.gen_length,
+        block_length=args.block_length or args.gen_length, temperature=args.temperature,
+        cfg_scale=args.cfg_scale, remasking=args.remasking, schedule=args.schedule, factor=args.factor,
+        backend=args.backend)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -196,9 +203,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from fastremask import generate as _g
+    from fastremask import loop
 
-    generate = getattr(_g, "generate", _g)
+    config = config_from_args(args)      # a bad option fails here, before the model is built
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,15 +217,14 @@ def run(args) -> int:
     vocab = model.config.vocab_size
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, min(vocab, model.mask_id), (args.batch, args.prompt_length), generator=g).to(device)
-    kw = _generate_kwargs(args, model)
 
     with torch.no_grad():
-        generate(model, prompt, **kw)  # warm-up: allocator, kernels' compilation
+        loop.run(model, prompt, config, seed=0)  # warm-up: allocator, kernels' compilation
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if args.no_trace:
             with Phases(model, device=device) as ph:
-                generate(ph.model, prompt, **kw)
+                loop.run(ph.model, prompt, config, seed=0)
             torch.cuda.synchronize(device) if device.type == "cuda" else None
             print(f"ran generate with NVTX ranges: {dict(ph.calls)}")
             return 0
@@ -228,7 +234,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with torch.profiler.profile(activities=activities) as prof:
             with Phases(model, device=device) as ph:
-                generate(ph.model, prompt, **kw)
+                loop.run(ph.model, prompt, config, seed=0)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
