@@ -6,7 +6,6 @@ same ValueError, naming the step, the batch row and the position, for every back
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 

@@ -25,7 +25,7 @@ __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
 # Target size of one block of [rows, columns] worked on at a time. On a CPU a block of
 # 2**15 fp32 elements (128 KiB; its int32/fp32 temporaries alike) stays in L2 through the
-# ~30 element-wise passes of `exp_` and the sums, and it is at ATen's GRAIN_SIZE, so every op
+# ~30 element-wise passes of `exp` and the sums, and it is at ATen's GRAIN_SIZE, so every op
 # runs on the calling thread (no OpenMP barrier per small op when torch has several threads).
 # On an accelerator the blocks are large (2**21 elements) to keep launches few.
 BLOCK_ELEMENTS_CPU = 1 << 15
@@ -71,13 +71,13 @@ def _fixed_sums(d: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: torch.Tens
     `y`, `k`, `t` of the same shape.
 
     Same integers as `nx.chunk_sums`'s `S_c` for every row without NaN or +inf (those rows
-    are invalid and their sums unused). Against `nx.exp_` then `* 2**40`, trunc, int64 sum:
+    are invalid and their sums unused). Against `nx.exp` then `* 2**40`, trunc, int64 sum:
     * `d <= 0` (or -inf) here, so `clamp(-104, 89)` is `clamp_min(-104)`.
-    * `k = (d * LOG2E + ROUNDER) - ROUNDER` as in `exp_`. The intermediate
+    * `k = (d * LOG2E + ROUNDER) - ROUNDER` as in `exp`. The intermediate
       `y = d * LOG2E + ROUNDER` lies in [2**23, 2**24) (|d * LOG2E| <= 151), where the fp32
       spacing is 1, so `y = ROUNDER + k` exactly and its bits are `bits(ROUNDER) + k`: the
       integer `k` is read from the bits, with no float -> int conversion.
-    * `exp_` scales its polynomial `p` by `2**k` in two factors, then the sum takes
+    * `exp` scales its polynomial `p` by `2**k` in two factors, then the sum takes
       `trunc(e * 2**40)`. Here `p` is scaled once by `2**(k + 40)` (k in [-150, 0], so k + 40
       in [-110, 40]: a normal power of two, and the product rounds at most once). If
       `p * 2**k >= 2**-126` both products are exact and equal `p * 2**(k+40)`. Otherwise
@@ -85,7 +85,7 @@ def _fixed_sums(d: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: torch.Tens
       to 0, and `p * 2**(k+40) < 2**-85` also truncates to 0 (`p < 2`).
     * `trunc` in fp32 is exact and each term is an integer in [0, 2**40]; a chunk's sum of
       at most 2048 of them is below 2**52, so summing them in fp64 is exact in any order.
-    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums` and `nx.exp_`.
+    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums` and `nx.exp`.
     """
     c = _consts(d.device)
     d.clamp_min_(c["exp_lo"])
@@ -257,7 +257,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
             top2 = torch.cat(t2_rows, 0)
             confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m), Z)
         else:
-            logZ = nx.log_(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+            logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
             confidence = -(logZ + nx.fixed_ratio(B, Z))
 
     invalid = bad | ~any_finite

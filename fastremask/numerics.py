@@ -17,7 +17,7 @@ import torch
 
 __all__ = [
     "CHUNK", "FIXED_BITS", "FIXED", "STREAM_GUMBEL", "STREAM_REMASK",
-    "philox", "uniform72", "uniform24", "exp_", "log_", "log1p_", "gumbel",
+    "philox", "uniform72", "uniform24", "exp", "log", "log1p", "gumbel",
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "gumbel_noise", "remask_uniform",
 ]
@@ -40,12 +40,12 @@ def round_f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-# Constants of exp_/log_; every one is an exact fp32 value.
+# Constants of exp/log; every one is an exact fp32 value.
 LOG2E = round_f32(1.4426950408889634)
 LN2_HI = 0.693145751953125            # 0x3F317200: 15 significant bits, so k * LN2_HI is exact
 LN2_LO = round_f32(0.6931471805599453 - 0.693145751953125)
 ROUNDER = 12582912.0                  # 1.5 * 2**23: t + ROUNDER - ROUNDER = rint(t), |t| < 2**22
-EXP_LO, EXP_HI = -104.0, 89.0         # exp_ clamps here: below rounds to 0, above to inf
+EXP_LO, EXP_HI = -104.0, 89.0         # exp clamps here: below rounds to 0, above to inf
 EXP_C = tuple(round_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
 LOG_C = tuple(round_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
 SQRT_HALF_BITS = 0x3F3504F3           # fp32 bits of sqrt(1/2)
@@ -141,7 +141,7 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
     return ((k + 127) << 23).view(torch.float32)
 
 
-def exp_(x: torch.Tensor) -> torch.Tensor:
+def exp(x: torch.Tensor) -> torch.Tensor:
     """exp of fp32 `x`: Cody-Waite reduction, degree-7 Taylor polynomial, scaling by bits."""
     x = x.clamp(EXP_LO, EXP_HI)                  # keeps k in range: -inf -> 0, inf -> inf; NaN stays
     k = (x * LOG2E).add_(ROUNDER).sub_(ROUNDER)  # nearest integer (ties to even): exact adds
@@ -156,8 +156,8 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
     return p.mul_(_pow2(k1)).mul_(_pow2(ki - k1))
 
 
-def log_(x: torch.Tensor) -> torch.Tensor:
-    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0 and for NaN."""
+def log(x: torch.Tensor) -> torch.Tensor:
+    """Natural log of fp32 `x >= 0`: log(0) = -inf, log(inf) = inf, NaN below 0 and for NaN."""
     sub = x < 1.1754943508222875e-38             # subnormal: scale by 2**23 to normalise it
     xs = torch.where(sub, x * TWO_P23, x)
     bits = xs.view(torch.int32) - SQRT_HALF_BITS  # exponent of x / sqrt(1/2) ...
@@ -176,16 +176,16 @@ def log_(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, y, float("nan"))  # x < 0 and NaN give NaN
 
 
-def log1p_(x: torch.Tensor) -> torch.Tensor:
+def log1p(x: torch.Tensor) -> torch.Tensor:
     """log(1 + x) for fp32 `x >= -1` (Goldberg: u - 1 is exact and corrects the rounding of 1 + x)."""
     u = x + 1.0
-    y = (log_(u) * x) / (u - 1.0)
+    y = (log(u) * x) / (u - 1.0)
     return torch.where(u == 1.0, x, y)
 
 
 def gumbel(w: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
-    return log_(log1p_(-w).neg_()).neg_()        # 1 - w is as uniform as w; log1p keeps w ~ 2**-73
+    return log(log1p(-w).neg_()).neg_()        # 1 - w is as uniform as w; log1p keeps w ~ 2**-73
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def chunk_sums(l: torch.Tensor):
     m_c = l.amax(dim=-1)
     m_safe = torch.where(m_c == float("-inf"), 0.0, m_c).unsqueeze(-1)   # no -inf - -inf
     d = l - m_safe                                                       # <= 0, -inf beyond
-    e = exp_(d)
+    e = exp(d)
     t = e * (-d)                                  # e' * (m_c - l); -d is exact negation
     t = torch.where(e == 0, 0.0, t)               # 0 * inf is no term
     s_c = e.mul_(float(FIXED)).to(torch.int64).sum(dim=-1)   # * 2**40 exact; trunc; int64 sum
@@ -222,12 +222,12 @@ def chunk_sums(l: torch.Tensor):
 def combine_chunks(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor):
     """Row max `m` fp32, softmax denominator `Z` and `B` (int64, scaled by 2**40) from chunks [..., C].
 
-    Z = sum_c trunc(S_c * f_c), B = sum_c trunc((A_c + (m - m_c) * S_c) * f_c), f_c = exp_(m_c - m),
+    Z = sum_c trunc(S_c * f_c), B = sum_c trunc((A_c + (m - m_c) * S_c) * f_c), f_c = exp(m_c - m),
     products and the sum in fp64. A row of only -inf gets m = -inf, Z = B = 0.
     """
     m = m_c.amax(dim=-1, keepdim=True)
     live = m_c != float("-inf")                  # dead chunks (S_c = A_c = 0) add exactly 0:
-    f = exp_(torch.where(live, m_c - m, float("-inf"))).to(torch.float64)   # f_c = 0, no inf - inf
+    f = exp(torch.where(live, m_c - m, float("-inf"))).to(torch.float64)   # f_c = 0, no inf - inf
     d = torch.where(live, m.to(torch.float64) - m_c.to(torch.float64), 0.0)  # m - m_c in fp64
     s64 = s_c.to(torch.float64)                  # < 2**51: exact
     z = (s64 * f).to(torch.int64).sum(dim=-1)
@@ -236,8 +236,8 @@ def combine_chunks(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor):
 
 
 def fixed_term(l: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """t(l) = trunc(exp_(l - m) * 2**40) as int64 (fp32 `l`, `m` broadcastable)."""
-    return exp_(l - m).mul_(float(FIXED)).to(torch.int64)
+    """t(l) = trunc(exp(l - m) * 2**40) as int64 (fp32 `l`, `m` broadcastable)."""
+    return exp(l - m).mul_(float(FIXED)).to(torch.int64)
 
 
 def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

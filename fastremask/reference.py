@@ -133,7 +133,7 @@ def sample_rows(
             l2 = torch.full((R,), NEG_INF, device=device)
         confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(l2, m), Z)
     elif remasking == "entropy":                # -H = -(log Z + E[m - l]), in nats
-        logZ = nx.log_(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+        logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
         confidence = -(logZ + nx.fixed_ratio(B, Z))
     else:                                       # 'random': one uniform per position and step
         confidence = nx.remask_uniform(seeds, positions, steps)

@@ -9,7 +9,7 @@ What makes that hold on a GPU:
 * division is `tl.div_rn`: fp32 `/` may lower to `div.full.f32`, which is not IEEE;
 * no `tl.exp`, `tl.log` or libdevice: they lower to `ex2.approx` / `lg2.approx`;
 * plain fp32 ops keep subnormals; `tl.floor` would not (it lowers to `cvt.rmi.ftz`), so
-  `exp_` rounds with an add/sub pair instead.
+  `exp` rounds with an add/sub pair instead.
 
 32-bit words are `tl.uint32` here (int64 in `[0, 2**32)` on the PyTorch side).
 """
@@ -118,7 +118,7 @@ def _pow2(k):
 
 
 @triton.jit
-def exp_(x):
+def exp(x):
     """exp of fp32 `x`: Cody-Waite reduction, degree-7 Taylor polynomial, scaling by bits."""
     # Keeps k in range (-inf -> 0, inf -> inf); NaN stays NaN, as torch.clamp.
     x = tl.minimum(tl.maximum(x, _EXP_LO, propagate_nan=tl.PropagateNan.ALL), _EXP_HI,
@@ -136,8 +136,8 @@ def exp_(x):
 
 
 @triton.jit
-def log_(x):
-    """Natural log of fp32 `x >= 0`: log_(0) = -inf, log_(inf) = inf, NaN below 0 and for NaN."""
+def log(x):
+    """Natural log of fp32 `x >= 0`: log(0) = -inf, log(inf) = inf, NaN below 0 and for NaN."""
     sub = x < _MIN_NORMAL                            # subnormal: scale by 2**23 to normalise it
     xs = tl.where(sub, x * _TWO_P23, x)
     bits = xs.to(tl.int32, bitcast=True) - _SQRT_HALF_BITS
@@ -156,17 +156,17 @@ def log_(x):
 
 
 @triton.jit
-def log1p_(x):
+def log1p(x):
     """log(1 + x) for fp32 `x >= -1` (Goldberg: exact u - 1 corrects the rounding of 1 + x)."""
     u = x + 1.0
-    y = tl.div_rn(log_(u) * x, u - 1.0)
+    y = tl.div_rn(log(u) * x, u - 1.0)
     return tl.where(u == 1.0, x, y)
 
 
 @triton.jit
 def gumbel(w):
     """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
-    return neg(log_(neg(log1p_(neg(w)))))
+    return neg(log(neg(log1p(neg(w)))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def to_f32(n):
 
 @triton.jit
 def fixed_term(l, m):
-    """t(l) = trunc(exp_(l - m) * 2**40) as int64."""
-    return (exp_(l - m) * _FIXED_F).to(tl.int64)     # * 2**40 exact; fp -> int truncates
+    """t(l) = trunc(exp(l - m) * 2**40) as int64."""
+    return (exp(l - m) * _FIXED_F).to(tl.int64)     # * 2**40 exact; fp -> int truncates
 
 
 @triton.jit
@@ -197,7 +197,7 @@ def chunk_partials(l):
     vocab); reduces the last axis. An all -inf chunk gives (-inf, 0, 0)."""
     m_c = tl.max(l, axis=-1, keep_dims=True)
     d = l - tl.where(m_c == float("-inf"), 0.0, m_c)  # <= 0; no -inf - -inf
-    e = exp_(d)
+    e = exp(d)
     t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf is no term
     s_c = tl.sum((e * _FIXED_F).to(tl.int64), axis=-1)
     a_c = tl.sum((t * _FIXED_F).to(tl.int64), axis=-1)
@@ -208,7 +208,7 @@ def chunk_partials(l):
 def combine_terms(m_c, s_c, a_c, m):
     """Per-chunk terms of Z and B (int64) given the row max `m`; sum them in any order."""
     live = m_c != float("-inf")                      # dead chunks add exactly 0
-    f = exp_(tl.where(live, m_c - m, float("-inf"))).to(tl.float64)
+    f = exp(tl.where(live, m_c - m, float("-inf"))).to(tl.float64)
     d = tl.where(live, m.to(tl.float64) - m_c.to(tl.float64), 0.0)
     s64 = s_c.to(tl.float64)                         # < 2**51: exact
     z_c = (s64 * f).to(tl.int64)

@@ -25,8 +25,8 @@ import triton.language as tl
 from fastremask.numerics import CHUNK, FIXED, round_f32
 from fastremask.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
-from .numerics import (LAUNCH_OPTIONS, combine_terms, exp_, fixed_ratio, fixed_term, gumbel_noise, interpreting,
-                       log_, neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, combine_terms, exp, fixed_ratio, fixed_term, gumbel_noise, interpreting,
+                       log, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -123,7 +123,7 @@ def _sample_rows_kernel(
             a_c = 0
             if NEED_S:
                 d = b_l - tl.where(m_c == float("-inf"), 0.0, m_c)   # <= 0; -inf past the vocab
-                e = exp_(d)
+                e = exp(d)
                 s_c = tl.sum((e * _FIXED_F).to(tl.int64), 0)            # * 2**40 exact, trunc, int sum
                 if NEED_A:
                     t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf: none
@@ -184,7 +184,7 @@ def _combine_kernel(
                                 tl.max(tl.where(o_c == c_top, b_l2, float("-inf")), 0))
                 conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)   # 2**40 - t(l2)
             else:            # entropy
-                conf = neg(log_(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
+                conf = neg(log(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
         tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
         tl.store(p_conf + i_r, tl.where(invalid, float("nan"), conf))
         tl.store(p_invalid + i_r, invalid)

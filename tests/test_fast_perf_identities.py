@@ -25,7 +25,7 @@ def _extreme_rows(C: int) -> torch.Tensor:
         torch.randn(n, generator=g) * 60,                  # wide: e' underflows, subnormals
         torch.zeros(n),                                     # every term exactly 2**40
         torch.full((n,), -3.0),
-        (torch.rand(n, generator=g) * -110.0),              # around exp_'s clamp at -104
+        (torch.rand(n, generator=g) * -110.0),              # around exp's clamp at -104
         torch.rand(n, generator=g) * -(nx.FIXED_BITS * 0.6932) - 1.0,   # terms near 1 in 2**40
         torch.full((n,), float("-inf")),                    # all -inf chunks: S_c = 0
         torch.randn(n, generator=g).round(),                # ties at the max
@@ -36,7 +36,7 @@ def _extreme_rows(C: int) -> torch.Tensor:
     mix = torch.randn(n, generator=g) * 8
     mix[torch.rand(n, generator=g) < 0.3] = float("-inf")
     rows.append(mix)
-    big = torch.randn(n, generator=g) * 3 + 80.0          # near exp_'s upper clamp in l, not in d
+    big = torch.randn(n, generator=g) * 3 + 80.0          # near exp's upper clamp in l, not in d
     rows.append(big)
     return torch.stack(rows)
 
@@ -58,17 +58,17 @@ def test_fixed_sums_equal_chunk_sums_random():
 
 
 def test_fixed_sums_every_exponent():
-    """d = l - m_c over a fine grid of [-110, 0]: every k of exp_'s reduction, both branches."""
+    """d = l - m_c over a fine grid of [-110, 0]: every k of exp's reduction, both branches."""
     d = -torch.linspace(0.0, 110.0, 64 * nx.CHUNK)
     d = d[torch.randperm(d.numel(), generator=torch.Generator().manual_seed(2))]
     l = d.reshape(64, nx.CHUNK).clone()
     l[:, 0] = 0.0                                 # m_c = 0, so d = l exactly
     _, s_ref, _ = nx.chunk_sums(l)
     assert torch.equal(_fast_s(l), s_ref)
-    # term by term: trunc(p * 2**(k+40)) == trunc(exp_(d) * 2**40), each d its own "chunk"
+    # term by term: trunc(p * 2**(k+40)) == trunc(exp(d) * 2**40), each d its own "chunk"
     d3 = d.reshape(-1, 1, 1).clone()
     terms = fast._fixed_sums(d3, *(torch.empty_like(d3) for _ in range(3))).to(torch.int64).reshape(-1)
-    assert torch.equal(terms, nx.exp_(d).mul_(float(nx.FIXED)).to(torch.int64))
+    assert torch.equal(terms, nx.exp(d).mul_(float(nx.FIXED)).to(torch.int64))
 
 
 def test_max_dim_first_index_and_propagation():

@@ -157,7 +157,7 @@ def test_step_captures_in_a_cuda_graph():
 
 def test_generate_triton_equals_reference_on_gpu():
     _need_cuda()
-    from fastremask.generate import generate
+    from fastremask import generate
     from fastremask.tiny import tiny_model
     model = tiny_model(vocab_size=300, d_model=32, n_heads=2, n_layers=2, seed=1).to("cuda")
     prompt = torch.randint(0, model.mask_id, (3, 9), device="cuda")

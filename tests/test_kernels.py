@@ -320,7 +320,7 @@ def test_select_validation():
 )
 def test_generate_triton_equals_reference(B, P, block, n_blocks, dtype, vocab, remasking,
                                           temperature, cfg_scale, mode, seed):
-    from fastremask.generate import generate
+    from fastremask import generate
     from fastremask.tiny import tiny_model
     model = tiny_model(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1, seed=seed % 1000).to(dtype).to(DEV)
     mask_id = model.mask_id

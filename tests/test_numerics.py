@@ -86,24 +86,24 @@ def test_uniform24_extremes_and_range():
 
 def test_exp_special_values():
     x = torch.tensor([0.0, -0.0, -INF, INF, -104.0, -1e30, 89.0, 1e30, 88.72283172607422])
-    y = nm.exp_(x)
+    y = nm.exp(x)
     assert y[:8].tolist() == [1.0, 1.0, 0.0, INF, 0.0, 0.0, INF, INF]
     assert math.isfinite(float(y[8]))         # largest x whose exp is below FLT_MAX
-    assert float(nm.exp_(torch.tensor(-103.9))) == 2.0**-149   # gradual underflow, rounded once
+    assert float(nm.exp(torch.tensor(-103.9))) == 2.0**-149   # gradual underflow, rounded once
 
 
 def test_log_special_values():
     x = torch.tensor([0.0, 1.0, INF, 2.0**-149, 2.0**-126, 2.0**127])
-    y = nm.log_(x)
+    y = nm.log(x)
     assert y[:3].tolist() == [-INF, 0.0, INF]
     ref = [-149 * math.log(2), -126 * math.log(2), 127 * math.log(2)]
     assert np.allclose(y[3:].double().numpy(), ref, rtol=2**-23, atol=0)
-    assert math.isnan(float(nm.log_(torch.tensor(-1.0))))
+    assert math.isnan(float(nm.log(torch.tensor(-1.0))))
 
 
 def test_log1p_special_values():
     x = torch.tensor([0.0, -1.0, 2.0**-30, -(2.0**-73), 1e-8])
-    y = nm.log1p_(x)
+    y = nm.log1p(x)
     assert y.tolist()[:3] == [0.0, -INF, 2.0**-30]
     assert float(y[3]) == -(2.0**-73) and float(y[4]) == float(torch.tensor(1e-8))
 
@@ -118,10 +118,10 @@ def _sample(lo, hi, n, seed):
 def test_exp_error_bound():
     x = torch.cat([_sample(-87.3, 88.72, 400_000, 1), _sample(-1, 1, 100_000, 2),
                    _sample(-1e-4, 1e-4, 50_000, 3), torch.tensor([0.5, -0.5, 1.0, 88.0])])
-    y, ref = nm.exp_(x).double().numpy(), np.exp(x.double().numpy())
+    y, ref = nm.exp(x).double().numpy(), np.exp(x.double().numpy())
     assert (np.abs(y - ref) / ulp32(ref)).max() <= 1.05                 # normal results
     x = _sample(-103.97, -87.4, 100_000, 4)                          # subnormal results
-    y, ref = nm.exp_(x).double().numpy(), np.exp(x.double().numpy())
+    y, ref = nm.exp(x).double().numpy(), np.exp(x.double().numpy())
     assert (np.abs(y - ref) / 2.0**-149).max() <= 1.0
 
 
@@ -131,7 +131,7 @@ def test_log_error_bound():
     x = torch.cat([bits.view(torch.float32), _sample(0.5, 2.0, 200_000, 6),
                    _sample(1 - 2**-10, 1 + 2**-10, 100_000, 7)])
     x = x[x != 1.0]
-    y, ref = nm.log_(x).double().numpy(), np.log(x.double().numpy())
+    y, ref = nm.log(x).double().numpy(), np.log(x.double().numpy())
     assert (np.abs(y - ref) / ulp32(ref)).max() <= 2.0
 
 
@@ -139,7 +139,7 @@ def test_log1p_error_bound():
     x = torch.cat([_sample(-1 + 2**-24, 0, 300_000, 8), _sample(-1e-4, 1e-4, 100_000, 9),
                    _sample(0, 1e4, 100_000, 10), -torch.pow(2.0, -_sample(0.01, 80, 100_000, 11))])
     x = x[x != 0]
-    y, ref = nm.log1p_(x).double().numpy(), np.log1p(x.double().numpy())
+    y, ref = nm.log1p(x).double().numpy(), np.log1p(x.double().numpy())
     assert (np.abs(y - ref) / ulp32(ref)).max() <= 3.0
 
 
@@ -242,13 +242,13 @@ def test_softmax_and_entropy_accuracy():
     t = nm.fixed_term(l, m.unsqueeze(-1))
     q = nm.fixed_ratio(t, z.unsqueeze(-1))
     assert torch.allclose(q.double(), p, rtol=1e-5, atol=2e-12)
-    ent = nm.log_(nm.to_f32(z) * 2.0**-40) + nm.fixed_ratio(b, z)
+    ent = nm.log(nm.to_f32(z) * 2.0**-40) + nm.fixed_ratio(b, z)
     assert torch.allclose(ent.double(), -(p * torch.log(p)).sum(-1), rtol=1e-5, atol=0)
 
 
 def test_fixed_term_and_ratio():
     m = torch.tensor([2.5])
-    assert int(nm.fixed_term(torch.tensor([2.5]), m)) == nm.FIXED      # exp_(0) == 1 exactly
+    assert int(nm.fixed_term(torch.tensor([2.5]), m)) == nm.FIXED      # exp(0) == 1 exactly
     assert int(nm.fixed_term(torch.tensor([-INF]), m)) == 0
     n = torch.tensor([nm.FIXED, 2**57 - 1, 3])
     z = torch.tensor([nm.FIXED, 2**57 - 1, 2**57 - 1])

@@ -2,7 +2,6 @@
 
 Exact assertions: `torch.equal` on tokens and selections, ``rtol=0, atol=0`` on confidences.
 """
-import math
 
 import pytest
 import torch
