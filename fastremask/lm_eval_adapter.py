@@ -10,17 +10,20 @@
 imported first (importing it registers the model name ``"fastremask"``). Model arguments
 (``--model_args k=v,...``): ``pretrained`` (a folder or hub id, loaded by
 `fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, and the sampling
-options of `fastremask.generate`: ``gen_length`` (default: the task's ``max_gen_toks``),
+options of `fastremask.generate`, held as one `fastremask.SamplingConfig` (``config``, built and
+checked when the model is built, with generate's messages): ``gen_length`` (default: the task's ``max_gen_toks``),
 ``steps`` (default ``gen_length``), ``block_length`` (default ``gen_length``), ``schedule``
 (``uniform`` | ``pyramid``), ``factor``, ``remasking``, ``threshold``, ``temperature``,
 ``cfg_scale``, ``seed``, ``backend``; ``chat`` wraps each prompt in the tokenizer's chat
 template (what LLaDA-Instruct and Dream-Instruct expect; lm_eval's ``--apply_chat_template``
-works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags.
+works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags, applied to
+the loaded model's EOS/EoT ids (`fastremask.config.SpecialIds`, as `generate` resolves them).
 
 What is implemented:
 
 * ``generate_until``: prompts of one ``gen_length`` are batched (``--batch_size``) and
-  left-padded, generated with `fastremask.generate`, cut at the first EOS/EoT token and then
+  left-padded, generated with `fastremask.run` and `sampling_config` (``config`` with that
+  ``gen_length``; ``steps`` and ``block_length`` default to it), cut at the first EOS/EoT token and then
   at the first of the request's ``until`` strings. Each request's seed is derived from
   ``seed``, the task name, the document id and the repeat index, so results do not depend on
   the batch size, the order or the number of processes.
@@ -46,6 +49,8 @@ import sys
 from typing import Any, Sequence
 
 import torch
+
+from .config import SEED_LIMIT, SamplingConfig, SpecialIds, check_bool, check_int
 
 try:  # lm_eval is optional: only needed to run the harness itself
     from lm_eval.api.model import LM as _LMBase
@@ -75,8 +80,6 @@ except ImportError:  # pragma: no cover - exercised where lm_eval is missing
 
 __all__ = ["FastRemaskLM", "HAVE_LM_EVAL", "shard", "request_seed", "truncate"]
 
-SEED_LIMIT = 2**63
-
 
 def shard(requests: Sequence, rank: int, world_size: int) -> list:
     """Every ``world_size``-th request starting at ``rank`` (lm_eval's own document split)."""
@@ -102,14 +105,32 @@ def truncate(text: str, until: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _bool(v) -> bool:
+def _bool(v):
+    """A flag as lm_eval passes it: ``"true"``/``"false"``/``"1"``/... strings and the ints 0/1
+    become bools; anything else is returned as given (for the checks that name the option)."""
     if isinstance(v, str):
         if v.lower() in ("true", "1", "yes"):
             return True
         if v.lower() in ("false", "0", "no"):
             return False
         raise ValueError(f"expected a boolean, got {v!r}")
-    return bool(v)
+    if isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
+        return bool(v)
+    return v
+
+
+def _num(v, kind, optional: bool = False):
+    """A number as lm_eval passes it (a string from ``--model_args``, or already parsed):
+    a string is converted with ``kind`` when it can be; everything else is left for
+    `SamplingConfig` to check, so a bad value gets the message `generate` gives it."""
+    if isinstance(v, str):
+        if optional and v.lower() == "none":
+            return None
+        try:
+            return kind(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _instance_parts(req) -> tuple[tuple, str | None, Any]:
@@ -122,7 +143,7 @@ def _instance_parts(req) -> tuple[tuple, str | None, Any]:
 
 @_register_model("fastremask")
 class FastRemaskLM(_LMBase):
-    """An lm_eval ``LM`` backed by `fastremask.generate` (see the module docstring).
+    """An lm_eval ``LM`` backed by `fastremask.run` (see the module docstring).
 
     Build it from a checkpoint (``pretrained=``) or from an already loaded model (``model=``,
     anything `fastremask.models.wrap` accepts, with its tokenizer).
@@ -182,21 +203,25 @@ class FastRemaskLM(_LMBase):
         else:
             self.adapter = models.wrap(model, tokenizer, mask_id=mask_id, device=device)
         self.batch_size = 1 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
-        self.gen_length = None if gen_length is None else int(gen_length)
-        self.steps = None if steps is None else int(steps)
-        self.block_length = None if block_length is None else int(block_length)
-        self.schedule = schedule
-        self.factor = int(factor)
-        self.remasking = remasking
-        self.threshold = None if threshold is None else float(threshold)
-        self.temperature = float(temperature)
-        self.cfg_scale = float(cfg_scale)
-        self.seed = int(seed)
-        self.backend = backend
-        self.chat = _bool(chat)
-        self.logits_eos_inf = _bool(logits_eos_inf)
-        self.confidence_eos_eot_inf = _bool(confidence_eos_eot_inf)
-        self.mc_num = int(mc_num)
+        # the lengths may come per request (max_gen_toks): None = that request's gen_length
+        lengths = {}
+        for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
+            v = _num(v, int, optional=True)
+            lengths[name] = None if v is None else check_int(name, v, 1)
+        self.gen_length, self.steps, self.block_length = lengths["gen_length"], lengths["steps"], lengths["block_length"]
+        self.seed = check_int("seed", _num(seed, int), 0, SEED_LIMIT)
+        self.chat = check_bool("chat", _bool(chat))
+        self.mc_num = check_int("mc_num", _num(mc_num, int), 1)
+        # checked now, with generate's messages; without gen_length, a stand-in length (one
+        # block) checks the rest, and each request length is checked again (`sampling_config`)
+        n = self.gen_length or self.block_length or self.steps or 1
+        self.config = SamplingConfig(
+            steps=self.steps or n, gen_length=n, block_length=self.block_length or n,
+            temperature=_num(temperature, float), cfg_scale=_num(cfg_scale, float), remasking=remasking,
+            logits_eos_inf=_bool(logits_eos_inf), confidence_eos_eot_inf=_bool(confidence_eos_eot_inf),
+            schedule=schedule, factor=_num(factor, int), threshold=_num(threshold, float, optional=True),
+            backend=backend)
+        SpecialIds.of(self.adapter, self.config)   # the model's EOS/EoT, if the flags need them
 
     # --- what lm_eval reads -------------------------------------------------------------
     @property
@@ -227,19 +252,11 @@ class FastRemaskLM(_LMBase):
         return tok.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     # --- generation ---------------------------------------------------------------------
-    def _sampling_kwargs(self, gen_length: int) -> dict:
-        block = self.block_length or gen_length
-        if gen_length % block:
-            raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block}")
-        steps = self.steps or gen_length
-        return dict(
-            steps=steps, gen_length=gen_length, block_length=block, temperature=self.temperature,
-            cfg_scale=self.cfg_scale, remasking=self.remasking, mask_id=self.adapter.mask_id,
-            logits_eos_inf=False, confidence_eos_eot_inf=False, schedule=self.schedule, factor=self.factor,
-            threshold=self.threshold, backend=self.backend,
-            suppress_tokens=self.adapter.suppress_eos if self.logits_eos_inf else None,
-            defer_tokens=self.adapter.defer_eos_eot if self.confidence_eos_eot_inf else None,
-        )
+    def sampling_config(self, gen_length: int) -> SamplingConfig:
+        """The `SamplingConfig` of the requests that generate ``gen_length`` tokens: ``config``
+        with that length (``steps`` and ``block_length``: the given ones, else ``gen_length``)."""
+        return self.config.replace(gen_length=gen_length, block_length=self.block_length or gen_length,
+                                   steps=self.steps or gen_length)
 
     def _prompt_ids(self, context: str) -> list[int]:
         return self.adapter.tokenize(context, chat=self.chat)
@@ -260,7 +277,7 @@ class FastRemaskLM(_LMBase):
         """One string per request: ``requests`` are lm_eval ``Instance``s (or
         ``(context, gen_kwargs)`` tuples) with ``gen_kwargs`` holding ``until`` and
         optionally ``max_gen_toks``."""
-        from .generate import generate
+        from .loop import run
 
         jobs, repeats = [], {}
         for i, req in enumerate(requests):
@@ -279,13 +296,13 @@ class FastRemaskLM(_LMBase):
         for job in jobs:
             by_len.setdefault(job[3], []).append(job)
         for gen_length, group in by_len.items():
-            kwargs = self._sampling_kwargs(gen_length)
+            config = self.sampling_config(gen_length)
             encoded = [(job, self._prompt_ids(job[1])) for job in group]
             encoded.sort(key=lambda e: -len(e[1]))
             for s in range(0, len(encoded), self.batch_size):
                 chunk = encoded[s:s + self.batch_size]
                 ids, mask = self.adapter.pad([e[1] for e in chunk])
-                x = generate(self.adapter, ids, mask, seed=[e[0][4] for e in chunk], **kwargs)
+                x = run(self.adapter, ids, config, attention_mask=mask, seed=[e[0][4] for e in chunk])
                 P = ids.shape[1]
                 for (job, _), row in zip(chunk, x[:, P:].tolist()):
                     text = self._decode(row, job[2])

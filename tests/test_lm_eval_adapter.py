@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastremask import lm_eval_adapter as la
-from fastremask.generate import generate
+from fastremask import SamplingConfig, generate, loop, models
 from fastremask.testing import save_tiny_dream, save_tiny_llada
 
 DEMO = os.path.join(os.path.dirname(la.__file__), "data")
@@ -85,7 +85,7 @@ def test_generate_until_dream_and_chat(tmp_path):
 def test_gen_length_from_request(llada_dir):
     lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, steps=None)
     seen = []
-    lm._sampling_kwargs = (lambda f: (lambda g: seen.append(g) or f(g)))(lm._sampling_kwargs)
+    lm.sampling_config = (lambda f: (lambda g: seen.append(g) or f(g)))(lm.sampling_config)
     lm.generate_until([_req("hi", max_gen_toks=5), _req("hi", doc_id=1, max_gen_toks=7)])
     assert sorted(seen) == [5, 7]
 
@@ -184,3 +184,104 @@ def test_harness_local_task(tmp_path):
     )
     acc = res["results"]["fastremask_local_demo"]["acc,none"]
     assert 0.5 <= acc <= 1.0
+
+
+# ----------------------------------------------------------------------------- one SamplingConfig
+
+
+def _spy_run(monkeypatch):
+    seen, real = [], loop.run
+
+    def spy(model, prompt, config, **kw):
+        seen.append(config)
+        return real(model, prompt, config, **kw)
+
+    monkeypatch.setattr(loop, "run", spy)
+    return seen
+
+
+OPTIONS = dict(steps=6, block_length=4, temperature=1.0, cfg_scale=0.5, remasking="margin", schedule="pyramid",
+               factor=2, backend="reference", logits_eos_inf=True, confidence_eos_eot_inf=True)
+
+
+def test_config_is_generates_config(llada_dir, monkeypatch):
+    """The adapter samples with the `SamplingConfig` generate builds from the same options
+    (mask, EOS and EoT ids left to the model, as generate with ``mask_id=None`` does)."""
+    lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, gen_length=8, **OPTIONS)
+    assert lm.config == SamplingConfig(gen_length=8, **OPTIONS)
+    seen = _spy_run(monkeypatch)
+    out = lm.generate_until([_req("hi i am", doc_id=0)])
+    a = lm.adapter
+    ids, mask = a.pad([a.tokenize("hi i am")])
+    x = generate(a, ids, mask, gen_length=8, mask_id=None, seed=la.request_seed(0, "local", 0, 0), **OPTIONS)
+    assert seen[0] == seen[1] == lm.config
+    assert out[0] == lm._decode(x[0, ids.shape[1]:].tolist(), [])
+
+
+def test_eos_flags_use_the_models_ids(llada_dir):
+    """``logits_eos_inf``/``confidence_eos_eot_inf`` suppress/defer the loaded model's EOS/EoT
+    (not LLaDA's constants, which are outside the tiny model's vocabulary): the same tokens as
+    naming those ids by hand."""
+    lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, gen_length=6, steps=6,
+                         temperature=1.0, logits_eos_inf="true", confidence_eos_eot_inf=1, seed=5)
+    a = lm.adapter
+    assert lm.config.logits_eos_inf is True and lm.config.confidence_eos_eot_inf is True
+    out = lm.generate_until([_req("the cat", doc_id=3)])
+    ids, mask = a.pad([a.tokenize("the cat")])
+    x = generate(a, ids, mask, steps=6, gen_length=6, block_length=6, temperature=1.0, mask_id=a.mask_id,
+                 suppress_tokens=[a.eos_id], defer_tokens=[a.eos_id, a.eot_id], seed=la.request_seed(5, "local", 3, 0))
+    assert out[0] == lm._decode(x[0, ids.shape[1]:].tolist(), [])
+    assert a.eos_id not in x[0, ids.shape[1]:].tolist()
+
+
+def test_model_without_eos_fails_at_construction(llada_dir, monkeypatch):
+    real = models.load
+
+    def no_eos(*a, **kw):
+        adapter = real(*a, **kw)
+        adapter.eos_id = adapter.eot_id = None
+        return adapter
+
+    monkeypatch.setattr(models, "load", no_eos)
+    with pytest.raises(ValueError, match="has no EOS"):
+        la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, logits_eos_inf=True)
+    la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True)     # without the flag: fine
+
+
+@pytest.mark.parametrize("bad,api", [
+    (dict(remasking="lowest"), None),
+    (dict(temperature="-1"), dict(temperature=-1.0)),
+    (dict(temperature="warm"), None),
+    (dict(cfg_scale=-2.0), None),
+    (dict(schedule="cosine"), None),
+    (dict(schedule="pyramid", factor="0"), dict(schedule="pyramid", factor=0)),
+    (dict(factor=2), None),
+    (dict(threshold="nan"), dict(threshold=float("nan"))),
+    (dict(backend="cuda"), None),
+    (dict(gen_length=6, block_length=4), None),
+    (dict(gen_length=8, block_length=4, steps=3), None),
+    (dict(steps=0), None),
+    (dict(logits_eos_inf="maybe"), None),
+    (dict(logits_eos_inf=2), None),
+])
+def test_bad_option_rejected_at_construction_with_generates_message(llada_dir, bad, api):
+    """A bad sampling option fails when the model is built (not at the first request), with
+    the message `generate` gives for the same value."""
+    with pytest.raises((ValueError, TypeError)) as e:
+        la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, **bad)
+    if "maybe" in str(bad):
+        assert "expected a boolean" in str(e.value)
+        return
+    kw = dict(steps=8, gen_length=8, block_length=8)
+    kw.update(api if api is not None else bad)
+    with pytest.raises(type(e.value)) as g:
+        generate(lambda x: None, torch.zeros(1, 2, dtype=torch.long), **kw)
+    assert str(e.value) == str(g.value)
+
+
+def test_sampling_config_per_request_length(llada_dir):
+    lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, block_length=2, steps=None,
+                         schedule="pyramid")
+    assert lm.sampling_config(6) == SamplingConfig(gen_length=6, block_length=2, steps=6, schedule="pyramid")
+    lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, gen_length=4, threshold="0.5")
+    assert lm.sampling_config(4) == lm.config == SamplingConfig(gen_length=4, block_length=4, steps=4, threshold=0.5)
