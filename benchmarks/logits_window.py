@@ -55,9 +55,8 @@ def _peak(device) -> float:
 
 
 def run_mode(args, window: bool) -> dict:
-    from fastremask import generate
-    from fastremask.generate import _window_call
-    from fastremask.reference import call_model
+    from fastremask import SamplingConfig, run
+    from fastremask.model_call import call_model, window_call
     from fastremask.tiny import tiny_model
 
     torch.set_num_threads(args.threads)
@@ -68,7 +67,7 @@ def run_mode(args, window: bool) -> dict:
     prompt = torch.randint(0, args.vocab - 1, (args.batch, args.prompt), generator=g).to(device)
     L, C = args.prompt + args.gen, args.block
     x = torch.cat([prompt, torch.full((args.batch, args.gen), model.mask_id, device=device)], 1)
-    call = _window_call(args.prompt, C) if window else call_model
+    call = window_call(args.prompt, C) if window else call_model
     base = _reset_peak(device)
 
     # the model call alone (what the mode changes), median of --repeat
@@ -86,14 +85,14 @@ def run_mode(args, window: bool) -> dict:
 
 
     # the whole generate (model calls + sampling), median of --repeat
-    kw = dict(steps=args.steps, gen_length=args.gen, block_length=C, mask_id=model.mask_id, seed=0,
-              temperature=args.temperature, logits_window=window)
+    config = SamplingConfig(steps=args.steps, gen_length=args.gen, block_length=C, temperature=args.temperature,
+                            logits_window=window)      # mask id: the model's
     base = _reset_peak(device)
     gen_times = []
     for _ in range(args.repeat):
         _sync(device)
         t = time.perf_counter()
-        out = generate(model, prompt, **kw)
+        out = run(model, prompt, config, seed=0)
         _sync(device)
         gen_times.append(time.perf_counter() - t)
     res = {

@@ -70,11 +70,9 @@ def pytest_generate_tests(metafunc):
 
 
 def test_generate(benchmark, bench_config, backend, gen_case):
-    from fastremask import generate as _g
-    from fastremask import schedule
+    from fastremask import SamplingConfig, loop
     from fastremask.profile import Phases
 
-    generate = getattr(_g, "generate", _g)
     device = bench_config.device
     if backend == "triton" and device.type != "cuda":
         pytest.skip("triton backend needs CUDA (the interpreter is not a speed path)")
@@ -85,25 +83,34 @@ def test_generate(benchmark, bench_config, backend, gen_case):
     c = gen_case
     g = torch.Generator(device="cpu").manual_seed(cases.SEED)
     prompt = torch.randint(0, model.mask_id, (c.batch, c.prompt), generator=g).to(device)
-    kw = dict(steps=c.steps, gen_length=c.gen, block_length=c.block, temperature=c.temperature,
-              cfg_scale=c.cfg, remasking="low_confidence", mask_id=model.mask_id,
-              schedule=schedule.uniform(), seed=0, backend=backend)
+    # one config for every loop (mask id: the model's); LLaDA's own loop takes its fields
+    config = SamplingConfig(steps=c.steps, gen_length=c.gen, block_length=c.block, temperature=c.temperature,
+                            cfg_scale=c.cfg, remasking="low_confidence", schedule="uniform",
+                            backend="auto" if backend == "llada" else backend)
+
     if backend == "llada":  # LLaDA's own loop: uniform schedule, torch's global generator
         from fastremask import llada
 
-        kw = {k: v for k, v in kw.items() if k not in ("schedule", "seed", "backend")}
-        generate = llada.generate
+        def generate(m, p):
+            return llada.generate(m, p, steps=config.steps, gen_length=config.gen_length,
+                                  block_length=config.block_length, temperature=config.temperature,
+                                  cfg_scale=config.cfg_scale, remasking=config.remasking, mask_id=model.mask_id)
+    else:
+        def generate(m, p):
+            return loop.run(m, p, config, seed=0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def fn():
         torch.manual_seed(0)
-        out = generate(model, prompt, **kw)
+        out = generate(model, prompt)
         sync()
         return out
 
     with torch.no_grad():
         with Phases(model, timing=True, device=device) as ph:  # split run, untimed
-            generate(ph.model, prompt, **kw)
+            generate(ph.model, prompt)
+        if backend != "llada":   # the one count of model calls (schedule.cost's)
+            assert ph.calls["model"] == config.model_calls(), (ph.calls["model"], config.model_calls())
         benchmark.group = f"generate-{c.name}"
         benchmark.extra_info.update({
             "backend": backend, "case": c.name, "kind": "generate", "model": model_name,

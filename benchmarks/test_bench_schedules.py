@@ -32,12 +32,10 @@ def pytest_generate_tests(metafunc):
 
 
 def test_schedule(benchmark, bench_config, gen_length, sched, factor, order):
-    from fastremask import generate as _g
-    from fastremask import schedule
+    from fastremask import SamplingConfig, loop
     from fastremask.profile import Phases
     from fastremask.tiny import tiny_model
 
-    generate = getattr(_g, "generate", _g)
     device = bench_config.device
     backend = next((b for b in bench_config.backends if b in ("torch", "triton", "reference")), "torch")
     if backend == "triton" and device.type != "cuda":
@@ -52,24 +50,25 @@ def test_schedule(benchmark, bench_config, gen_length, sched, factor, order):
     model = _MODEL[key]
     g = torch.Generator(device="cpu").manual_seed(cases.SEED)
     prompt = torch.randint(0, model.mask_id, (1, PROMPT), generator=g).to(device)
-    s = schedule.uniform() if factor is None else schedule.pyramid(factor)
-    kw = dict(steps=gen_length, gen_length=gen_length, block_length=gen_length, temperature=0.0,
-              cfg_scale=0.0, remasking="low_confidence", mask_id=model.mask_id, schedule=s, seed=0,
-              backend=backend)
+    config = SamplingConfig(steps=gen_length, gen_length=gen_length, block_length=gen_length, temperature=0.0,
+                            remasking="low_confidence", schedule="uniform" if factor is None else "pyramid",
+                            factor=factor or 1, backend=backend)    # mask id: the model's
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     runs = []
 
     with torch.no_grad(), Phases(model, device=device) as ph:  # counts model calls, no syncs
         def fn():
-            out = generate(ph.model, prompt, **kw)
+            out = loop.run(ph.model, prompt, config, seed=0)
             sync()
             runs.append(1)
             return out
 
         benchmark.group = f"schedules-g{gen_length}"
         cases.run_timed(benchmark, fn, 1 if bench_config.quick else min(bench_config.rounds, 3), 0)
+    calls = ph.calls["model"] // max(len(runs), 1)
+    assert calls == config.model_calls(), (calls, config.model_calls())   # the one count (schedule.cost's)
     benchmark.extra_info.update({
         "kind": "schedules", "schedule": sched, "schedule_order": order, "factor": factor,
-        "gen_tokens": gen_length, "model_calls": ph.calls["model"] // max(len(runs), 1), "backend": backend,
+        "gen_tokens": gen_length, "model_calls": calls, "backend": backend,
         "model": "tiny", **bench_config.info(),
     })
