@@ -67,8 +67,9 @@ class ImmediateCheck:
                 suppress_tokens=self.suppress)
         return cand
 
-    def block_done(self, masked) -> bool:
-        return not bool(masked.any())
+    def block_done(self, busy) -> bool:
+        """Threshold mode, before a step: no row has a masked position left in the block."""
+        return not bool(busy.any())
 
     def check(self) -> None:
         pass
@@ -108,8 +109,8 @@ class FirstInvalid:
                 self.urow = torch.where(old, self.urow, urow)
         return cand & ~invalid.view_as(cand)
 
-    def block_done(self, masked) -> bool:
-        left, n_bad = torch.stack([masked.sum(), self._count(masked.device)]).tolist()   # one sync
+    def block_done(self, busy) -> bool:
+        left, n_bad = torch.stack([busy.sum(), self._count(busy.device)]).tolist()   # one sync
         if n_bad:
             self.check()
         return left == 0

@@ -37,29 +37,31 @@ class Block:
 
     Row ``r = b * C + j`` is position ``start + j`` of batch row ``b``: ``rows`` indexes the
     flat logits ``[B * Lw, V]`` (``Lw`` the sequence length, or ``C`` with a logits window),
-    ``bi`` is ``b``, ``seeds`` the row's seed, ``positions`` its position in the answer.
+    ``bi`` is ``b``, ``seeds`` the row's seed, ``positions`` its position in the answer; ``x``
+    is the block's view of the sequence.
     """
 
-    def __init__(self, index: int, start: int, C: int, P: int, window: bool, bi, seeds, j, L: int):
+    def __init__(self, x, index: int, start: int, C: int, P: int, window: bool, bi, seeds, j):
+        L = x.shape[1]
         self.index, self.start = index, start
+        self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         self.positions = j + (start - P)
         self.rows = bi * C + j if window else bi * L + (j + start)
         self.call = window_call(start, C) if window else call_model
 
 
-def step(backend: Backend, x: torch.Tensor, logits: torch.Tensor, uncond: Optional[torch.Tensor],
-         blk: Block, row_step: torch.Tensor, k: Optional[torch.Tensor], *, config: SamplingConfig,
-         mask_id: int, suppress, defer, no_defer, checker, step_index: int) -> tuple:
+def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Tensor,
+         uncond: Optional[torch.Tensor], blk: Block, row_step: torch.Tensor, k: Optional[torch.Tensor],
+         *, config: SamplingConfig, suppress, defer, no_defer, checker, step_index: int) -> tuple:
     """One denoising step of block ``blk``: writes the kept tokens into ``x`` in place.
 
+    ``cand`` ``[B, C]`` bool: the block's still-masked positions (``x[:, block] == mask_id``);
     ``row_step`` ``[B]`` int64: each row's step counter (its noise counter); ``k`` ``[B]``:
-    the schedule's counts (None in threshold mode). Returns ``(candidate, x0, confidence,
-    keep)``, each ``[B, C]``.
+    the schedule's counts (None in threshold mode). Returns ``(x0, confidence, keep)``, each
+    ``[B, C]``.
     """
-    B, C = no_defer.shape
-    xb = x[:, blk.start:blk.start + C]
-    cand = xb == mask_id                                                      # [B, C]
+    B, C = cand.shape
     V = logits.shape[-1]
     sample = backend.sample_rows(
         logits.view(-1, V), blk.rows, blk.seeds, blk.positions, row_step.index_select(0, blk.bi),
@@ -73,8 +75,8 @@ def step(backend: Backend, x: torch.Tensor, logits: torch.Tensor, uncond: Option
         keep = backend.select(conf, candidate, deferred, k, config.threshold, x=x, x0=x0, start=blk.start)
     else:
         keep = backend.select(conf, candidate, deferred, k, config.threshold)
-        torch.where(keep, x0, xb, out=xb)
-    return cand, x0, conf, keep
+        torch.where(keep, x0, blk.x, out=blk.x)
+    return x0, conf, keep
 
 
 def _check_prompt(model, prompt, attention_mask, mask_id: int):
@@ -163,14 +165,17 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     suppress, V = None, None
     global_step = 0
     for b in range(config.num_blocks):
-        blk = Block(b, P + b * C, C, P, config.logits_window, bi, seeds_r, j, L)
+        blk = Block(x, b, P + b * C, C, P, config.logits_window, bi, seeds_r, j)
         for i in range(len(counts) if counts is not None else C):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
                 row_step += 1
                 global_step += 1
                 continue
-            if counts is None and checker.block_done(x[:, blk.start:blk.start + C] == ids.mask_id):
-                break                                                 # threshold mode's one sync
+            cand = blk.x == ids.mask_id                                   # [B, C]
+            if counts is None:                                        # threshold mode's one sync
+                busy = cand.any(1)                                    # [B] rows with masks left
+                if checker.block_done(busy):
+                    break
             logits, uncond = calls(x, blk.call)
             if V is None:
                 V = logits.shape[-1]
@@ -181,10 +186,10 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             k = None if k_cols is None else k_cols[i]
             record = trace is not None or callback is not None
             rs = row_step.clone() if record else row_step
-            cand, x0, conf, keep = step(
-                backend, x, logits, uncond, blk, row_step, k, config=config, mask_id=ids.mask_id,
-                suppress=suppress, defer=defer, no_defer=no_defer, checker=checker, step_index=global_step)
-            row_step += 1 if counts is not None else cand.any(1)
+            x0, conf, keep = step(
+                backend, x, cand, logits, uncond, blk, row_step, k, config=config, suppress=suppress,
+                defer=defer, no_defer=no_defer, checker=checker, step_index=global_step)
+            row_step += 1 if counts is not None else busy
             if record:
                 rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep)
                 if trace is not None:
