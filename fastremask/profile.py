@@ -13,7 +13,6 @@ so use that only in a run of its own).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib
 import sys

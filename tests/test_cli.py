@@ -1,6 +1,5 @@
 """The ``fastremask`` command: generate with the built-in model, the demo model and tiny HF
 checkpoints; JSONL in and out; the trace and its picture; clear errors for bad inputs."""
-import importlib
 import json
 import shutil
 import subprocess
