@@ -197,11 +197,12 @@ class SamplingConfig:
         return self.plan(self.block_length, self.steps_per_block)
 
     def model_calls(self) -> int:
-        """Schedule mode: the model calls `generate` makes (steps that keep 0 are skipped);
-        threshold mode: the most it can make (each step keeps at least one per row)."""
+        """Schedule mode: the model calls `run` makes (`fastremask.schedule.cost`: steps that
+        keep 0 are skipped); threshold mode: the most it can make (each step keeps at least one
+        per unfinished row)."""
         if self.threshold is not None:
             return self.gen_length
-        return self.num_blocks * sum(1 for k in self.block_counts() if k)
+        return _schedule.cost(self.gen_length, self.block_length, self.steps, self.plan).model_calls
 
 
 @dataclass(frozen=True)
