@@ -147,9 +147,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         put = lambda name, v: object.__setattr__(self, name, v)   # noqa: E731 (frozen)
-        steps = check_int("steps", self.steps, 1)
         gen_length = check_int("gen_length", self.gen_length, 1)
         block_length = check_int("block_length", self.block_length, 1)
+        steps = check_int("steps", self.steps, 1)
         if gen_length % block_length:
             raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
         put("steps", steps), put("gen_length", gen_length), put("block_length", block_length)
@@ -216,8 +216,13 @@ class SpecialIds:
     @staticmethod
     def of(model, config: SamplingConfig) -> "SpecialIds":
         """Resolve against ``model``: ``mask_id``/``eos_id``/``eot_id`` attributes (a
-        `fastremask.models.Adapter`, the tiny model) when it has them, LLaDA's otherwise."""
-        mask_id = config.mask_id if config.mask_id is not None else getattr(model, "mask_id", LLADA_MASK)
+        `fastremask.models.Adapter`, the tiny model; the mask id also from ``model.config.mask_id``)
+        when it has them, LLaDA's otherwise."""
+        mask_id = config.mask_id
+        if mask_id is None:
+            mask_id = getattr(model, "mask_id", None)
+        if mask_id is None:
+            mask_id = getattr(getattr(model, "config", None), "mask_id", LLADA_MASK)
         mask_id = check_int("mask_id", mask_id, 0, SEED_LIMIT)
         eos = getattr(model, "eos_id", LLADA_EOS)
         eot = getattr(model, "eot_id", LLADA_EOT)
