@@ -89,7 +89,7 @@ class StepCase:
 
     @property
     def bytes_moved(self) -> int:
-        """The floor of DESIGN.md: each needed logit read once, ``rows * V * bytes`` (x2 CFG)."""
+        """The floor of the performance model (docs/kernels.md): each needed logit read once, ``rows * V * bytes`` (x2 CFG)."""
         return self.rows * self.vocab * self.itemsize * (2 if self.cfg else 1)
 
     @property

@@ -1,4 +1,4 @@
-"""Test tiers (STYLE.md): reference-only and interpreter tests always run; `gpu` tests need CUDA.
+"""Test tiers (docs/architecture.md, README "Tests"): reference-only and interpreter tests always run; `gpu` tests need CUDA.
 
 Without a CUDA device the Triton kernels run under the interpreter. TRITON_INTERPRET must be
 set before triton is first imported, so it is set here, in the test process only.
