@@ -14,7 +14,7 @@ JSON is rewritten after every section, so a timeout keeps what finished):
 3. ``tune``: chunks per program x warps for a few shapes (results never depend on them), so
    the launch heuristic can be checked against the best measured configuration.
 4. ``step``: one whole step at prompt 512, gen 512, block 32 (benchmarks/cases.py shapes):
-   LLaDA-style (`fastremask.llada.llada_step`), the torch backend, the triton backend as the
+   LLaDA-style (`fastremask.sampler.llada.llada_step`), the torch backend, the triton backend as the
    generate loop calls it, and the triton step fused for graphs (sample_rows + select with the
    x write, no host sync) replayed from a CUDA graph.
 

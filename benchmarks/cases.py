@@ -233,15 +233,15 @@ def backend_available(backend: str, device: torch.device) -> tuple[bool, str]:
 
 def _backend_module(backend: str):
     if backend == "llada":
-        from fastremask import llada
+        from fastremask.sampler import llada
 
         return llada
     if backend == "reference":
-        from fastremask import reference
+        from fastremask.sampler import reference
 
         return reference
     if backend == "torch":
-        from fastremask import fast
+        from fastremask.sampler import fast
 
         return fast
     if backend == "triton":
@@ -277,7 +277,7 @@ def step_callable(backend: str, inp: StepInputs) -> Callable[[], torch.Tensor]:
 
 
 def _llada_step(mod, inp: StepInputs):
-    """LLaDA's step on the whole ``[B, L, V]`` logits (`fastremask.llada.llada_step`), with
+    """LLaDA's step on the whole ``[B, L, V]`` logits (`fastremask.sampler.llada.llada_step`), with
     LLaDA's CFG combine (``u + (s + 1) * (c - u)`` over all of ``[B, L, V]``) in front of it,
     as its generate loop does; the fast backends do the combine inside ``sample_rows``."""
     case = inp.case

@@ -1,6 +1,6 @@
 """What ``generate(..., logits_window=True)`` saves: logits memory, model-call time, generate time.
 
-A tiny model (`fastremask.tiny`) with LLaDA-8B's vocabulary (126,464) stands in for LLaDA: its
+A tiny model (`fastremask.models.tiny`) with LLaDA-8B's vocabulary (126,464) stands in for LLaDA: its
 body is cheap, so the output head and the logits dominate, which isolates what the mode
 changes. Each mode runs in its own subprocess. Peak memory is measured above what is in use
 before the timed calls (CUDA: max allocated; CPU: the peak RSS, VmHWM, reset through
@@ -56,8 +56,8 @@ def _peak(device) -> float:
 
 def run_mode(args, window: bool) -> dict:
     from fastremask import SamplingConfig, run
-    from fastremask.model_call import call_model, window_call
-    from fastremask.tiny import tiny_model
+    from fastremask.sampler.model_call import call_model, window_call
+    from fastremask.models.tiny import tiny_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

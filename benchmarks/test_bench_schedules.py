@@ -32,9 +32,10 @@ def pytest_generate_tests(metafunc):
 
 
 def test_schedule(benchmark, bench_config, gen_length, sched, factor, order):
-    from fastremask import SamplingConfig, loop
-    from fastremask.profile import Phases
-    from fastremask.tiny import tiny_model
+    from fastremask import SamplingConfig
+    from fastremask.sampler import loop
+    from fastremask.tools.profile import Phases
+    from fastremask.models.tiny import tiny_model
 
     device = bench_config.device
     backend = next((b for b in bench_config.backends if b in ("torch", "triton", "reference")), "torch")

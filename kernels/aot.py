@@ -33,7 +33,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastremask.numerics import CHUNK
+from fastremask.sampler.numerics import CHUNK
 
 from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _combine_kernel, _sample_rows_kernel
 from .sample import _combine_config, _launch_config as _row_launch_config

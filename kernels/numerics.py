@@ -1,6 +1,6 @@
 """The numerics contract (docs/numerics.md) as Triton device functions.
 
-Each function is the twin of the one of the same name in `fastremask/numerics.py`: the same
+Each function is the twin of the one of the same name in `fastremask/sampler/numerics.py`: the same
 operations in the same order, so the two return the same bits (tests/test_numerics_triton.py).
 What makes that hold on a GPU:
 
@@ -18,7 +18,7 @@ import os
 import triton
 import triton.language as tl
 
-from fastremask import numerics as _nm
+from fastremask.sampler import numerics as _nm
 
 LAUNCH_OPTIONS = {"enable_fp_fusion": False}   # pass as `kernel[grid](..., **LAUNCH_OPTIONS)`
 

@@ -1,6 +1,6 @@
 """`sample_rows` as Triton kernels: Gumbel-max sample and confidence of selected logits rows.
 
-The function is `fastremask.reference.sample_rows` (the specification); this module computes the
+The function is `fastremask.sampler.reference.sample_rows` (the specification); this module computes the
 same bits (docs/numerics.md) while reading every needed logit exactly once:
 
 * `_sample_rows_kernel`, grid `(R, n_splits)`: program `(r, s)` reads a run of whole
@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask.numerics import CHUNK, FIXED, round_f32
-from fastremask.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
+from fastremask.sampler.numerics import CHUNK, FIXED, round_f32
+from fastremask.sampler.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
 from .numerics import (LAUNCH_OPTIONS, combine_terms, exp, fixed_ratio, fixed_term, gumbel_noise, interpreting,
                        log, neg, remask_uniform, to_f32)

@@ -1,6 +1,6 @@
 """`select` as a Triton kernel: which candidates of each batch row keep their sample.
 
-The function is `fastremask.reference.select` (docs/numerics.md §8). One program per batch row
+The function is `fastremask.sampler.reference.select` (docs/numerics.md §8). One program per batch row
 ranks its candidates by (non-deferred first, higher confidence, lower position): the rank of
 candidate `i` is the number of candidates that come before it, counted by comparing all pairs
 in tiles of `[BLOCK_C, BLOCK_J]`. The order is strict and total, so ranks are `0 .. n-1` and
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask.numerics import round_f32
+from fastremask.sampler.numerics import round_f32
 
 from .numerics import LAUNCH_OPTIONS, interpreting
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastremask import generate
-from fastremask.tiny import tiny_model
+from fastremask.models.tiny import tiny_model
 
 MODEL = tiny_model(vocab_size=20, d_model=16, n_heads=2, n_layers=1)
 MASK = MODEL.mask_id
@@ -87,7 +87,7 @@ def test_mask_inside_prompt_is_refused():
 
 
 def test_triton_backend_unavailable_is_a_clear_error(monkeypatch):
-    from fastremask import backends
+    from fastremask.sampler import backends
 
     monkeypatch.setattr(backends, "triton_backend", lambda: None)
     with pytest.raises(RuntimeError, match="backend='triton' is not available"):
@@ -188,7 +188,7 @@ def test_nan_message_is_the_same_for_every_backend():
 
 @pytest.fixture
 def lazy(monkeypatch):
-    from fastremask import errors
+    from fastremask.sampler import errors
 
     monkeypatch.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
 
@@ -289,7 +289,7 @@ def test_cpu_loop_raises_at_the_bad_step(cfg_scale):
     assert "at step 1, batch row 1, position " in msg and model.calls == 2
     lazy_model = _PoisonSteps(poison)
     with pytest.MonkeyPatch.context() as mp:
-        from fastremask import errors
+        from fastremask.sampler import errors
         mp.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
         assert _message(lazy_model, backend="torch", cfg_scale=cfg_scale) == msg
     assert lazy_model.calls == 4

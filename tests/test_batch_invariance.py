@@ -1,6 +1,6 @@
 """Batch invariance in every mode: a row of a batch equals that prompt generated alone.
 
-Each row's noise counter is its own step count (`fastremask.loop`), so in threshold mode,
+Each row's noise counter is its own step count (`fastremask.sampler.loop`), so in threshold mode,
 where rows need different numbers of steps per block, a row's draws do not depend on the
 rest of the batch. Checked with a model whose logits are bit-identical for a row alone or in
 any batch, left-padded or not (so any difference is the sampler's), for schedule and

@@ -8,9 +8,11 @@ tiny model and for tiny LLaDA-like and Dream-like checkpoints loaded through `tr
 import pytest
 import torch
 
-from fastremask import generate, models, testing
+from fastremask import generate, models
+
+from fastremask.models import testing
 from fastremask.models import PadIsMaskError, pad_batch
-from fastremask.tiny import tiny_model
+from fastremask.models.tiny import tiny_model
 
 PROMPTS_TEXT = ["Hi, I am", "The", "Once upon a time"]
 PROMPTS_WORDS = ["hi i am a cat", "hello", "the dog sat on the"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastremask import bench
+from fastremask.tools import bench
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 

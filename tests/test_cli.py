@@ -1,5 +1,6 @@
 """The ``fastremask`` command: generate with the built-in model, the demo model and tiny HF
 checkpoints; JSONL in and out; the trace and its picture; clear errors for bad inputs."""
+from fastremask import DATA_DIR
 import json
 import shutil
 import subprocess
@@ -8,8 +9,12 @@ import sys
 import pytest
 import torch
 
-from fastremask import cli, generate, models, testing
-from fastremask.tiny import tiny_model
+from fastremask import generate, models
+
+from fastremask.tools import cli
+
+from fastremask.models import testing
+from fastremask.models.tiny import tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +128,7 @@ def test_hf_dream(ckpt, capsys):
 
 
 def test_demo_model_is_the_default(tmp_path, monkeypatch, capsys):
-    from fastremask import tasks
+    from fastremask.evaluation import tasks
 
     demo = tmp_path / "data"
     tiny_model(vocab_size=len(tasks.VOCAB)).save_pretrained(demo)
@@ -194,14 +199,14 @@ def test_console_script():
 
 
 def test_module_entry():
-    r = subprocess.run([sys.executable, "-m", "fastremask.cli", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "fastremask.tools.cli", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "generate" in r.stdout
 
 
 def _spy_run(monkeypatch):
     """Record the `SamplingConfig` of every `fastremask.run` call (the CLI's and generate's)."""
-    from fastremask import loop
+    from fastremask.sampler import loop
 
     seen, real = [], loop.run
 
@@ -226,9 +231,9 @@ def test_logits_window_flag_gives_the_same_answer(capsys, monkeypatch):
 
 
 def test_shipped_demo_trace_prints_prompt_and_exact_verdict(monkeypatch, capsys):
-    from fastremask import tasks
+    from fastremask.evaluation import tasks
 
-    demo = cli.__file__.rsplit("cli.py", 1)[0] + "data"
+    demo = DATA_DIR
     monkeypatch.setattr(cli, "_demo_dir", lambda: demo)
     task = tasks.get_task(json.load(open(demo + "/demo.json"))["task"])
     for schedule in ("uniform", "pyramid"):
@@ -349,7 +354,7 @@ class _Counting(torch.nn.Module):
 def test_calls_per_run_counts_the_model_calls(capsys, monkeypatch, argv):
     """The progress bar's total (`SamplingConfig.model_calls`, `schedule.cost`'s count) is what
     the model receives, per batch."""
-    from fastremask import schedule
+    from fastremask.sampler import schedule
 
     m = _Counting()
     a = models.wrap(m.inner)

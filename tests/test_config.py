@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fastremask import SamplingConfig, generate, models, run
-from fastremask.config import SpecialIds
-from fastremask.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
-from fastremask.tiny import tiny_model
+from fastremask.sampler.config import SpecialIds
+from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+from fastremask.models.tiny import tiny_model
 
 MODEL = tiny_model(vocab_size=20, d_model=16, n_heads=2, n_layers=1)
 PROMPT = torch.tensor([[1, 2, 3], [4, 5, 6]])

@@ -1,4 +1,5 @@
-"""fastremask.evaluate, fastremask.train and the shipped demo model (CPU, seconds)."""
+"""fastremask.evaluation.evaluate, fastremask.evaluation.train and the shipped demo model (CPU, seconds)."""
+from fastremask import DATA_DIR
 import argparse
 import json
 import os
@@ -6,13 +7,13 @@ import os
 import pytest
 import torch
 
-from fastremask import evaluate as ev
-from fastremask import train
-from fastremask.schedule import pyramid_steps
-from fastremask.tasks import MASK_ID, Addition, get_task
-from fastremask.tiny import TinyMaskedLM, tiny_model
+from fastremask.evaluation import evaluate as ev
+from fastremask.evaluation import train
+from fastremask.sampler.schedule import pyramid_steps
+from fastremask.evaluation.tasks import MASK_ID, Addition, get_task
+from fastremask.models.tiny import TinyMaskedLM, tiny_model
 
-DEMO = os.path.join(os.path.dirname(ev.__file__), "data")
+DEMO = DATA_DIR
 HAS_DEMO = os.path.exists(os.path.join(DEMO, "model.safetensors"))
 
 
@@ -132,7 +133,7 @@ def test_cli_eval_on_demo_model(tmp_path, capsys):
 
 
 def _spy_run(monkeypatch):
-    from fastremask import loop
+    from fastremask.sampler import loop
 
     seen, real = [], loop.run
 
@@ -169,7 +170,7 @@ def test_points_sample_with_generates_config(monkeypatch):
 
 def test_expected_nfe_is_the_config_count():
     """The predicted NFE is `SamplingConfig.model_calls`, i.e. `schedule.cost`'s count."""
-    from fastremask import schedule
+    from fastremask.sampler import schedule
 
     A = 16
     for pt in ev.plan(list(ev.FAMILIES), ["random"], [1, 3, 5, 16], [1, 2, 3], A):

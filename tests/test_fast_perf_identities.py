@@ -1,12 +1,15 @@
-"""Exact identities the `torch` backend (`fastremask.fast`) relies on for speed.
+"""Exact identities the `torch` backend (`fastremask.sampler.fast`) relies on for speed.
 
-Each one is checked bit for bit against the contract's own definition in `fastremask.numerics`.
+Each one is checked bit for bit against the contract's own definition in `fastremask.sampler.numerics`.
 """
 import pytest
 import torch
 
-from fastremask.contract import REMASKING
-from fastremask import fast, numerics as nx, reference as ref
+from fastremask.sampler.contract import REMASKING
+from fastremask.sampler import fast
+from fastremask.sampler import numerics as nx
+from fastremask.sampler import reference as ref
+from fastremask.sampler.contract import assert_bits_equal
 
 
 def _fast_s(l: torch.Tensor) -> torch.Tensor:
@@ -108,4 +111,4 @@ def test_blocks_equal_reference(V, T, remasking):
     a = ref.sample_rows(l, rows, seeds, positions, 3, **kw)
     b = fast.sample_rows(l, rows, seeds, positions, 3, **kw)
     assert torch.equal(a.x0, b.x0) and torch.equal(a.invalid, b.invalid)
-    torch.testing.assert_close(a.confidence, b.confidence, rtol=0, atol=0, equal_nan=True)
+    assert_bits_equal(a.confidence, b.confidence)

@@ -6,8 +6,9 @@ Run on a lent GPU by benchmarks/gpu_check.sh (`pytest -m gpu`).
 import pytest
 import torch
 
-from fastremask.contract import REMASKING
-from fastremask import reference as ref
+from fastremask.sampler.contract import REMASKING
+from fastremask.sampler import reference as ref
+from fastremask.sampler.contract import assert_bits_equal
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +22,7 @@ def _need_cuda():
 
 def _bits_equal(a, b, ctx=""):
     assert torch.equal(a.x0.cpu(), b.x0.cpu()), ctx
-    assert torch.equal(a.confidence.cpu().view(torch.int32), b.confidence.cpu().view(torch.int32)), ctx
+    assert_bits_equal(a.confidence, b.confidence, str(ctx))
     assert torch.equal(a.invalid.cpu(), b.invalid.cpu()), ctx
 
 
@@ -158,7 +159,7 @@ def test_step_captures_in_a_cuda_graph():
 def test_generate_triton_equals_reference_on_gpu():
     _need_cuda()
     from fastremask import generate
-    from fastremask.tiny import tiny_model
+    from fastremask.models.tiny import tiny_model
     model = tiny_model(vocab_size=300, d_model=32, n_heads=2, n_layers=2, seed=1).to("cuda")
     prompt = torch.randint(0, model.mask_id, (3, 9), device="cuda")
     for kw in (dict(temperature=0.0, remasking="low_confidence"),

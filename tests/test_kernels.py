@@ -1,4 +1,4 @@
-"""The `triton` backend bit-equal to the reference (`fastremask.reference`), kernel by kernel.
+"""The `triton` backend bit-equal to the reference (`fastremask.sampler.reference`), kernel by kernel.
 
 Runs under the Triton interpreter where there is no CUDA device (tests/conftest.py), so shapes
 stay small: vocabularies 1, 7, 111, 4099 and a few thousand (several 2048-entry chunks).
@@ -10,13 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastremask.contract import REMASKING
-from fastremask import reference as ref
-from fastremask.numerics import CHUNK
+from fastremask.sampler.contract import REMASKING
+from fastremask.sampler import reference as ref
+from fastremask.sampler.numerics import CHUNK
 
 kernels = pytest.importorskip("fastremask.kernels")
 from fastremask.kernels import sample_rows, select  # noqa: E402
 from fastremask.kernels.sample import MAX_VOCAB, RowSample  # noqa: E402
+from fastremask.sampler.contract import assert_bits_equal
 
 # The interpreter computes in numpy, which warns on IEEE inf/NaN arithmetic (invalid rows,
 # masked lanes); the kernels mean that arithmetic, so those warnings are noise here.
@@ -34,9 +35,7 @@ def _poisoned(r: int) -> RowSample:
 
 def _same(a: RowSample, b: RowSample, ctx=""):
     assert torch.equal(a.x0.cpu(), b.x0.cpu()), (ctx, a.x0, b.x0)
-    # bit patterns: NaN == NaN and -0.0 != 0.0, as the contract wants
-    assert torch.equal(a.confidence.cpu().view(torch.int32), b.confidence.cpu().view(torch.int32)), \
-        (ctx, a.confidence, b.confidence)
+    assert_bits_equal(a.confidence, b.confidence, f"{ctx}")     # -0.0 != 0.0, NaN == NaN
     assert torch.equal(a.invalid.cpu(), b.invalid.cpu()), (ctx, a.invalid, b.invalid)
 
 
@@ -321,7 +320,7 @@ def test_select_validation():
 def test_generate_triton_equals_reference(B, P, block, n_blocks, dtype, vocab, remasking,
                                           temperature, cfg_scale, mode, seed):
     from fastremask import generate
-    from fastremask.tiny import tiny_model
+    from fastremask.models.tiny import tiny_model
     model = tiny_model(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1, seed=seed % 1000).to(dtype).to(DEV)
     mask_id = model.mask_id
     g = torch.Generator().manual_seed(seed % 997)
@@ -341,4 +340,4 @@ def test_generate_triton_equals_reference(B, P, block, n_blocks, dtype, vocab, r
     for a, b in zip(t_ref.steps, t_tri.steps):
         assert torch.equal(a.keep, b.keep)
         assert torch.equal(a.x0, b.x0)
-        assert torch.equal(a.confidence.view(torch.int32), b.confidence.view(torch.int32))
+        assert_bits_equal(a.confidence, b.confidence)

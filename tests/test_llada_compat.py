@@ -1,5 +1,5 @@
 """At temperature 0 with the uniform schedule and `low_confidence`, `fastremask.generate`
-produces what LLaDA's `generate` (restated in `fastremask.llada`) produces.
+produces what LLaDA's `generate` (restated in `fastremask.sampler.llada`) produces.
 
 The two differ only where LLaDA is not exact: its confidence is a softmax in the logits'
 dtype and its top-k breaks ties arbitrarily; ours is exact with ties to the lower position.
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fastremask
-from fastremask import llada
-from fastremask.tiny import tiny_model
+from fastremask.sampler import llada
+from fastremask.models.tiny import tiny_model
 
 
 class NoMaskPrediction(torch.nn.Module):

@@ -1,8 +1,9 @@
-"""fastremask.lm_eval_adapter: request handling on local models (lm_eval not needed).
+"""fastremask.evaluation.lm_eval_adapter: request handling on local models (lm_eval not needed).
 
 The adapter derives from a stand-in when lm_eval is missing, so everything here runs in CI;
 `test_harness_local_task` runs the real harness on a local task where lm_eval is installed.
 """
+from fastremask import DATA_DIR
 import json
 import os
 import random
@@ -11,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fastremask import lm_eval_adapter as la
-from fastremask import SamplingConfig, generate, loop, models
-from fastremask.testing import save_tiny_dream, save_tiny_llada
+from fastremask.evaluation import lm_eval_adapter as la
+from fastremask import SamplingConfig, generate, models
+from fastremask.sampler import loop
+from fastremask.models.testing import save_tiny_dream, save_tiny_llada
 
-DEMO = os.path.join(os.path.dirname(la.__file__), "data")
+DEMO = DATA_DIR
 HAS_DEMO = os.path.exists(os.path.join(DEMO, "model.safetensors"))
 
 
@@ -111,7 +113,7 @@ def test_bad_arguments(llada_dir):
 
 @pytest.mark.skipif(not HAS_DEMO, reason="no demo checkpoint in fastremask/data")
 def test_demo_model_answers_through_the_adapter():
-    from fastremask.tasks import decode, encode, get_task
+    from fastremask.evaluation.tasks import decode, encode, get_task
 
     task = get_task(json.load(open(os.path.join(DEMO, "demo.json")))["task"])
     prompts, answers = task.test_set(8)
@@ -148,7 +150,7 @@ metric_list:
 """
 
 CHECK_PY = """
-from fastremask.tasks import encode, get_task
+from fastremask.evaluation.tasks import encode, get_task
 import torch
 
 TASK = get_task({spec!r})
@@ -167,7 +169,7 @@ def test_harness_local_task(tmp_path):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from fastremask.tasks import decode, get_task
+    from fastremask.evaluation.tasks import decode, get_task
 
     spec = json.load(open(os.path.join(DEMO, "demo.json")))["task"]
     task = get_task(spec)

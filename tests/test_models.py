@@ -1,16 +1,19 @@
 """Model adapters through the real `transformers` loading path, with tiny saved checkpoints.
 
-The checkpoints (`fastremask.testing`) are written to a temporary folder with their own
+The checkpoints (`fastremask.models.testing`) are written to a temporary folder with their own
 modeling file and a `tokenizers`-built tokenizer, and loaded back with ``from_pretrained``
 (remote code included), the way a user's LLaDA or Dream checkpoint is.
 """
 import pytest
 import torch
 
-from fastremask import generate, models, testing
+from fastremask import generate, models
+
+from fastremask.models import testing
 from fastremask.models import DreamAdapter, ModelLoadError
-from fastremask.tiny import tiny_model
-from fastremask.tokenizer import CharTokenizer
+from fastremask.models.tiny import tiny_model
+from fastremask.models.tokenizer import CharTokenizer
+from fastremask.sampler.contract import assert_bits_equal
 
 transformers = pytest.importorskip("transformers")
 
@@ -71,11 +74,11 @@ def test_llada_logits_as_returned(llada):
         raw = llada.model(x).logits
     out = llada(x)
     assert out.logits.shape == (1, 5, len(llada.tokenizer))
-    torch.testing.assert_close(out.logits, raw, rtol=0, atol=0)
+    assert_bits_equal(out.logits, raw)
     m = torch.ones_like(x)
     with torch.no_grad():
         raw_m = llada.model(x, attention_mask=m).logits
-    torch.testing.assert_close(llada(x, attention_mask=m).logits, raw_m, rtol=0, atol=0)
+    assert_bits_equal(llada(x, attention_mask=m).logits, raw_m)
 
 
 def test_llada_chat_template(llada):
@@ -114,10 +117,10 @@ def test_dream_logits_shift_right_by_one(dream):
     with torch.no_grad():
         raw = dream.model(x, "full", None).logits
     got = dream(x).logits
-    torch.testing.assert_close(got[:, 1:], raw[:, :-1], rtol=0, atol=0)
-    torch.testing.assert_close(got[:, :1], raw[:, :1], rtol=0, atol=0)
+    assert_bits_equal(got[:, 1:], raw[:, :-1])
+    assert_bits_equal(got[:, :1], raw[:, :1])
     # an all-ones mask is Dream's "full" attention, as Dream's own generate does it
-    torch.testing.assert_close(dream(x, torch.ones_like(x)).logits, got, rtol=0, atol=0)
+    assert_bits_equal(dream(x, torch.ones_like(x)).logits, got)
 
 
 def test_dream_left_padding_gets_dreams_mask_and_positions(dream):
@@ -130,7 +133,7 @@ def test_dream_left_padding_gets_dreams_mask_and_positions(dream):
     with torch.no_grad():
         raw = dream.model(x, m4, tok_idx).logits
     want = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
-    torch.testing.assert_close(dream(x, am).logits, want, rtol=0, atol=0)
+    assert_bits_equal(dream(x, am).logits, want)
     # and the padded row's real positions see what the prompt alone sees
     alone = dream(x[:1, 2:]).logits
     torch.testing.assert_close(dream(x, am).logits[:1, 3:], alone[:, 1:], rtol=1e-5, atol=1e-5)
@@ -149,7 +152,7 @@ def test_unknown_model_type_needs_family(ckpt):
 def test_registered_model_without_remote_code(ckpt):
     testing.register_tiny_mdlm()
     a = models.load(ckpt["mdlm_local"], device="cpu", family="llada")
-    assert type(a.model).__module__ == "fastremask.hf_tiny"
+    assert type(a.model).__module__ == "fastremask.models.hf_tiny"
     assert a(torch.tensor([[6, 7]])).logits.shape == (1, 2, len(a.tokenizer))
 
 
@@ -196,11 +199,11 @@ def test_tiny_model_wraps_with_char_tokenizer(tmp_path):
     b = models.load(tmp_path / "t", device="cpu")
     assert b.family == "tiny" and b.mask_id == 127
     x = torch.tensor([[72, 105]])
-    torch.testing.assert_close(b(x).logits, tiny_model(seed=3)(x).logits, rtol=0, atol=0)
+    assert_bits_equal(b(x).logits, tiny_model(seed=3)(x).logits)
 
 
 def test_task_vocab_model_uses_task_tokenizer(tmp_path):
-    from fastremask import tasks
+    from fastremask.evaluation import tasks
 
     folder = tmp_path / "demo"
     tiny_model(vocab_size=len(tasks.VOCAB)).save_pretrained(folder)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastremask import numerics as nm
+from fastremask.sampler import numerics as nm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INF = float("inf")

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask import numerics as nm
+from fastremask.sampler import numerics as nm
 from fastremask.kernels import numerics as kn
 
 pytestmark = [pytest.mark.interpreter,

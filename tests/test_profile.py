@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from fastremask import fast, generate, profile, reference
-from fastremask.tiny import tiny_model
+from fastremask import generate
+
+from fastremask.sampler import fast
+
+from fastremask.tools import profile
+
+from fastremask.sampler import reference
+from fastremask.models.tiny import tiny_model
 
 
 def test_phases_name_count_and_restore():
@@ -29,11 +35,11 @@ def test_phases_name_count_and_restore():
 
 
 def test_phases_patch_what_the_backends_call():
-    """`Phases` wraps exactly the functions `fastremask.backends` hands the loop, so every
+    """`Phases` wraps exactly the functions `fastremask.sampler.backends` hands the loop, so every
     backend's steps are seen (a stale module list would leave the phases empty)."""
     import importlib
 
-    from fastremask import backends
+    from fastremask.sampler import backends
 
     model = tiny_model()
     with profile.Phases(model) as ph:
@@ -56,7 +62,8 @@ def test_phases_patch_what_the_backends_call():
 def test_profile_config_is_generates_config(monkeypatch):
     """`fastremask profile` samples with the `SamplingConfig` generate builds for its options;
     a bad option is rejected before the model is built, with generate's message."""
-    from fastremask import SamplingConfig, loop
+    from fastremask import SamplingConfig
+    from fastremask.sampler import loop
 
     parser = argparse.ArgumentParser()
     profile.add_arguments(parser)

@@ -1,18 +1,20 @@
 """The step functions: `fast` (torch backend) bit-equal to `reference`, and the reference's rules.
 
-Exact assertions: `torch.equal` on tokens and selections, ``rtol=0, atol=0`` on confidences.
+Exact assertions: `torch.equal` on tokens and selections, `assert_bits_equal` on confidences.
 """
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastremask.contract import REMASKING
-from fastremask import fast, numerics as nx, reference as ref
+from fastremask.sampler.contract import REMASKING
+from fastremask.sampler import fast
+from fastremask.sampler import numerics as nx
+from fastremask.sampler import reference as ref
+from fastremask.sampler.contract import assert_bits_equal
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 RULES = list(REMASKING)
-exact = dict(rtol=0, atol=0, equal_nan=True)
 
 
 def _logits(n, V, dtype, seed, ties=True):
@@ -35,7 +37,7 @@ def _both(*args, piece_width=None, **kw):
 def _assert_same(a, b):
     assert torch.equal(a.x0, b.x0)
     assert torch.equal(a.invalid, b.invalid)
-    torch.testing.assert_close(a.confidence, b.confidence, **exact)
+    assert_bits_equal(a.confidence, b.confidence)
     assert a.confidence.dtype == b.confidence.dtype == torch.float32
 
 
@@ -134,7 +136,7 @@ def test_cfg_rounding_rule():
     got = ref.prepare_logits(c, cfg_scale=0.3, uncond_logits=u)
     s1 = torch.tensor(1.3, dtype=torch.float32)
     want = u.float() + s1 * (c.float() - u.float())
-    torch.testing.assert_close(got, want, **exact)
+    assert_bits_equal(got, want)
 
 
 @pytest.mark.parametrize("T", [1.0, 0.6])

@@ -1,12 +1,12 @@
-"""fastremask.schedule: counts, validation, the post's formula, cost (reference tier, CPU)."""
+"""fastremask.sampler.schedule: counts, validation, the post's formula, cost (reference tier, CPU)."""
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastremask import generate
-from fastremask import schedule as sch
-from fastremask.schedule import (
+from fastremask.sampler import schedule as sch
+from fastremask.sampler.schedule import (
     Cost,
     Explicit,
     Pyramid,
@@ -453,7 +453,7 @@ def test_cost_matches_generate_random(num_blocks, block_length, per_block, kind,
 
 
 def test_cost_with_the_tiny_model():
-    from fastremask.tiny import tiny_model
+    from fastremask.models.tiny import tiny_model
 
     model = tiny_model(vocab_size=16, d_model=16, n_layers=1, n_heads=2, max_len=32)
     calls = []

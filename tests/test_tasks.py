@@ -1,10 +1,10 @@
-"""fastremask.tasks: data generation, exact checking, disjoint splits, Wilson intervals."""
+"""fastremask.evaluation.tasks: data generation, exact checking, disjoint splits, Wilson intervals."""
 import math
 
 import pytest
 import torch
 
-from fastremask.tasks import (
+from fastremask.evaluation.tasks import (
     MASK_ID, PAD_ID, VOCAB, Addition, Sorting, decode, encode, get_task, wilson_interval,
 )
 

@@ -1,10 +1,10 @@
-"""fastremask.tiny: shapes, determinism, padding, save/load (reference tier, CPU)."""
+"""fastremask.models.tiny: shapes, determinism, padding, save/load (reference tier, CPU)."""
 import time
 
 import pytest
 import torch
 
-from fastremask.tiny import TinyConfig, TinyMaskedLM, TinyOutput, tiny_model
+from fastremask.models.tiny import TinyConfig, TinyMaskedLM, TinyOutput, tiny_model
 
 
 def _ids(shape, vocab, seed=0):

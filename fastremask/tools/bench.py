@@ -63,7 +63,7 @@ def benchmarks_dir(explicit: str | None = None) -> Path:
     if explicit:
         path = Path(explicit)
     else:
-        path = Path(__file__).resolve().parent.parent / "benchmarks"
+        path = Path(__file__).resolve().parents[2] / "benchmarks"
     if not (path / "conftest.py").is_file():
         raise FileNotFoundError(
             f"no benchmark suites at {path}: `fastremask bench` runs from a source checkout "

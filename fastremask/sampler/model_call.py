@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.contract import LOGIT_DTYPES
+from fastremask.sampler.contract import LOGIT_DTYPES
 
 __all__ = ["call_model", "window_call", "ModelCall", "sampling_suppress"]
 
@@ -29,7 +29,7 @@ def _check_logits(logits, x: torch.Tensor, length: int, what: str) -> torch.Tens
 def call_model(model, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """``model(x, attention_mask=...)`` -> logits ``[B, L, V]``, checked.
 
-    Accepts an output with ``.logits`` (Hugging Face, `fastremask.tiny`) or a bare tensor.
+    Accepts an output with ``.logits`` (Hugging Face, `fastremask.models.tiny`) or a bare tensor.
     Without an attention mask the model is called as ``model(x)``.
     """
     out = model(x) if attention_mask is None else model(x, attention_mask=attention_mask)

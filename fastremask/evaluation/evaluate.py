@@ -3,7 +3,7 @@
     fastremask eval                                   # the shipped demo model on its task
     fastremask eval -n 300 --schedules uniform,pyramid,ramp --out benchmarks/results/eval_perm12
 
-For one model and one task (`fastremask.tasks`), every schedule family is run with every
+For one model and one task (`fastremask.evaluation.tasks`), every schedule family is run with every
 remasking rule over its settings, the answers are checked exactly, and each point reports the
 measured NFE (model calls per example, counted around the model), the number of examples,
 the exact-match accuracy (`Task.check`) with its 95% Wilson interval, and the per-token
@@ -14,7 +14,7 @@ Schedule families (``--schedules``):
 
 * ``uniform``: LLaDA's schedule with ``steps`` = each NFE of ``--nfe``.
 * ``pyramid``: the post's pyramid, ``k_i = i // factor + 1``, for each ``--factors`` value; its
-  NFE is what the pyramid needs (`fastremask.schedule.pyramid_steps`), not a free choice.
+  NFE is what the pyramid needs (`fastremask.sampler.schedule.pyramid_steps`), not a free choice.
 * ``ramp``: the pyramid's shape at any budget: exactly ``nfe`` steps, step 0 keeps one token
   and the rest grow linearly (an explicit list schedule, `ramp_counts`); one point per
   ``--nfe`` value, so it can be compared with ``uniform`` at equal NFE.
@@ -23,7 +23,7 @@ Schedule families (``--schedules``):
 
 Each point is one `fastremask.SamplingConfig` (`Point.config`: one block covering the whole
 answer, the point's schedule and rule over the options they share, validated before any model
-call); its predicted NFE is `SamplingConfig.model_calls` (`fastremask.schedule.cost`'s count).
+call); its predicted NFE is `SamplingConfig.model_calls` (`fastremask.sampler.schedule.cost`'s count).
 Generation is batched (every prompt of a task has the same length, so no padding) through
 `fastremask.run` with the given backend (``torch`` by default). The command's temperature is 1 for the ``perm`` task (many right answers: the
 model must sample) and 0 otherwise (greedy tokens; ``random`` remasking is then the only
@@ -31,6 +31,7 @@ randomness). Example ``i`` of the test set always gets seed ``--seed + i``.
 """
 from __future__ import annotations
 
+from fastremask import DATA_DIR
 import argparse
 import csv
 import json
@@ -40,8 +41,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import SamplingConfig
-from .tasks import Task, get_task, wilson_interval
+from fastremask.sampler.config import SamplingConfig
+from fastremask.evaluation.tasks import Task, get_task, wilson_interval
 
 __all__ = [
     "Point",
@@ -191,7 +192,7 @@ def evaluate(
     ----------
     model : a masked-diffusion LM with LLaDA's call interface (``model(x).logits [B, L, V]``)
         trained on ``task``'s vocabulary.
-    task : a `fastremask.tasks.Task`.
+    task : a `fastremask.evaluation.tasks.Task`.
     schedules : families among ``"uniform"``, ``"pyramid"``, ``"ramp"``, ``"ramp_down"``.
     remasking : rules `fastremask.generate` accepts (``"low_confidence"``, ``"random"``, ...).
     nfe_grid : NFE values for ``uniform`` and the ramps (default: 1, 2, 3, 4, 6, 8, 12, 16, ...
@@ -210,8 +211,8 @@ def evaluate(
     list of `Row`, in the order of `plan`. ``nfe`` is measured: model calls per batch,
     averaged over batches (every row of a batch takes the same steps here).
     """
-    from .loop import run
-    from .schedule import pyramid_steps
+    from fastremask.sampler.loop import run
+    from fastremask.sampler.schedule import pyramid_steps
 
     A, P = task.answer_length, task.prompt_length
     if config is None:
@@ -356,19 +357,19 @@ def write_results(rows: list[Row], out: str, meta: dict, title: str = "", answer
 
 
 def _demo_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    return DATA_DIR
 
 
 def load_model(path: str | None = None, device: str | None = None):
-    """A `fastremask.tiny.TinyMaskedLM` checkpoint folder (default: the shipped demo model,
+    """A `fastremask.models.tiny.TinyMaskedLM` checkpoint folder (default: the shipped demo model,
     ``fastremask/data``) -> ``(model, task or None)``; the task comes from the folder's
     ``demo.json`` when it has one."""
-    from .tiny import TinyMaskedLM
+    from fastremask.models.tiny import TinyMaskedLM
 
     path = path or _demo_dir()
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"no config.json in {path!r} (a fastremask.tiny checkpoint folder is expected)")
+        raise FileNotFoundError(f"no config.json in {path!r} (a fastremask.models.tiny checkpoint folder is expected)")
     model = TinyMaskedLM.from_pretrained(path, device=device)
     task = None
     meta = os.path.join(path, "demo.json")
@@ -389,7 +390,7 @@ def _names(s: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``fastremask eval`` options."""
     parser.add_argument("--model", default=None,
-                        help="a fastremask.tiny checkpoint folder (default: the shipped demo model)")
+                        help="a fastremask.models.tiny checkpoint folder (default: the shipped demo model)")
     parser.add_argument("--task", default=None,
                         help="task spec, e.g. add:15 or sort:12 (default: the model's own, from demo.json)")
     parser.add_argument("--schedules", type=_names, default=["uniform", "pyramid"],

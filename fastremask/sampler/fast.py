@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 
-from fastremask import numerics as nx
-from fastremask.contract import RowSample, check_sample_args, row_steps
-from fastremask.reference import prepare_logits
+from fastremask.sampler import numerics as nx
+from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
+from fastremask.sampler.reference import prepare_logits
 
 __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
@@ -115,7 +115,7 @@ def sample_rows(
     active: Optional[torch.Tensor] = None,
     piece_width: Optional[int] = None,
 ) -> RowSample:
-    """Same contract and result as `fastremask.reference.sample_rows`.
+    """Same contract and result as `fastremask.sampler.reference.sample_rows`.
 
     ``piece_width`` (a multiple of ``CHUNK``; default from the block size) only bounds
     memory; it never changes a bit of the result (tested).
@@ -295,7 +295,7 @@ def select(
     k: torch.Tensor,
     threshold: Optional[float] = None,
 ) -> torch.Tensor:
-    """Same contract and result as `fastremask.reference.select`, by one sort per row.
+    """Same contract and result as `fastremask.sampler.reference.select`, by one sort per row.
 
     Key (ascending = kept first): not-a-candidate (bit 62), deferred (bit 61), the confidence
     mapped to an order-reversing 32-bit integer (bits 28..60), the position (bits 0..27).

@@ -22,12 +22,12 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.backends import Backend, get_backend
-from fastremask.config import SamplingConfig, SpecialIds, row_seeds
-from fastremask.llada import LLADA_MASK
-from fastremask import errors
-from fastremask.model_call import ModelCall, call_model, sampling_suppress, window_call
-from fastremask.trace import Trace, TraceStep
+from fastremask.sampler.backends import Backend, get_backend
+from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
+from fastremask.sampler.llada import LLADA_MASK
+from fastremask.sampler import errors
+from fastremask.sampler.model_call import ModelCall, call_model, sampling_suppress, window_call
+from fastremask.sampler.trace import Trace, TraceStep
 
 __all__ = ["generate", "run", "step", "Block"]
 

@@ -6,11 +6,12 @@
     fastremask bench | profile | eval ...      (when those modules are installed)
 
 ``generate`` without ``--model`` uses the trained demo model shipped in ``fastremask/data/``
-when there is one, else the untrained built-in `fastremask.tiny` model, so it always runs
+when there is one, else the untrained built-in `fastremask.models.tiny` model, so it always runs
 offline. docs/cli.md describes every option.
 """
 from __future__ import annotations
 
+from fastremask import DATA_DIR
 import argparse
 import importlib
 import importlib.util
@@ -21,16 +22,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .trace import format_trace, kept_by_step, plot_trace
+from fastremask.tools.trace import format_trace, kept_by_step, plot_trace
 
 __all__ = ["main", "build_parser", "config_from_args", "EXTERNAL_COMMANDS"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
 EXTERNAL_COMMANDS = {
-    "bench": ("fastremask.bench", "benchmark the sampling step against the reference"),
-    "profile": ("fastremask.profile", "profile the kernels"),
-    "eval": ("fastremask.evaluate", "accuracy of schedules and remasking rules on the demo task"),
+    "bench": ("fastremask.tools.bench", "benchmark the sampling step against the reference"),
+    "profile": ("fastremask.tools.profile", "profile the kernels"),
+    "eval": ("fastremask.evaluation.evaluate", "accuracy of schedules and remasking rules on the demo task"),
 }
 
 DEFAULT_PROMPT = "Hi, I am"
@@ -62,8 +63,8 @@ def _schedule(s: str):
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    from .config import BACKENDS
-    from .contract import REMASKING
+    from fastremask.sampler.config import BACKENDS
+    from fastremask.sampler.contract import REMASKING
 
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH_OR_ID", default=None,
@@ -130,13 +131,13 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _demo_dir() -> str | None:
     """``fastremask/data`` when it holds a checkpoint (``config.json``)."""
-    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    d = DATA_DIR
     return d if os.path.isfile(os.path.join(d, "config.json")) else None
 
 
 def _load_model(args):
     """``(adapter, task or None, description)`` for ``--model`` or the default model."""
-    from . import models
+    from fastremask import models
 
     ids = dict(mask_id=args.mask_id, eos_id=args.eos_id, eot_id=args.eot_id, pad_id=args.pad_id)
     if args.model is not None:
@@ -149,12 +150,12 @@ def _load_model(args):
         task = None
         meta = os.path.join(demo, "demo.json")
         if os.path.isfile(meta):
-            from .tasks import get_task
+            from fastremask.evaluation.tasks import get_task
 
             with open(meta) as f:
                 task = get_task(json.load(f)["task"])
         return adapter, task, "the demo model (fastremask/data)"
-    from .tiny import tiny_model
+    from fastremask.models.tiny import tiny_model
 
     model = tiny_model()
     if args.device:
@@ -225,7 +226,7 @@ def _task_verdict(task, it) -> str:
 
 def _default_prompt(adapter, task) -> str:
     if task is not None:
-        from . import tasks
+        from fastremask.evaluation import tasks
 
         prompts, _ = task.test_set(1)
         return tasks.decode(prompts[0])
@@ -242,10 +243,10 @@ def config_from_args(args, adapter=None, task=None):
     gives for it. Defaults: ``--gen-length`` the demo ``task``'s answer length (else 128),
     ``--block-length`` and ``--steps`` the gen length. ``mask_id`` is left to the model
     (``--mask-id`` overrides the adapter's), and so are the EOS/EoT ids of
-    ``--logits-eos-inf``/``--confidence-eos-eot-inf`` (`fastremask.config.SpecialIds`); the
+    ``--logits-eos-inf``/``--confidence-eos-eot-inf`` (`fastremask.sampler.config.SpecialIds`); the
     ids ``adapter``'s tokenizer has no token for (the built-in model's) are suppressed.
     """
-    from .config import SamplingConfig, check_int
+    from fastremask.sampler.config import SamplingConfig, check_int
 
     gen_length = args.gen_length
     if gen_length is None:
@@ -266,8 +267,8 @@ def config_from_args(args, adapter=None, task=None):
 
 def _special_ids(adapter, config) -> None:
     """The model's EOS/EoT for ``--logits-eos-inf``/``--confidence-eos-eot-inf``, checked
-    before any model call (`fastremask.config.SpecialIds`, as `generate` resolves them)."""
-    from .config import SpecialIds
+    before any model call (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them)."""
+    from fastremask.sampler.config import SpecialIds
 
     try:
         SpecialIds.of(adapter, config)
@@ -277,7 +278,7 @@ def _special_ids(adapter, config) -> None:
 
 def _calls_per_run(config) -> int | None:
     """Model calls of one generate call (`SamplingConfig.model_calls`, which is
-    `fastremask.schedule.cost`'s count); None in threshold mode (not known in advance)."""
+    `fastremask.sampler.schedule.cost`'s count); None in threshold mode (not known in advance)."""
     return None if config.threshold is not None else config.model_calls()
 
 
@@ -341,8 +342,8 @@ def _read_items(args, adapter, task) -> tuple[list[Item], bool]:
 
 def _generate(args, adapter, config, todo: list[Item]) -> None:
     """Fill ``tokens``, ``text`` (and ``trace``) of every item, ``--batch-size`` at a time."""
-    from . import loop
-    from .models import PadIsMaskError
+    from fastremask.sampler import loop
+    from fastremask.models import PadIsMaskError
 
     want_trace = args.trace or bool(args.trace_png)
     batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    from .models import ModelLoadError
+    from fastremask.models import ModelLoadError
 
     try:
         return int(args.run(args) or 0)

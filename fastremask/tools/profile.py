@@ -24,17 +24,17 @@ import torch
 __all__ = ["add_arguments", "run", "Phases", "PhaseModel", "build_model", "PHASES"]
 
 PHASES = ("model", "sample", "select")
-# where the loops look these functions up at call time (`fastremask.backends` reads the backend
+# where the loops look these functions up at call time (`fastremask.sampler.backends` reads the backend
 # entry points from their modules on each `generate`), each with its phase; patched (and
 # restored) by `Phases`. Only the entry points are patched, not what they call, so a phase is
 # counted once per step. LLaDA's own loop fuses the two: its whole `llada_step` counts as
 # ``sample``.
 _PATCHES = {
-    "fastremask.reference": {"sample_rows": "sample", "select": "select"},
-    "fastremask.fast": {"_sample_rows_active": "sample", "select": "select"},
+    "fastremask.sampler.reference": {"sample_rows": "sample", "select": "select"},
+    "fastremask.sampler.fast": {"_sample_rows_active": "sample", "select": "select"},
     "fastremask.kernels.sample": {"_sample_rows": "sample"},
     "fastremask.kernels.select": {"_select": "select"},
-    "fastremask.llada": {"llada_step": "sample"},
+    "fastremask.sampler.llada": {"llada_step": "sample"},
 }
 
 
@@ -151,15 +151,15 @@ class Phases:
 
 
 def build_model(name: str, device, max_len: int):
-    """``tiny`` (fastremask.tiny, fp32) or ``llada-8b`` (random weights, LLaDA-8B's shape, bf16,
-    fewer layers if it does not fit; fastremask.bench.RandomMaskedLM)."""
+    """``tiny`` (fastremask.models.tiny, fp32) or ``llada-8b`` (random weights, LLaDA-8B's shape, bf16,
+    fewer layers if it does not fit; fastremask.tools.bench.RandomMaskedLM)."""
     device = torch.device(device)
     if name == "tiny":
-        from fastremask.tiny import tiny_model
+        from fastremask.models.tiny import tiny_model
 
         return tiny_model(max_len=max(max_len, 256)).to(device)
     if name == "llada-8b":
-        from fastremask.bench import random_model
+        from fastremask.tools.bench import random_model
 
         return random_model(device)
     raise ValueError(f"unknown model {name!r}; choose tiny or llada-8b")
@@ -167,7 +167,7 @@ def build_model(name: str, device, max_len: int):
 
 def config_from_args(args):
     """The `fastremask.SamplingConfig` of the command's sampling options (mask id: the model's)."""
-    from fastremask.config import SamplingConfig
+    from fastremask.sampler.config import SamplingConfig
 
     return SamplingConfig(
         steps=args.steps or args.gen_length, gen_length=args.gen_length,
@@ -181,7 +181,7 @@ def config_from_args(args):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", choices=["tiny", "llada-8b"],
-                        help="tiny: fastremask.tiny (default); llada-8b: random weights of LLaDA-8B's shape (CUDA)")
+                        help="tiny: fastremask.models.tiny (default); llada-8b: random weights of LLaDA-8B's shape (CUDA)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--backend", default="torch", choices=["reference", "torch", "triton"])
     parser.add_argument("--batch", type=int, default=1)
@@ -202,7 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from fastremask import loop
+    from fastremask.sampler import loop
 
     config = config_from_args(args)      # a bad option fails here, before the model is built
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,12 +1,12 @@
 """An lm-evaluation-harness model that samples with fastremask: ``--model fastremask``.
 
     pip install lm_eval
-    python -m fastremask.lm_eval_adapter --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,\\
+    python -m fastremask.evaluation.lm_eval_adapter --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,\\
         trust_remote_code=True,dtype=bf16,gen_length=256,steps=256,block_length=32,schedule=pyramid,factor=2,chat=True \\
         --tasks gsm8k --batch_size 8
-    accelerate launch -m fastremask.lm_eval_adapter --model_args ... --tasks humaneval   # data parallel
+    accelerate launch -m fastremask.evaluation.lm_eval_adapter --model_args ... --tasks humaneval   # data parallel
 
-``python -m fastremask.lm_eval_adapter`` is lm_eval's own command line with this module
+``python -m fastremask.evaluation.lm_eval_adapter`` is lm_eval's own command line with this module
 imported first (importing it registers the model name ``"fastremask"``). Model arguments
 (``--model_args k=v,...``): ``pretrained`` (a folder or hub id, loaded by
 `fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, and the sampling
@@ -17,7 +17,7 @@ checked when the model is built, with generate's messages): ``gen_length`` (defa
 ``cfg_scale``, ``seed``, ``backend``; ``chat`` wraps each prompt in the tokenizer's chat
 template (what LLaDA-Instruct and Dream-Instruct expect; lm_eval's ``--apply_chat_template``
 works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags, applied to
-the loaded model's EOS/EoT ids (`fastremask.config.SpecialIds`, as `generate` resolves them).
+the loaded model's EOS/EoT ids (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them).
 
 What is implemented:
 
@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import SEED_LIMIT, SamplingConfig, SpecialIds, check_bool, check_int
+from fastremask.sampler.config import SEED_LIMIT, SamplingConfig, SpecialIds, check_bool, check_int
 
 try:  # lm_eval is optional: only needed to run the harness itself
     from lm_eval.api.model import LM as _LMBase
@@ -178,7 +178,7 @@ class FastRemaskLM(_LMBase):
         **unused,
     ):
         super().__init__()
-        from . import models
+        from fastremask import models
 
         unused.pop("max_batch_size", None)  # lm_eval passes these to every model
         if unused:
@@ -277,7 +277,7 @@ class FastRemaskLM(_LMBase):
         """One string per request: ``requests`` are lm_eval ``Instance``s (or
         ``(context, gen_kwargs)`` tuples) with ``gen_kwargs`` holding ``until`` and
         optionally ``max_gen_toks``."""
-        from .loop import run
+        from fastremask.sampler.loop import run
 
         jobs, repeats = [], {}
         for i, req in enumerate(requests):

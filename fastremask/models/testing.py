@@ -7,7 +7,7 @@ True, as LLaDA and Dream ship theirs), ``model.safetensors`` and a tokenizer bui
 `transformers.PreTrainedTokenizerFast`. Load them back with `fastremask.models.load` (or
 ``AutoModel.from_pretrained``) exactly as a real checkpoint is loaded.
 
-The modeling file is `fastremask.hf_tiny`, copied into the folder as ``modeling_tiny.py``.
+The modeling file is `fastremask.models.hf_tiny`, copied into the folder as ``modeling_tiny.py``.
 Weights are a pure function of ``seed``.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shutil
 
 import torch
 
-from . import hf_tiny
+from fastremask.models import hf_tiny
 
 __all__ = [
     "WORDS",

@@ -1,9 +1,7 @@
-"""The trace of a `generate` call: what each step kept, as data, as text and as a picture.
+"""What each step kept: the text trace (as the pyramid post prints it) and a picture.
 
-`Trace` and `TraceStep` are what ``generate(..., return_trace=True)`` returns and what a
-``callback`` receives. `format_trace` prints one batch row's trace as the pyramid post does, and
-`plot_trace` draws it; both take a ``token_str(id) -> str`` function
-(`fastremask.models.Adapter.token_str`)::
+Both read a `fastremask.Trace` (``generate(..., return_trace=True)``) for one batch row and a
+``token_str(id) -> str`` function (`fastremask.models.Adapter.token_str`)::
 
     step 0, Keeping: [' I', '.']
     step 1, Keeping: ['\\n', '.', ' years']
@@ -13,57 +11,9 @@ the steps in which a row had nothing left to fill (threshold mode, other rows st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
-__all__ = ["Trace", "TraceStep", "commits", "format_trace", "kept_by_step", "plot_trace"]
-
-
-@dataclass
-class TraceStep:
-    """One step (one model call) of one block; tensors ``[B, C]`` over the block's positions.
-
-    ``step``: the loop's step index (steps whose count is 0 for every row are skipped but
-    counted); ``row_step`` ``[B]`` int64: each row's own step counter, the noise counter its
-    draws used (equal to ``step`` in schedule mode; in threshold mode it counts only the steps
-    in which the row still had masked positions, so a row's draws do not depend on the rest of
-    the batch); ``block``: block index; ``start``: index in ``x`` of the block's first position;
-    ``candidate``: masked before the step; ``x0``: sampled token (-1 where not a candidate);
-    ``confidence``: its confidence (-inf where not a candidate); ``keep``: kept this step.
-    """
-
-    step: int
-    row_step: torch.Tensor
-    block: int
-    start: int
-    candidate: torch.Tensor
-    x0: torch.Tensor
-    confidence: torch.Tensor
-    keep: torch.Tensor
-
-
-@dataclass
-class Trace:
-    """The per-step record of one `generate` call (``return_trace=True``)."""
-
-    prompt_length: int
-    gen_length: int
-    block_length: int
-    steps: list = field(default_factory=list)
-
-    def kept(self, row: int = 0) -> list:
-        """``[(step, position, token, confidence), ...]`` for batch row ``row``, in the order
-        the tokens were kept; ``step`` is the row's own step counter, ``position`` counts
-        within the generated answer."""
-        out = []
-        for s in self.steps:
-            js = torch.nonzero(s.keep[row]).flatten().tolist()
-            off = s.start - self.prompt_length
-            for j in js:
-                out.append((int(s.row_step[row]), off + j, int(s.x0[row, j]), float(s.confidence[row, j])))
-        return out
+__all__ = ["commits", "format_trace", "kept_by_step", "plot_trace"]
 
 
 def kept_by_step(trace, row: int = 0) -> list[tuple[int, list[tuple[int, int]]]]:

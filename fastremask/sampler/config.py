@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 
-from fastremask import schedule as _schedule
-from fastremask.contract import REMASKING
-from fastremask.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+from fastremask.sampler import schedule as _schedule
+from fastremask.sampler.contract import REMASKING
+from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
 
@@ -123,7 +123,7 @@ class SamplingConfig:
 
     Validated on construction (every bad value is a ValueError or TypeError naming the field);
     token-id fields are normalised to sorted tuples, ``threshold`` to a float, ``schedule`` is
-    kept as given and resolved into `plan` (a `fastremask.schedule.Schedule`). ``mask_id``
+    kept as given and resolved into `plan` (a `fastremask.sampler.schedule.Schedule`). ``mask_id``
     None means the model's (`SpecialIds.of`). Build variants with `replace`.
     """
 
@@ -197,7 +197,7 @@ class SamplingConfig:
         return self.plan(self.block_length, self.steps_per_block)
 
     def model_calls(self) -> int:
-        """Schedule mode: the model calls `run` makes (`fastremask.schedule.cost`: steps that
+        """Schedule mode: the model calls `run` makes (`fastremask.sampler.schedule.cost`: steps that
         keep 0 are skipped); threshold mode: the most it can make (each step keeps at least one
         per unfinished row)."""
         if self.threshold is not None:

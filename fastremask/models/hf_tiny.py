@@ -1,6 +1,6 @@
 """Tiny LLaDA-like and Dream-like models as real `transformers` classes, for tests and examples.
 
-This module imports only ``torch`` and ``transformers`` so that `fastremask.testing` can copy it
+This module imports only ``torch`` and ``transformers`` so that `fastremask.models.testing` can copy it
 into a checkpoint folder as the checkpoint's *remote code* (``auto_map`` in ``config.json``,
 loaded with ``trust_remote_code=True``), the way LLaDA and Dream ship their modeling files.
 

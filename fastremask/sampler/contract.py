@@ -1,8 +1,8 @@
 """The interface every backend implements: names, dtypes, the result type and its checks.
 
-A backend is a pair of functions with the signatures of `fastremask.reference.sample_rows`
-and `fastremask.reference.select` (docs/architecture.md). This module holds what the
-specification (`fastremask.reference`), the ``torch`` backend (`fastremask.fast`) and the
+A backend is a pair of functions with the signatures of `fastremask.sampler.reference.sample_rows`
+and `fastremask.sampler.reference.select` (docs/architecture.md). This module holds what the
+specification (`fastremask.sampler.reference`), the ``torch`` backend (`fastremask.sampler.fast`) and the
 ``triton`` backend (`fastremask.kernels`) share, so that no backend imports another.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps"]
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "assert_bits_equal"]
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -64,3 +64,27 @@ def check_sample_args(logits, rows, seeds, positions, temperature, remasking, un
         raise ValueError("rows, seeds and positions must be 1-D tensors of one length")
     if not float(temperature) >= 0.0 or float(temperature) == float("inf"):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+
+
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+                   torch.float16: torch.int16}
+
+
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """Assert the same dtype, shape and bits: what "bit-equal" means in this project.
+
+    Floats are compared as their bit patterns, so ``-0.0`` and ``+0.0`` differ (which
+    ``assert_close(rtol=0, atol=0)`` does not see) and NaNs must have the same payload.
+    """
+    where = f" ({msg})" if msg else ""
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        raise AssertionError(f"{actual.dtype} {tuple(actual.shape)} vs {expected.dtype} "
+                             f"{tuple(expected.shape)}{where}")
+    a, b = actual.detach().cpu(), expected.detach().cpu()
+    if a.dtype in _SAME_WIDTH_INT:
+        a, b = a.contiguous().view(_SAME_WIDTH_INT[a.dtype]), b.contiguous().view(_SAME_WIDTH_INT[b.dtype])
+    differ = a != b
+    if bool(differ.any()):
+        i = tuple(int(v) for v in differ.nonzero()[0])
+        raise AssertionError(f"{int(differ.sum())} of {differ.numel()} elements differ in their bits; first at "
+                             f"{i}: {actual.detach().cpu()[i].item()!r} vs {expected.detach().cpu()[i].item()!r}{where}")

@@ -9,7 +9,7 @@ interface. An `Adapter` presents exactly that for every supported family:
 * ``"dream"`` (Dream-v0 7B; ``model_type`` ``Dream``): Dream's output at ``i - 1`` scores the
   token at ``i``, so the logits are shifted right by one (position 0 keeps its own output), and
   under left padding the model gets Dream's own 4-D mask and position ids.
-* ``"tiny"``: the built-in `fastremask.tiny.TinyMaskedLM` with the `CharTokenizer`.
+* ``"tiny"``: the built-in `fastremask.models.tiny.TinyMaskedLM` with the `CharTokenizer`.
 * ``"callable"``: any ``model(x, attention_mask) -> logits`` (a tensor, or an object with
   ``.logits``), logits as returned.
 
@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from .llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = [
     "Adapter",
@@ -515,7 +515,7 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
     ``family`` None: from ``model.config.model_type``, ``"tiny"`` for a `TinyMaskedLM`, and
     ``"callable"`` for anything without a config. Ids are resolved as in `load`.
     """
-    from .tiny import TinyMaskedLM
+    from fastremask.models.tiny import TinyMaskedLM
 
     if isinstance(model, Adapter):
         return model
@@ -546,13 +546,13 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
 
 
 def tiny_tokenizer(vocab_size: int, folder=None):
-    """The tokenizer of a `TinyMaskedLM`: the task vocabulary of `fastremask.tasks` for a
+    """The tokenizer of a `TinyMaskedLM`: the task vocabulary of `fastremask.evaluation.tasks` for a
     folder with ``demo.json`` (the trained demo model), the ASCII `CharTokenizer` for a vocab
     of 128 or more, else None (token ids only)."""
-    from .tokenizer import CharTokenizer
+    from fastremask.models.tokenizer import CharTokenizer
 
     if folder is not None and os.path.isfile(os.path.join(os.fspath(folder), "demo.json")):
-        from . import tasks
+        from fastremask.evaluation import tasks
 
         if vocab_size == len(tasks.VOCAB):
             return CharTokenizer.from_tokens(tasks.VOCAB, pad="<pad>", mask="<mask>")
@@ -626,7 +626,7 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
         raise ModelLoadError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     raw = _local_config(name)
     if raw is not None and raw.get("model_type") == "fastremask-tiny":
-        from .tiny import TinyMaskedLM
+        from fastremask.models.tiny import TinyMaskedLM
 
         tdtype = _parse_dtype(dtype)
         model = TinyMaskedLM.from_pretrained(name, device=device, dtype=None if tdtype == "auto" else tdtype)

@@ -1,6 +1,6 @@
 """Train the demo masked-diffusion model (`fastremask/data/`) with LLaDA's objective.
 
-    python -m fastremask.train --out fastremask/data --log fastremask/data/train.log
+    python -m fastremask.evaluation.train --out fastremask/data --log fastremask/data/train.log
 
 (the shipped checkpoint: every default, ``perm:12``, 1200 steps, seed 0, 1 thread, 507 s on
 a shared 2-core box; a rerun gives the same bits). ``--task add:11`` / ``sort:12`` and
@@ -35,8 +35,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .tasks import MASK_ID, PAD_ID, VOCAB, get_task
-from .tiny import TinyConfig, TinyMaskedLM
+from fastremask.evaluation.tasks import MASK_ID, PAD_ID, VOCAB, get_task
+from fastremask.models.tiny import TinyConfig, TinyMaskedLM
 
 EPS = 1e-3
 
@@ -98,8 +98,8 @@ def _accuracy(model, task, prompts, per_step, temperature=0.0):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastremask.train", description=__doc__.split("\n")[0])
-    p.add_argument("--task", default="perm:12", help="task spec (fastremask.tasks.get_task)")
+    p = argparse.ArgumentParser(prog="python -m fastremask.evaluation.train", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="perm:12", help="task spec (fastremask.evaluation.tasks.get_task)")
     p.add_argument("--d-model", type=int, default=96)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     g_mask = torch.Generator().manual_seed(args.seed * 1000003 + 2)
     eval_prompts, _ = task.test_set(args.eval_examples)
     n_params = sum(p.numel() for p in model.parameters())
-    command = "python -m fastremask.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m fastremask.evaluation.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     log_f = open(args.log, "w") if args.log else None
 
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
             "train_seconds": round(seconds),
             "params": n_params,
             "monitor": f"exact match on the first {args.eval_examples} test examples, low-confidence "
-                       f"decoding at temperature {args.monitor_temperature} (fastremask.train.confidence_decode)",
+                       f"decoding at temperature {args.monitor_temperature} (fastremask.evaluation.train.confidence_decode)",
             "history": history,
         }
         with open(os.path.join(args.out, "demo.json"), "w") as f:

@@ -1,7 +1,7 @@
 """The three backends behind one interface, and how ``backend='auto'`` picks one.
 
 A `Backend` is a pair ``sample_rows``/``select`` with the contract of
-`fastremask.reference` (docs/architecture.md). The loop calls the unchecked entry points
+`fastremask.sampler.reference` (docs/architecture.md). The loop calls the unchecked entry points
 (the loop builds valid arguments once per block); the public functions of each backend check
 their arguments and then call the same code.
 """
@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.config import BACKENDS
+from fastremask.sampler.config import BACKENDS
 
 __all__ = ["Backend", "get_backend", "triton_backend", "BACKENDS"]
 
@@ -34,12 +34,12 @@ class Backend:
 
 
 def reference_backend() -> Backend:
-    from fastremask import reference
+    from fastremask.sampler import reference
     return Backend("reference", reference.sample_rows, reference.select)
 
 
 def torch_backend() -> Backend:
-    from fastremask import fast
+    from fastremask.sampler import fast
     return Backend("torch", fast._sample_rows_active, fast.select)
 
 

@@ -2,7 +2,7 @@
 
 `CharTokenizer` maps each ASCII character to its own code point (printable ``' '..'~'``, tab and
 newline), reserves a few low ids for special tokens and takes the last id of the vocabulary as
-the mask token, which is where `fastremask.tiny.TinyConfig` puts its mask id (``vocab_size - 1``,
+the mask token, which is where `fastremask.models.tiny.TinyConfig` puts its mask id (``vocab_size - 1``,
 127 for the default vocab of 128)::
 
     0 <|pad|>   1 <|startoftext|>   2 <|endoftext|> (EOS)   3 <|eot_id|> (EoT)
@@ -35,7 +35,7 @@ class CharTokenizer:
     """Character-level tokenizer: one id per character (or per whole special-token string).
 
     ``CharTokenizer(vocab_size)``: the ASCII layout above. `from_tokens` builds one over any
-    list of token strings (id = index), e.g. the 16-token vocabulary of `fastremask.tasks`.
+    list of token strings (id = index), e.g. the 16-token vocabulary of `fastremask.evaluation.tasks`.
     """
 
     def __init__(self, vocab_size: int = 128):

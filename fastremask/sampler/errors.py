@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fastremask.reference import prepare_logits
+from fastremask.sampler.reference import prepare_logits
 
 __all__ = ["describe_invalid", "invalid_error", "checker_for", "ImmediateCheck", "FirstInvalid"]
 

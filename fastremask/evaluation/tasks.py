@@ -12,7 +12,7 @@ in the low digits first only ever needs the digit pair and the sum digit just be
 
 Vocabulary (`VOCAB`, 16 ids, shared by every task here): digits ``0``-``9`` are ids 0-9,
 ``+`` 10, ``=`` 11, ``,`` 12, ``>`` 13, ``<pad>`` 14 and ``<mask>`` 15 (the mask id, which is
-``vocab_size - 1`` as `fastremask.tiny.TinyConfig` assumes).
+``vocab_size - 1`` as `fastremask.models.tiny.TinyConfig` assumes).
 
 Splits: the ``test`` split is a fixed list drawn from ``TEST_SEED``; the ``train`` split is an
 endless stream that drops any example whose prompt is in the test set, so the two are

@@ -1,7 +1,7 @@
 """The reference sampler: **the specification** of what every backend computes.
 
 Plain PyTorch on whole tensors, written to be read rather than to be fast. Each function
-states one rule of docs/numerics.md; `fastremask.fast` (the ``torch`` backend) and
+states one rule of docs/numerics.md; `fastremask.sampler.fast` (the ``torch`` backend) and
 `fastremask.kernels` (the ``triton`` backend) compute the same bits with the same names:
 
 * `prepare_logits`  (numerics.md §7): fp32, classifier-free guidance, suppressed tokens.
@@ -9,7 +9,7 @@ states one rule of docs/numerics.md; `fastremask.fast` (the ``torch`` backend) a
 * `select`          (§8): which candidates of a block keep their ``x0`` this step.
 
 The step and the loop that call them are written once, for every backend, in
-`fastremask.loop` (``backend='reference'`` runs that loop with these two functions).
+`fastremask.sampler.loop` (``backend='reference'`` runs that loop with these two functions).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from fastremask import numerics as nx
-from fastremask.contract import RowSample, check_sample_args, row_steps
+from fastremask.sampler import numerics as nx
+from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
 
 __all__ = ["prepare_logits", "invalid_rows", "sample_rows", "select"]
 

@@ -1,0 +1,1 @@
+"""Tools: the ``fastremask`` command line, ``bench`` and ``profile``."""
