@@ -143,6 +143,7 @@ class SamplingConfig:
     defer_tokens: tuple = ()
     backend: str = "auto"
     logits_window: bool = False
+    cuda_graph: bool = True
     plan: _schedule.Schedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -159,7 +160,7 @@ class SamplingConfig:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
         if self.mask_id is not None:
             put("mask_id", check_int("mask_id", self.mask_id, 0, SEED_LIMIT))
-        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window"):
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph"):
             check_bool(name, getattr(self, name))
         put("suppress_tokens", check_token_ids("suppress_tokens", self.suppress_tokens))
         put("defer_tokens", check_token_ids("defer_tokens", self.defer_tokens))

@@ -62,7 +62,7 @@ class ImmediateCheck:
             r = int(bad[0])
             raise invalid_error(
                 _row(logits, blk.rows[r]), _row(uncond, blk.rows[r]), step=step,
-                batch_row=int(blk.bi[r]), position=blk.start + r % cand.shape[1],
+                batch_row=int(blk.bi[r]), position=blk.origin + r % cand.shape[1],
                 prompt_length=self.P, n_invalid=bad.numel(), cfg_scale=self.cfg_scale,
                 suppress_tokens=self.suppress)
         return cand
@@ -78,36 +78,48 @@ class ImmediateCheck:
 class FirstInvalid:
     """Invalid rows on an accelerator: the first one of a block is kept on the device.
 
-    `note` runs after every step; unless an earlier step of the block already has one, it
-    records the step's first invalid row (lowest batch row, then position) as ``rec`` ``[4]``
+    `note` runs inside every step; while no invalid row is recorded for the block it records
+    the step's first invalid row (lowest batch row, then position) in place: ``rec`` ``[4]``
     int64 = (step, batch row, index in ``x``, number of invalid rows in the step; 0: none) and
-    that row's logits (both halves with CFG), all the message needs once the logits are gone;
-    it returns the candidates without the invalid rows, so a bad row never writes ``x``.
-    `check` (end of block) and `block_done` (threshold mode's per-step sync) read ``rec``.
+    that row's logits (both halves with CFG), all the message needs once the logits are gone.
+    The buffers are allocated once and then only written in place, so a captured CUDA graph
+    (`fastremask.sampler.graphs`) can hold the step. `note` returns the candidates without the
+    invalid rows, so a bad row never writes ``x``. `check` (end of block) and `block_done`
+    (threshold mode's per-step sync) read ``rec``; `check` clears it.
     """
 
     def __init__(self, prompt_length: int, cfg_scale: float):
         self.P, self.cfg_scale, self.suppress = prompt_length, cfg_scale, None
         self.rec = self.row = self.urow = None
 
-    def note(self, invalid, cand, blk, step: int, logits, uncond):
-        n = invalid.sum()
-        i = torch.where(invalid, torch.arange(invalid.numel(), device=n.device), _NO_ROW).argmin().view(1)
-        r = blk.rows.gather(0, i)
-        C = cand.shape[1]
-        rec = torch.cat([torch.full((1,), step, dtype=torch.int64, device=n.device),
-                         blk.bi.gather(0, i), i % C + blk.start, n.view(1)])
-        row = logits.reshape(-1, logits.shape[-1]).index_select(0, r)             # [1, V]
-        urow = None if uncond is None else uncond.reshape(-1, uncond.shape[-1]).index_select(0, r)
+    def note(self, invalid, cand, blk, step, logits, uncond):
+        """``step``: an int, or a ``[1]`` int64 device tensor (what a captured graph reads)."""
+        device, C = invalid.device, cand.shape[1]
+        flat = logits.reshape(-1, logits.shape[-1])
+        uflat = None if uncond is None else uncond.reshape(-1, uncond.shape[-1])
         if self.rec is None:
-            self.rec, self.row, self.urow = rec, row, urow
-        else:
-            old = self.rec[3] > 0                   # an earlier step of the block comes first
-            self.rec = torch.where(old, self.rec, rec)
-            self.row = torch.where(old, self.row, row)
-            if urow is not None:
-                self.urow = torch.where(old, self.urow, urow)
+            self.rec = torch.zeros(4, dtype=torch.int64, device=device)
+            self.row = torch.zeros(1, flat.shape[1], dtype=flat.dtype, device=device)
+            self.urow = None if uflat is None else torch.zeros_like(self.row)
+        if not torch.is_tensor(step):
+            step = torch.full((1,), step, dtype=torch.int64, device=device)
+        n = invalid.sum()
+        i = torch.where(invalid, torch.arange(invalid.numel(), device=device), _NO_ROW).argmin().view(1)
+        r = blk.rows.gather(0, i)
+        rec = torch.cat([step, blk.bi.gather(0, i), i % C + blk.origin, n.view(1)])
+        take = self.rec[3] == 0                     # an earlier step of the block comes first
+        self.rec.copy_(torch.where(take, rec, self.rec))
+        self.row.copy_(torch.where(take, flat.index_select(0, r), self.row))
+        if uflat is not None:
+            self.urow.copy_(torch.where(take, uflat.index_select(0, r), self.urow))
         return cand & ~invalid.view_as(cand)
+
+    def reset(self, suppress) -> "FirstInvalid":
+        """Ready for a new `generate` call (a cached graph's checker is reused)."""
+        self.suppress = suppress
+        if self.rec is not None:
+            self.rec.zero_()
+        return self
 
     def block_done(self, busy) -> bool:
         left, n_bad = torch.stack([busy.sum(), self._count(busy.device)]).tolist()   # one sync
@@ -127,7 +139,7 @@ class FirstInvalid:
                 self.row[0], None if self.urow is None else self.urow[0], step=step, batch_row=b,
                 position=p, prompt_length=self.P, n_invalid=n, cfg_scale=self.cfg_scale,
                 suppress_tokens=self.suppress)
-        self.rec = self.row = self.urow = None
+        self.rec.zero_()
 
 
 def checker_for(device: torch.device) -> type:

@@ -25,7 +25,7 @@ import torch
 from fastremask.sampler.backends import Backend, get_backend
 from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
 from fastremask.sampler.llada import LLADA_MASK
-from fastremask.sampler import errors
+from fastremask.sampler import errors, graphs
 from fastremask.sampler.model_call import ModelCall, call_model, sampling_suppress, window_call
 from fastremask.sampler.trace import Trace, TraceStep
 
@@ -38,12 +38,13 @@ class Block:
     Row ``r = b * C + j`` is position ``start + j`` of batch row ``b``: ``rows`` indexes the
     flat logits ``[B * Lw, V]`` (``Lw`` the sequence length, or ``C`` with a logits window),
     ``bi`` is ``b``, ``seeds`` the row's seed, ``positions`` its position in the answer; ``x``
-    is the block's view of the sequence.
+    is the block's view of the sequence; ``origin`` is ``start`` (the index in ``x`` errors name;
+    a captured step holds it as a tensor, `fastremask.sampler.graphs`).
     """
 
     def __init__(self, x, index: int, start: int, C: int, P: int, window: bool, bi, seeds, j):
         L = x.shape[1]
-        self.index, self.start = index, start
+        self.index, self.start, self.origin = index, start, start
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         self.positions = j + (start - P)
@@ -146,6 +147,58 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
     return (x, trace) if return_trace else x
 
 
+class _Steps:
+    """What the loop's steps share within one `run`: the options as tensors, the invalid-logits
+    check, and the captured step where one can be used (`graphs`); ``self(...)`` is one step."""
+
+    def __init__(self, backend: Backend, config: SamplingConfig, ids: SpecialIds, B: int, C: int,
+                 P: int, device):
+        self.backend, self.config, self.mask_id, self.B, self.C, self.P = backend, config, ids.mask_id, B, C, P
+        self.no_defer = torch.zeros(B, C, dtype=torch.bool, device=device)
+        self.defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
+        self.user_suppress, self.suppress, self.V = ids.suppress, None, None
+        self.checker = errors.checker_for(device)(P, config.cfg_scale)
+        self.use_graph = config.cuda_graph and backend.fused_write and graphs.available(device)
+        self.graph, self.graph_block = None, None
+
+    def check_vocab(self, logits) -> None:
+        V = logits.shape[-1]
+        if self.V is None:
+            self.V = V
+            self.suppress = sampling_suppress(self.user_suppress, self.mask_id, V, logits.device)
+            self.checker.suppress = self.suppress
+        elif V != self.V:
+            raise ValueError(f"model logits changed vocabulary size from {self.V} to {V}")
+
+    def __call__(self, x, blk: Block, cand, logits, uncond, row_step, k, step_index: int, record: bool):
+        out = self._replay(blk, logits, uncond, row_step, k, step_index, record) if self.use_graph else None
+        if out is None:
+            out = step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
+                       suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
+                       checker=self.checker, step_index=step_index)
+        return out
+
+    def _replay(self, blk, logits, uncond, row_step, k, step_index: int, record: bool):
+        """The step from the cached CUDA graph, or None (then it runs eagerly, from now on)."""
+        if self.graph is None:                      # the first model call: the shapes are known
+            self.graph = graphs.graphed_step(
+                step, self.backend, logits, uncond, config=self.config, suppress=self.suppress,
+                defer=self.defer, mask_id=self.mask_id, prompt_length=self.P, B=self.B, C=self.C)
+            if self.graph is None:
+                self.use_graph = False
+                return None
+            self.checker = self.graph.checker.reset(self.suppress)
+        if self.graph_block is not blk:
+            self.graph.start_block(blk)
+            self.graph_block = blk
+        self.graph.load(logits, uncond, blk, row_step, k, step_index, self.config.logits_window)
+        out = self.graph.step(blk)
+        if out is None:
+            self.use_graph = False
+            return None
+        return tuple(t.clone() for t in out) if record else out
+
+
 def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, trace, callback) -> None:
     """The loop over blocks and steps (`run`'s body); ``x`` is filled in place."""
     B, L = x.shape
@@ -159,10 +212,8 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     j = torch.arange(C, device=device).repeat(B)
     seeds_r = seeds.index_select(0, bi)
     row_step = torch.zeros(B, dtype=torch.int64, device=device)
-    no_defer = torch.zeros(B, C, dtype=torch.bool, device=device)
-    defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
-    checker = errors.checker_for(device)(P, config.cfg_scale)
-    suppress, V = None, None
+    steps = _Steps(backend, config, ids, B, C, P, device)
+    record = trace is not None or callback is not None
     global_step = 0
     for b in range(config.num_blocks):
         blk = Block(x, b, P + b * C, C, P, config.logits_window, bi, seeds_r, j)
@@ -174,21 +225,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             cand = blk.x == ids.mask_id                                   # [B, C]
             if counts is None:                                        # threshold mode's one sync
                 busy = cand.any(1)                                    # [B] rows with masks left
-                if checker.block_done(busy):
+                if steps.checker.block_done(busy):
                     break
             logits, uncond = calls(x, blk.call)
-            if V is None:
-                V = logits.shape[-1]
-                suppress = sampling_suppress(ids.suppress, ids.mask_id, V, device)
-                checker.suppress = suppress
-            elif logits.shape[-1] != V:
-                raise ValueError(f"model logits changed vocabulary size from {V} to {logits.shape[-1]}")
-            k = None if k_cols is None else k_cols[i]
-            record = trace is not None or callback is not None
+            steps.check_vocab(logits)
             rs = row_step.clone() if record else row_step
-            x0, conf, keep = step(
-                backend, x, cand, logits, uncond, blk, row_step, k, config=config, suppress=suppress,
-                defer=defer, no_defer=no_defer, checker=checker, step_index=global_step)
+            x0, conf, keep = steps(x, blk, cand, logits, uncond, row_step,
+                                   None if k_cols is None else k_cols[i], global_step, record)
             row_step += 1 if counts is not None else busy
             if record:
                 rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep)
@@ -197,7 +240,7 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                 if callback is not None:
                     callback(rec)
             global_step += 1
-        checker.check()                                       # schedule mode's one sync per block
+        steps.checker.check()                                 # schedule mode's one sync per block
 
 
 @torch.no_grad()
@@ -225,6 +268,7 @@ def generate(
     return_trace=False,
     callback=None,
     logits_window=False,
+    cuda_graph=True,
 ):
     """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
 
@@ -261,6 +305,9 @@ def generate(
         positions only (``[B, block_length, V]`` logits instead of ``[B, L, V]``); needs a model
         `fastremask.models.window_logits` supports. Same tokens when the model's logits for a
         slice equal its full logits' slice, which is not promised on every GPU (docs/api.md)
+    cuda_graph : on CUDA with the ``triton`` backend, capture the sampling step in a CUDA graph
+        once per shape and configuration and replay it (`fastremask.sampler.graphs`; the same
+        bits, checked on the first replay); False runs it eagerly. Ignored elsewhere
 
     Returns
     -------
@@ -272,6 +319,6 @@ def generate(
         cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
         confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, factor=factor,
         threshold=threshold, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
-        backend=backend, logits_window=logits_window)
+        backend=backend, logits_window=logits_window, cuda_graph=cuda_graph)
     return run(model, prompt, config, attention_mask=attention_mask, seed=seed,
                return_trace=return_trace, callback=callback)
