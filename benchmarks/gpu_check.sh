@@ -59,7 +59,7 @@ keep = select(got.confidence.view(4, 8), torch.ones(4, 8, dtype=torch.bool, devi
               torch.zeros(4, 8, dtype=torch.bool, device="cuda"), torch.full((4,), 2, device="cuda"), None)
 print("select kept per row:", keep.sum(1).tolist())
 EOF
-step test_gpu 110 python -m pytest -m gpu tests/test_gpu.py -v -rA -p no:cacheprovider --junitxml="$LOGS/test_gpu.xml"
+step test_gpu 110 python -m pytest -m gpu tests/test_gpu.py tests/test_graphs.py -v -rA -p no:cacheprovider --junitxml="$LOGS/test_gpu.xml"
 step bench 120 python benchmarks/bench_kernels_gpu.py --out "$OUT"
 step bench_generate 110 fastremask bench --suites generate --backends llada,torch,triton --rounds 1 --json "$OUT/bench_generate.json"
 step bench_step 90 fastremask bench --suites step --rounds 5 --json "$OUT/bench_step.json"
