@@ -8,8 +8,9 @@
 order with LLaDA's defaults, builds a `SamplingConfig` from them and calls `run`; the
 command line, ``eval`` and the lm-eval adapter call `run` with their config. `step` is one
 denoising step as tensors only: shapes are fixed per block (every position of the block is a
-row, ``active`` where still masked) and it has no Python branch on tensor values, so it runs
-the same on every backend and device.
+row, ``active`` where still masked) and it has no Python branch on tensor values (on a CPU the
+invalid-logits check reads one flag, which costs nothing there), so it runs the same on every
+backend and device, and on CUDA it is captured in a graph and replayed (`graphs`).
 
 Batch invariance: row ``b``'s draws use its own step counter ``row_step[b]``, which advances
 at every step of a block in which the row still has masked positions (schedule mode: every
