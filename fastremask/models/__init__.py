@@ -580,11 +580,79 @@ def _parse_dtype(dtype):
 
 
 def _local_config(path) -> dict | None:
+    """``path/config.json`` as a dict (None when there is none); a `ModelLoadError` naming the
+    file when it is not a JSON object."""
     cfg = os.path.join(os.fspath(path), "config.json")
-    if os.path.isfile(cfg):
-        with open(cfg) as f:
-            return json.load(f)
-    return None
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{cfg} is not UTF-8 text (byte {e.start + 1})") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {cfg}: {e.strerror or e}") from e
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{cfg} must hold a JSON object (the model's config), got {type(raw).__name__}")
+    return raw
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``): starts with ``.``, ``/`` or ``~``, has a
+    backslash, or more than one ``/``."""
+    return (name.startswith((".", "/", "~")) or os.path.isabs(name) or "\\" in name
+            or name.count("/") > 1 or name.endswith("/"))
+
+
+def _weights_files(folder: str) -> str:
+    """The weight files of ``folder``, for messages (``model.safetensors``, shards, ``*.bin``)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin", ".pt", ".pth")))
+    except OSError:
+        names = []
+    if not names:
+        return f"{folder} (no *.safetensors or *.bin weights in it)"
+    shown = ", ".join(os.path.join(folder, n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _check_family(family: str | None, raw: dict | None, name: str) -> None:
+    """A ``family`` given for a ``model_type`` fastremask knows must be that type's family:
+    the adapters call the model differently (Dream: shifted logits, positional mask and
+    position ids), so the wrong one fails in the model or gives wrong logits."""
+    if family is None or raw is None:
+        return
+    known = MODEL_TYPES.get(str(raw.get("model_type")).lower())
+    if known is not None and known != family:
+        raise ModelLoadError(
+            f"family={family!r} (CLI: --family {family}) contradicts {os.path.join(name, 'config.json')}: "
+            f"its model_type {raw.get('model_type')!r} is a {known} model; drop the family (it is for "
+            "model types fastremask does not know)")
+
+
+def _check_dream_forward(model, name: str) -> None:
+    """The Dream adapter calls ``model(x, attention_mask, position_ids)`` positionally."""
+    import inspect
+
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError, AttributeError):
+        return
+    try:
+        sig.bind(None, None, None)
+    except TypeError:
+        raise ModelLoadError(
+            f"family 'dream' calls the model as model(input_ids, attention_mask, position_ids) (Dream's "
+            f"forward), but {name}'s {type(model).__name__}.forward{sig} does not take that; is it a "
+            "LLaDA-style model? (family='llada', CLI: --family llada)") from None
 
 
 def _auto_class(config):
@@ -624,12 +692,22 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if family is not None and family not in FAMILIES:
         raise ModelLoadError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if not os.path.exists(name) and _looks_local(name):
+        raise ModelLoadError(f"the model folder {name} does not exist")
+    if os.path.isfile(name):
+        raise ModelLoadError(f"{name} is a file; expected a model folder (with config.json) or a hub id")
     raw = _local_config(name)
+    _check_family(family, raw, name)
     if raw is not None and raw.get("model_type") == "fastremask-tiny":
         from fastremask.models.tiny import TinyMaskedLM
 
         tdtype = _parse_dtype(dtype)
-        model = TinyMaskedLM.from_pretrained(name, device=device, dtype=None if tdtype == "auto" else tdtype)
+        try:
+            model = TinyMaskedLM.from_pretrained(name, device=device, dtype=None if tdtype == "auto" else tdtype)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"{os.path.join(name, 'config.json')}: {_first_line(e)}") from e
+        except Exception as e:  # noqa: BLE001 - safetensors' errors have no common base
+            raise ModelLoadError(f"cannot load the weights {_weights_files(name)}: {_first_line(e)}") from e
         return wrap(model, tiny_tokenizer(model.config.vocab_size, name), family=family or "tiny",
                     mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, pad_id=pad_id, name=name)
     if raw is None and os.path.exists(name):
@@ -653,9 +731,17 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
         raise ModelLoadError(f"could not find {name} (not a local folder; hub unreachable or no such id): {e}") from e
     family = family or detect_family(getattr(config, "model_type", None), name=name)
 
-    model = _auto_class(config).from_pretrained(
-        name, config=config, trust_remote_code=trust_remote_code, **_dtype_kwarg(_parse_dtype(dtype)), **hub
-    )
+    try:
+        model = _auto_class(config).from_pretrained(
+            name, config=config, trust_remote_code=trust_remote_code, **_dtype_kwarg(_parse_dtype(dtype)), **hub
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors', torch's and transformers' errors differ
+        where = _weights_files(name) if os.path.isdir(name) else name
+        raise ModelLoadError(f"cannot load the weights {where}: {_first_line(e)}") from e
+    if family == "dream":
+        _check_dream_forward(model, name)
     model = model.to(device).eval()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
