@@ -56,6 +56,14 @@ def test_good_call_works():
         (dict(temperature="hot"), TypeError, ["temperature", "hot"]),
         (dict(cfg_scale=-1.0), ValueError, ["cfg_scale", "-1.0"]),
         (dict(threshold=float("inf")), ValueError, ["threshold", "inf"]),
+        (dict(threshold=-1.0), ValueError, ["threshold=-1.0", "low_confidence", "(0, 1]"]),
+        (dict(threshold=0.0), ValueError, ["threshold=0.0", "(0, 1]"]),
+        (dict(threshold=1.5, remasking="margin"), ValueError, ["threshold=1.5", "margin"]),
+        (dict(threshold=1.0, remasking="random"), ValueError, ["threshold=1.0", "(0, 1)"]),
+        (dict(threshold=0.3, remasking="entropy"), ValueError, ["threshold=0.3", "entropy", "(-inf, 0]"]),
+        (dict(attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]])), ValueError, ["attention_mask row 1", "all zeros"]),
+        (dict(attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]])), ValueError, ["attention_mask row 0", "left-padded"]),
+        (dict(prompt=torch.zeros(2, 3, dtype=torch.long, device="meta")), ValueError, ["prompt", "meta"]),
         (dict(mask_id=-3), ValueError, ["mask_id", "-3"]),
         (dict(mask_id=126336), ValueError, ["mask_id=126336", "vocab_size=20"]),
         (dict(logits_eos_inf=1), TypeError, ["logits_eos_inf", "1"]),
@@ -293,3 +301,10 @@ def test_cpu_loop_raises_at_the_bad_step(cfg_scale):
         mp.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
         assert _message(lazy_model, backend="torch", cfg_scale=cfg_scale) == msg
     assert lazy_model.calls == 4
+
+
+def test_thresholds_inside_each_rules_range_work():
+    """The edges that a rule's confidence can reach are accepted."""
+    for remasking, t in (("low_confidence", 1.0), ("margin", 1e-3), ("random", 0.999), ("entropy", 0.0),
+                         ("entropy", -5.0)):
+        assert _call(threshold=t, remasking=remasking).shape == (2, 11)

@@ -35,7 +35,7 @@ CASES = [
     dict(steps=8, gen_length=16, block_length=8),
     dict(steps=8, gen_length=16, block_length=4, temperature=1.0, remasking="margin"),
     dict(steps=12, gen_length=24, block_length=8, schedule="pyramid", temperature=0.5, cfg_scale=1.5),
-    dict(gen_length=12, block_length=6, threshold=0.3, remasking="entropy", temperature=0.8),
+    dict(gen_length=12, block_length=6, threshold=-1.0, remasking="entropy", temperature=0.8),
     dict(steps=8, gen_length=8, block_length=8, remasking="random", defer_tokens=[4, 5]),
 ]
 

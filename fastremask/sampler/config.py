@@ -115,6 +115,24 @@ def row_seeds(seed, batch: int) -> list:
     return [check_int(f"seed[{i}]", s, 0, SEED_LIMIT) for i, s in enumerate(seeds)]
 
 
+# What each rule's confidence can be (numerics.md §6); a threshold outside it is a mistake: it
+# is never reached (one token per step) or always reached (the whole block in one step).
+THRESHOLD_RANGES = {
+    "low_confidence": (0.0, 1.0, "(0, 1]: the probability of the sampled token"),
+    "margin": (0.0, 1.0, "(0, 1]: top-1 minus top-2 probability"),
+    "random": (0.0, 1.0, "(0, 1): a uniform draw"),
+    "entropy": (None, 0.0, "(-inf, 0]: minus the entropy in nats, e.g. -1.5"),
+}
+
+
+def _check_threshold(t: float, remasking: str) -> float:
+    lo, hi, what = THRESHOLD_RANGES[remasking]
+    bad = (lo is not None and t <= lo) or t > hi or (remasking == "random" and t >= hi)
+    if bad:
+        raise ValueError(f"threshold={t} is outside what remasking={remasking!r} gives: {what}")
+    return t
+
+
 # ------------------------------------------------------------------------------- the config
 
 @dataclass(frozen=True)
@@ -169,7 +187,7 @@ class SamplingConfig:
         plan = _schedule.resolve(self.schedule, self.factor)
         put("plan", plan)
         if self.threshold is not None:
-            put("threshold", check_real("threshold", self.threshold))
+            put("threshold", _check_threshold(check_real("threshold", self.threshold), self.remasking))
         else:
             if steps % self.num_blocks:
                 raise ValueError(

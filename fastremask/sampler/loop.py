@@ -88,6 +88,8 @@ def _check_prompt(model, prompt, attention_mask, mask_id: int):
         raise TypeError(f"prompt must be a 2-D integer tensor [batch, length], got {prompt.dtype} of shape {tuple(prompt.shape)}")
     if prompt.shape[0] < 1:
         raise ValueError(f"prompt must have at least one batch row, got shape {tuple(prompt.shape)}")
+    if prompt.device.type == "meta":
+        raise ValueError("prompt is on the 'meta' device (it has no values); put it on the model's device")
     dev = getattr(model, "device", None)
     device = torch.device(dev) if isinstance(dev, (torch.device, str)) else prompt.device
     prompt = prompt.to(device=device, dtype=torch.int64)
@@ -109,10 +111,28 @@ def _check_prompt(model, prompt, attention_mask, mask_id: int):
             raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
         if tuple(attention_mask.shape) != (B, P):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected the prompt's {(B, P)}")
+        if attention_mask.device.type == "meta":
+            raise ValueError("attention_mask is on the 'meta' device (it has no values)")
         if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 0 and 1")
+        _check_left_padding(attention_mask)
         attention_mask = attention_mask.to(device)
     return prompt, attention_mask, device
+
+
+def _check_left_padding(am: torch.Tensor) -> None:
+    """Each row: zeros (padding) then ones (its tokens), at least one token when P > 0."""
+    if not am.numel():
+        return
+    am = am.to(torch.int64)
+    empty = (am.sum(1) == 0).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"attention_mask row {int(empty[0])} is all zeros: that prompt has no token "
+                         "(the model would see nothing of it)")
+    right = (am[:, 1:] < am[:, :-1]).any(1).nonzero().flatten()
+    if right.numel():
+        raise ValueError(f"attention_mask row {int(right[0])} has padding after a token: prompts must be "
+                         "left-padded (padding first, then the prompt; fastremask.models.pad_batch)")
 
 
 @torch.no_grad()
