@@ -163,11 +163,13 @@ def test_bad_inputs_are_clear(ckpt, capsys, argv, message):
 
 
 def test_unknown_subcommand_and_help(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["frobnicate"])
-    assert e.value.code == 2
+    assert cli.main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastremask: error: ") and err.count("\n") == 1 and "frobnicate" in err
     assert cli.main([]) == 2
     assert "generate" in capsys.readouterr().err
+    assert cli.main(["generate", "--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
 
 
 def test_external_commands_are_optional(monkeypatch, capsys):
@@ -270,8 +272,11 @@ def test_config_from_args_is_generates_config(monkeypatch, argv, keywords):
     from fastremask import SamplingConfig
 
     assert cli.config_from_args(_args(*argv)) == SamplingConfig(**keywords)
-    # ... and generate itself builds exactly that one (spy on the run it calls)
-    seen = _spy_run(monkeypatch)
+    # ... and generate itself builds exactly that one (spy on the run it calls; no sampling)
+    from fastremask.sampler import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "run", lambda model, prompt, config, **kw: seen.append(config) or prompt)
     a = models.wrap(tiny_model())
     ids, _ = a.encode(["Hi"])
     generate(a, ids, seed=0, mask_id=None, **keywords)        # mask_id None: the model's, as the CLI
@@ -368,3 +373,241 @@ def test_calls_per_run_counts_the_model_calls(capsys, monkeypatch, argv):
     assert rc == 0, err
     assert m.calls == 2 * expect
     assert cli._calls_per_run(cli.config_from_args(_args("--threshold", "0.5"))) is None
+
+
+# ----------------------------------------------------------------------------- streamed, crash-safe output
+
+
+PROMPTS = ["Hi, I am", "The cat", "a", "bc", "Once upon", "xyz", "Q"]
+
+
+def _prompts_file(tmp_path, bad_line: bool = True):
+    """Seven prompts; line 4 is broken JSON when ``bad_line``, line 6 blank."""
+    lines = [json.dumps({"prompt": p, "id": i}) for i, p in enumerate(PROMPTS)]
+    if bad_line:
+        lines.insert(3, '{"prompt": "cut')
+    lines.insert(5, "")
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+GEN = ["--no-progress", "--gen-length", "4", "--temperature", "1"]
+
+
+def _gen(*argv):
+    return cli.main(["generate", *GEN, *argv])
+
+
+def _stop_at_call(monkeypatch, n: int, exc: BaseException, seen_lines=None, out=None):
+    """`loop.run` that raises ``exc`` on its ``n``-th call (from 1); records how many lines
+    ``out`` had at each call."""
+    from fastremask.sampler import loop
+
+    real, calls = loop.run, []
+
+    def run(*a, **kw):
+        calls.append(None)
+        if seen_lines is not None:
+            seen_lines.append(len(out.read_text().splitlines()) if out.exists() else None)
+        if len(calls) == n:
+            raise exc
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "run", run)
+    return calls
+
+
+def test_seeds_are_a_function_of_the_line(tmp_path, capsys):
+    """Line n's seed is --seed + n - 1 whatever the batch it runs in: the same records for
+    --batch-size 1, 2 and 7."""
+    f = _prompts_file(tmp_path)
+    outs = []
+    for bs in (1, 2, 7):
+        o = tmp_path / f"out{bs}.jsonl"
+        assert _gen("--prompts-file", str(f), "--output", str(o), "--batch-size", str(bs), "--seed", "5") == 1
+        outs.append(o.read_text())
+    assert outs[0] == outs[1] == outs[2]
+    recs = [json.loads(ln) for ln in outs[0].splitlines()]
+    assert [(r["line"], r.get("seed")) for r in recs] == [(1, 5), (2, 6), (3, 7), (4, None), (5, 9), (7, 11),
+                                                          (8, 12), (9, 13)]
+    assert cli.line_seed(5, 3) == 8 and cli.line_seed(2**63 - 1, 2) == 1     # wraps as generate's row seeds
+
+
+def test_each_batch_is_written_before_the_next_runs(tmp_path, monkeypatch):
+    f, o = _prompts_file(tmp_path), tmp_path / "out.jsonl"
+    seen = []
+    _stop_at_call(monkeypatch, 0, RuntimeError, seen, o)
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--batch-size", "2") == 1
+    # lines 1,2 | 3,5 (4 is the broken line, written with them) | 7,8 | 9
+    assert seen == [0, 2, 5, 7]
+    assert len(o.read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("exc,rc,word", [
+    (KeyboardInterrupt(), 130, "fastremask: interrupted; "),
+    (RuntimeError("the GPU fell over"), 1,
+     "fastremask: error: RuntimeError: the GPU fell over (unexpected; rerun with --debug for the traceback); "),
+])
+def test_stop_keeps_the_results_and_resume_finishes_the_same(tmp_path, monkeypatch, capsys, exc, rc, word):
+    f = _prompts_file(tmp_path)
+    full = tmp_path / "full.jsonl"
+    assert _gen("--prompts-file", str(f), "--output", str(full), "--batch-size", "2") == 1
+    o = tmp_path / "out.jsonl"
+    capsys.readouterr()
+    _stop_at_call(monkeypatch, 3, exc)
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--batch-size", "2") == rc
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"{word}stopped at line 7 of {f}: 5 of 8 lines are in {o} (--resume continues)", err
+    assert not any("Traceback" in ln for ln in err)
+    assert o.read_text() == "".join(full.read_text().splitlines(keepends=True)[:5])   # batches 1, 2 kept
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "_demo_dir", lambda: None)
+    # without --resume or --force the partial file is refused ...
+    assert _gen("--prompts-file", str(f), "--output", str(o)) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    # ... with it the run continues (another batch size: the seeds are the lines') and ends as the full one
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--resume", "--batch-size", "3") == 1
+    assert o.read_text() == full.read_text()
+    # the broken line, written before the stop, still counts
+    assert f"fastremask: error: 1 of 8 lines of {f} had errors" in capsys.readouterr().err
+
+
+def test_interrupt_on_stdout(tmp_path, monkeypatch, capsys):
+    _stop_at_call(monkeypatch, 2, KeyboardInterrupt())
+    rc = _gen("--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch-size", "2")
+    out, err = capsys.readouterr()
+    assert rc == 130
+    assert out.splitlines()[0] == "[0] a" and out.splitlines()[2] == "[1] b" and len(out.splitlines()) == 4
+    assert err.splitlines()[-1] == "fastremask: interrupted; stopped at prompt 2: 2 of 3 answers written to stdout"
+    _stop_at_call(monkeypatch, 1, KeyboardInterrupt())
+    f = _prompts_file(tmp_path, bad_line=False)
+    assert _gen("--prompts-file", str(f)) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith(f"stopped at line 1 of {f}: 0 of 7 lines were written to stdout\n")
+
+
+def test_resume_drops_a_cut_off_record_and_checks_the_file(tmp_path, capsys):
+    f = _prompts_file(tmp_path)
+    full, o = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
+    assert _gen("--prompts-file", str(f), "--output", str(full)) == 1
+    text = full.read_text()
+    o.write_text(text[:len(text) - 30])                     # killed mid-write: the last record is cut
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--resume") == 1
+    assert o.read_text() == text
+    o.write_text(text.rstrip("\n"))                         # the last newline missing: nothing to do
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--resume") == 1
+    assert o.read_text() == text
+    capsys.readouterr()
+    # --resume with a missing file starts afresh
+    o.unlink()
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--resume") == 1 and o.read_text() == text
+    capsys.readouterr()
+    # not this run's output: refused before the model is loaded, the file untouched
+    for bad, why in [(["--seed", "1"], "line 1 in"), (["--seed", "1"], "seed 0 there, 1 now"),
+                     (["--gen-length", "8"], "4 tokens there, --gen-length 8 now")]:
+        o.write_text("".join(text.splitlines(keepends=True)[:2]))
+        before = o.read_text()
+        rc = cli.main(["generate", "--no-progress", "--temperature", "1", "--gen-length", "4", *bad,
+                       "--prompts-file", str(f), "--output", str(o), "--resume"])
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and err.count("\n") == 1 and o.read_text() == before, err
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "else"}) + "\n")
+    o.write_text(text)
+    assert _gen("--prompts-file", str(other), "--output", str(o), "--resume") == 2
+    assert "which" in capsys.readouterr().err and o.read_text() == text
+    o.write_text("not json\n{}\n")
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--resume") == 2
+    assert "line 1 of" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    f = _prompts_file(tmp_path, bad_line=False)
+    o = tmp_path / "out.jsonl"
+    o.write_text("precious\n")
+    assert _gen("--prompts-file", str(f), "--output", str(o)) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fastremask: error: --output {o} exists; pass --force to overwrite it, or --resume to "
+                   "continue the run that wrote it\n")
+    assert o.read_text() == "precious\n"
+    assert _gen("--prompts-file", str(f), "--output", str(o), "--force") == 0
+    assert len(o.read_text().splitlines()) == 7
+    assert _gen("--prompts-file", str(f), "--output", str(f), "--force") == 2      # never the input itself
+    assert "is the --prompts-file" in capsys.readouterr().err
+
+
+def test_prompt_ids_outside_the_vocabulary(tmp_path, monkeypatch, capsys):
+    """A tokenizer that does not match the model: the line and the id named, before any model call."""
+    a = models.wrap(tiny_model())
+    real = a.tokenize
+    a.tokenize = lambda p, **kw: real(p, **kw) + ([500] if p == "The cat" else [])
+    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "mismatched"))
+    seen = _spy_run(monkeypatch)
+    f = _prompts_file(tmp_path, bad_line=False)
+    o = tmp_path / "o.jsonl"
+    assert _gen("--prompts-file", str(f), "--output", str(o)) == 1
+    err = capsys.readouterr().err
+    assert f"{f}:2: token id 500 (prompt token 7) is outside the model's vocabulary of 128" in err
+    assert len(seen) == 1 and [json.loads(ln).get("error") is None for ln in o.read_text().splitlines()] == \
+        [True, False, True, True, True, True, True]
+    seen.clear()
+    assert _gen("--prompt", "The cat") == 2 and seen == []
+    assert "prompt 0: token id 500" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(monkeypatch, capsys):
+    assert _gen("--device", "foo") == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert _gen("--device", "foo", "--debug") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith("fastremask: error: --device 'foo'")
+    monkeypatch.setenv("FASTREMASK_DEBUG", "1")                 # read when the error happens
+    assert _gen("--device", "foo") == 2
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("FASTREMASK_DEBUG", "0")
+    assert _gen("--device", "foo") == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_choices_repeated_for_a_fast_start_match_the_sampler():
+    from fastremask.sampler import config, contract
+
+    assert cli.BACKENDS == config.BACKENDS and cli.REMASKING == contract.REMASKING
+    assert cli.SEED_LIMIT == config.SEED_LIMIT
+
+
+def test_help_imports_no_torch():
+    code = ("import sys; from fastremask.tools import cli; rc = cli.main(['generate', '--help']); "
+            "rc2 = cli.main(['--help']); print(rc, rc2, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines()[-1] == "0 0 False", r.stderr
+
+
+def test_sigint_of_a_real_run(tmp_path):
+    """Ctrl-C (SIGINT) of a running ``fastremask generate``: exit 130, the message, whole records."""
+    import os
+    import signal
+    import time
+
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(200)))
+    o = tmp_path / "out.jsonl"
+    code = ("import sys; from fastremask.tools import cli; cli._demo_dir = lambda: None; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", code, "generate", "--no-progress", "--prompts-file", str(f),
+                          "--output", str(o), "--batch-size", "1", "--gen-length", "32"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and (not o.exists() or len(o.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    lines = o.read_text().splitlines()
+    assert p.returncode == 130, err
+    assert err.splitlines()[-1].startswith("fastremask: interrupted; stopped at line ") and "Traceback" not in err
+    assert f"{len(lines)} of 200 lines are in {o} (--resume continues)" in err
+    assert [json.loads(ln)["line"] for ln in lines] == list(range(1, len(lines) + 1))
