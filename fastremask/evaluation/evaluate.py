@@ -215,6 +215,9 @@ def evaluate(
     from fastremask.sampler.schedule import pyramid_steps
 
     A, P = task.answer_length, task.prompt_length
+    for name, value in (("n_examples", n_examples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if config is None:
         config = SamplingConfig(temperature=temperature, backend=backend, mask_id=mask_id)
     elif (temperature, backend, mask_id) != (0.0, "torch", None):
@@ -368,9 +371,15 @@ def load_model(path: str | None = None, device: str | None = None):
 
     path = path or _demo_dir()
     cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"the model folder {path} does not exist")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"no config.json in {path!r} (a fastremask.models.tiny checkpoint folder is expected)")
-    model = TinyMaskedLM.from_pretrained(path, device=device)
+    try:
+        model = TinyMaskedLM.from_pretrained(path, device=device)
+    except Exception as e:  # noqa: BLE001 - json's, safetensors' and torch's errors differ
+        raise ValueError(f"cannot load the tiny checkpoint {path}: {type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0]}") from e
     task = None
     meta = os.path.join(path, "demo.json")
     if os.path.exists(meta):
@@ -415,14 +424,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no per-point progress lines")
 
 
+def _check_args(args) -> None:
+    """The command's counts, the device and ``--out``'s folder, before the model is loaded (a
+    ValueError naming the option)."""
+    for opt, value in (("-n/--examples", args.examples), ("--batch-size", args.batch_size),
+                       ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{opt} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not args.schedules or not args.remasking:
+        raise ValueError("--schedules and --remasking each need at least one name")
+    from fastremask.tools.cli import check_device
+
+    check_device(args.device)
+    if args.out:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"--out {args.out}: {folder} is not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     """``fastremask eval``: print the table; with ``--out``, write table, CSV, JSON and PNG."""
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, model_task = load_model(args.model, device=args.device)
+    try:
+        model, model_task = load_model(args.model, device=args.device)
+    except FileNotFoundError as e:
+        raise ValueError(f"--model: {e}") from None
     task = get_task(args.task) if args.task else model_task
     if task is None:
-        raise SystemExit("--task is required: the model folder has no demo.json naming its task")
+        raise ValueError("--task is required: the model folder has no demo.json naming its task")
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
     config = SamplingConfig(temperature=args.temperature, backend=args.backend)   # what the points share

@@ -96,7 +96,30 @@ def pytest_command(args, json_out: str) -> list[str]:
     return cmd
 
 
+def check_args(args) -> None:
+    """The options, before anything runs (a `fastremask.tools.cli.CliError` naming the option):
+    counts >= 1, known suites, the device, ``--json``'s folder, ``--compare``'s files."""
+    from fastremask.tools.cli import CliError, check_device, check_output_dir
+
+    for opt in ("rounds", "threads"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            raise CliError(f"--{opt} must be >= 1, got {v}")
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    if not suites:
+        raise CliError(f"--suites names no suite; choose from {', '.join(SUITES)}")
+    for s in suites:
+        if s not in SUITES:
+            raise CliError(f"--suites: unknown suite {s!r}; choose from {', '.join(SUITES)}")
+    check_device(args.device)
+    check_output_dir(args.json_path, "--json")
+    for path in args.compare or ():
+        if not os.path.isfile(path):
+            raise CliError(f"--compare {path}: no such file")
+
+
 def run(args) -> int:
+    check_args(args)
     if args.compare:
         return compare(*args.compare)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,15 +139,24 @@ def run(args) -> int:
     return rc
 
 
+def _read_results(path: str) -> dict:
+    """A saved pytest-benchmark JSON; a ValueError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--compare {path} is not pytest-benchmark JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ValueError(f"--compare {path} is not pytest-benchmark JSON (no \"benchmarks\" list)")
+    return data
+
+
 def compare(a: str, b: str) -> int:
     """pytest-benchmark's own comparison, then the median ratio B/A per benchmark."""
     cmd = [sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare", a, b,
            "--group-by=group", "--columns=min,median,max,rounds", "--sort=name"]
+    da, db = _read_results(a), _read_results(b)
     rc = subprocess.call(cmd)
-    with open(a) as f:
-        da = json.load(f)
-    with open(b) as f:
-        db = json.load(f)
     ma = {x["fullname"]: x["stats"]["median"] for x in da["benchmarks"]}
     rows = [("benchmark", "median A", "median B", "B / A")]
     for x in db["benchmarks"]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import sys
 import time
 from collections import defaultdict
@@ -169,9 +170,13 @@ def config_from_args(args):
     """The `fastremask.SamplingConfig` of the command's sampling options (mask id: the model's)."""
     from fastremask.sampler.config import SamplingConfig
 
+    from fastremask.sampler.config import check_int
+
+    check_int("gen_length", args.gen_length, 1)      # before the defaults derived from it
     return SamplingConfig(
-        steps=args.steps or args.gen_length, gen_length=args.gen_length,
-        block_length=args.block_length or args.gen_length, temperature=args.temperature,
+        steps=args.gen_length if args.steps is None else args.steps, gen_length=args.gen_length,
+        block_length=args.gen_length if args.block_length is None else args.block_length,
+        temperature=args.temperature,
         cfg_scale=args.cfg_scale, remasking=args.remasking, schedule=args.schedule, factor=args.factor,
         backend=args.backend)
 
@@ -201,17 +206,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no torch.profiler (only NVTX ranges): for running under nsys/ncu")
 
 
+def check_args(args) -> None:
+    """The command's own options, the device and ``--out``'s folder, before any work (a
+    `fastremask.tools.cli.CliError` naming the option)."""
+    from fastremask.tools.cli import CliError, check_device, check_output_dir
+
+    for opt, minimum in (("batch", 1), ("prompt_length", 1), ("top", 0), ("threads", 1)):
+        v = getattr(args, opt)
+        if v is not None and v < minimum:
+            raise CliError(f"--{opt.replace('_', '-')} must be >= {minimum}, got {v}")
+    check_device(args.device)
+    if not args.no_trace:
+        check_output_dir(args.out, "--out")
+
+
 def run(args) -> int:
     from fastremask.sampler import loop
+    from fastremask.tools.cli import CliError
 
+    check_args(args)
     config = config_from_args(args)      # a bad option fails here, before the model is built
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.backend == "triton" and device.type != "cuda":
+        raise CliError("--backend triton needs a CUDA device here (the interpreter is no speed path); "
+                       "use --backend torch or --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.backend == "triton" and device.type != "cuda":
-        print("fastremask profile: the triton backend needs CUDA here (the interpreter is no speed path)",
-              file=sys.stderr)
-        return 2
     model = build_model(args.model, device, args.prompt_length + args.gen_length)
     vocab = model.config.vocab_size
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -238,6 +258,8 @@ def run(args) -> int:
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
     prof.export_chrome_trace(args.out)
+    if not os.path.isfile(args.out):     # torch logs a failed export and returns
+        raise CliError(f"--out {args.out}: the profiler could not write the trace")
     averages = prof.key_averages()
     sort = "self_cpu_time_total"
     if device.type == "cuda":  # torch >= 2.4 names it "device"; older ones "cuda"
