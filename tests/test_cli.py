@@ -17,6 +17,9 @@ from fastremask.models import testing
 from fastremask.models.tiny import tiny_model
 
 
+REAL_DEMO_DIR = cli._demo_dir
+
+
 @pytest.fixture(autouse=True)
 def builtin_default(monkeypatch):
     """Unless a test says otherwise, no demo model: the default is the built-in tiny model."""
@@ -611,3 +614,73 @@ def test_sigint_of_a_real_run(tmp_path):
     assert err.splitlines()[-1].startswith("fastremask: interrupted; stopped at line ") and "Traceback" not in err
     assert f"{len(lines)} of 200 lines are in {o} (--resume continues)" in err
     assert [json.loads(ln)["line"] for ln in lines] == list(range(1, len(lines) + 1))
+
+
+# ----------------------------------------------------------------------------- docs/cli.md runs
+
+
+def _shell_blocks(path):
+    """The ```bash blocks of ``path``: lists of commands (continuation lines joined, comments
+    and blank lines dropped)."""
+    import pathlib
+    import re
+
+    text = pathlib.Path(path).read_text()
+    blocks = []
+    for body in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        body = body.replace("\\\n", " ")
+        blocks.append([ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")])
+    return blocks
+
+
+DOCS_CLI = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+CLI_BLOCKS = _shell_blocks(DOCS_CLI)
+
+
+def _needs(argv) -> str | None:
+    """Why a documented command cannot run here (a hub model, CUDA), or None."""
+    import os
+    import re
+
+    if "--model" in argv:
+        m = argv[argv.index("--model") + 1]
+        if not os.path.exists(m) and re.fullmatch(r"[\w.-]+/[\w.-]+", m):
+            return f"needs the hub model {m} (network, a GPU)"
+    if any(a.startswith("cuda") for a in argv) and not torch.cuda.is_available():
+        return "needs a CUDA device"
+    return None
+
+
+@pytest.mark.parametrize("index", range(len(CLI_BLOCKS)), ids=[f"cli.md-bash-{i}" for i in range(len(CLI_BLOCKS))])
+def test_cli_md_shell_examples(index, tmp_path, monkeypatch, capsys):
+    """Every command of docs/cli.md's shell blocks runs as written, in order, in a scratch folder
+    (with the shipped demo model: the default a reader gets). ``fastremask`` lines run in-process;
+    other lines (``printf ... > in.jsonl``) in bash. A block that needs the hub or a GPU is
+    skipped with that reason, and then holds nothing else."""
+    import shlex
+
+    monkeypatch.setattr(cli, "_demo_dir", REAL_DEMO_DIR)
+    monkeypatch.chdir(tmp_path)
+    commands = CLI_BLOCKS[index]
+    needs = [_needs(shlex.split(c)) for c in commands]
+    if any(needs):
+        assert all(needs), f"put the commands that need the hub or a GPU in a block of their own: {commands}"
+        pytest.skip(needs[0])
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[0] == "fastremask" and not any(op in argv for op in ("|", ">", "<", "&&", ";")):
+            rc = cli.main(argv[1:])
+            out, err = capsys.readouterr()
+            assert rc == 0, (command, err)
+            assert "error" not in err, (command, err)
+        else:
+            r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, (command, r.stderr)
+    if any(c.startswith("fastremask generate --prompts-file in.jsonl") for c in commands):
+        recs = [json.loads(ln) for ln in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [r["line"] for r in recs] == [1, 2] and recs[0]["id"] == "a" and recs[0]["seed"] == 7
+
+
+def test_cli_md_examples_are_found():
+    assert sum(len(b) for b in CLI_BLOCKS) >= 6
+    assert any(_needs(__import__("shlex").split(c)) for b in CLI_BLOCKS for c in b)   # the hub one

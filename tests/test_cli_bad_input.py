@@ -86,7 +86,10 @@ BAD_ARGUMENTS = st.one_of(
     st.tuples(st.sampled_from(["--temperature", "--cfg-scale"]),
               st.one_of(st.floats(max_value=-1e-6, allow_nan=False).map(repr), st.sampled_from(["nan", "inf", "-inf"]),
                         _nonfloat)),
-    st.tuples(st.just("--threshold"), st.one_of(st.sampled_from(["nan", "inf"]), _nonfloat)),
+    st.tuples(st.just("--threshold"), st.one_of(st.sampled_from(["nan", "inf"]), _nonfloat,
+                                                # the default rule's confidence is in (0, 1]
+                                                st.floats(max_value=0.0, allow_nan=False).map(repr),
+                                                st.floats(min_value=1.0, exclude_min=True).map(repr))),
     st.tuples(st.just("--device"), _word.filter(_not_a_device)),
     st.tuples(st.just("--schedule"), _word.filter(lambda s: s not in ("uniform", "pyramid")
                                                   and not s.replace(",", "").replace(" ", "").isdigit())),
