@@ -490,6 +490,21 @@ def test_interrupt_on_stdout(tmp_path, monkeypatch, capsys):
     assert out == "" and err.endswith(f"stopped at line 1 of {f}: 0 of 7 lines were written to stdout\n")
 
 
+def test_closed_stdout_ends_quietly(tmp_path, monkeypatch, capsys):
+    """``fastremask generate --prompts-file F | head -1``: the reader leaves; exit 141, no message."""
+
+    class Closed:
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert _gen("--prompts-file", str(_prompts_file(tmp_path, bad_line=False))) == 141
+    assert "error" not in capsys.readouterr().err
+
+
 def test_resume_drops_a_cut_off_record_and_checks_the_file(tmp_path, capsys):
     f = _prompts_file(tmp_path)
     full, o = tmp_path / "full.jsonl", tmp_path / "out.jsonl"

@@ -658,10 +658,13 @@ class _Output:
     def close(self) -> None:
         if self.f is None:
             return
-        if self.f is not sys.stdout:
-            self.f.close()
-        else:
-            self.f.flush()
+        try:
+            if self.f is not sys.stdout:
+                self.f.close()
+            else:
+                self.f.flush()
+        except OSError:
+            pass              # what stopped the run (a full disk, a closed pipe) is reported already
 
     def sync(self) -> None:
         self.f.flush()
@@ -868,7 +871,16 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         return _one_line(f"{e.filename}: {e.strerror or e}"), 2
     msg = _one_line(e)
     return (f"{type(e).__name__}: {msg}" if msg else type(e).__name__) + \
-        f" (unexpected; rerun with --debug for the traceback)", 1
+        " (unexpected; rerun with --debug for the traceback)", 1
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _debug_wanted(args) -> bool:
@@ -891,6 +903,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except Stopped as s:
         cause = s.__cause__
+        if isinstance(cause, BrokenPipeError) and args.output is None:   # `... | head`: the reader left
+            _quiet_stdout()
+            return 141
         if _debug_wanted(args) and cause is not None and not isinstance(cause, KeyboardInterrupt):
             traceback.print_exception(cause)
         if isinstance(cause, KeyboardInterrupt) or cause is None:
