@@ -31,6 +31,8 @@ def test_good_call_works():
         (dict(gen_length=0), ValueError, ["gen_length", "0"]),
         (dict(block_length=-4), ValueError, ["block_length", "-4"]),
         (dict(steps=0), ValueError, ["steps", "0"]),
+        (dict(gen_length=10**12, block_length=10**12, steps=1), ValueError, ["gen_length=1000000000000", "GiB"]),
+        (dict(steps=2**30), ValueError, ["steps=1073741824", "supports"]),
         (dict(steps=3), ValueError, ["steps=3", "2"]),                       # 2 blocks
         (dict(steps=2.0), TypeError, ["steps", "2.0"]),
         (dict(steps=True), TypeError, ["steps", "True"]),

@@ -24,6 +24,7 @@ from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 __all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
 
 BACKENDS = ("auto", "reference", "torch", "triton")
+MAX_LENGTH = 1 << 24       # gen_length and steps: far below the 32-bit Philox counter words
 SEED_LIMIT = 2**63
 
 
@@ -169,6 +170,12 @@ class SamplingConfig:
         gen_length = check_int("gen_length", self.gen_length, 1)
         block_length = check_int("block_length", self.block_length, 1)
         steps = check_int("steps", self.steps, 1)
+        for name, v in (("gen_length", gen_length), ("steps", steps)):
+            if v > MAX_LENGTH:
+                raise ValueError(
+                    f"{name}={v} is more than the sampler supports ({MAX_LENGTH:,}; positions and step "
+                    f"counters are 32-bit counter words, and {v:,} answer positions would need "
+                    f"{v * 8 / 2**30:,.0f} GiB for the tokens alone, before any logits)")
         if gen_length % block_length:
             raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
         put("steps", steps), put("gen_length", gen_length), put("block_length", block_length)
