@@ -115,6 +115,10 @@ BAD_COMBINATIONS = st.sampled_from([
     ["--prompt", "hi <|mdm_mask|>"],
     ["--logits-window", "--no-such-flag"],
     ["frobnicate"],
+    ["--suppress-tokens", "128"],          # the built-in model's vocabulary is 128
+    ["--defer-tokens", "3,999"],
+    ["--pad-id", "128", "--prompt", "a", "--prompt", "bc"],
+    ["--eos-id", "500", "--logits-eos-inf"],
 ])
 
 

@@ -490,12 +490,23 @@ def _vocab_size(adapter) -> int | None:
 
 
 def _check_model_ids(args, adapter) -> None:
-    """``--pad-id`` (and the adapter's pad id) inside the model's vocabulary."""
+    """The ids given on the command line (and the adapter's pad id) inside the model's
+    vocabulary, before any model call."""
     V = _vocab_size(adapter)
+    if V is None:
+        return
     pad = adapter.pad_id
-    if V is not None and pad is not None and not 0 <= pad < V:
+    if pad is not None and not 0 <= pad < V:
         raise CliError(f"pad id {pad} is outside the model's vocabulary of {V} (config vocab_size); "
                        "pass --pad-id")
+    for opt in ("eos_id", "eot_id"):
+        v = getattr(args, opt)
+        if v is not None and v >= V:
+            raise CliError(f"--{opt.replace('_', '-')} {v} is outside the model's vocabulary of {V}")
+    for opt in ("suppress_tokens", "defer_tokens"):
+        bad = [t for t in getattr(args, opt) or () if t >= V]
+        if bad:
+            raise CliError(f"--{opt.replace('_', '-')}: token id {bad[0]} is outside the model's vocabulary of {V}")
 
 
 def _tokenize(args, adapter, config, items: list[Item], file_mode: bool) -> None:
