@@ -310,3 +310,11 @@ def test_thresholds_inside_each_rules_range_work():
     for remasking, t in (("low_confidence", 1.0), ("margin", 1e-3), ("random", 0.999), ("entropy", 0.0),
                          ("entropy", -5.0)):
         assert _call(threshold=t, remasking=remasking).shape == (2, 11)
+
+
+def test_out_of_vocab_suppress_message_mentions_eos_only_with_the_flag():
+    with pytest.raises(ValueError) as e:
+        _call(suppress_tokens=[99])
+    assert "99" in str(e.value) and "logits_eos_inf" not in str(e.value)
+    with pytest.raises(ValueError, match="logits_eos_inf suppresses the model's EOS"):
+        _call(logits_eos_inf=True)

@@ -588,13 +588,6 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_choices_repeated_for_a_fast_start_match_the_sampler():
-    from fastremask.sampler import config, contract
-
-    assert cli.BACKENDS == config.BACKENDS and cli.REMASKING == contract.REMASKING
-    assert cli.SEED_LIMIT == config.SEED_LIMIT
-
-
 def test_help_imports_no_torch():
     code = ("import sys; from fastremask.tools import cli; rc = cli.main(['generate', '--help']); "
             "rc2 = cli.main(['--help']); print(rc, rc2, 'torch' in sys.modules)")

@@ -18,14 +18,11 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import schedule as _schedule
-from fastremask.sampler.contract import REMASKING
+from fastremask.sampler.names import BACKENDS, MAX_LENGTH, REMASKING, SEED_LIMIT
 from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
 
-BACKENDS = ("auto", "reference", "torch", "triton")
-MAX_LENGTH = 1 << 24       # gen_length and steps: far below the 32-bit Philox counter words
-SEED_LIMIT = 2**63
 
 
 # ------------------------------------------------------------------ checks that name the argument

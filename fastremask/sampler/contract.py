@@ -11,9 +11,10 @@ from typing import NamedTuple
 
 import torch
 
+from fastremask.sampler.names import REMASKING
+
 __all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "assert_bits_equal"]
 
-REMASKING = ("low_confidence", "random", "margin", "entropy")
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STEP_LIMIT = 2**32          # a step counter is one 32-bit Philox counter word
 

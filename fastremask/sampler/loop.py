@@ -186,7 +186,8 @@ class _Steps:
         V = logits.shape[-1]
         if self.V is None:
             self.V = V
-            self.suppress = sampling_suppress(self.user_suppress, self.mask_id, V, logits.device)
+            self.suppress = sampling_suppress(self.user_suppress, self.mask_id, V, logits.device,
+                                              eos_flag=self.config.logits_eos_inf)
             self.checker.suppress = self.suppress
         elif V != self.V:
             raise ValueError(f"model logits changed vocabulary size from {self.V} to {V}")

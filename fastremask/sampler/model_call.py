@@ -83,7 +83,8 @@ class ModelCall:
         return both[:B], both[B:]
 
 
-def sampling_suppress(suppress_tokens, mask_id: int, vocab: int, device=None) -> Optional[torch.Tensor]:
+def sampling_suppress(suppress_tokens, mask_id: int, vocab: int, device=None,
+                      eos_flag: bool = False) -> Optional[torch.Tensor]:
     """The ids `sample_rows` suppresses: ``suppress_tokens`` plus ``mask_id`` when in the vocab.
 
     The mask token is never sampled, so a finished answer holds no mask. A suppressed id
@@ -93,7 +94,8 @@ def sampling_suppress(suppress_tokens, mask_id: int, vocab: int, device=None) ->
     if ids and max(ids) >= vocab:
         raise ValueError(
             f"suppress_tokens contains token id {max(ids)}, outside the model's vocabulary of "
-            f"{vocab} (logits_eos_inf suppresses LLaDA's EOS id 126081)"
+            f"{vocab}" + (" (logits_eos_inf suppresses the model's EOS, LLaDA's 126081 unless the "
+                          "model names its own)" if eos_flag else "")
         )
     if mask_id < vocab:
         ids.add(mask_id)

@@ -26,6 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from fastremask import DATA_DIR
+from fastremask.sampler.names import BACKENDS, REMASKING, SEED_LIMIT   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "config_from_args", "check_device", "check_output_dir", "EXTERNAL_COMMANDS",
            "CliError"]
@@ -39,12 +40,6 @@ EXTERNAL_COMMANDS = {
 }
 
 DEFAULT_PROMPT = "Hi, I am"
-# The sampler's choices and seed bound, repeated so that building the parser needs no torch
-# (`fastremask.sampler.config.BACKENDS`, `...contract.REMASKING`, `...config.SEED_LIMIT`;
-# tests/test_cli.py checks that they agree).
-BACKENDS = ("auto", "reference", "torch", "triton")
-REMASKING = ("low_confidence", "random", "margin", "entropy")
-SEED_LIMIT = 2**63
 DEBUG_ENV = "FASTREMASK_DEBUG"
 
 

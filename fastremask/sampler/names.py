@@ -1,0 +1,7 @@
+"""The sampler's option names and bounds, without torch (the command line builds its parser
+from them before anything heavy is imported)."""
+
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+BACKENDS = ("auto", "reference", "torch", "triton")
+SEED_LIMIT = 2**63         # seeds are 64-bit Philox keys, kept non-negative
+MAX_LENGTH = 1 << 24       # gen_length and steps: far below the 32-bit Philox counter words
