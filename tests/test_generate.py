@@ -45,7 +45,7 @@ def _prompt(B, P, vocab, mask_id, seed):
     p[p == mask_id] = (mask_id + 1) % vocab
     am = torch.ones(B, P, dtype=torch.long)
     for b in range(1, B):                                  # left padding, different per row
-        am[b, : min(P, b)] = 0
+        am[b, : max(0, min(P - 1, b))] = 0          # at least one token (all-padding is refused)
     return p, am
 
 
@@ -266,3 +266,32 @@ def test_package_import_does_not_import_triton():
     code = "import sys, fastremask; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cpu_step_runs_on_the_calling_thread_and_the_model_keeps_its_threads(monkeypatch):
+    """The step (many small ops) runs at one intra-op thread; the model call keeps the user's
+    thread count (benchmarks/results/threads-probe-2vcpu.md)."""
+    from fastremask.sampler import fast
+
+    seen = {"model": [], "sample": []}
+    inner = fast._sample_rows_active
+
+    def spy(*a, **kw):
+        seen["sample"].append(torch.get_num_threads())
+        return inner(*a, **kw)
+
+    class Model(ToyLM):
+        def forward(self, x, attention_mask=None):
+            seen["model"].append(torch.get_num_threads())
+            return super().forward(x, attention_mask)
+
+    monkeypatch.setattr(fast, "_sample_rows_active", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate(Model(vocab=11), torch.tensor([[1, 2]]), None, 4, 4, 2, mask_id=10, seed=0, backend="torch")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen["sample"] and set(seen["sample"]) == {1}
+    assert seen["model"] and set(seen["model"]) == {2}

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import numerics as nx
+from fastremask.sampler.backends import calling_thread   # the loop scopes its whole step alike
 from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
 from fastremask.sampler.reference import prepare_logits
 
@@ -124,22 +125,10 @@ def sample_rows(
     if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
         raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
     steps = row_steps(steps, rows.numel(), logits.device)
-    threads = torch.get_num_threads()
-    if logits.device.type != "cpu" or threads == 1:
+    with calling_thread(logits.device):
         return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                             suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
-    # On a CPU the blocks are small (BLOCK_ELEMENTS_CPU): an intra-op parallel region per op
-    # costs more than the op (and far more on a busy machine, where the other threads wait to
-    # be scheduled: 5-10x slower steps measured with 2 threads). So the step runs on the
-    # calling thread; set_num_threads is OpenMP's per-thread setting, restored on exit.
-    torch.set_num_threads(1)
-    try:
-        return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
-                            remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
-                            suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.sampler.backends import Backend, get_backend
+from fastremask.sampler.backends import Backend, calling_thread, get_backend
 from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
 from fastremask.sampler.llada import LLADA_MASK
 from fastremask.sampler import errors, graphs
@@ -195,9 +195,10 @@ class _Steps:
     def __call__(self, x, blk: Block, cand, logits, uncond, row_step, k, step_index: int, record: bool):
         out = self._replay(blk, logits, uncond, row_step, k, step_index, record) if self.use_graph else None
         if out is None:
-            out = step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
-                       suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
-                       checker=self.checker, step_index=step_index)
+            with calling_thread(x.device):       # a CPU step is many small ops: no thread pool
+                out = step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
+                           suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
+                           checker=self.checker, step_index=step_index)
         return out
 
     def _replay(self, blk, logits, uncond, row_step, k, step_index: int, record: bool):
