@@ -13,7 +13,8 @@ import torch
 
 from fastremask.sampler.names import REMASKING
 
-__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "assert_bits_equal"]
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "same_bits",
+           "assert_bits_equal"]
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STEP_LIMIT = 2**32          # a step counter is one 32-bit Philox counter word
@@ -71,6 +72,15 @@ _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch
                    torch.float16: torch.int16}
 
 
+def _as_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(_SAME_WIDTH_INT[t.dtype]) if t.dtype in _SAME_WIDTH_INT else t
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (``-0.0`` is not ``+0.0``; NaN payloads compared), on any device."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_as_bits(a), _as_bits(b))
+
+
 def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """Assert the same dtype, shape and bits: what "bit-equal" means in this project.
 
@@ -81,10 +91,7 @@ def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "
     if actual.dtype != expected.dtype or actual.shape != expected.shape:
         raise AssertionError(f"{actual.dtype} {tuple(actual.shape)} vs {expected.dtype} "
                              f"{tuple(expected.shape)}{where}")
-    a, b = actual.detach().cpu(), expected.detach().cpu()
-    if a.dtype in _SAME_WIDTH_INT:
-        a, b = a.contiguous().view(_SAME_WIDTH_INT[a.dtype]), b.contiguous().view(_SAME_WIDTH_INT[b.dtype])
-    differ = a != b
+    differ = _as_bits(actual.detach().cpu()) != _as_bits(expected.detach().cpu())
     if bool(differ.any()):
         i = tuple(int(v) for v in differ.nonzero()[0])
         raise AssertionError(f"{int(differ.sum())} of {differ.numel()} elements differ in their bits; first at "

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
+from fastremask.sampler.contract import same_bits
 from fastremask.sampler.errors import FirstInvalid
 
 __all__ = ["GraphedStep", "graphed_step", "clear_cache"]
@@ -63,7 +64,7 @@ def _capture(fn):
 
 
 class GraphedStep:
-    """`loop.step` on static buffers, captured; `run` is a drop-in for one `loop.step` call."""
+    """`loop.step` on static buffers, captured: `load`, then `step` stands for one `loop.step` call."""
 
     def __init__(self, step_fn, backend, B: int, C: int, V: int, dtype, has_cfg: bool, *, config,
                  suppress, defer, mask_id: int, prompt_length: int, device):
@@ -128,7 +129,7 @@ class GraphedStep:
         self.xb.copy_(xb)
         self.checker.rec.copy_(restore)
         got = list(self.graph.replay()) + [self.xb]
-        return all(_same_bits(a, b) for a, b in zip(want, got)) and torch.equal(want_rec, self.checker.rec)
+        return all(same_bits(a, b) for a, b in zip(want, got)) and torch.equal(want_rec, self.checker.rec)
 
     def step(self, blk):
         """One step from the loaded inputs: capture (checked) on first use, else replay; the
@@ -148,12 +149,6 @@ class GraphedStep:
             out = self.graph.replay()
         blk.x.copy_(self.xb)
         return out
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.view(torch.int32), b.view(torch.int32)) if a.dtype == torch.float32 else torch.equal(a, b)
 
 
 def graphed_step(step_fn, backend, logits, uncond, *, config, suppress, defer, mask_id: int,

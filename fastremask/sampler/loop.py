@@ -43,9 +43,9 @@ class Block:
     a captured step holds it as a tensor, `fastremask.sampler.graphs`).
     """
 
-    def __init__(self, x, index: int, start: int, C: int, P: int, window: bool, bi, seeds, j):
+    def __init__(self, x, start: int, C: int, P: int, window: bool, bi, seeds, j):
         L = x.shape[1]
-        self.index, self.start, self.origin = index, start, start
+        self.start, self.origin = start, start
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         self.positions = j + (start - P)
@@ -239,7 +239,7 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     record = trace is not None or callback is not None
     global_step = 0
     for b in range(config.num_blocks):
-        blk = Block(x, b, P + b * C, C, P, config.logits_window, bi, seeds_r, j)
+        blk = Block(x, P + b * C, C, P, config.logits_window, bi, seeds_r, j)
         for i in range(len(counts) if counts is not None else C):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
                 row_step += 1

@@ -14,13 +14,14 @@ from fastremask.sampler.contract import LOGIT_DTYPES
 __all__ = ["call_model", "window_call", "ModelCall", "sampling_suppress"]
 
 
-def _check_logits(logits, x: torch.Tensor, length: int, what: str) -> torch.Tensor:
+def _check_logits(logits, x: torch.Tensor, length: int, what: str, span: str = "") -> torch.Tensor:
+    """``span``: which positions of ``x`` the logits are for (the window), for the message."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"model output has no .logits tensor (got {type(logits).__name__})")
     if logits.dim() != 3 or tuple(logits.shape[:2]) != (x.shape[0], length) or logits.shape[2] < 1:
         raise ValueError(
-            f"model {what} have shape {tuple(logits.shape)}; expected [B, {'L' if length == x.shape[1] else 'C'}, V]"
-            f" = [{x.shape[0]}, {length}, V] for input of shape {tuple(x.shape)}")
+            f"model {what} have shape {tuple(logits.shape)}; expected [B, {'C' if span else 'L'}, V]"
+            f" = [{x.shape[0]}, {length}, V] for {span}input of shape {tuple(x.shape)}")
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"model logits have dtype {logits.dtype}; expected fp32, bf16 or fp16")
     return logits
@@ -44,12 +45,7 @@ def window_call(start: int, length: int) -> Callable:
 
     def call(model, x, attention_mask):
         logits = models.window_logits(model, x, attention_mask, start, length)
-        if isinstance(logits, torch.Tensor) and logits.dim() == 3 and tuple(logits.shape[:2]) != (x.shape[0], length):
-            raise ValueError(
-                f"model window logits have shape {tuple(logits.shape)}; expected [B, C, V] = "
-                f"[{x.shape[0]}, {length}, V] for positions {start}:{start + length} of input of "
-                f"shape {tuple(x.shape)}")
-        return _check_logits(logits, x, length, "window logits")
+        return _check_logits(logits, x, length, "window logits", f"positions {start}:{start + length} of ")
 
     return call
 
