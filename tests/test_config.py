@@ -85,11 +85,11 @@ def test_threshold_model_calls_is_an_upper_bound():
 
 def test_special_ids_from_the_adapter_else_llada():
     plain = SpecialIds.of(object(), SamplingConfig(logits_eos_inf=True, confidence_eos_eot_inf=True))
-    assert plain == SpecialIds(LLADA_MASK, (LLADA_EOS,), tuple(sorted((LLADA_EOS, LLADA_EOT))))
+    assert plain == SpecialIds(LLADA_MASK, (LLADA_EOS,), tuple(sorted((LLADA_EOS, LLADA_EOT))), LLADA_EOS)
     adapter = models.wrap(MODEL, mask_id=19, eos_id=4, eot_id=7)
     ids = SpecialIds.of(adapter, SamplingConfig(logits_eos_inf=True, confidence_eos_eot_inf=True,
                                                 suppress_tokens=[2]))
-    assert ids == SpecialIds(19, (2, 4), (4, 7))
+    assert ids == SpecialIds(19, (2, 4), (4, 7), 4)
     assert SpecialIds.of(adapter, SamplingConfig(mask_id=5)).mask_id == 5     # given wins
     no_eos = models.wrap(MODEL, mask_id=19)
     if no_eos.eos_id is None:

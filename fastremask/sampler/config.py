@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import schedule as _schedule
-from fastremask.sampler.names import BACKENDS, MAX_LENGTH, REMASKING, SEED_LIMIT
+from fastremask.sampler.names import BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_RULES
 from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
@@ -123,7 +123,15 @@ THRESHOLD_RANGES = {
 }
 
 
-def _check_threshold(t: float, remasking: str) -> float:
+def _check_threshold(t: float, remasking: str, rule: str = "fixed") -> float:
+    if rule == "factor":
+        if t <= 0:
+            raise ValueError(f"threshold={t} with threshold_rule='factor' must be > 0 (Fast-dLLM's f)")
+        return t
+    if rule == "eb":
+        if t < 0:
+            raise ValueError(f"threshold={t} with threshold_rule='eb' must be >= 0 (the EB-sampler's gamma)")
+        return t
     lo, hi, what = THRESHOLD_RANGES[remasking]
     bad = (lo is not None and t <= lo) or t > hi or (remasking == "random" and t >= hi)
     if bad:
@@ -155,11 +163,14 @@ class SamplingConfig:
     schedule: object = "uniform"
     factor: int = 1
     threshold: Optional[float] = None
+    threshold_rule: str = "fixed"
     suppress_tokens: tuple = ()
     defer_tokens: tuple = ()
     backend: str = "auto"
     logits_window: bool = False
     cuda_graph: bool = True
+    cache: Optional[str] = None
+    stop_at_eos: bool = False
     plan: _schedule.Schedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -182,16 +193,23 @@ class SamplingConfig:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
         if self.mask_id is not None:
             put("mask_id", check_int("mask_id", self.mask_id, 0, SEED_LIMIT))
-        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph"):
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph", "stop_at_eos"):
             check_bool(name, getattr(self, name))
         put("suppress_tokens", check_token_ids("suppress_tokens", self.suppress_tokens))
         put("defer_tokens", check_token_ids("defer_tokens", self.defer_tokens))
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {list(BACKENDS)}")
+        if self.cache is not None and self.cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache {self.cache!r}; expected None or one of {list(CACHE_MODES)}")
+        if not isinstance(self.threshold_rule, str) or self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"unknown threshold_rule {self.threshold_rule!r}; expected one of {list(THRESHOLD_RULES)}")
+        if self.threshold_rule != "fixed" and self.threshold is None:
+            raise ValueError(f"threshold_rule={self.threshold_rule!r} needs a threshold (its parameter)")
         plan = _schedule.resolve(self.schedule, self.factor)
         put("plan", plan)
         if self.threshold is not None:
-            put("threshold", _check_threshold(check_real("threshold", self.threshold), self.remasking))
+            put("threshold", _check_threshold(check_real("threshold", self.threshold), self.remasking,
+                                                    self.threshold_rule))
         else:
             if steps % self.num_blocks:
                 raise ValueError(
@@ -202,6 +220,11 @@ class SamplingConfig:
     @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
+
+    @property
+    def block_logits(self) -> bool:
+        """The model returns logits for the current block only (``logits_window`` or a cache)."""
+        return self.logits_window or self.cache is not None
 
     @property
     def steps_per_block(self) -> int:
@@ -235,6 +258,7 @@ class SpecialIds:
     mask_id: int
     suppress: tuple
     defer: tuple
+    eos: Optional[int] = None
 
     @staticmethod
     def of(model, config: SamplingConfig) -> "SpecialIds":
@@ -259,4 +283,6 @@ class SpecialIds:
             if not ids:
                 raise ValueError("confidence_eos_eot_inf=True: the model has no EOS/EoT token ids; pass defer_tokens=")
             defer.update(ids)
-        return SpecialIds(mask_id, tuple(sorted(suppress)), tuple(sorted(defer)))
+        if config.stop_at_eos and eos is None:
+            raise ValueError("stop_at_eos=True: the model has no EOS token id (model.eos_id)")
+        return SpecialIds(mask_id, tuple(sorted(suppress)), tuple(sorted(defer)), eos)

@@ -151,6 +151,8 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
         raise TypeError(f"return_trace must be True or False, got {return_trace!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}")
+    if config.cache is not None or config.stop_at_eos or config.threshold_rule != "fixed":
+        raise NotImplementedError("cache, stop_at_eos and threshold_rule are being built")  # FIXME
     ids = SpecialIds.of(model, config)
     prompt, attention_mask, device = _check_prompt(model, prompt, attention_mask, ids.mask_id)
     B, P = prompt.shape
@@ -284,6 +286,7 @@ def generate(
     schedule="uniform",
     factor=1,
     threshold=None,
+    threshold_rule="fixed",
     seed=None,
     suppress_tokens=None,
     defer_tokens=None,
@@ -292,6 +295,8 @@ def generate(
     callback=None,
     logits_window=False,
     cuda_graph=True,
+    cache=None,
+    stop_at_eos=False,
 ):
     """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
 
@@ -317,7 +322,10 @@ def generate(
     confidence_eos_eot_inf : defer the model's EOS and EoT (LLaDA's 126081 and 126348 otherwise)
     schedule : 'uniform' | 'pyramid' | list of per-step counts | callable(n, steps) | Schedule
     factor : pyramid dilation (step i keeps ``i // factor + 1``)
-    threshold : keep every candidate with confidence >= threshold each step (at least one)
+    threshold : keep every candidate with confidence >= threshold each step (at least one);
+        with another ``threshold_rule``, that rule's parameter
+    threshold_rule : 'fixed' (the threshold above) | 'factor' (Fast-dLLM's factor rule, threshold
+        = f) | 'eb' (the EB-sampler's entropy bound, threshold = gamma); docs/schedules.md
     seed : int, one int per batch row, or None (drawn from torch's default generator)
     suppress_tokens : token ids never generated
     defer_tokens : token ids kept only after every other candidate of the block
@@ -331,6 +339,11 @@ def generate(
     cuda_graph : on CUDA with the ``triton`` backend, capture the sampling step in a CUDA graph
         once per shape and configuration and replay it (`fastremask.sampler.graphs`; the same
         bits, checked on the first replay); False runs it eagerly. Ignored elsewhere
+    cache : None (exact) | 'prefix' | 'dual': block KV caches (docs/cache.md), an approximation
+        of the model's forward, so the tokens may differ from ``cache=None``; needs a model with
+        ``cached_logits`` (the native LLaDA and Dream, the tiny model)
+    stop_at_eos : once a row's finished blocks end in EOS (its answer is over), fill the rest of
+        the row with EOS; stop when every row is done (fewer model calls for instruct models)
 
     Returns
     -------
@@ -341,7 +354,8 @@ def generate(
         steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
         cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
         confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, factor=factor,
-        threshold=threshold, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
-        backend=backend, logits_window=logits_window, cuda_graph=cuda_graph)
+        threshold=threshold, threshold_rule=threshold_rule, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
+        backend=backend, logits_window=logits_window, cuda_graph=cuda_graph,
+        cache=cache, stop_at_eos=stop_at_eos)
     return run(model, prompt, config, attention_mask=attention_mask, seed=seed,
                return_trace=return_trace, callback=callback)
