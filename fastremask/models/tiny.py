@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastremask.models.kv import KVCache, attend
+
 __all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model"]
 
 CONFIG_NAME = "config.json"
@@ -101,13 +103,12 @@ class _Block(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
 
-    def forward(self, h: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
-        B, L, D = h.shape
+    def forward(self, h: torch.Tensor, key_ok: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0, q0: int = 0) -> torch.Tensor:
+        B, L, D = h.shape                       # L: the query positions q0:q0 + L
         q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
-        # [B, H, L, Dh]; key_ok [B, 1, 1, L]: True = may be attended to; no causal mask
-        a = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_ok
-        )
+        # [B, H, L, Dh]; key_ok [B, 1, 1, L_all]: True = may be attended to; no causal mask
+        a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_ok, cache, layer, q0)
         h = h + self.proj(a.transpose(1, 2).reshape(B, L, D))
         return h + self.down(F.gelu(self.up(self.norm2(h))))
 
@@ -166,31 +167,47 @@ class TinyMaskedLM(nn.Module):
         restricts it to the current block's positions."""
         return self.head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TinyOutput:
+    def _positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """``(positions [B, L], key_ok [B, 1, 1, L] or None)`` of a checked input."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
         if L > self.config.max_len:
             raise ValueError(f"sequence length {L} exceeds TinyConfig.max_len={self.config.max_len}")
         if attention_mask is None:
-            positions = torch.arange(L, device=input_ids.device).expand(B, L)
-            key_ok = None
-        else:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-                )
-            m = attention_mask.to(torch.long)
-            # left padding: the first real token gets position 0, as it would alone
-            positions = (m.cumsum(-1) - 1).clamp_min(0)
-            ok = m.bool()
-            # a row of padding only: let it attend everywhere (finite garbage, not NaN)
-            ok = ok | ~ok.any(-1, keepdim=True)
-            key_ok = ok[:, None, None, :]  # [B, 1, 1, L]
+            return torch.arange(L, device=input_ids.device).expand(B, L), None
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        m = attention_mask.to(torch.long)
+        # left padding: the first real token gets position 0, as it would alone
+        positions = (m.cumsum(-1) - 1).clamp_min(0)
+        ok = m.bool()
+        # a row of padding only: let it attend everywhere (finite garbage, not NaN)
+        ok = ok | ~ok.any(-1, keepdim=True)
+        return positions, ok[:, None, None, :]  # [B, 1, 1, L]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TinyOutput:
+        positions, key_ok = self._positions(input_ids, attention_mask)
         h = self.embed(input_ids) + self.pos(positions)
         for block in self.blocks:
             h = block(h, key_ok)
         return TinyOutput(logits=self.head(self.norm(h)))
+
+    def cached_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache,
+                      *, query: tuple, out: tuple) -> torch.Tensor:
+        """The block-cache protocol (`fastremask.models.kv`): hidden states for positions
+        ``query`` only, the others' keys and values from ``cache``; logits ``[B, o1 - o0, V]``."""
+        positions, key_ok = self._positions(input_ids, attention_mask)
+        cache.check(tuple(input_ids.shape), query)
+        (q0, q1), (o0, o1) = query, out
+        if not (q0 <= o0 < o1 <= q1):
+            raise ValueError(f"cached_logits: out {o0}:{o1} is not inside query {q0}:{q1}")
+        h = self.embed(input_ids[:, q0:q1]) + self.pos(positions[:, q0:q1])
+        for i, block in enumerate(self.blocks):
+            h = block(h, key_ok, cache, i, q0)
+        return self.head(self.norm(h[:, o0 - q0:o1 - q0]))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
