@@ -155,7 +155,7 @@ def graphed_step(step_fn, backend, logits, uncond, *, config, suppress, defer, m
                  prompt_length: int, B: int, C: int):
     """The cached `GraphedStep` for this shape and configuration, or None (run eagerly)."""
     key = (str(logits.device), B, C, logits.shape[-1], logits.dtype, uncond is not None,
-           config.temperature, config.remasking, config.cfg_scale, config.threshold,
+           config.temperature, config.remasking, config.cfg_scale, config.threshold, config.threshold_rule,
            None if suppress is None else tuple(suppress.tolist()),
            None if defer is None else tuple(defer.tolist()), mask_id, prompt_length)
     g = _CACHE.get(key)

@@ -27,7 +27,8 @@ from fastremask.sampler.backends import Backend, calling_thread, get_backend
 from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
 from fastremask.sampler.llada import LLADA_MASK
 from fastremask.sampler import errors, graphs
-from fastremask.sampler.model_call import ModelCall, call_model, sampling_suppress, window_call
+from fastremask.sampler.model_call import (ModelCall, cache_call, call_model, check_cache_support,
+                                           sampling_suppress, window_call)
 from fastremask.sampler.trace import Trace, TraceStep
 
 __all__ = ["generate", "run", "step", "Block"]
@@ -43,14 +44,17 @@ class Block:
     a captured step holds it as a tensor, `fastremask.sampler.graphs`).
     """
 
-    def __init__(self, x, start: int, C: int, P: int, window: bool, bi, seeds, j):
+    def __init__(self, x, start: int, C: int, P: int, config: SamplingConfig, bi, seeds, j, kv=None):
         L = x.shape[1]
         self.start, self.origin = start, start
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         self.positions = j + (start - P)
-        self.rows = bi * C + j if window else bi * L + (j + start)
-        self.call = window_call(start, C) if window else call_model
+        self.rows = bi * C + j if config.block_logits else bi * L + (j + start)
+        if config.cache is not None:
+            self.call = cache_call(kv, config.cache, start, C)
+        else:
+            self.call = window_call(start, C) if config.logits_window else call_model
 
 
 def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Tensor,
@@ -151,16 +155,20 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
         raise TypeError(f"return_trace must be True or False, got {return_trace!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}")
-    if config.cache is not None or config.stop_at_eos or config.threshold_rule != "fixed":
-        raise NotImplementedError("cache, stop_at_eos and threshold_rule are being built")  # FIXME
+    if config.threshold_rule != "fixed":
+        raise NotImplementedError("threshold_rule is being built")  # FIXME
     ids = SpecialIds.of(model, config)
     prompt, attention_mask, device = _check_prompt(model, prompt, attention_mask, ids.mask_id)
     B, P = prompt.shape
     seeds = torch.tensor(row_seeds(seed, B), dtype=torch.int64, device=device)
     backend = get_backend(config.backend, device)
-    if config.logits_window:
+    if config.cache is not None:
+        check_cache_support(model, config.cache)       # clear errors before any model call
+    elif config.logits_window:
         from fastremask import models
-        models.check_window_support(model)           # a clear error before any model call
+        models.check_window_support(model)
+    if config.stop_at_eos:
+        _check_eos(model, ids.eos)
     x = torch.full((B, P + config.gen_length), ids.mask_id, dtype=torch.int64, device=device)
     x[:, :P] = prompt
     calls = ModelCall(model, attention_mask, prompt_length=P, gen_length=config.gen_length,
@@ -216,7 +224,7 @@ class _Steps:
         if self.graph_block is not blk:
             self.graph.start_block(blk)
             self.graph_block = blk
-        self.graph.load(logits, uncond, blk, row_step, k, step_index, self.config.logits_window)
+        self.graph.load(logits, uncond, blk, row_step, k, step_index, self.config.block_logits)
         out = self.graph.step(blk)
         if out is None:
             self.use_graph = False
@@ -239,9 +247,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     row_step = torch.zeros(B, dtype=torch.int64, device=device)
     steps = _Steps(backend, config, ids, B, C, P, device)
     record = trace is not None or callback is not None
+    kv = None
+    if config.cache is not None:
+        from fastremask.models.kv import KVCache
+        kv = KVCache()
     global_step = 0
     for b in range(config.num_blocks):
-        blk = Block(x, P + b * C, C, P, config.logits_window, bi, seeds_r, j)
+        blk = Block(x, P + b * C, C, P, config, bi, seeds_r, j, kv)
         for i in range(len(counts) if counts is not None else C):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
                 row_step += 1
@@ -266,6 +278,29 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                     callback(rec)
             global_step += 1
         steps.checker.check()                                 # schedule mode's one sync per block
+        if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
+            break
+
+
+def _check_eos(model, eos) -> None:
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and eos >= vocab:
+        raise ValueError(f"stop_at_eos=True: the EOS id {eos} is outside the model's vocabulary "
+                         f"(config.vocab_size={vocab}); give the model an eos_id (fastremask.models.wrap)")
+
+
+def _stop_at_eos(x, P: int, end: int, eos: int, trace, block: int) -> bool:
+    """After a block: a row whose answer so far holds an EOS with only EOS after it is done, and
+    its remaining positions are filled with EOS (LLaDA's instruct models pad the answer with
+    EOS); True when every row is done. Per row, so a row's tokens do not depend on the batch."""
+    is_eos = x[:, P:end] == eos                                             # [B, A]
+    after_first = is_eos.to(torch.int8).cummax(1).values.bool()             # at or after its first EOS
+    done = is_eos.any(1) & (is_eos | ~after_first).all(1)                  # [B]
+    rest = x[:, end:]
+    rest.masked_fill_(done[:, None] & (rest != eos), eos)                  # no-op for rows not done
+    if trace is not None:
+        trace.stops.append((block, done.clone()))
+    return bool(done.all())                                                # one sync per block
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 
 from fastremask.sampler.contract import LOGIT_DTYPES
 
-__all__ = ["call_model", "window_call", "ModelCall", "sampling_suppress"]
+__all__ = ["call_model", "window_call", "cache_call", "check_cache_support", "ModelCall", "sampling_suppress"]
 
 
 def _check_logits(logits, x: torch.Tensor, length: int, what: str, span: str = "") -> torch.Tensor:
@@ -46,6 +46,37 @@ def window_call(start: int, length: int) -> Callable:
     def call(model, x, attention_mask):
         logits = models.window_logits(model, x, attention_mask, start, length)
         return _check_logits(logits, x, length, "window logits", f"positions {start}:{start + length} of ")
+
+    return call
+
+
+def check_cache_support(model, mode: str) -> None:
+    """A clear error, before any model call, when ``model`` cannot serve ``cache=mode``."""
+    supports = getattr(model, "supports_cache", None)
+    if supports is None:
+        supports = callable(getattr(model, "cached_logits", None))
+    if not supports:
+        raise ValueError(
+            f"cache={mode!r} needs a model with cached_logits(input_ids, attention_mask, cache, *, query, "
+            f"out) (fastremask.models.kv: the native LLaDA and Dream models, the tiny model); "
+            f"{type(model).__name__} has none, and fastremask never falls back to a silent full "
+            "recompute: use cache=None")
+
+
+def cache_call(kv, mode: str, start: int, length: int) -> Callable:
+    """``call(model, x, attention_mask) -> logits [B, length, V]`` for one block under a block
+    KV cache (`fastremask.models.kv`): the block's first call refreshes ``kv`` (the whole
+    sequence runs); later calls run positions ``start:L`` (``prefix``) or the block alone
+    (``dual``) against the cached keys and values."""
+    fresh = [True]
+    end = start + length
+
+    def call(model, x, attention_mask):
+        L = x.shape[1]
+        query = (0, L) if fresh[0] else (start, L) if mode == "prefix" else (start, end)
+        fresh[0] = False
+        logits = model.cached_logits(x, attention_mask, kv, query=query, out=(start, end))
+        return _check_logits(logits, x, length, "cached logits", f"positions {start}:{end} of ")
 
     return call
 

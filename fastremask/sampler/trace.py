@@ -42,6 +42,7 @@ class Trace:
     gen_length: int
     block_length: int
     steps: list = field(default_factory=list)
+    stops: list = field(default_factory=list)   # stop_at_eos: (block, done [B] bool) after each block
 
     def kept(self, row: int = 0) -> list:
         """``[(step, position, token, confidence), ...]`` for batch row ``row``, in the order
