@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from fastremask import DATA_DIR
-from fastremask.sampler.names import BACKENDS, REMASKING, SEED_LIMIT   # no torch: --help stays fast
+from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, SEED_LIMIT, THRESHOLD_RULES   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "config_from_args", "check_device", "check_output_dir", "EXTERNAL_COMMANDS",
            "CliError"]
@@ -137,7 +137,15 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="uniform | pyramid | comma-separated per-step counts (default uniform)")
     s.add_argument("--factor", type=int, default=1, help="pyramid dilation: step i keeps i // factor + 1")
     s.add_argument("--threshold", type=float, default=None,
-                   help="keep every candidate with confidence >= this each step (at least one)")
+                   help="keep every candidate with confidence >= this each step (at least one); with "
+                        "--threshold-rule factor|eb, that rule's parameter")
+    s.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="fixed",
+                   help="fixed (confidence >= threshold) | factor (Fast-dLLM's, threshold = f) | eb "
+                        "(EB-sampler's, threshold = gamma); docs/decoding.md")
+    s.add_argument("--cache", choices=CACHE_MODES, default=None,
+                   help="block KV cache (prefix | dual): faster, approximate; docs/cache.md (default: none, exact)")
+    s.add_argument("--stop-at-eos", action="store_true",
+                   help="fill a row with EOS once its finished blocks end in EOS; stop when all rows are done")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the first prompt; prompt n (from 0; file line n + 1) uses seed + n unless "
                         "its line has one")
@@ -392,8 +400,9 @@ def config_from_args(args, adapter=None, task=None):
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
         logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
         schedule=args.schedule, factor=args.factor, threshold=args.threshold,
-        suppress_tokens=suppress, defer_tokens=args.defer_tokens, backend=args.backend,
-        logits_window=args.logits_window)
+        threshold_rule=args.threshold_rule, suppress_tokens=suppress, defer_tokens=args.defer_tokens,
+        backend=args.backend, logits_window=args.logits_window, cache=args.cache,
+        stop_at_eos=args.stop_at_eos)
 
 
 def _special_ids(adapter, config) -> None:
