@@ -7,6 +7,7 @@ their arguments and then call the same code.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -15,7 +16,7 @@ import torch
 
 from fastremask.sampler.config import BACKENDS
 
-__all__ = ["Backend", "get_backend", "triton_backend", "BACKENDS", "calling_thread"]
+__all__ = ["Backend", "get_backend", "triton_backend", "select_with_rules", "BACKENDS", "calling_thread"]
 
 
 class calling_thread:
@@ -48,7 +49,8 @@ class calling_thread:
 @dataclass(frozen=True)
 class Backend:
     """``sample_rows(logits, rows, seeds, positions, steps, *, ..., active)`` and
-    ``select(confidence, candidate, deferred, k, threshold)``, unchecked.
+    ``select(confidence, candidate, deferred, k, threshold, *, rule='fixed')``, unchecked
+    (``rule``: the threshold rule, `fastremask.sampler.reference.select`).
 
     ``fused_write``: ``select`` also takes ``x=, x0=, start=`` and writes the kept tokens into
     ``x`` in the same launch (the ``triton`` backend).
@@ -79,7 +81,30 @@ def triton_backend() -> Optional[Backend]:
     except ImportError as e:
         _triton_error = e
         return None
-    return Backend("triton", ks._sample_rows, kl._select, fused_write=True)
+    return Backend("triton", ks._sample_rows, functools.partial(select_with_rules, kl._select),
+                   fused_write=True)
+
+
+def select_with_rules(kernel_select: Callable, confidence, candidate, deferred, k, threshold=None, *,
+                      rule: str = "fixed", x=None, x0=None, start: int = 0, out=None):
+    """The ``triton`` backend's `select`: the kernel (``kernel_select``, `fastremask.kernels.select`'s
+    launcher) for schedule mode and the ``'fixed'`` rule; the ``'factor'`` and ``'eb'`` rules
+    (which the kernel does not have) as torch ops on the same device (`fastremask.sampler.rules`:
+    one sort, an int64 prefix sum; no host sync, capturable in a CUDA graph), with the kernel's
+    fused write: the kept ``x0[b, i]`` go to ``x[b, start + i]`` in place. Same bits as
+    `fastremask.sampler.reference.select` with ``rule=``."""
+    if rule == "fixed":
+        return kernel_select(confidence, candidate, deferred, k, threshold, x=x, x0=x0, start=start, out=out)
+    from fastremask.sampler import rules
+    rules.check_rule(rule, threshold)
+    rank = rules.ranks(confidence, candidate, deferred)
+    keep = rules.rule_keep(confidence, candidate, deferred, rank, threshold, rule)
+    if out is not None:
+        keep = out.copy_(keep)
+    if x is not None:
+        xs = x[:, start:start + confidence.shape[1]]                # a view: written in place
+        torch.where(keep, x0, xs, out=xs)
+    return keep
 
 
 _triton_error: Optional[BaseException] = None

@@ -123,14 +123,35 @@ THRESHOLD_RANGES = {
 }
 
 
+# What each non-fixed rule's parameter and confidence must be (docs/decoding.md).
+# 'factor' bounds (n + 1) * (1 - c) < f: c must be a probability-like confidence in [0, 1].
+# 'eb' bounds sums of entropies: it reads the entropy from remasking='entropy' (c = -H), the
+# only rule whose confidence is one; gamma below EB_GAMMA_LIMIT (32 nats) keeps its int64 sums exact.
+RULE_REMASKING = {
+    "factor": ("low_confidence", "margin", "random"),
+    "eb": ("entropy",),
+}
+
+
 def _check_threshold(t: float, remasking: str, rule: str = "fixed") -> float:
     if rule == "factor":
+        if remasking not in RULE_REMASKING["factor"]:
+            raise ValueError(
+                f"threshold_rule='factor' bounds (n + 1) * (1 - confidence) by f, for a confidence in [0, 1] "
+                f"(remasking one of {list(RULE_REMASKING['factor'])}); remasking={remasking!r} gives minus "
+                "the entropy: use threshold_rule='eb' with it")
         if t <= 0:
-            raise ValueError(f"threshold={t} with threshold_rule='factor' must be > 0 (Fast-dLLM's f)")
+            raise ValueError(f"threshold={t} with threshold_rule='factor' must be > 0 (Fast-dLLM's f, e.g. 1.0)")
         return t
     if rule == "eb":
-        if t < 0:
-            raise ValueError(f"threshold={t} with threshold_rule='eb' must be >= 0 (the EB-sampler's gamma)")
+        from fastremask.sampler.reference import EB_GAMMA_LIMIT
+        if remasking not in RULE_REMASKING["eb"]:
+            raise ValueError(
+                "threshold_rule='eb' bounds sums of the candidates' entropies, which only "
+                f"remasking='entropy' gives (its confidence is minus the entropy); got remasking={remasking!r}")
+        if not 0 <= t < EB_GAMMA_LIMIT:
+            raise ValueError(f"threshold={t} with threshold_rule='eb' must be in [0, {EB_GAMMA_LIMIT:g}) nats "
+                             "(the EB-sampler's gamma, e.g. 0.1)")
         return t
     lo, hi, what = THRESHOLD_RANGES[remasking]
     bad = (lo is not None and t <= lo) or t > hi or (remasking == "random" and t >= hi)

@@ -7,7 +7,8 @@
   Because the sums are fixed per chunk and the running argmax keeps the earlier (lower) index
   on ties, the result does not depend on the piece width.
 * `select` ranks by one sort of an int64 key per position instead of the reference's
-  pairwise comparison.
+  pairwise comparison; the ``'factor'`` and ``'eb'`` threshold rules are `rules.rule_keep`
+  (element-wise, and one int64 prefix sum) on those ranks.
 
 No Python loop over rows or positions, and no host synchronisation.
 """
@@ -21,6 +22,7 @@ from fastremask.sampler import numerics as nx
 from fastremask.sampler.backends import calling_thread   # the loop scopes its whole step alike
 from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
 from fastremask.sampler.reference import prepare_logits
+from fastremask.sampler.rules import check_rule, ranks, rule_keep
 
 __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
@@ -283,26 +285,21 @@ def select(
     deferred: torch.Tensor,
     k: torch.Tensor,
     threshold: Optional[float] = None,
+    *,
+    rule: str = "fixed",
 ) -> torch.Tensor:
     """Same contract and result as `fastremask.sampler.reference.select`, by one sort per row.
 
-    Key (ascending = kept first): not-a-candidate (bit 62), deferred (bit 61), the confidence
-    mapped to an order-reversing 32-bit integer (bits 28..60), the position (bits 0..27).
+    The ranks come from one sort of an int64 key per position (`rules.ranks`: not-a-candidate,
+    deferred, the confidence as an order-reversing integer, the position); the ``'factor'``
+    and ``'eb'`` rules are `rules.rule_keep` on those ranks.
     """
-    B, C = confidence.shape
-    if C >= 1 << 28:
-        raise ValueError(f"block_length must be < 2**28, got {C}")
-    deferred = deferred & candidate
-    c = confidence + 0.0                                # -0.0 -> +0.0: they compare equal
-    bits = c.view(torch.int32).to(torch.int64)
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)     # monotone in the fp32 value
-    desc = (2**31 - 1) - ordered                                  # in [0, 2**32)
-    pos = torch.arange(C, device=confidence.device)
-    key = ((~candidate).to(torch.int64) << 62) | (deferred.to(torch.int64) << 61) | (desc << 28) | pos
-    order = key.argsort(dim=-1)
-    rank = torch.empty_like(order).scatter_(-1, order, pos.expand(B, C))
+    check_rule(rule, threshold)
+    rank = ranks(confidence, candidate, deferred)
     if threshold is None:
         return candidate & (rank < k.to(rank.device)[:, None])
+    if rule != "fixed":
+        return rule_keep(confidence, candidate, deferred, rank, threshold, rule)
     t = torch.tensor(float(threshold), dtype=torch.float32, device=confidence.device)
-    keep = candidate & ~deferred & (c >= t)
+    keep = candidate & ~deferred & (confidence >= t)    # IEEE: -0.0 >= t exactly when 0.0 >= t
     return keep | (~keep.any(-1, keepdim=True) & candidate & (rank == 0))

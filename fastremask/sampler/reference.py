@@ -13,6 +13,7 @@ The step and the loop that call them are written once, for every backend, in
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -20,7 +21,8 @@ import torch
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
 
-__all__ = ["prepare_logits", "invalid_rows", "sample_rows", "select"]
+__all__ = ["prepare_logits", "invalid_rows", "sample_rows", "select", "RULES", "factor_bound",
+           "eb_bound", "factor_error", "eb_entropy"]
 
 NEG_INF = float("-inf")
 
@@ -146,8 +148,59 @@ def sample_rows(
 
 
 # ---------------------------------------------------------------------------------------------
-# numerics.md §8: selection
+# numerics.md §8: selection, and the threshold rules (docs/decoding.md)
 # ---------------------------------------------------------------------------------------------
+
+RULES = ("fixed", "factor", "eb")
+RULE_BITS = 30                   # the rules' fixed point: integers in units of 2**-30
+EB_GAMMA_LIMIT = 32.0            # 'eb' takes gamma in [0, 32) nats (so no sum can overflow)
+_ONE = 1 << RULE_BITS
+_F_CAP = 1 << 62                 # a factor above 2**32 is "no bound"; the products stay < 2**59
+
+
+def factor_bound(f: float) -> int:
+    """``'factor'``'s ``f`` as the integer bound ``F = ceil(f * 2**30)`` (capped at ``2**62``).
+
+    For an integer ``x``, ``x < f * 2**30`` exactly when ``x < F``: the comparison is exact."""
+    f = float(f)
+    if not f > 0.0:                             # also NaN
+        raise ValueError(f"threshold_rule='factor' needs f > 0, got {f!r}")
+    if f >= 2.0**32:
+        return _F_CAP
+    return math.ceil(f * 2.0**RULE_BITS)       # f * 2**30 is exact in fp64
+
+
+def eb_bound(gamma: float) -> int:
+    """``'eb'``'s ``gamma`` as the integer bound ``G = floor(gamma * 2**30)``.
+
+    For an integer ``x``, ``x <= gamma * 2**30`` exactly when ``x <= G``."""
+    gamma = float(gamma)
+    if not 0.0 <= gamma < EB_GAMMA_LIMIT:       # also NaN
+        raise ValueError(f"threshold_rule='eb' needs gamma in [0, {EB_GAMMA_LIMIT:g}) nats, got {gamma!r}")
+    return math.floor(gamma * 2.0**RULE_BITS)
+
+
+def factor_error(confidence: torch.Tensor) -> torch.Tensor:
+    """int64 ``E = ceil((1 - c) * 2**30)`` of ``c`` clamped to ``[0, 1]``: the error ``1 - c`` on
+    the rules' grid, rounded up. Computed as ``2**30 - floor(c * 2**30)`` in fp32 (exact: a
+    power-of-two scaling and ``floor``); exactly ``(1 - c) * 2**30`` for every ``c`` in
+    ``{0} | [2**-7, 1]``, at most ``2**-30`` above it below that."""
+    c = torch.where(confidence > 0, confidence, 0.0)        # negative, -0.0, -inf -> 0
+    c = torch.where(c < 1, c, 1.0)                          # above 1, +inf -> 1
+    return _ONE - torch.floor(c * float(_ONE)).to(torch.int64)
+
+
+def eb_entropy(confidence: torch.Tensor) -> torch.Tensor:
+    """int64 ``h = ceil(H * 2**30)`` of the entropy ``H = -c`` (``remasking='entropy'`` gives
+    ``c = -H`` in nats) clamped to ``[0, 32]``: computed in fp32 (exact: ``-c``, a
+    power-of-two scaling and ``ceil``); exactly ``H * 2**30`` for every ``H`` in
+    ``{0} | [2**-7, 32]``, at most ``2**-30`` above it below that. ``H >= 32`` (and a NaN)
+    count as 32: one such term puts any sum above every allowed ``gamma``, as ``H`` itself would."""
+    H = -confidence
+    H = torch.where(H < EB_GAMMA_LIMIT, H, EB_GAMMA_LIMIT)  # +inf, NaN -> 32
+    H = torch.where(H > 0, H, 0.0)                          # negative, -0.0, -inf -> 0
+    return torch.ceil(H * float(_ONE)).to(torch.int64)
+
 
 def select(
     confidence: torch.Tensor,
@@ -155,6 +208,8 @@ def select(
     deferred: torch.Tensor,
     k: torch.Tensor,
     threshold: Optional[float] = None,
+    *,
+    rule: str = "fixed",
 ) -> torch.Tensor:
     """Which candidates keep their token this step.
 
@@ -164,17 +219,45 @@ def select(
     candidate : [B, C] bool, the still-masked positions of the block
     deferred : [B, C] bool, the candidate's ``x0`` is one of ``defer_tokens``
     k : [B] int64, the schedule's count for the row (unused in threshold mode)
-    threshold : None (schedule mode) or a float, rounded to fp32 (threshold mode)
+    threshold : None (schedule mode) or a float: the rule's parameter (threshold mode)
+    rule : ``'fixed'`` | ``'factor'`` | ``'eb'``, how ``threshold`` picks (threshold mode only)
 
     Returns
     -------
     keep : [B, C] bool
 
-    Ranking within a row: non-deferred before deferred, then higher confidence, then lower
-    position (fp32 comparisons: ``-0.0 == 0.0``). Schedule mode keeps the first ``k``
-    candidates; threshold mode keeps every non-deferred candidate with confidence
-    ``>= threshold``, and the first candidate by the ranking when none reaches it.
+    **Ranking** within a row: non-deferred before deferred, then higher confidence, then lower
+    position (fp32 comparisons: ``-0.0 == 0.0``). ``rank`` is a candidate's place in it (0 the
+    first); the row's non-deferred candidates hold ranks ``0 .. m-1`` and ``c_n`` is the
+    confidence of rank ``n - 1`` (``c_1 >= c_2 >= ... >= c_m``).
+
+    **Schedule mode** keeps the first ``k`` candidates.
+
+    **Threshold mode**: each rule gives ``n*``, the number of non-deferred candidates it keeps,
+    and the step keeps the candidates of rank ``< max(n*, 1)``: at least one per row that has a
+    candidate, and a deferred candidate only when the row has no other candidate (then one per
+    step), as a deferred candidate's confidence were ``-inf``.
+
+    * ``'fixed'``: every non-deferred candidate with ``c >= threshold`` (``threshold`` rounded to
+      fp32); ``n*`` is their number, as they rank first.
+    * ``'factor'`` (Fast-dLLM's factor rule, threshold ``= f > 0``): ``n*`` is the largest ``n``
+      with ``(n + 1) * (1 - c_n) < f``, evaluated exactly in integers on the grid ``2**-30``:
+      ``(n + 1) * E(c_n) < F`` with ``E = factor_error(c)`` (``1 - c`` rounded up to the grid,
+      ``c`` clamped to ``[0, 1]``) and ``F = factor_bound(f) = ceil(f * 2**30)``; 0 when no
+      ``n`` satisfies it.
+    * ``'eb'`` (the EB-sampler's entropy bound, threshold ``= gamma`` in ``[0, 32)`` nats, for
+      ``remasking='entropy'``, whose confidence is ``-H``): ``n*`` is the largest ``n`` with
+      ``sum_{j<=n} h_j - max_{j<=n} h_j <= G``, where ``h = eb_entropy(c)`` (``H = -c`` rounded
+      up to the grid, clamped to ``[0, 32]``) and ``G = eb_bound(gamma) = floor(gamma *
+      2**30)``; int64 sums, exact. The candidates are ranked by confidence, so by increasing
+      entropy (the paper's entropy error proxy).
+
+    Integer arithmetic makes every comparison exact and the same on every device; the grid
+    only rounds errors and entropies below ``2**-7`` up, by less than ``2**-30``
+    (docs/decoding.md).
     """
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {list(RULES)}")
     B, C = confidence.shape
     deferred = deferred & candidate
     pos = torch.arange(C, device=confidence.device)
@@ -184,10 +267,26 @@ def select(
     before = (di & ~dj) | ((di == dj) & ((cj > ci) | ((cj == ci) & (pos[None, None, :] < pos[None, :, None]))))
     rank = (before & candidate[:, None, :]).sum(-1)                     # [B, C]
     if threshold is None:
+        if rule != "fixed":
+            raise ValueError(f"threshold_rule={rule!r} needs a threshold (its parameter)")
         return candidate & (rank < k.to(rank.device)[:, None])
-    t = torch.tensor(float(threshold), dtype=torch.float32, device=confidence.device)
-    keep = candidate & ~deferred & (confidence >= t)
-    none_kept = ~keep.any(-1, keepdim=True)
-    return keep | (none_kept & candidate & (rank == 0))
-
-
+    plain = candidate & ~deferred                                       # the rules' candidates
+    if rule == "fixed":     # n* = the number of those >= threshold: they rank first
+        t = torch.tensor(float(threshold), dtype=torch.float32, device=confidence.device)
+        keep = plain & (confidence >= t)
+        none_kept = ~keep.any(-1, keepdim=True)
+        return keep | (none_kept & candidate & (rank == 0))
+    if C == 0:
+        return candidate.clone()
+    n = rank + 1                                                        # c_n sits at rank n - 1
+    if rule == "factor":
+        holds = plain & ((n + 1) * factor_error(confidence) < factor_bound(threshold))
+    else:   # 'eb': over the prefix of ranks < n, the sum of h minus its largest h
+        h = torch.where(plain, eb_entropy(confidence), 0)
+        in_prefix = plain[:, None, :] & (rank[:, None, :] <= rank[:, :, None])   # [b, i, j]: j in i's prefix
+        hj = h[:, None, :].expand(B, C, C)
+        total = torch.where(in_prefix, hj, 0).sum(-1)
+        largest = torch.where(in_prefix, hj, 0).amax(-1)
+        holds = plain & (total - largest <= eb_bound(threshold))
+    n_star = torch.where(holds, n, 0).amax(-1, keepdim=True)           # the largest n that holds
+    return candidate & (rank < n_star.clamp_min(1))
