@@ -1,13 +1,19 @@
 """Tiny Hugging Face checkpoints on disk, built offline, for tests of the real loading path.
 
-Each ``save_tiny_*`` function writes a folder that looks like a user's checkpoint: a
-``config.json`` (with ``auto_map`` and the modeling file beside it when ``remote_code`` is
-True, as LLaDA and Dream ship theirs), ``model.safetensors`` and a tokenizer built with
-``tokenizers`` (word level, the family's special tokens, a chat template), wrapped as a
-`transformers.PreTrainedTokenizerFast`. Load them back with `fastremask.models.load` (or
-``AutoModel.from_pretrained``) exactly as a real checkpoint is loaded.
+Two kinds of folders, both with a tokenizer built with ``tokenizers`` (word level, the
+family's special tokens, a chat template), wrapped as a `transformers.PreTrainedTokenizerFast`:
 
-The modeling file is `fastremask.models.hf_tiny`, copied into the folder as ``modeling_tiny.py``.
+* **the published layout** (`save_llada_checkpoint`, `save_dream_checkpoint`): LLaDA's and
+  Dream's real ``config.json`` fields (``model_type``, ``architectures``, the published
+  ``auto_map``, shapes, ids) and safetensors under the published weight names, in one file or
+  in shards with ``model.safetensors.index.json``; tiny and random. The modeling files the
+  ``auto_map`` names are absent, as they are to a `transformers` that cannot run them: these
+  load through the native models (`fastremask.models.native`).
+* **look-alikes with remote code** (``save_tiny_*``): a small model of the family's interface,
+  written for `transformers` 5.x (`fastremask.models.hf_tiny`, copied into the folder as
+  ``modeling_tiny.py`` and named by ``auto_map``), with its own weight names: these load
+  through `transformers` with ``trust_remote_code=True``, the fallback path.
+
 Weights are a pure function of ``seed``.
 """
 from __future__ import annotations
@@ -28,6 +34,10 @@ __all__ = [
     "save_tiny_dream",
     "save_tiny_mdlm",
     "register_tiny_mdlm",
+    "save_llada_checkpoint",
+    "save_dream_checkpoint",
+    "llada_state",
+    "dream_state",
 ]
 
 WORDS = (
@@ -163,3 +173,205 @@ def register_tiny_mdlm() -> None:
 def read_config(folder) -> dict:
     with open(os.path.join(os.fspath(folder), "config.json")) as f:
         return json.load(f)
+
+
+# ----------------------------------------------------------------------------- the published layouts
+#
+# The config.json fields below are the ones LLaDA-8B-Instruct's and Dream-v0-Instruct-7B's
+# published configs carry (shapes shrunk); the weight names are the published ones.
+
+LLADA_AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+DREAM_AUTO_MAP = {
+    "AutoConfig": "configuration_dream.DreamConfig",
+    "AutoModel": "modeling_dream.DreamModel",
+}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _llada_config(tok, dtype, overrides: dict) -> dict:
+    eos = tok.eos_token_id
+    cfg = {
+        "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+        "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+        "auto_map": dict(LLADA_AUTO_MAP), "bias_for_layer_norm": False, "block_group_size": 1,
+        "block_type": "llama", "d_model": 32, "embedding_dropout": 0.0, "embedding_size": len(tok),
+        "eos_token_id": eos, "flash_attention": False, "include_bias": False, "include_qkv_bias": False,
+        "init_cutoff_factor": None, "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02,
+        "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
+        "mask_token_id": tok.convert_tokens_to_ids("<|mdm_mask|>"), "max_sequence_length": 4096,
+        "mlp_hidden_size": 64, "mlp_ratio": 4, "model_type": "llada", "multi_query_attention": None,
+        "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "pad_token_id": eos, "precision": "amp_bf16",
+        "residual_dropout": 0.0, "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True,
+        "rope_theta": 500000.0, "scale_logits": False, "torch_dtype": _DTYPE_NAMES[dtype],
+        "transformers_version": "4.46.3", "use_cache": False, "vocab_size": len(tok), "weight_tying": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _dream_config(tok, dtype, overrides: dict) -> dict:
+    cfg = {
+        "architectures": ["DreamModel"], "attention_dropout": 0.0, "auto_map": dict(DREAM_AUTO_MAP),
+        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "hidden_act": "silu",
+        "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "mask_token_id": tok.mask_token_id,
+        "max_position_embeddings": 131072, "max_window_layers": 28, "model_type": "Dream",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 4,
+        "pad_token_id": tok.pad_token_id, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0,
+        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": _DTYPE_NAMES[dtype],
+        "transformers_version": "4.46.2", "use_cache": False, "use_sliding_window": False, "vocab_size": len(tok),
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _random(g, shape, std):
+    return torch.randn(shape, generator=g, dtype=torch.float32) * std
+
+
+def llada_state(cfg: dict, seed: int = 0) -> dict:
+    """Random weights for a LLaDA ``config.json`` dict, under the published names (fp32).
+
+    Norm weights are ``1 + 0.1 N(0, 1)`` and biases (``include_bias``) ``0.1 N(0, 1)``, so a
+    norm or bias applied in the wrong place shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    d, L, H = cfg["d_model"], cfg["n_layers"], cfg["n_heads"]
+    kv = (1 if cfg.get("multi_query_attention") else cfg.get("n_kv_heads") or H) * (d // H)
+    hidden = cfg.get("mlp_hidden_size") or cfg["mlp_ratio"] * d
+    rows = cfg.get("embedding_size") or cfg["vocab_size"]
+    bias = cfg.get("include_bias", False)
+    qkv_bias = bias or cfg.get("include_qkv_bias", False)
+    nb = cfg.get("bias_for_layer_norm")
+    norm_bias = bias if nb is None else nb
+    st = {"model.transformer.wte.weight": _random(g, (rows, d), 1.0)}
+
+    def lin(name, out, inp, b):
+        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
+        if b:
+            st[name + ".bias"] = _random(g, (out,), 0.1)
+
+    def norm(name):
+        st[name + ".weight"] = 1.0 + _random(g, (d,), 0.1)
+        if norm_bias:
+            st[name + ".bias"] = _random(g, (d,), 0.1)
+
+    for i in range(L):
+        p = f"model.transformer.blocks.{i}."
+        norm(p + "attn_norm")
+        lin(p + "q_proj", d, d, qkv_bias)
+        lin(p + "k_proj", kv, d, qkv_bias)
+        lin(p + "v_proj", kv, d, qkv_bias)
+        lin(p + "attn_out", d, d, bias)
+        norm(p + "ff_norm")
+        lin(p + "ff_proj", hidden, d, bias)
+        lin(p + "up_proj", hidden, d, bias)
+        lin(p + "ff_out", d, hidden, bias)
+    norm("model.transformer.ln_f")
+    if not cfg.get("weight_tying", False):
+        st["model.transformer.ff_out.weight"] = _random(g, (rows, d), 3.0 / d ** 0.5)
+        if bias:
+            st["model.transformer.ff_out.bias"] = _random(g, (rows,), 0.1)
+    return st
+
+
+def dream_state(cfg: dict, seed: int = 0) -> dict:
+    """Random weights for a Dream ``config.json`` dict, under the published (Qwen2) names (fp32)."""
+    g = torch.Generator().manual_seed(seed)
+    d, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    kv = (cfg.get("num_key_value_heads") or H) * (d // H)
+    hidden, V = cfg["intermediate_size"], cfg["vocab_size"]
+    st = {"model.embed_tokens.weight": _random(g, (V, d), 1.0)}
+
+    def lin(name, out, inp, b):
+        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
+        if b:
+            st[name + ".bias"] = _random(g, (out,), 0.1)
+
+    for i in range(L):
+        p = f"model.layers.{i}."
+        st[p + "input_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        lin(p + "self_attn.q_proj", d, d, True)
+        lin(p + "self_attn.k_proj", kv, d, True)
+        lin(p + "self_attn.v_proj", kv, d, True)
+        lin(p + "self_attn.o_proj", d, d, False)
+        st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        lin(p + "mlp.gate_proj", hidden, d, False)
+        lin(p + "mlp.up_proj", hidden, d, False)
+        lin(p + "mlp.down_proj", d, hidden, False)
+    st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
+    if not cfg.get("tie_word_embeddings", False):
+        st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)
+    return st
+
+
+def _write_weights(folder: str, state: dict, shards: int, dtype) -> None:
+    """``model.safetensors``, or ``shards`` files ``model-0000k-of-0000n.safetensors`` (tensors in
+    order, split evenly) and ``model.safetensors.index.json``, as `transformers` writes them."""
+    from safetensors.torch import save_file
+
+    if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= len(state):
+        raise ValueError(f"shards must be an int in [1, {len(state)}], got {shards!r}")
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    names = list(state)
+    if shards == 1:
+        save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        return
+    per = -(-len(names) // shards)
+    weight_map, total = {}, 0
+    for k in range(shards):
+        part = names[k * per:(k + 1) * per]
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n] for n in part}, os.path.join(folder, fname), metadata={"format": "pt"})
+        for n in part:
+            weight_map[n] = fname
+            total += state[n].numel() * state[n].element_size()
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        f.write("\n")
+
+
+def _save_published(folder, cfg: dict, state: dict, tok, shards: int, dtype) -> str:
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    _write_weights(folder, state, shards, dtype)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def save_llada_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0,
+                          **config_overrides) -> str:
+    """A tiny random LLaDA checkpoint in the published layout in ``folder``; returns the folder.
+
+    ``config.json`` has LLaDA-8B's fields (``model_type "llada"``, ``architectures
+    ["LLaDAModelLM"]``, the published ``auto_map``, ``block_type "llama"``, ``rope_theta``
+    500000, ``mask_token_id`` ...) with d_model 32, 4 heads, 2 layers, MLP 64 and the
+    tokenizer's vocabulary; ``config_overrides`` replace fields (``n_kv_heads=2`` for GQA,
+    ``weight_tying=True``, ``include_bias=True``, ...). Weights under the published names
+    (``model.transformer.wte.weight``, ``model.transformer.blocks.N.q_proj.weight``, ...) in
+    ``dtype``, in ``shards`` files (with ``model.safetensors.index.json`` when more than one).
+    """
+    tok = llada_tokenizer()
+    cfg = _llada_config(tok, dtype, config_overrides)
+    return _save_published(folder, cfg, llada_state(cfg, seed), tok, shards, dtype)
+
+
+def save_dream_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0,
+                          **config_overrides) -> str:
+    """A tiny random Dream checkpoint in the published layout in ``folder``; returns the folder.
+
+    ``config.json`` has Dream-v0's (Qwen2's) fields (``model_type "Dream"``, ``architectures
+    ["DreamModel"]``, the published ``auto_map``, ``rope_theta`` 1e6, ``rms_norm_eps`` 1e-6,
+    ``mask_token_id`` ...) with hidden_size 32, 4 heads, 2 layers, intermediate 64;
+    ``config_overrides`` replace fields (``num_key_value_heads=2`` for GQA, ...). Weights under
+    the published names (``model.embed_tokens.weight``, ``model.layers.N.self_attn.q_proj.bias``,
+    ``lm_head.weight``, ...) in ``dtype``, in ``shards`` files.
+    """
+    tok = dream_tokenizer()
+    cfg = _dream_config(tok, dtype, config_overrides)
+    return _save_published(folder, cfg, dream_state(cfg, seed), tok, shards, dtype)
