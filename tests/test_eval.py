@@ -200,3 +200,75 @@ def test_shared_options_as_a_config(monkeypatch):
     with pytest.raises(ValueError) as api:
         SamplingConfig(remasking="lowest")
     assert str(e.value) == str(api.value)
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.fixture
+def no_demo_json(tmp_path):
+    """The demo checkpoint without its demo.json: a model folder that names no task."""
+    import shutil
+
+    folder = tmp_path / "nodemo"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(DEMO, name), folder / name)
+    return str(folder)
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="no demo checkpoint in fastremask/data")
+def test_module_without_task_is_one_line(no_demo_json):
+    """``python -m fastremask.evaluation.evaluate`` on a model without demo.json and no --task:
+    one ``fastremask: error:`` line and status 2, as ``fastremask eval`` (it used to print a
+    traceback); ``--debug`` adds the traceback."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fastremask.evaluation.evaluate", "--model", no_demo_json]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.splitlines() == [f"fastremask: error: --task is required: the model folder {no_demo_json} "
+                                     "has no demo.json naming its task (e.g. --task perm:12)"]
+    assert p.stdout == ""
+    p = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" in p.stderr
+
+
+BAD_ARGS = [
+    (["--model", "{nodemo}"], "--task is required"),
+    (["--task", "nope"], "--task nope: unknown task 'nope'"),
+    (["--task", "perm:100"], "--task perm:100: "),
+    (["--task", "sort:40"], "--task sort:40: prompt 80 + answer 40 = 120 positions, more than the model's max_len of 36"),
+    (["--nfe", "1,x"], "argument --nfe: expected comma-separated integers, got '1,x'"),
+    (["--factors", "two"], "argument --factors: expected comma-separated integers"),
+    (["--nfe", "99"], "NFE values [99] are outside [1, answer length 12]"),
+    (["-n", "0"], "-n/--examples must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--schedules", ","], "--schedules and --remasking each need at least one name"),
+    (["--schedules", "cosine"], "unknown schedule family 'cosine'"),
+    (["--remasking", "lowest"], "unknown remasking 'lowest'"),
+    (["--temperature", "-1"], "temperature must be"),
+    (["--backend", "fast"], "unknown backend 'fast'"),
+    (["--device", "tpu9"], "--device 'tpu9'"),
+    (["--model", "{missing}"], "--model: the model folder "),
+    (["--model", "{file}"], "is a file, not a model folder"),
+    (["--out", "{file}/x"], "is not a folder"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.skipif(not HAS_DEMO, reason="no demo checkpoint in fastremask/data")
+@pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_are_one_line(argv, message, no_demo_json, tmp_path, capsys):
+    """Every argument error of the module's command line: status 2, one line naming it, no
+    traceback, nothing generated (checked before any model call)."""
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    names = dict(nodemo=no_demo_json, missing=str(tmp_path / "missing"), file=str(file))
+    argv = [a.format(**names) for a in argv]
+    assert ev.main(["-n", "2", "--quiet", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("fastremask: error: ") and message in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 
     fastremask eval                                   # the shipped demo model on its task
     fastremask eval -n 300 --schedules uniform,pyramid,ramp --out benchmarks/results/eval_perm12
+    python -m fastremask.evaluation.evaluate ...      # the same command (main: cli.main(['eval', ...]))
 
 For one model and one task (`fastremask.evaluation.tasks`), every schedule family is run with every
 remasking rule over its settings, the answers are checked exactly, and each point reports the
@@ -36,6 +37,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -371,6 +373,8 @@ def load_model(path: str | None = None, device: str | None = None):
 
     path = path or _demo_dir()
     cfg_path = os.path.join(path, "config.json")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is a file, not a model folder")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"the model folder {path} does not exist")
     if not os.path.exists(cfg_path):
@@ -389,7 +393,10 @@ def load_model(path: str | None = None, device: str | None = None):
 
 
 def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v.strip()]
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
 def _names(s: str) -> list[str]:
@@ -444,18 +451,41 @@ def _check_args(args) -> None:
             raise ValueError(f"--out {args.out}: {folder} is not a folder")
 
 
+def _task_arg(spec: str | None) -> Task | None:
+    """``--task``'s task (checked before the model is loaded), or None for the model's own."""
+    if spec is None:
+        return None
+    try:
+        return get_task(spec)
+    except ValueError as e:
+        raise ValueError(f"--task {spec}: {e}") from None
+
+
+def _check_fits(task: Task, model, spec: str | None) -> None:
+    """A task whose prompt and answer do not fit the model's positions is an error naming both."""
+    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    need = task.prompt_length + task.answer_length
+    if isinstance(max_len, int) and need > max_len:
+        where = f"--task {spec}" if spec else f"the model's task {task.name}"
+        raise ValueError(f"{where}: prompt {task.prompt_length} + answer {task.answer_length} = {need} "
+                         f"positions, more than the model's max_len of {max_len}")
+
+
 def run(args: argparse.Namespace) -> int:
     """``fastremask eval``: print the table; with ``--out``, write table, CSV, JSON and PNG."""
     _check_args(args)
+    task = _task_arg(args.task)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         model, model_task = load_model(args.model, device=args.device)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         raise ValueError(f"--model: {e}") from None
-    task = get_task(args.task) if args.task else model_task
+    task = task if task is not None else model_task
     if task is None:
-        raise ValueError("--task is required: the model folder has no demo.json naming its task")
+        raise ValueError(f"--task is required: the model folder {args.model} has no demo.json naming its task "
+                         "(e.g. --task perm:12)")
+    _check_fits(task, model, args.task)
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
     config = SamplingConfig(temperature=args.temperature, backend=args.backend)   # what the points share
@@ -484,9 +514,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastremask eval", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``python -m fastremask.evaluation.evaluate ARGV`` is ``fastremask eval ARGV``: the same
+    one-line ``fastremask: error: ...`` messages and exit statuses (2: a bad option or input),
+    ``--debug`` for the traceback."""
+    from fastremask.tools import cli
+
+    return cli.main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
