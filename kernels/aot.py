@@ -88,8 +88,10 @@ class Result:
         return not self.error and not self.forbidden and self.local_bytes == 0
 
 
-def _row_spec(dtype: str, cfg: bool, noise: bool, rule: str, active: bool = True) -> Spec:
+def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True) -> Spec:
+    """The row kernel as `generate` launches it; `noise` is a bool or the temperature."""
     r = _RULES[rule]
+    noise = bool(noise)
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
         "p_seeds": "*i64", "p_pos": "*i64", "p_steps": "*i64", "p_active": "*i1", "p_suppress": "*i64",
@@ -103,6 +105,11 @@ def _row_spec(dtype: str, cfg: bool, noise: bool, rule: str, active: bool = True
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
     warps = _row_launch_config(1, 62, noise, None, None)[2]       # the warps generate launches with
     return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
+
+
+def row_logits_per_iter(spec: Spec) -> int:
+    """Vocab entries one iteration of the row kernel's chunk loop handles (kernels/cost.py)."""
+    return CHUNK
 
 
 def _combine_spec(rule: str, active: bool = True, block_c: int = 64) -> Spec:
