@@ -8,16 +8,22 @@ interface. An `Adapter` presents exactly that for every supported family:
   ``lladamoe``): logits as the model returns them.
 * ``"dream"`` (Dream-v0 7B; ``model_type`` ``Dream``): Dream's output at ``i - 1`` scores the
   token at ``i``, so the logits are shifted right by one (position 0 keeps its own output), and
-  under left padding the model gets Dream's own 4-D mask and position ids.
+  under left padding the model gets Dream's positions (``cumsum(mask) - 1``).
 * ``"tiny"``: the built-in `fastremask.models.tiny.TinyMaskedLM` with the `CharTokenizer`.
 * ``"callable"``: any ``model(x, attention_mask) -> logits`` (a tensor, or an object with
   ``.logits``), logits as returned.
 
-The mask id, EOS/EoT and pad ids and the chat template come from the checkpoint (``config.json``
-and the tokenizer) where they exist; the family's published ids are used only as a last resort
-and only when they fit the vocabulary. Anything that cannot be resolved is a clear error.
+`load` runs ``model_type`` ``llada`` and ``Dream`` checkpoints in the published layout with the
+project's own forward passes (`fastremask.models.native`: no remote code, any `transformers`
+version; `NativeAdapter`); other models (LLaDA-MoE, unknown types with ``family=``, or
+``native=False``) load through `transformers`, with their remote code when they ship it
+(``trust_remote_code=True``; the published LLaDA/Dream/LLaDA-MoE code needs `transformers`
+`REMOTE_CODE_TRANSFORMERS`). The mask id, EOS/EoT and pad ids and the chat template come from
+the checkpoint (``config.json`` and the tokenizer) where they exist; the family's published
+ids are used only as a last resort and only when they fit the vocabulary. Anything that cannot
+be resolved is a clear error.
 
->>> adapter = load("GSAI-ML/LLaDA-8B-Instruct", trust_remote_code=True, dtype=torch.bfloat16)
+>>> adapter = load("GSAI-ML/LLaDA-8B-Instruct", dtype=torch.bfloat16)
 >>> ids, mask = adapter.encode(["What is 2 + 2?"], chat=True)
 >>> out = fastremask.generate(adapter, ids, mask, mask_id=adapter.mask_id, ...)
 """
@@ -36,6 +42,8 @@ from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 __all__ = [
     "Adapter",
     "DreamAdapter",
+    "NativeAdapter",
+    "REMOTE_CODE_TRANSFORMERS",
     "FAMILIES",
     "MODEL_TYPES",
     "ModelLoadError",
@@ -66,6 +74,11 @@ FAMILY_DEFAULTS = {
     "llada": {"mask": LLADA_MASK, "eos": LLADA_EOS, "eot": LLADA_EOT},
     "dream": {"mask": 151666, "eos": 151643, "eot": 151645},
 }
+# The transformers versions the published LLaDA / Dream / LLaDA-MoE modeling files (remote code)
+# run with: 4.46 - 4.57 (5.x fails in them: LLaDA's 'all_tied_weights_keys', Dream's rope
+# 'default'). Declared as the extra fastremask[remote-code] in pyproject.toml. The native models
+# and the project's own look-alike remote code (fastremask/models/hf_tiny.py) need no such pin.
+REMOTE_CODE_TRANSFORMERS = ">=4.46,<4.58"
 MASK_TOKENS = ("<|mdm_mask|>", "<|mask|>", "[MASK]", "<mask>")
 EOS_TOKENS = ("<|endoftext|>",)
 EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>")
@@ -210,6 +223,31 @@ class Adapter:
             logits = self._raw(input_ids, attention_mask)
         return self._from_span(logits, start)
 
+    @property
+    def supports_window(self) -> bool:
+        """Whether `window_logits` can serve this model (an ``nn.Linear`` output head)."""
+        return output_head(self.model) is not None
+
+    # --- block KV caches (generate(..., cache="prefix" | "dual"), fastremask.models.kv)
+
+    @property
+    def supports_cache(self) -> bool:
+        """True when the wrapped model implements ``cached_logits`` (the native LLaDA and Dream,
+        the tiny model); `generate` refuses ``cache=`` otherwise, before any model call."""
+        return callable(getattr(self.model, "cached_logits", None))
+
+    def cached_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache, *,
+                      query: tuple, out: tuple) -> torch.Tensor:
+        """The wrapped model's ``cached_logits`` (`fastremask.models.kv`), under ``no_grad``;
+        logits ``[B, o1 - o0, V]``, position ``i`` scoring the token at ``i``."""
+        method = getattr(self.model, "cached_logits", None)
+        if not callable(method):
+            raise ModelLoadError(
+                f"{self.name} ({type(self.model).__name__}) has no cached_logits, so it cannot run with a "
+                "block KV cache; use cache=None (the native LLaDA and Dream models and the tiny model have one)")
+        with torch.no_grad():
+            return method(input_ids, attention_mask, cache, query=query, out=out)
+
     # --- text in and out
 
     @property
@@ -339,6 +377,30 @@ class DreamAdapter(Adapter):
         return logits if start > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
+class NativeAdapter(Adapter):
+    """A native LLaDA or Dream model (`fastremask.models.native`): logits as it returns them
+    (the native Dream applies Dream's shift and positions itself, so nothing is shifted here),
+    its own `window_logits` and ``cached_logits``. ``family`` is the model's (``"llada"`` or
+    ``"dream"``)."""
+
+    def __init__(self, model, tokenizer=None, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        self.family = model.family
+
+    def _raw(self, x, attention_mask):
+        return self.model(x, attention_mask).logits
+
+    @property
+    def supports_window(self) -> bool:
+        return True
+
+    def window_logits(self, input_ids, attention_mask, start: int, length: int) -> torch.Tensor:
+        """``[B, length, V]``: the native model's own window (the final norm and the output head
+        on those rows only)."""
+        with torch.no_grad():
+            return self.model.window_logits(input_ids, attention_mask, start, length)
+
+
 _ADAPTERS = {"llada": Adapter, "dream": DreamAdapter, "tiny": TinyAdapter, "callable": CallableAdapter}
 
 
@@ -408,7 +470,7 @@ def _restricted(head: torch.nn.Linear, lo: int, hi: int, length: int, name: str)
 def check_window_support(model) -> None:
     """Raise a `ModelLoadError` (a ValueError) unless `window_logits` can serve ``model``."""
     if isinstance(model, Adapter):
-        if output_head(model.model) is None:
+        if not model.supports_window:
             raise ModelLoadError(_no_head_message(model.model, model.name))
     elif not callable(getattr(model, "window_logits", None)) and output_head(model) is None:
         raise ModelLoadError(_no_head_message(model, type(model).__name__))
@@ -474,9 +536,15 @@ def _first_int(*values) -> int | None:
     return None
 
 
+def _config_file(name: str) -> str:
+    """``name/config.json`` for a model folder, else "its config" (for messages)."""
+    return os.path.join(name, "config.json") if os.path.isdir(name) else "its config"
+
+
 def _resolve_ids(config, tokenizer, family: str, vocab_size: int | None, *, mask_id=None, eos_id=None,
                  eot_id=None, pad_id=None, name: str = "the model") -> dict:
     vocab = _vocab(tokenizer)
+    cfg_file = _config_file(name)
     defaults = FAMILY_DEFAULTS.get(family, {})
 
     def by_name(names):
@@ -493,13 +561,16 @@ def _resolve_ids(config, tokenizer, family: str, vocab_size: int | None, *, mask
         fits(defaults.get("mask")),
     )
     if mask is None:
+        tok = ("it has no tokenizer" if tokenizer is None else
+               f"its tokenizer declares no mask_token and has none of {', '.join(MASK_TOKENS)}")
         raise ModelLoadError(
-            f"could not find the mask token of {name}: its config has no mask_token_id, its "
-            f"tokenizer declares no mask_token and has none of {', '.join(MASK_TOKENS)}. "
-            "Pass mask_id= (CLI: --mask-id)."
+            f"could not find the mask token of {name}: {cfg_file} has no field 'mask_token_id' and "
+            f"{tok}. Pass mask_id= (CLI: --mask-id)."
         )
     if vocab_size is not None and not 0 <= mask < vocab_size:
-        raise ModelLoadError(f"mask id {mask} of {name} is outside its vocabulary of {vocab_size}")
+        where = (f" ({cfg_file} field 'mask_token_id')" if mask_id is None
+                 and _first_int(getattr(config, "mask_token_id", None)) == mask else "")
+        raise ModelLoadError(f"mask id {mask} of {name}{where} is outside its vocabulary of {vocab_size}")
     eos = _first_int(eos_id, by_name(EOS_TOKENS), getattr(tokenizer, "eos_token_id", None),
                      getattr(config, "eos_token_id", None), fits(defaults.get("eos")))
     eot = _first_int(eot_id, by_name(EOT_TOKENS), fits(defaults.get("eot")))
@@ -513,14 +584,30 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
     """Adapt an already-built model (or any callable) for `generate`.
 
     ``family`` None: from ``model.config.model_type``, ``"tiny"`` for a `TinyMaskedLM`, and
-    ``"callable"`` for anything without a config. Ids are resolved as in `load`.
+    ``"callable"`` for anything without a config; a ``family`` that contradicts a known
+    ``model_type`` is a `ModelLoadError`. A native model (`fastremask.models.native`) gets a
+    `NativeAdapter` (no second shift for Dream). Ids are resolved as in `load`.
     """
     from fastremask.models.tiny import TinyMaskedLM
+
+    from fastremask.models.native import NativeModel
 
     if isinstance(model, Adapter):
         return model
     config = getattr(model, "config", None)
     name = name or type(model).__name__
+    known = MODEL_TYPES.get(str(getattr(config, "model_type", None)).lower()) if config is not None else None
+    if family is not None and known is not None and family != known:
+        raise ModelLoadError(
+            f"family={family!r} contradicts {name}'s config.model_type {config.model_type!r}, a {known} model; "
+            "drop the family (it is for model types fastremask does not know)")
+    if isinstance(model, NativeModel):
+        if family is not None and family != model.family:
+            raise ModelLoadError(f"family={family!r} contradicts {name}, a native {model.family} model")
+        vocab_size = _first_int(getattr(config, "vocab_size", None))
+        ids = _resolve_ids(config, tokenizer, model.family, vocab_size, mask_id=mask_id, eos_id=eos_id,
+                           eot_id=eot_id, pad_id=pad_id, name=name)
+        return NativeAdapter(model, tokenizer, device=device, name=name, **ids)
     if family is None:
         if isinstance(model, TinyMaskedLM):
             family = "tiny"
@@ -669,19 +756,130 @@ def _auto_class(config):
     return transformers.AutoModel
 
 
+def _remote_code_hint(raw: dict | None) -> str:
+    """A sentence on the transformers versions the published remote code runs with, when the
+    installed one is outside them and the checkpoint ships code; else ""."""
+    import transformers
+
+    if not (raw and raw.get("auto_map")):
+        return ""
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    if (4, 46) <= (major, minor) < (4, 58):
+        return ""
+    native = " (or drop native=False: fastremask runs this model natively)" if _native_family(raw) else ""
+    return (f"; the published LLaDA / Dream / LLaDA-MoE modeling code runs with transformers "
+            f"{REMOTE_CODE_TRANSFORMERS} (installed: {transformers.__version__}): pip install "
+            f"'fastremask[remote-code]'{native}")
+
+
+def _native_family(raw: dict | None) -> str | None:
+    from fastremask.models import native
+
+    return native.native_family(raw.get("model_type")) if raw else None
+
+
+def _check_remote_files(raw: dict, folder: str, native_hint: bool) -> None:
+    """The modules ``auto_map`` names must be in a local folder (else transformers' message
+    is about the hub)."""
+    auto_map = raw.get("auto_map")
+    if not isinstance(auto_map, dict):
+        return
+    for key, ref in auto_map.items():
+        refs = ref if isinstance(ref, (list, tuple)) else [ref]
+        for r in refs:
+            if not isinstance(r, str) or "--" in r or "." not in r:
+                continue                        # None entries, references to other hub repos
+            module = r.rsplit(".", 1)[0]
+            path = os.path.join(folder, module.replace(".", os.sep) + ".py")
+            if not os.path.isfile(path):
+                hint = ("; it is in the published layout, so drop native=False to run fastremask's "
+                        "native forward" if native_hint else "")
+                raise ModelLoadError(
+                    f"{os.path.join(folder, 'config.json')}: field 'auto_map' ({key}) names {module}.py, "
+                    f"which is not in {folder}: the checkpoint's own modeling code is missing{hint}")
+
+
+def _hub_folder(name: str, revision: str | None, trust_remote_code: bool) -> str | None:
+    """A local snapshot of hub model ``name`` with what the native path reads (config,
+    safetensors, tokenizer files), or None when its config cannot be fetched or its
+    model_type has no native forward (the transformers path then reports)."""
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return None
+    try:
+        cfg = hf_hub_download(name, "config.json", revision=revision)
+        with open(cfg, encoding="utf-8") as f:
+            raw = json.load(f)
+    except Exception:  # noqa: BLE001 - offline, no such repo, not JSON: the transformers path says so
+        return None
+    if not isinstance(raw, dict) or _native_family(raw) is None:
+        return None
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+    try:
+        return snapshot_download(name, revision=revision,
+                                 allow_patterns=patterns + (["*.py"] if trust_remote_code else []))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not download {name} from the hub: {_first_line(e)}") from e
+
+
+def _tokenizer_files(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, n)) for n in
+               ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"))
+
+
+def _native_tokenizer(folder: str, name: str, trust_remote_code: bool):
+    """The folder's tokenizer through `transformers` (None when the folder has no tokenizer
+    files: token ids only). Without ``trust_remote_code`` a tokenizer that names its own code
+    is read from its ``tokenizer.json`` as a `PreTrainedTokenizerFast`."""
+    import transformers
+
+    if not _tokenizer_files(folder):
+        return None
+    try:
+        # a bare config: the tokenizer's own files decide its class (transformers would otherwise
+        # read config.json as a model config it does not know, and warn)
+        return transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                          config=transformers.PretrainedConfig())
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            try:
+                return transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+            except Exception:  # noqa: BLE001
+                pass
+        code = "" if trust_remote_code else " (if it ships its own tokenizer code, pass trust_remote_code=True)"
+        raise ModelLoadError(f"could not load the tokenizer of {name}: {_first_line(e)}{code}") from e
+
+
+def _load_native(folder: str, name: str, raw: dict, *, dtype, device, trust_remote_code: bool, ids: dict) -> Adapter:
+    from fastremask.models import native
+
+    model = native.from_folder(folder, dtype=dtype, device=device, raw=raw)
+    tokenizer = _native_tokenizer(folder, name, trust_remote_code)
+    return wrap(model, tokenizer, name=name, **ids)
+
+
 def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=None,
-         trust_remote_code: bool = False, mask_id: int | None = None, eos_id: int | None = None,
-         eot_id: int | None = None, pad_id: int | None = None, revision: str | None = None) -> Adapter:
+         trust_remote_code: bool = False, native: bool | None = None, mask_id: int | None = None,
+         eos_id: int | None = None, eot_id: int | None = None, pad_id: int | None = None,
+         revision: str | None = None) -> Adapter:
     """Load a checkpoint (local folder or hub id) and its tokenizer, and adapt it.
 
     Parameters
     ----------
     model_id_or_path : a folder with ``config.json`` or a hub id (hubs need network access).
-    family : ``"llada"``, ``"dream"`` or None (from ``config.json``'s ``model_type``).
+    family : ``"llada"``, ``"dream"`` or None (from ``config.json``'s ``model_type``); needed
+        only for model types fastremask does not know, and refused when it contradicts one it knows.
     dtype : ``"auto"`` (the checkpoint's), a `torch.dtype` or ``"bf16"``/``"fp16"``/``"fp32"``.
     device : where to put the model; None: ``cuda`` if available, else ``cpu``.
-    trust_remote_code : run the modeling code shipped with the checkpoint (LLaDA and Dream
-        need it).
+    trust_remote_code : run the code shipped with the checkpoint (the transformers path; for a
+        native model only its tokenizer's code, if it has any).
+    native : None (default): ``model_type`` ``llada`` / ``Dream`` in the published layout run
+        natively (`fastremask.models.native`, `NativeAdapter`: no remote code, any transformers
+        version), everything else through transformers; a ``llada``/``Dream`` folder whose
+        weights do not carry the published names goes to transformers too (it needs its own
+        code). True: native or a clear error. False: always transformers (the published LLaDA
+        and Dream code needs transformers `REMOTE_CODE_TRANSFORMERS`).
     mask_id, eos_id, eot_id, pad_id : override what the config and tokenizer say.
 
     A folder written by `TinyMaskedLM.save_pretrained` (``model_type "fastremask-tiny"``)
@@ -692,10 +890,13 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if family is not None and family not in FAMILIES:
         raise ModelLoadError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if native not in (None, True, False):
+        raise ModelLoadError(f"native must be None, True or False, got {native!r}")
     if not os.path.exists(name) and _looks_local(name):
         raise ModelLoadError(f"the model folder {name} does not exist")
     if os.path.isfile(name):
         raise ModelLoadError(f"{name} is a file; expected a model folder (with config.json) or a hub id")
+    ids = dict(mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, pad_id=pad_id)
     raw = _local_config(name)
     _check_family(family, raw, name)
     if raw is not None and raw.get("model_type") == "fastremask-tiny":
@@ -708,16 +909,52 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
             raise ModelLoadError(f"{os.path.join(name, 'config.json')}: {_first_line(e)}") from e
         except Exception as e:  # noqa: BLE001 - safetensors' errors have no common base
             raise ModelLoadError(f"cannot load the weights {_weights_files(name)}: {_first_line(e)}") from e
-        return wrap(model, tiny_tokenizer(model.config.vocab_size, name), family=family or "tiny",
-                    mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, pad_id=pad_id, name=name)
+        return wrap(model, tiny_tokenizer(model.config.vocab_size, name), family=family or "tiny", name=name, **ids)
     if raw is None and os.path.exists(name):
         raise ModelLoadError(f"{name} has no config.json; is it a model folder?")
 
+    # --- the native path (LLaDA, Dream in the published layout)
+    folder = name if raw is not None else None
+    if raw is None and native is not False:          # a hub id: fetch what the native path reads
+        folder = _hub_folder(name, revision, trust_remote_code)
+        raw = _local_config(folder) if folder else None
+        _check_family(family, raw, name)
+    nat = _native_family(raw)
+    if native is True and nat is None:
+        where = os.path.join(folder, "config.json") if folder else name
+        raise ModelLoadError(f"native=True, but {where} has model_type {(raw or {}).get('model_type')!r}; "
+                             "fastremask has native forward passes for 'llada' and 'Dream' only")
+    if nat is not None and native is not False:
+        from fastremask.models import native as native_models
+
+        layout = native_models.published_layout(folder, raw.get("model_type"))
+        if layout is not False:
+            return _load_native(folder, name, raw, dtype=dtype, device=device,
+                                trust_remote_code=trust_remote_code, ids=ids)
+        emb = native_models.NATIVE_TYPES[raw["model_type"].lower()][3]
+        why = (f"{name}: its weights ({_weights_files(folder)}) have no tensor {emb!r}, so they are not in the "
+               f"published {nat} layout the native forward reads")
+        if native is True:
+            raise ModelLoadError(why + "; load it with native=False and trust_remote_code=True if it ships its own code")
+        if not raw.get("auto_map"):
+            raise ModelLoadError(why + ", and it ships no modeling code (no auto_map in config.json)")
+        if not trust_remote_code:
+            raise ModelLoadError(why + "; it ships its own modeling code (auto_map in config.json): pass "
+                                 "trust_remote_code=True (CLI: --trust-remote-code) after reading it")
+        # a checkpoint with its own code and its own weight names: the transformers path
+
+    # --- the transformers path (remote code, registered models)
     import transformers
 
-    hub = {"revision": revision} if revision else {}
+    if folder is not None and folder != name:
+        name_or_folder = folder                        # the hub snapshot
+    else:
+        name_or_folder = name
+    if raw is not None and trust_remote_code and os.path.isdir(name_or_folder):
+        _check_remote_files(raw, name_or_folder, native_hint=nat is not None and native is False)
+    hub = {"revision": revision} if revision and not os.path.isdir(name_or_folder) else {}
     try:
-        config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
+        config = transformers.AutoConfig.from_pretrained(name_or_folder, trust_remote_code=trust_remote_code, **hub)
     except ValueError as e:
         if raw is not None and raw.get("auto_map") and not trust_remote_code:
             raise ModelLoadError(
@@ -726,26 +963,31 @@ def load(model_id_or_path, *, family: str | None = None, dtype="auto", device=No
             ) from e
         if raw is not None and family is None:
             detect_family(raw.get("model_type"), name=name)  # the clearer message, if it applies
-        raise ModelLoadError(f"could not load the config of {name}: {e}") from e
+        raise ModelLoadError(f"could not load the config of {name}: {e}{_remote_code_hint(raw)}") from e
     except OSError as e:
+        if os.path.isdir(name_or_folder):
+            raise ModelLoadError(f"could not load the config of {name}: {_first_line(e)}") from e
         raise ModelLoadError(f"could not find {name} (not a local folder; hub unreachable or no such id): {e}") from e
+    except Exception as e:  # noqa: BLE001 - remote configuration code may raise anything
+        raise ModelLoadError(f"could not load the config of {name}: {_first_line(e)}{_remote_code_hint(raw)}") from e
     family = family or detect_family(getattr(config, "model_type", None), name=name)
 
     try:
         model = _auto_class(config).from_pretrained(
-            name, config=config, trust_remote_code=trust_remote_code, **_dtype_kwarg(_parse_dtype(dtype)), **hub
+            name_or_folder, config=config, trust_remote_code=trust_remote_code,
+            **_dtype_kwarg(_parse_dtype(dtype)), **hub
         )
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors', torch's and transformers' errors differ
-        where = _weights_files(name) if os.path.isdir(name) else name
-        raise ModelLoadError(f"cannot load the weights {where}: {_first_line(e)}") from e
+        where = _weights_files(name_or_folder) if os.path.isdir(name_or_folder) else name
+        raise ModelLoadError(f"cannot load the weights {where}: {_first_line(e)}{_remote_code_hint(raw)}") from e
     if family == "dream":
         _check_dream_forward(model, name)
     model = model.to(device).eval()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_folder, trust_remote_code=trust_remote_code,
+                                                               **hub)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load the tokenizer of {name}: {e}") from e
-    return wrap(model, tokenizer, family=family, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, pad_id=pad_id,
-                name=name)
+    return wrap(model, tokenizer, family=family, name=name, **ids)
