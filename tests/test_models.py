@@ -1,8 +1,12 @@
-"""Model adapters through the real `transformers` loading path, with tiny saved checkpoints.
+"""Model adapters through the `transformers` loading path (the remote-code fallback), with tiny
+saved checkpoints.
 
-The checkpoints (`fastremask.models.testing`) are written to a temporary folder with their own
-modeling file and a `tokenizers`-built tokenizer, and loaded back with ``from_pretrained``
-(remote code included), the way a user's LLaDA or Dream checkpoint is.
+The checkpoints here are the project's look-alikes (`fastremask.models.testing.save_tiny_*`):
+``model_type`` ``llada`` / ``Dream`` with their own modeling file and their own weight names,
+plus a `tokenizers`-built tokenizer. Their weights are not in the published layout, so
+`models.load` does not run them natively but through ``from_pretrained`` with their remote
+code (``trust_remote_code=True``), as any checkpoint that ships its own code. The native path
+(checkpoints in the published layout) is tested in tests/test_native_models.py.
 """
 import pytest
 import torch
@@ -157,8 +161,27 @@ def test_registered_model_without_remote_code(ckpt):
 
 
 def test_remote_code_must_be_trusted(ckpt):
-    with pytest.raises(ModelLoadError, match="trust_remote_code=True"):
+    # model_type llada, but not the published weight names: the native path says why it cannot
+    with pytest.raises(ModelLoadError, match=r"not in the published llada layout.*trust_remote_code=True"):
         models.load(ckpt["llada"], device="cpu")
+    with pytest.raises(ModelLoadError, match=r"not in the published dream layout.*trust_remote_code=True"):
+        models.load(ckpt["dream"], device="cpu")
+    with pytest.raises(ModelLoadError, match="trust_remote_code=True"):
+        models.load(ckpt["dream"], device="cpu", native=False)
+
+
+def test_cache_support_is_the_models(llada, dream):
+    from fastremask.models.kv import KVCache
+
+    assert not llada.supports_cache and not dream.supports_cache       # remote code: no cached_logits
+    with pytest.raises(ModelLoadError, match="no cached_logits.*cache=None"):
+        llada.cached_logits(torch.tensor([[7, 8]]), None, KVCache(), query=(0, 2), out=(0, 2))
+    t = models.wrap(tiny_model())
+    assert t.supports_cache
+    x = torch.tensor([[72, 105, 127, 127]])
+    got = t.cached_logits(x, None, KVCache(), query=(0, 4), out=(2, 4))
+    assert_bits_equal(got, t.model.cached_logits(x, None, KVCache(), query=(0, 4), out=(2, 4)))
+    assert not models.wrap(lambda x, m: x, mask_id=1).supports_cache
 
 
 def test_missing_mask_token_is_a_clear_error(ckpt):
