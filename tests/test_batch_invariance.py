@@ -38,6 +38,13 @@ class PaddingBlindLM(torch.nn.Module):
         p = self.Prev[prev] * prev_real[..., None]
         return self.E[x] + p + self.Pos[pos]
 
+    eos_id = 1                                                       # for stop_at_eos
+
+    def cached_logits(self, x, attention_mask, cache, *, query, out):
+        """The block-cache protocol (`fastremask.models.kv`): this model attends to nothing, so
+        its cached logits are its logits; the loop's cache plumbing is what is exercised."""
+        return self(x, attention_mask)[:, out[0]:out[1]]
+
 
 MODEL = PaddingBlindLM()
 
@@ -64,9 +71,10 @@ def _check_rows_alone(lengths, seed, kw, backend):
         assert torch.equal(x[b, P:], alone[0, len(r):]), (b, lengths, kw)
 
 
-def _options(draw_threshold, remasking, temperature, cfg_scale, blocks, block_length):
+def _options(draw_threshold, remasking, temperature, cfg_scale, blocks, block_length, cache=None,
+             stop_at_eos=False):
     kw = dict(gen_length=blocks * block_length, block_length=block_length, temperature=temperature,
-              remasking=remasking, cfg_scale=cfg_scale)
+              remasking=remasking, cfg_scale=cfg_scale, cache=cache, stop_at_eos=stop_at_eos)
     if draw_threshold:
         kw.update(threshold=REMASKING_THRESHOLD[remasking], steps=blocks)
     else:
@@ -85,10 +93,12 @@ def _options(draw_threshold, remasking, temperature, cfg_scale, blocks, block_le
     block_length=st.sampled_from([3, 4]),
     backend=st.sampled_from(["torch", "reference"]),
     seed=st.integers(0, 2**40),
+    cache=st.sampled_from([None, None, "prefix", "dual"]),
+    stop_at_eos=st.booleans(),
 )
 def test_row_in_a_batch_equals_the_row_alone(lengths, threshold, remasking, temperature, cfg_scale,
-                                             blocks, block_length, backend, seed):
-    kw = _options(threshold, remasking, temperature, cfg_scale, blocks, block_length)
+                                             blocks, block_length, backend, seed, cache, stop_at_eos):
+    kw = _options(threshold, remasking, temperature, cfg_scale, blocks, block_length, cache, stop_at_eos)
     _check_rows_alone(lengths, seed, kw, backend)
 
 

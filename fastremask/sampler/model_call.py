@@ -24,7 +24,7 @@ def _check_logits(logits, x: torch.Tensor, length: int, what: str, span: str = "
             f" = [{x.shape[0]}, {length}, V] for {span}input of shape {tuple(x.shape)}")
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"model logits have dtype {logits.dtype}; expected fp32, bf16 or fp16")
-    return logits
+    return logits.contiguous()           # the step views them as rows (a copy only if they are not)
 
 
 def call_model(model, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
