@@ -549,3 +549,20 @@ def test_broken_index(tmp_path):
     open(index, "w").write(json.dumps({"weight_map": {"model.norm.weight": "../x.safetensors"}}))
     with pytest.raises(ModelLoadError, match=r"points outside the folder"):
         models.load(p, device="cpu")
+
+
+def test_tokenizer_that_names_its_own_code(tmp_path):
+    """Dream-v0's tokenizer_config.json names tokenization_dream.py: without trust_remote_code
+    the tokenizer is read from tokenizer.json (special tokens and chat template kept)."""
+    p = testing.save_dream_checkpoint(tmp_path / "d")
+    path = os.path.join(p, "tokenizer_config.json")
+    tc = json.loads(open(path).read())
+    tc.update(tokenizer_class="DreamTokenizer", auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
+    open(path, "w").write(json.dumps(tc))
+    a = models.load(p, device="cpu")
+    want = testing.dream_tokenizer()
+    assert a.mask_id == want.mask_token_id and a.eos_id == want.eos_token_id
+    assert a.tokenizer.convert_ids_to_tokens(a.tokenize("hi", chat=True))[-2:] == ["<|im_start|>", "assistant"]
+    os.remove(os.path.join(p, "tokenizer.json"))
+    with pytest.raises(ModelLoadError, match=r"could not load the tokenizer of .*trust_remote_code=True"):
+        models.load(p, device="cpu")

@@ -769,7 +769,7 @@ def _remote_code_hint(raw: dict | None) -> str:
     native = " (or drop native=False: fastremask runs this model natively)" if _native_family(raw) else ""
     return (f"; the published LLaDA / Dream / LLaDA-MoE modeling code runs with transformers "
             f"{REMOTE_CODE_TRANSFORMERS} (installed: {transformers.__version__}): pip install "
-            f"'fastremask[remote-code]'{native}")
+            f"'transformers{REMOTE_CODE_TRANSFORMERS}' (the extra fastremask[remote-code]){native}")
 
 
 def _native_family(raw: dict | None) -> str | None:
