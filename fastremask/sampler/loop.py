@@ -78,9 +78,10 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     candidate = checker.note(sample.invalid, cand, blk, step_index, logits, uncond)   # no bad row kept
     deferred = no_defer if defer is None else candidate & torch.isin(x0, defer)
     if backend.fused_write:
-        keep = backend.select(conf, candidate, deferred, k, config.threshold, x=x, x0=x0, start=blk.start)
+        keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule,
+                              x=x, x0=x0, start=blk.start)
     else:
-        keep = backend.select(conf, candidate, deferred, k, config.threshold)
+        keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule)
         torch.where(keep, x0, blk.x, out=blk.x)
     return x0, conf, keep
 
@@ -155,8 +156,6 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
         raise TypeError(f"return_trace must be True or False, got {return_trace!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}")
-    if config.threshold_rule != "fixed":
-        raise NotImplementedError("threshold_rule is being built")  # FIXME
     ids = SpecialIds.of(model, config)
     prompt, attention_mask, device = _check_prompt(model, prompt, attention_mask, ids.mask_id)
     B, P = prompt.shape
