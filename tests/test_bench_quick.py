@@ -75,3 +75,16 @@ def test_unknown_suite_is_an_error():
     bench.add_arguments(parser)
     with pytest.raises(ValueError, match="unknown suite"):
         bench.pytest_command(parser.parse_args(["--suites", "nope"]), "x.json")
+
+
+def test_cache_speed_quick(tmp_path):
+    """benchmarks/cache_speed.py on tiny shapes through the native LLaDA path: every case runs
+    and the calls are counted (no speed asserted)."""
+    out = tmp_path / "cache.json"
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "cache_speed.py"), "--quick", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"llada (restated)", "fastremask cache=None", "fastremask cache=prefix",
+            "fastremask cache=dual"} <= set(rows)
+    assert rows["fastremask cache=dual"]["model_calls"] == rows["fastremask cache=None"]["model_calls"] == 16
