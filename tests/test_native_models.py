@@ -340,9 +340,9 @@ def test_load_runs_natively_without_remote_code(folders, variant):
     assert torch.equal(a.cached_logits(x, am, kv, query=(0, 11), out=(4, 8)),
                        a.model.cached_logits(x, am, KVCache(), query=(0, 11), out=(4, 8)))
     ids, mask = a.encode(["hi i am", "the cat sat on the mat"], chat=True)
-    out = generate(a, ids, mask, steps=8, gen_length=8, block_length=4, mask_id=a.mask_id, seed=0)
-    assert out.shape == (2, ids.shape[1] + 8) and not (out == a.mask_id).any()
-    win = generate(a, ids, mask, steps=8, gen_length=8, block_length=4, mask_id=a.mask_id, seed=0, logits_window=True)
+    out = generate(a, ids, mask, steps=4, gen_length=4, block_length=2, mask_id=a.mask_id, seed=0)
+    assert out.shape == (2, ids.shape[1] + 4) and not (out == a.mask_id).any()
+    win = generate(a, ids, mask, steps=4, gen_length=4, block_length=2, mask_id=a.mask_id, seed=0, logits_window=True)
     assert torch.equal(win, out)
 
 

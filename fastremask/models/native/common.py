@@ -211,12 +211,15 @@ def load_weights(model: nn.Module, folder: str, *, dtype: Optional[torch.dtype],
     for n in expected:
         by_file.setdefault(where[n], []).append(n)
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     state = {}
     for path, names in by_file.items():
         if not os.path.isfile(path):
             raise _error(f"{index or folder}: shard {os.path.basename(path)} is missing "
                          f"({path} does not exist; it holds {names[0]!r})")
         try:
+            # straight to the GPU (no host copy of an 8B model); other devices through the CPU
             f = safe_open(path, framework="pt", device=str(dev) if dev.type == "cuda" else "cpu")
         except Exception as e:  # noqa: BLE001
             raise _error(f"cannot read the weights {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
