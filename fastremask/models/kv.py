@@ -76,10 +76,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: Optional[t
     """Bidirectional attention of ``q`` ``[B, H, Lq, Dh]`` (positions ``q0:q0 + Lq``) over the
     whole sequence: with a cache, ``k``/``v`` (the query's own) are written into it and the
     cached ones attended to. ``key_ok`` ``[B, 1, 1, L]`` bool (True = may be attended) or None.
-    Grouped-query attention (fewer key heads) is expanded here."""
+    Grouped-query attention (fewer key heads): SDPA's ``enable_gqa`` where torch has it."""
     if cache is not None:
         k, v = cache.update(layer, k, v, q0)
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if k.shape[1] == q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok)
+    if _HAS_GQA:                                # no copy of the keys per query head
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok, enable_gqa=True)
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok)
+
+
+def _has_gqa() -> bool:
+    import inspect
+
+    try:
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):          # a builtin without a signature (torch < 2.5 style)
+        return "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+_HAS_GQA = _has_gqa()
