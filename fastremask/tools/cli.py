@@ -1,7 +1,7 @@
 """The ``fastremask`` command.
 
     fastremask generate --schedule pyramid --trace             (the demo model, its sample prompt)
-    fastremask generate --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --chat --prompt "..."
+    fastremask generate --model GSAI-ML/LLaDA-8B-Instruct --chat --prompt "..." --cache dual
     fastremask generate --prompts-file in.jsonl --output out.jsonl [--resume | --force]
     fastremask bench | profile | eval ...      (when those modules are installed)
 
@@ -92,7 +92,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--family", choices=("llada", "dream", "tiny"), default=None,
                    help="model family, for a config.json model_type fastremask does not know")
     m.add_argument("--trust-remote-code", action="store_true",
-                   help="run the modeling code shipped with the checkpoint (LLaDA and Dream need it)")
+                   help="run the modeling code shipped with the checkpoint (models without a native "
+                        "forward; LLaDA-8B/1.5 and Dream-v0 run natively, docs/models/)")
+    m.add_argument("--no-native", action="store_true",
+                   help="LLaDA/Dream through their remote code instead of the native forward "
+                        "(with --trust-remote-code; transformers 4.46-4.57)")
     m.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     m.add_argument("--mask-id", type=int, default=None, help="mask token id (default: from the checkpoint)")
@@ -244,7 +248,8 @@ def _load_model(args):
     ids = dict(mask_id=args.mask_id, eos_id=args.eos_id, eot_id=args.eot_id, pad_id=args.pad_id)
     if args.model is not None:
         adapter = models.load(args.model, family=args.family, dtype=args.dtype, device=args.device,
-                              trust_remote_code=args.trust_remote_code, **ids)
+                              trust_remote_code=args.trust_remote_code,
+                              native=False if args.no_native else None, **ids)
         return adapter, None, args.model
     demo = _demo_dir()
     if demo is not None:
