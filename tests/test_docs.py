@@ -71,8 +71,6 @@ SHELL_TIMEOUT = 180
 # is skipped with the reason `cannot_run_here` gives instead of failing (blocks that can run
 # still run). Each entry must still be needed: `test_unmarked_files_still_need_it`.
 UNMARKED_FILES = {
-    "docs/models/llada.md": "its commands download LLaDA-8B from the hub",
-    "docs/models/dream.md": "its commands download Dream-7B from the hub",
     "docs/kernels.md": "its command blocks are unlabeled fences (ahead-of-time compilation, the GPU script)",
 }
 
