@@ -61,6 +61,17 @@ class Counting:
         return self.model.cached_logits(*a, **k)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
         for r in rows[1:]:
             print(f"{r['case']:44s} {ref / r['seconds']:5.2f}x cache=None   {llada_s / r['seconds']:5.2f}x llada")
     meta = dict(command="python benchmarks/cache_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                machine=_cpu_name(), cpus=os.cpu_count(),
                 torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
                 shape=dict(layers=args.layers, d_model=args.d_model, heads=args.heads, vocab=args.vocab,
                            prompt=args.prompt, gen=args.gen, block=args.block, steps=steps, batch=args.batch,
