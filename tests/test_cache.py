@@ -170,3 +170,20 @@ def test_stop_at_eos_is_per_row():
 def test_stop_at_eos_needs_an_eos_in_the_vocabulary():
     with pytest.raises(ValueError, match="stop_at_eos=True: the EOS id 126081 is outside"):
         _gen(MODEL, None, stop_at_eos=True)
+
+
+def test_eval_counts_cached_calls_and_takes_blocks():
+    from fastremask import models
+    from fastremask.evaluation.evaluate import evaluate
+    from fastremask.evaluation.tasks import get_task
+    from fastremask.sampler.config import SamplingConfig
+
+    model = models.load(fastremask.DATA_DIR)
+    task = get_task("perm:12")
+    base = SamplingConfig(temperature=1.0, backend="torch", cache="dual")
+    rows = evaluate(model, task, schedules=["uniform"], remasking=["low_confidence"], nfe_grid=[3, 4, 6],
+                    n_examples=8, config=base, block_length=4)
+    assert [r.setting for r in rows] == ["steps=3", "steps=6"]          # 4 is not a multiple of 3 blocks
+    assert [r.nfe for r in rows] == [3, 6]                             # the cached calls are counted
+    with pytest.raises(ValueError, match="block_length must divide"):
+        evaluate(model, task, n_examples=8, config=base, block_length=5)

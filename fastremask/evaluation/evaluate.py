@@ -109,12 +109,14 @@ class Point:
             return dict(steps=self.setting, schedule=ramp_counts(answer_length, self.setting)[::-1], factor=1)
         raise ValueError(f"unknown schedule family {self.family!r}; known: {FAMILIES}")
 
-    def config(self, answer_length: int, base: SamplingConfig | None = None) -> SamplingConfig:
+    def config(self, answer_length: int, base: SamplingConfig | None = None,
+               block_length: int | None = None) -> SamplingConfig:
         """The point's `SamplingConfig`: ``base``'s options (default: `SamplingConfig`'s) with
-        one block of ``answer_length``, the point's schedule and remasking rule."""
+        blocks of ``block_length`` (default: one block of ``answer_length``), the point's
+        schedule and remasking rule."""
         base = base if base is not None else SamplingConfig()
-        return base.replace(gen_length=answer_length, block_length=answer_length, remasking=self.remasking,
-                            **self.generate_kwargs(answer_length))
+        return base.replace(gen_length=answer_length, block_length=block_length or answer_length,
+                            remasking=self.remasking, **self.generate_kwargs(answer_length))
 
     def expected_nfe(self, answer_length: int) -> int:
         """The model calls one generate makes (`SamplingConfig.model_calls`)."""
@@ -166,6 +168,10 @@ class _CountCalls:
         self.calls += 1
         return self.model(*args, **kwargs)
 
+    def cached_logits(self, *args, **kwargs):          # generate(..., cache=...) calls this instead
+        self.calls += 1
+        return self.model.cached_logits(*args, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self.model, name)
 
@@ -186,6 +192,7 @@ def evaluate(
     backend: str = "torch",
     mask_id: int | None = None,
     config: SamplingConfig | None = None,
+    block_length: int | None = None,
     progress=None,
 ) -> list[Row]:
     """Run every schedule family and remasking rule on the first ``n_examples`` test examples.
@@ -205,7 +212,9 @@ def evaluate(
         the model's, ``model.mask_id``).
     config : a `SamplingConfig` holding the shared options instead (its lengths, steps,
         schedule and remasking are each point's); not together with ``temperature``,
-        ``backend`` or ``mask_id``.
+        ``backend`` or ``mask_id``. Its ``cache`` applies to every point.
+    block_length : semi-autoregressive blocks (default: one block of the answer length); the
+        NFE grid keeps the values that are multiples of the number of blocks.
     progress : optional ``callable(str)`` told about each finished point.
 
     Returns
@@ -226,9 +235,15 @@ def evaluate(
         raise ValueError("give config= or temperature=/backend=/mask_id=, not both")
     if nfe_grid is None:
         nfe_grid = default_nfe_grid(A)
-    factors = [f for f in factors if pyramid_steps(A, f) <= A]
+    C = block_length or A
+    if isinstance(C, bool) or not isinstance(C, int) or C < 1 or A % C:
+        raise ValueError(f"block_length must divide the answer length {A}, got {block_length!r}")
+    if C != A and {"ramp", "ramp_down"} & set(schedules):
+        raise ValueError("the ramp schedules are written for one block; drop block_length or the ramps")
+    nfe_grid = [n for n in nfe_grid if n % (A // C) == 0]        # uniform: the same steps per block
+    factors = [f for f in factors if pyramid_steps(C, f) <= C]
     points = plan(schedules, remasking, nfe_grid, factors, A)
-    configs = [pt.config(A, config) for pt in points]     # every option checked before any model call
+    configs = [pt.config(A, config, C) for pt in points]  # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
     counter = _CountCalls(model)
     rows = []
@@ -424,6 +439,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampling temperature (default: 1 for the perm task, whose answers are not "
                              "unique, else 0)")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--block-length", type=int, default=None,
+                        help="semi-autoregressive blocks (default: one block of the answer)")
+    parser.add_argument("--cache", choices=("prefix", "dual"), default=None,
+                        help="block KV cache for every point (docs/cache.md; default: none, exact)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None,
@@ -488,13 +507,14 @@ def run(args: argparse.Namespace) -> int:
     _check_fits(task, model, args.task)
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
-    config = SamplingConfig(temperature=args.temperature, backend=args.backend)   # what the points share
+    # what the points share
+    config = SamplingConfig(temperature=args.temperature, backend=args.backend, cache=args.cache)
     say = None if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
     rows = evaluate(
         model, task, schedules=args.schedules, remasking=args.remasking, nfe_grid=args.nfe,
         n_examples=args.examples, seed=args.seed, factors=args.factors, batch_size=args.batch_size,
-        config=config, progress=say,
+        config=config, block_length=args.block_length, progress=say,
     )
     seconds = time.perf_counter() - t0
     table = format_table(rows)
@@ -505,6 +525,7 @@ def run(args: argparse.Namespace) -> int:
         meta = dict(
             task=task.describe(), model=model_name, examples=args.examples, seed=args.seed,
             temperature=args.temperature, backend=args.backend, batch_size=args.batch_size,
+            block_length=args.block_length or task.answer_length, cache=args.cache,
             threads=torch.get_num_threads(), torch=torch.__version__, seconds=round(seconds, 1),
         )
         write_results(rows, args.out, meta, title=f"{task.describe()}; {model_name}",
