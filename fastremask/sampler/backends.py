@@ -81,8 +81,9 @@ def triton_backend() -> Optional[Backend]:
     except ImportError as e:
         _triton_error = e
         return None
-    return Backend("triton", ks._sample_rows, functools.partial(select_with_rules, kl._select),
-                   fused_write=True)
+    select = functools.partial(select_with_rules, kl._select)
+    functools.update_wrapper(select, kl._select, assigned=())   # its attributes (e.g. a profiler's mark)
+    return Backend("triton", ks._sample_rows, select, fused_write=True)
 
 
 def select_with_rules(kernel_select: Callable, confidence, candidate, deferred, k, threshold=None, *,
