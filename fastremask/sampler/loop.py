@@ -359,7 +359,7 @@ def generate(
     threshold : keep every candidate with confidence >= threshold each step (at least one);
         with another ``threshold_rule``, that rule's parameter
     threshold_rule : 'fixed' (the threshold above) | 'factor' (Fast-dLLM's factor rule, threshold
-        = f) | 'eb' (the EB-sampler's entropy bound, threshold = gamma); docs/schedules.md
+        = f) | 'eb' (the EB-sampler's entropy bound, threshold = gamma); docs/decoding.md
     seed : int, one int per batch row, or None (drawn from torch's default generator)
     suppress_tokens : token ids never generated
     defer_tokens : token ids kept only after every other candidate of the block
