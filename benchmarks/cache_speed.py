@@ -36,11 +36,37 @@ def build_model(args, folder: str):
         return m.to(args.device)
     from fastremask.models import testing
 
+    if args.in_memory:
+        return _in_memory(args)
     cfg = dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.heads,
                mlp_hidden_size=args.mlp or int(8 / 3 * args.d_model) // 64 * 64,
                vocab_size=args.vocab, embedding_size=args.vocab, max_sequence_length=4096)
     path = testing.save_llada_checkpoint(folder, **cfg)
     return models.load(path, dtype=args.dtype, device=args.device)
+
+
+def _in_memory(args):
+    """The native LLaDA with random weights built on the device, no checkpoint written (the
+    LLaDA-8B shape is 16 GB in bf16): the same model class `models.load` builds."""
+    from fastremask import models
+    from fastremask.models import native, testing
+    from fastremask.models.native.common import parse_dtype
+
+    raw = testing._llada_config(testing.llada_tokenizer(), torch.float32, dict(
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.heads,
+        mlp_hidden_size=args.mlp or int(8 / 3 * args.d_model) // 64 * 64, vocab_size=args.vocab,
+        embedding_size=args.vocab, mask_token_id=args.vocab - 1, eos_token_id=args.vocab - 2))
+    model = native.LLaDAModel(native.llada_config(raw, "in memory"), device="meta")
+    model = model.to_empty(device=args.device).to(parse_dtype(args.dtype, raw, "in memory"))
+    g = torch.Generator(device=args.device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)                                          # the norms' weights
+            else:
+                p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5, generator=g)
+    model.requires_grad_(False).eval()
+    return models.wrap(model, mask_id=args.vocab - 1, eos_id=args.vocab - 2)
 
 
 class Counting:
@@ -106,8 +132,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--backend", default="auto")
     p.add_argument("--threshold", type=float, default=0.9, help="the threshold-decoding cases' threshold")
+    p.add_argument("--no-threshold", action="store_true", help="skip the threshold-decoding cases")
     p.add_argument("--tiny", action="store_true", help="the demo architecture instead of LLaDA's")
-    p.add_argument("--llada-8b", action="store_true", help="LLaDA-8B's shape (a GPU)")
+    p.add_argument("--llada-8b", action="store_true", help="LLaDA-8B's shape (a GPU; built in memory)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="build the native model with random weights on the device, no checkpoint on disk")
     p.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke run")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's; 1 is steadier on a busy machine)")
@@ -118,6 +147,7 @@ def main(argv=None) -> int:
     if args.llada_8b:
         args.layers, args.d_model, args.heads, args.mlp, args.vocab = 32, 4096, 32, 12288, 126464
         args.dtype = "bf16" if args.dtype == "fp32" else args.dtype
+        args.in_memory = True
     if args.quick:
         args.layers, args.d_model, args.heads, args.vocab = 2, 64, 4, 256
         args.prompt, args.gen, args.block, args.rounds = 16, 16, 8, 1
@@ -136,7 +166,7 @@ def main(argv=None) -> int:
                                                             mask_id=model.mask_id))]
         for cache in (None, "prefix", "dual"):
             cases.append((f"fastremask cache={cache}", lambda c=cache: fastremask.generate(model, prompt, cache=c, **base)))
-        for cache in (None, "dual"):
+        for cache in () if args.no_threshold else (None, "dual"):
             cases.append((f"fastremask cache={cache} threshold={args.threshold}",
                           lambda c=cache: fastremask.generate(model, prompt, cache=c, threshold=args.threshold, **base)))
         rows = []

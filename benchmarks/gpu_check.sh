@@ -13,6 +13,8 @@
 # 7. the pytest-benchmark suites on CUDA: the step (every backend, one table) and the whole
 #    generate loop with a LLaDA-8B-shaped random-weight model (model / sample / select split);
 # 8. fastremask profile of that loop (Chrome trace, top operators).
+# 9. benchmarks/cache_speed.py on the LLaDA-8B shape (native model, random bf16 weights built on
+#    the GPU): generate end to end, cache None/prefix/dual against LLaDA's sampler restated.
 # Each step has its own timeout and its failure does not stop the others; a step that would
 # start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
 # work folder that is packed into $OUT/logs.tgz at the end, so that the few files the GPU tool
@@ -60,6 +62,7 @@ keep = select(got.confidence.view(4, 8), torch.ones(4, 8, dtype=torch.bool, devi
 print("select kept per row:", keep.sum(1).tolist())
 EOF
 step test_gpu 110 python -m pytest -m gpu tests/test_gpu.py tests/test_graphs.py -v -rA -p no:cacheprovider --junitxml="$LOGS/test_gpu.xml"
+step cache_speed 200 python benchmarks/cache_speed.py --device cuda --llada-8b --prompt 512 --gen 256 --block 32 --rounds 3 --no-threshold --json "$OUT/cache_speed.json"
 step bench 120 python benchmarks/bench_kernels_gpu.py --out "$OUT"
 step bench_generate 110 fastremask bench --suites generate --backends llada,torch,triton --rounds 1 --json "$OUT/bench_generate.json"
 step bench_step 90 fastremask bench --suites step --rounds 5 --json "$OUT/bench_step.json"
