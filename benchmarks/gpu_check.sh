@@ -47,12 +47,13 @@ cat "$OUT/env.txt" | head -40
 step install 60 python -m pip install --no-deps --no-build-isolation -e .
 step smoke 40 python - <<'EOF'
 import torch
-from fastremask import reference as ref
+from fastremask.sampler import reference as ref
+from fastremask.sampler.names import REMASKING
 from fastremask.kernels import sample_rows, select
 lg = torch.randn(64, 126464, device="cuda").to(torch.bfloat16)
 r = torch.arange(32, device="cuda")
 for T in (0.0, 1.0):
-    for rm in ref.REMASKING:
+    for rm in REMASKING:
         got = sample_rows(lg, r, r, r, 1, temperature=T, remasking=rm)
         want = ref.sample_rows(lg, r, r, r, 1, temperature=T, remasking=rm)
         same = torch.equal(got.x0, want.x0) and torch.equal(got.confidence.view(torch.int32), want.confidence.view(torch.int32))
