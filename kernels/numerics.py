@@ -35,8 +35,10 @@ _KEY_B = tl.constexpr(_nm.PHILOX_KEY_B)
 _LOG2E = tl.constexpr(_nm.LOG2E)
 _ROUNDER = tl.constexpr(_nm.ROUNDER)
 _ROUNDER_BITS = tl.constexpr(0x4B400000)             # bits of ROUNDER = 1.5 * 2**23
+_SCALE_40 = tl.constexpr(127 + 40 - 0x4B400000)       # bits(t) + this = exponent field of 2**(k + 40)
 _LN2_HI = tl.constexpr(_nm.LN2_HI)
 _LN2_LO = tl.constexpr(_nm.LN2_LO)
+_NEG_LN2_HI = tl.constexpr(-_nm.LN2_HI)               # the one fma operand aot.py allows (fixed_exp)
 _EXP_LO = tl.constexpr(_nm.EXP_LO)
 _EXP_HI = tl.constexpr(_nm.EXP_HI)
 _E2, _E3, _E4, _E5, _E6, _E7 = (tl.constexpr(c) for c in _nm.EXP_C)
@@ -61,14 +63,15 @@ _STREAM_REMASK = tl.constexpr(_nm.STREAM_REMASK)
 def philox(seed, c0, c1, c2, c3, ROUNDS: tl.constexpr = 10):
     """Philox4x32 on counter words (uint32 / int32 / int64 tensors or ints in [0, 2**32)) and a
     64-bit `seed`; returns four uint32 words of the broadcast shape."""
-    # tl.core.to_tensor: triton 3.6 does not export to_tensor as tl.to_tensor (3.9 does).
-    seed = tl.core.to_tensor(seed).to(tl.uint64)     # an int64 keys as its bits, as tl.philox
+    # `x + zeros` makes a tensor of an int or a tensor alike: tl.to_tensor is missing in triton
+    # 3.6, and tl.core.to_tensor is refused by 3.9's interpreter outside the patched module.
+    seed = (tl.zeros((), tl.int64) + seed).to(tl.uint64)   # an int64 keys as its bits, as tl.philox
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    c0 = tl.core.to_tensor(c0).to(tl.uint32)
-    c1 = tl.core.to_tensor(c1).to(tl.uint32)
-    c2 = tl.core.to_tensor(c2).to(tl.uint32)
-    c3 = tl.core.to_tensor(c3).to(tl.uint32)
+    c0 = (tl.zeros((), tl.uint32) + c0).to(tl.uint32)
+    c1 = (tl.zeros((), tl.uint32) + c1).to(tl.uint32)
+    c2 = (tl.zeros((), tl.uint32) + c2).to(tl.uint32)
+    c3 = (tl.zeros((), tl.uint32) + c3).to(tl.uint32)
     for _ in tl.static_range(ROUNDS):
         _c0, _c2 = c0, c2
         c0 = tl.umulhi(_c2, _ROUND_B) ^ c1 ^ k0
@@ -183,6 +186,36 @@ def to_f32(n):
 def fixed_term(l, m):
     """t(l) = trunc(exp(l - m) * 2**40) as int64."""
     return (exp(l - m) * _FIXED_F).to(tl.int64)     # * 2**40 exact; fp -> int truncates
+
+
+@triton.jit
+def fixed_exp(d):
+    """(y, x) for fp32 `d <= 0` (or -inf): `trunc(y) == trunc(exp(d) * 2**40)` (the §5 term of
+    `S_c`), `x = max(d, -104)`, and `trunc(y * -x) == trunc((exp(d) * (m_c - l)) * 2**40)` (the
+    term of `A_c`, 0 where `exp(d) == 0`). The kernels' fast form of `fixed_term`, same integers.
+
+    `exp`'s operations up to `p` (clamp, Cody-Waite, polynomial) unchanged; the two-factor
+    scaling by `2**k` and the product by `2**40` are one product by `2**(k + 40)`: `k` lies in
+    [-150, 0] here, so `2**(k + 40)` is a normal fp32 built from exponent bits
+    (`(bits(t) - bits(ROUNDER) + 167) << 23`). Where `exp(d)` is normal both forms are the exact
+    product `p * 2**(k + 40)` (scaling by powers of two is exact in the normal range); where it
+    is subnormal or 0 both are below 1 and truncate to 0. The `A_c` term likewise: `exp(d) * -d`
+    rounds as `y * -d` does, scaled by `2**40`, where it is normal, and both truncate to 0
+    elsewhere (`-x <= 104`, so no `inf * 0`: `d = -inf` gives a tiny `y` times 104). Below
+    -104 (the clamp) every term is 0. The upper clamp of `exp` cannot act for `d <= 0`.
+    Checked exhaustively over every fp32 `d` in [-104, 0] and -inf (docs/kernels.md); NaN `d`
+    (an invalid chunk) gives unspecified integers."""
+    x = tl.maximum(d, _EXP_LO)
+    t = x * _LOG2E + _ROUNDER
+    k = t - _ROUNDER
+    # x - k*LN2_HI as one fma: the product is exact (k an integer in [-150, 0], LN2_HI 15
+    # significant bits) and so is the difference (numerics.md §3), so the single rounding of
+    # the fma has nothing to round: the same value as the two operations of `exp`.
+    r = tl.fma(k, _NEG_LN2_HI, x) - k * _LN2_LO
+    q = ((((r * _E7 + _E6) * r + _E5) * r + _E4) * r + _E3) * r + _E2
+    p = ((q * r) * r + r) + 1.0
+    scale = ((t.to(tl.int32, bitcast=True) + _SCALE_40) << 23).to(tl.float32, bitcast=True)
+    return p * scale, x
 
 
 @triton.jit

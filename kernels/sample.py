@@ -25,8 +25,8 @@ import triton.language as tl
 from fastremask.sampler.numerics import CHUNK, FIXED, round_f32
 from fastremask.sampler.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
-from .numerics import (LAUNCH_OPTIONS, combine_terms, exp, fixed_ratio, fixed_term, gumbel_noise, interpreting,
-                       log, neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, combine_terms, fixed_exp, fixed_ratio, fixed_term, gumbel_noise,
+                       interpreting, log, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -34,9 +34,8 @@ _LOW_CONFIDENCE, _MARGIN, _ENTROPY, _RANDOM = range(4)           # the RULE cons
 _RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY, "random": _RANDOM}
 MAX_VOCAB = 1 << 22        # 2048 chunks: the combine kernel holds a row's partials in one block
 _TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
-_N_F, _N_I = 4, 3          # partial planes: fp32 (m, l2, best score, its logit), int64 (S, A, idx)
+_N_F, _N_I = 3, 3          # partial planes: fp32 (m, best score, its logit), int64 (S, A, idx)
 # Constants as constexpr (jit functions may only read constexpr globals).
-_FIXED_F = tl.constexpr(float(FIXED))   # 2**40, exact in fp32
 _FIXED_I = tl.constexpr(FIXED)
 _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
 
@@ -46,11 +45,10 @@ _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def _top2_combine(a1, ia, a2, b1, ib, b2):
-    """tl.reduce combine of (max, its lowest index, second largest with multiplicity)."""
-    pick_a = (a1 > b1) | ((a1 == b1) & (ia < ib))
-    return (tl.where(pick_a, a1, b1), tl.where(pick_a, ia, ib),
-            tl.maximum(tl.minimum(a1, b1), tl.maximum(a2, b2)))
+def _max_nan(a, b):
+    """max that propagates NaN (FMNMX.NAN): a chunk with a NaN has a NaN max. In the inputs'
+    type (triton 3.6 widens bf16 to fp32 here; the max of two bf16 values is one of them)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL).to(a.dtype)
 
 
 @triton.jit
@@ -60,12 +58,118 @@ def _best_combine(sa, ia, la, sb, ib, lb):
     return tl.where(pick_a, sa, sb), tl.where(pick_a, ia, ib), tl.where(pick_a, la, lb)
 
 
+@triton.jit
+def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
+                  HAS_CFG: tl.constexpr, MASKED: tl.constexpr, SUPPRESS: tl.constexpr,
+                  MAX_AT_WIDTH: tl.constexpr):
+    """(fp32 logits [CHUNK], their max) of chunk `c` of one row after CFG (§7) and, with
+    `SUPPRESS`, suppression; entries past the vocab are -inf (`MASKED`: only the last chunk can
+    have them). The max propagates NaN: a chunk holds a NaN or +inf (the row is then invalid)
+    exactly when it is NaN or +inf. Without CFG and with `MAX_AT_WIDTH` it is taken on the logits
+    at their own width (bf16 / fp16: packed max instructions; the conversion to fp32 is exact and
+    monotonic, so the value is the same). The interpreter gets `MAX_AT_WIDTH` False: its
+    NaN-propagating maximum compares bf16 as raw bits."""
+    o = tl.arange(0, CHUNK)
+    o_v = c * CHUNK + o
+    if HAS_CFG:
+        if MASKED:
+            m_v = o_v < V
+            b_c = tl.load(p_l + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_u = tl.load(p_u + o_v, mask=m_v, other=0.0).to(tl.float32)
+            b_x = tl.where(m_v, b_u + cfg_s1 * (b_c - b_u), float("-inf"))   # §7: one rounding per op
+        else:
+            b_c = tl.load(p_l + o_v).to(tl.float32)
+            b_u = tl.load(p_u + o_v).to(tl.float32)
+            b_x = b_u + cfg_s1 * (b_c - b_u)
+    else:
+        if MASKED:
+            b_x = tl.load(p_l + o_v, mask=o_v < V, other=float("-inf"))
+        else:
+            b_x = tl.load(p_l + o_v)
+    if SUPPRESS:     # after the CFG (§7); the tile is touched only for an id inside this chunk
+        j = 0
+        while j < n_suppress:
+            rel = tl.load(p_suppress + j) - c * CHUNK                # int64
+            if (rel >= 0) & (rel < CHUNK):
+                b_x = tl.where(o_v == (c * CHUNK + rel.to(tl.int32)), float("-inf"), b_x)
+            j += 1
+    if MAX_AT_WIDTH:
+        m_c = tl.reduce(b_x, 0, _max_nan).to(tl.float32)
+        b_l = b_x.to(tl.float32)
+    else:
+        b_l = b_x.to(tl.float32)
+        m_c = tl.reduce(b_l, 0, _max_nan)
+    return b_l, m_c
+
+
+@triton.jit
+def _one_logit(p_l, p_u, v, cfg_s1, HAS_CFG: tl.constexpr):
+    """The fp32 logit of vocab entry `v` after CFG, computed as `_chunk_logits` does."""
+    l = tl.load(p_l + v).to(tl.float32)
+    if HAS_CFG:
+        u = tl.load(p_u + v).to(tl.float32)
+        l = u + cfg_s1 * (l - u)
+    return l
+
+
+@triton.jit
+def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
+    """S_c, A_c (int64; 0 where not needed) of one chunk's logits given its max `m_s` (§5)."""
+    s_c = tl.zeros((), tl.int64)
+    a_c = tl.zeros((), tl.int64)
+    if NEED_S:
+        y, x = fixed_exp(b_l - m_s)                                  # fused, the same integers
+        if NEED_A:
+            s_c, a_c = tl.reduce((y.to(tl.int64), (y * neg(x)).to(tl.int64)), 0, _sum2)
+        else:
+            s_c = tl.sum(y.to(tl.int64), 0)
+    return s_c, a_c
+
+
+@triton.jit
+def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, seed, pos, step,
+           temperature, CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr,
+           NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr):
+    """One chunk's partials (§5), stored at `o_p` of each plane. A NaN max is stored as +inf;
+    what the rest computes for such a chunk is never used."""
+    if NOISE:
+        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
+                                 MASKED, True, MAX_AT_WIDTH)
+        m_s = tl.where(m_c == float("-inf"), 0.0, m_c)               # an all -inf chunk: d = -inf
+        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A)
+        # §4: one mul, one add; best score, its lowest index, its logit
+        o = tl.arange(0, CHUNK)
+        b_s = b_l + temperature * gumbel_noise(seed, pos, step, c * CHUNK + o)
+        best, i_best, l_best = tl.reduce((b_s, o, b_l), 0, _best_combine)
+        tl.store(p_pf + plane + o_p, best)
+        tl.store(p_pf + 2 * plane + o_p, l_best)
+        tl.store(p_pi + 2 * plane + o_p, (c * CHUNK + i_best).to(tl.int64))
+    else:
+        # T == 0 needs only m_c, S_c, A_c, of the logits as read: suppressed ids are taken out
+        # by the combine (their terms subtracted exactly, or their chunk recomputed), so the
+        # loop over the vocab has no per-entry suppression work.
+        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
+                                 MASKED, False, MAX_AT_WIDTH)
+        m_s = tl.where(m_c == float("-inf"), 0.0, m_c)
+        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A)
+    if NEED_S:
+        tl.store(p_pi + o_p, s_c)
+        if NEED_A:
+            tl.store(p_pi + plane + o_p, a_c)
+    tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
+
+
+@triton.jit
+def _sum2(a, b, c, d):
+    return a + c, b + d
+
+
 @triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress"])   # no recompiles per step
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, temperature, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
-    NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_L2: tl.constexpr,
+    NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
 ):
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
@@ -76,73 +180,87 @@ def _sample_rows_kernel(
         plane = tl.num_programs(0).to(tl.int64) * n_chunks          # one partial plane [R, NC]
         row = tl.load(p_rows + i_r)                                  # int64
         p_l = p_logits + row * stride_l                              # int64 offsets: N * V > 2**31
+        p_u = p_l
         if HAS_CFG:
             p_u = p_uncond + row * stride_u
+        seed = 0
+        pos = 0
+        step = 0
         if NOISE:
             seed = tl.load(p_seeds + i_r)
             pos = tl.load(p_pos + i_r).to(tl.uint32)
             step = tl.load(p_steps + i_r).to(tl.uint32)              # the row's own counter
-        o = tl.arange(0, CHUNK)
         c = i_s * chunks_per_prog
         c_hi = tl.minimum(c + chunks_per_prog, n_chunks)
+        c_full = tl.minimum(c_hi, V // CHUNK)                        # chunks without entries past V
+        o_r = i_r.to(tl.int64) * n_chunks
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
-        while c < c_hi:
-            o_v = c * CHUNK + o                                      # [CHUNK] vocab index
-            m_v = o_v < V
-            b_l = tl.load(p_l + o_v, mask=m_v, other=0.0).to(tl.float32)
-            if HAS_CFG:
-                b_u = tl.load(p_u + o_v, mask=m_v, other=0.0).to(tl.float32)
-                b_l = b_u + cfg_s1 * (b_l - b_u)                     # §7: one rounding per op
-            b_l = tl.where(m_v, b_l, float("-inf"))                  # past the vocab: -inf
-            j = 0
-            while j < n_suppress:                                    # after the CFG, as §7
-                b_l = tl.where(o_v == tl.load(p_suppress + j), float("-inf"), b_l)
-                j += 1
-            # NaN and +inf make the row invalid (its outputs are fixed by the combine): NaN -> +inf,
-            # so a chunk is bad iff its max is +inf, and no separate reduction is needed. What
-            # the rest computes for a bad chunk is never used.
-            b_l = tl.where(b_l == b_l, b_l, float("inf"))
-            # One tree reduction per quantity group; T == 0 needs only (max, first argmax).
-            l2_c = float("-inf")
-            if NEED_L2:      # margin: max, first argmax and second largest in one reduction
-                m_c, i_top, l2_c = tl.reduce((b_l, o, tl.full([CHUNK], float("-inf"), tl.float32)),
-                                             0, _top2_combine)
-            elif NOISE:      # the index of the max is not needed: the sample is the best score's
-                m_c = tl.max(b_l, 0)
-            else:
-                m_c, i_top = tl.max(b_l, 0, return_indices=True, return_indices_tie_break_left=True)
-            if NOISE:        # §4: one mul, one add; best score, its lowest index, its logit
-                b_s = b_l + temperature * gumbel_noise(seed, pos, step, o_v)
-                best, i_best, l_best = tl.reduce((b_s, o, b_l), 0, _best_combine)
-            else:            # T == 0 draws no noise: the sample is the first max
-                best = m_c
-                i_best = i_top
-                l_best = m_c
-            s_c = 0
-            a_c = 0
-            if NEED_S:
-                d = b_l - tl.where(m_c == float("-inf"), 0.0, m_c)   # <= 0; -inf past the vocab
-                e = exp(d)
-                s_c = tl.sum((e * _FIXED_F).to(tl.int64), 0)            # * 2**40 exact, trunc, int sum
-                if NEED_A:
-                    t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf: none
-                    a_c = tl.sum((t * _FIXED_F).to(tl.int64), 0)
-            o_p = i_r.to(tl.int64) * n_chunks + c
-            tl.store(p_pf + o_p, m_c)
-            tl.store(p_pf + plane + o_p, l2_c)
-            tl.store(p_pf + 2 * plane + o_p, best)
-            tl.store(p_pf + 3 * plane + o_p, l_best)
-            tl.store(p_pi + o_p, s_c)
-            tl.store(p_pi + plane + o_p, a_c)
-            tl.store(p_pi + 2 * plane + o_p, (c * CHUNK + i_best).to(tl.int64))
+        while c < c_full:
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
+                   step, temperature, CHUNK, HAS_CFG, False, NOISE, NEED_S, NEED_A, MAX_AT_WIDTH)
             c += 1
+        if c < c_hi:                                                 # the last chunk, partly past V
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
+                   step, temperature, CHUNK, HAS_CFG, True, NOISE, NEED_S, NEED_A, MAX_AT_WIDTH)
+
+
+@triton.jit
+def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
+                       BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, NEED_S: tl.constexpr,
+                       NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr):
+    """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
+
+    For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
+    stays and its §5 terms (the same `fixed_exp` of the same fp32 difference as in the chunk
+    loop) are subtracted from `S_c`, `A_c`: exact integers. Otherwise (it is the max, or NaN)
+    chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
+    o_c = tl.arange(0, BLOCK_C)
+    o_b = tl.arange(0, 128)
+    redo = o_c < 0                                                   # chunks to recompute
+    j = 0
+    while j < n_suppress:
+        v = tl.load(p_suppress + j)
+        if (v >= 0) & (v < V):
+            dup = v < 0                                              # an id listed twice counts once
+            i0 = 0
+            while i0 < j:
+                b_v = tl.load(p_suppress + i0 + o_b, mask=i0 + o_b < j, other=-1)
+                dup = dup | (tl.max((b_v == v).to(tl.int32), 0) > 0)
+                i0 += 128
+            if not dup:
+                c = (v // CHUNK).to(tl.int32)
+                at = o_c == c
+                m_c = tl.max(tl.where(at, b_m, float("-inf")), 0)
+                l_s = _one_logit(p_l, p_u, v, cfg_s1, HAS_CFG)
+                if l_s < m_c:
+                    if NEED_S:
+                        y, x = fixed_exp(l_s - m_c)
+                        b_s = tl.where(at, b_s - y.to(tl.int64), b_s)
+                        if NEED_A:
+                            b_a = tl.where(at, b_a - (y * neg(x)).to(tl.int64), b_a)
+                else:
+                    redo = redo | at
+        j += 1
+    while tl.max(redo.to(tl.int32), 0) > 0:
+        c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
+        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG, True, True,
+                                 MAX_AT_WIDTH)
+        s_c, a_c = _sums(b_l, tl.where(m_c == float("-inf"), 0.0, m_c), NEED_S, NEED_A)
+        at = o_c == c
+        b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
+        b_s = tl.where(at, s_c, b_s)
+        b_a = tl.where(at, a_c, b_a)
+        redo = redo & (o_c != c)
+    return b_m, b_s, b_a
 
 
 @triton.jit
 def _combine_kernel(
     p_pf, p_pi, p_active, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-    RULE: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_C: tl.constexpr,
+    p_logits, p_uncond, p_rows, p_suppress, stride_l, stride_u, V, n_suppress, cfg_s1,
+    RULE: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_C: tl.constexpr, NOISE: tl.constexpr,
+    HAS_CFG: tl.constexpr, CHUNK: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
 ):
     i_r = tl.program_id(0)
     act = True
@@ -154,35 +272,61 @@ def _combine_kernel(
         m_c = o_c < n_chunks
         o_p = i_r.to(tl.int64) * n_chunks + o_c
         b_m = tl.load(p_pf + o_p, mask=m_c, other=float("-inf"))              # [BLOCK_C]
-        b_best = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"))
-        b_lbest = tl.load(p_pf + 3 * plane + o_p, mask=m_c, other=float("-inf"))
-        b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0)
+        if RULE != 3:    # random needs no sums
+            b_s = tl.load(p_pi + o_p, mask=m_c, other=0)
+        else:
+            b_s = tl.zeros((BLOCK_C,), tl.int64)
+        if RULE == 2:    # entropy needs B
+            b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0)
+        else:
+            b_a = tl.zeros((BLOCK_C,), tl.int64)                     # B unused: no load
+        row = tl.load(p_rows + i_r)
+        p_l = p_logits + row * stride_l
+        p_u = p_l
+        if HAS_CFG:
+            p_u = p_uncond + row * stride_u
+        if not NOISE:
+            b_m, b_s, b_a = _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
+                                               CHUNK, BLOCK_C, HAS_CFG, RULE != 3, RULE == 2, MAX_AT_WIDTH)
         m = tl.max(b_m, 0)
         invalid = (m == float("inf")) | (m == float("-inf"))          # NaN / +inf, or no finite logit
-        # x0: best score over chunks; chunks are in vocab order, so the first best chunk holds
-        # the lowest index among equal scores.
-        best = tl.max(b_best, 0)
-        c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
-        x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
-        l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
+        # The first chunk holding the row max (chunks are in vocab order).
+        c_top = tl.min(tl.where(b_m == m, o_c, BLOCK_C), 0)
+        l2 = float("-inf")
+        i_top = 0
+        if RULE == 1 or not NOISE:
+            # Second pass over that one chunk (1/62 of a LLaDA row): the first index of the max
+            # (x0 at T = 0) and the largest other entry (margin), which the chunk loop does not
+            # track. The logits are recomputed exactly as there (§7).
+            b_l, _ = _chunk_logits(p_l, p_u, p_suppress, c_top, V, n_suppress, cfg_s1, CHUNK, HAS_CFG, True,
+                                   True, MAX_AT_WIDTH)
+            o = tl.arange(0, CHUNK)
+            i_top = tl.min(tl.where(b_l == m, o, CHUNK), 0)
+            if RULE == 1:    # margin: the max counted once; the other chunks' maxima
+                l2 = tl.maximum(tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0),
+                                tl.max(tl.where(o == i_top, float("-inf"), b_l), 0))
+        if NOISE:
+            # x0: best score over chunks; chunks are in vocab order, so the first best chunk
+            # holds the lowest index among equal scores.
+            b_best = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"))
+            b_lbest = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"))
+            b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0)
+            best = tl.max(b_best, 0)
+            c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
+            x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
+            l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
+        else:            # T == 0: the first maximum
+            x0 = c_top.to(tl.int64) * CHUNK + i_top
+            l_x0 = m
         if RULE == 3:   # random
             conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), tl.load(p_steps + i_r))
         else:
-            b_s = tl.load(p_pi + o_p, mask=m_c, other=0)
-            if RULE == 2:    # entropy needs B
-                b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0)
-            else:
-                b_a = tl.zeros((BLOCK_C,), tl.int64)                 # B unused: no load
             z_c, b_c = combine_terms(b_m, b_s, b_a, m)               # §5, per chunk, exact ints
             z = tl.sum(z_c, 0)                                       # Z, scaled by 2**40
             if RULE == 0:   # low_confidence
                 conf = fixed_ratio(fixed_term(l_x0, m), z)
-            elif RULE == 1:  # margin: top-2 over chunks, the max counted once
-                c_top = tl.min(tl.where(b_m == m, o_c, BLOCK_C), 0)
-                b_l2 = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"))
-                l2 = tl.maximum(tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0),
-                                tl.max(tl.where(o_c == c_top, b_l2, float("-inf")), 0))
-                conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)   # 2**40 - t(l2)
+            elif RULE == 1:  # margin: 2**40 - t(l2)
+                conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)
             else:            # entropy
                 conf = neg(log(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
         tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
@@ -228,6 +372,13 @@ def _suppress_tensor(suppress_tokens, v: int, device: torch.device) -> torch.Ten
     return t if t.numel() else None
 
 
+def max_at_width() -> bool:
+    """Whether the row kernel takes a chunk's max on bf16/fp16 logits before widening them
+    (packed max instructions): triton >= 3.9 compiled; triton 3.6 widens bf16 in a NaN-propagating
+    maximum (the widened max is then cheaper), and the interpreter's compares bf16 as raw bits."""
+    return not interpreting() and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
 @functools.lru_cache(maxsize=256)   # pure function of ints: no per-call Python work after the first
 def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | None,
                    num_warps: int | None) -> tuple[int, int, int]:
@@ -237,7 +388,10 @@ def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | No
         chunks_per_prog = triton.cdiv(n_chunks, n_splits)
     chunks_per_prog = max(1, min(int(chunks_per_prog), n_chunks))
     if num_warps is None:
-        num_warps = 8 if noise else 4   # noise: philox + two logs per entry, spread the registers
+        # T == 0: 2 warps, 32 entries per thread (the per-chunk reduction trees cost per thread,
+        # so fewer threads per chunk is fewer instructions per logit; 48 registers on sm_90).
+        # Noise: philox + two logs per entry, spread the registers over 8 warps.
+        num_warps = 8 if noise else 2
     return chunks_per_prog, triton.cdiv(n_chunks, chunks_per_prog), num_warps
 
 
@@ -276,12 +430,16 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         n_sup, round_f32(float(temperature)), round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
         CHUNK=CHUNK, HAS_CFG=has_cfg,
         HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
-        NEED_A=rule == _ENTROPY, NEED_L2=rule == _MARGIN, num_warps=warps, **LAUNCH_OPTIONS)
+        NEED_A=rule == _ENTROPY, MAX_AT_WIDTH=max_at_width(), num_warps=warps, **LAUNCH_OPTIONS)
     block_c, c_warps = _combine_config(n_chunks)
     _combine_kernel[(r,)](
         pf, pi, active if active is not None else rows, seeds, positions, steps,
         out.x0, out.confidence, out.invalid, n_chunks,
-        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c, num_warps=c_warps, **LAUNCH_OPTIONS)
+        logits, uncond_logits if has_cfg else logits, rows, suppress_tokens if n_sup else rows,
+        logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_sup,
+        round_f32(float(cfg_scale) + 1.0),
+        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c, NOISE=noise, HAS_CFG=has_cfg,
+        CHUNK=CHUNK, MAX_AT_WIDTH=max_at_width(), num_warps=c_warps, **LAUNCH_OPTIONS)
     return out
 
 

@@ -112,6 +112,37 @@ def test_max_in_a_later_chunk_and_ties_across_chunks():
     assert got.x0.tolist()[2] == CHUNK + 100
 
 
+@pytest.mark.parametrize("remasking", REMASKING)
+def test_suppressed_tokens_in_every_role(remasking):
+    """Suppressed ids that hold a chunk's max, the row's max, the last entry, a NaN or +inf, a tie
+    of the max across chunks, the only finite entries of a chunk, and ids listed twice: at T = 0
+    the combine takes them out of the chunk sums or recomputes their chunk; at T > 0 the tile
+    excludes them."""
+    V = 2 * CHUNK + 5
+    g = torch.Generator().manual_seed(7)
+    lg = torch.randn(4, V, generator=g) * 3
+    lg[0, 5] = 30.0                                     # row max, suppressed
+    lg[0, CHUNK + 9] = 12.0                             # a chunk max, suppressed
+    lg[0, 2 * CHUNK + 4] = 40.0                         # the last entry (in the partial chunk), suppressed
+    lg[1, 100] = float("nan")                           # NaN and +inf on suppressed ids: a valid row
+    lg[1, 2 * CHUNK + 1] = float("inf")
+    lg[1, [7, CHUNK + 3]] = 25.0                        # a tie of the max across chunks, both suppressed
+    lg[2, :CHUNK] = float("-inf")                       # a chunk whose only finite entries are suppressed
+    lg[2, [5, 100]] = 1.0
+    lg[3, 50] = float("nan")                            # an unsuppressed NaN: invalid
+    sup = torch.tensor([5, CHUNK + 9, 100, 2 * CHUNK + 1, 7, CHUNK + 3, 2 * CHUNK + 4, 5, 333, 100,
+                        CHUNK + 9], device=DEV)
+    rows = torch.arange(4, device=DEV)
+    seeds = torch.arange(4, device=DEV) * 1000 + 1
+    for dtype, T, cfg in ((torch.float32, 0.0, False), (torch.bfloat16, 0.0, True), (torch.float16, 1.0, False)):
+        un = torch.where(torch.isfinite(lg), lg * 0.5, 0.0).to(dtype).to(DEV) if cfg else None
+        want, got = _both(lg.to(dtype).to(DEV), rows, seeds, rows, 4, temperature=T, remasking=remasking,
+                          suppress_tokens=sup, uncond_logits=un, cfg_scale=1.0 if cfg else 0.0,
+                          chunks_per_prog=2)
+        _same(want, got, (dtype, T, cfg))
+        assert got.invalid.tolist() == [False, False, False, True]
+
+
 def test_invalid_rows():
     """NaN, +inf and all -inf rows are flagged (x0 -1, confidence NaN); NaN on a suppressed
     token and -inf entries elsewhere are fine; inactive rows are never invalid."""

@@ -109,6 +109,16 @@ def _fixed_kernel(p_l, p_m, p_n, p_z, p_t, p_q, p_f, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _fixed_exp_kernel(p_d, p_s, p_a, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    msk = o < n
+    d = tl.load(p_d + o, mask=msk, other=0.0)
+    y, x = kn.fixed_exp(d)
+    tl.store(p_s + o, y.to(tl.int64), mask=msk)
+    tl.store(p_a + o, (y * kn.neg(x)).to(tl.int64), mask=msk)
+
+
+@triton.jit
 def _chunk_kernel(p_l, p_mc, p_sc, p_ac, V, n_chunks, CHUNK: tl.constexpr):
     """One program per (row, chunk): a 1-D [CHUNK] tile."""
     i_r, i_c = tl.program_id(0), tl.program_id(1)
@@ -304,6 +314,28 @@ def test_fixed_term_ratio_to_f32_equal_torch():
     assert torch.equal(t, nm.fixed_term(l, m))
     assert_same_bits(q, nm.fixed_ratio(nn_, z))
     assert_same_bits(f, nm.to_f32(z))
+
+
+def test_fixed_exp_gives_the_contract_integers():
+    """The kernels' fused fixed-point term (numerics.fixed_exp): trunc(exp(d) * 2**40) and
+    trunc((exp(d) * -d) * 2**40) of the contract for d <= 0 (checked exhaustively over every
+    fp32 in [-104, 0] by `python -m fastremask.kernels.exhaustive`; here a sample and the edges)."""
+    from fastremask.kernels import exhaustive
+    g = torch.Generator().manual_seed(23)
+    bits = torch.randint(0x80000000, 0xC2D00001, (20000,), generator=g, dtype=torch.int64)
+    d = bits.to(torch.int32).view(torch.float32)
+    edges = [0.0, -0.0, -INF, -TINY, -2.0**-126, -1e-7, -0.34657359, -0.3465736, -0.6931471805599453,
+             -1.0, -20.0, -27.7, -27.73, -27.8, -30.0, -32.6, -50.0, -87.3, -87.34, -103.9, -103.97,
+             -103.98, -104.0, -104.00001, -1e4, -3.4028234663852886e38]
+    d = torch.cat([torch.tensor(edges, dtype=torch.float32), d, -torch.rand(5000, generator=g) * 30])
+    n = d.numel()
+    s = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
+    a = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
+    _fixed_exp_kernel[(triton.cdiv(n, BLOCK),)](d.to(DEVICE), s, a, n, BLOCK=BLOCK, **kn.LAUNCH_OPTIONS)
+    s_ref, a_ref = exhaustive.contract(d)
+    assert torch.equal(s.cpu(), s_ref) and torch.equal(a.cpu(), a_ref)
+    s_f, a_f = exhaustive.fused(d)                       # the PyTorch spelling of the same operations
+    assert torch.equal(s_f, s_ref) and torch.equal(a_f, a_ref)
 
 
 def _chunk_logits(rows, v, seed):
