@@ -238,3 +238,24 @@ def test_bad_model_folder(capsys, work, which, content, truncate):
         assert rc == 2 and (folder in line), line
     finally:
         shutil.rmtree(d)
+
+
+def test_bench_compare_one_file_twice(capsys, tmp_path):
+    f = tmp_path / "a.json"
+    f.write_text("{}")
+    _, line = assert_one_error(["bench", "--compare", str(f), str(f)], capsys)
+    assert "twice" in line
+
+
+def test_answer_longer_than_the_config_allows(capsys, tmp_path):
+    # a Hugging Face checkpoint's max_sequence_length is checked like the tiny model's max_len
+    from fastremask.models import testing
+
+    path = testing.save_llada_checkpoint(tmp_path / "llada", max_sequence_length=40)
+    _, line = assert_one_error(["generate", "--model", str(path), "--prompt", "Hi", "--gen-length", "64",
+                                "--device", "cpu"], capsys)
+    assert "max_sequence_length of 40" in line
+    _, line = assert_one_error(["generate", "--model", str(path), "--cache", "prefix", "--prompt", "Hi",
+                                "--gen-length", "8", "--threshold-rule", "eb", "--threshold", "1",
+                                "--device", "cpu"], capsys)
+    assert "threshold_rule" in line or "remasking" in line

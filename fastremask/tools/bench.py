@@ -116,6 +116,8 @@ def check_args(args) -> None:
     for path in args.compare or ():
         if not os.path.isfile(path):
             raise CliError(f"--compare {path}: no such file")
+    if args.compare and os.path.samefile(*args.compare):
+        raise CliError(f"--compare names {args.compare[0]} twice; give two different runs")
 
 
 def run(args) -> int:

@@ -522,12 +522,22 @@ def _tokenize(args, adapter, config, items: list[Item], file_mode: bool) -> None
     """Tokenize and check every prompt before any model call. With ``--prompt`` a bad prompt
     is a `CliError`; in a prompts file it is that line's ``error`` (the others still run)."""
     V = _vocab_size(adapter)
-    max_len = getattr(getattr(adapter, "config", None), "max_len", None)   # the tiny model's positions
+    max_len = _max_positions(getattr(adapter, "config", None))
     for it in items:
         if it.error is None:
             it.error = _prompt_error(args, adapter, config, it, V, max_len)
         if it.error is not None and not file_mode:
             raise CliError(f"prompt {it.line}: {it.error}")
+
+
+def _max_positions(config):
+    """``(field, positions)`` the model's config allows (the tiny model's ``max_len``, LLaDA's
+    ``max_sequence_length``, Dream's ``max_position_embeddings``), or None."""
+    for name in ("max_len", "max_sequence_length", "max_position_embeddings"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return name, v
+    return None
 
 
 def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
@@ -544,9 +554,9 @@ def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
         if bad is not None:
             return (f"token id {bad[1]} (prompt token {bad[0]}) is outside the model's vocabulary of {V} "
                     "(config vocab_size): the tokenizer does not match the model")
-    if isinstance(max_len, int) and len(it.ids) + config.gen_length > max_len:
+    if max_len is not None and len(it.ids) + config.gen_length > max_len[1]:
         return (f"the prompt ({len(it.ids)} tokens) and --gen-length {config.gen_length} exceed the "
-                f"model's max_len of {max_len} positions")
+                f"model's {max_len[0]} of {max_len[1]} positions (config)")
     return None
 
 
