@@ -165,7 +165,7 @@ class Addition(Task):
 
     def __post_init__(self):
         if not 1 <= self.digits <= 30:
-            raise ValueError(f"Addition.digits must be in [1, 30], got {self.digits}")
+            raise ValueError(f"the add task's digits must be in [1, 30], got {self.digits}")
 
     @property
     def prompt_length(self) -> int:
@@ -218,7 +218,7 @@ class Sorting(Task):
 
     def __post_init__(self):
         if not 1 <= self.length <= 64:
-            raise ValueError(f"Sorting.length must be in [1, 64], got {self.length}")
+            raise ValueError(f"the {self.name} task's length must be in [1, 64], got {self.length}")
 
     @property
     def prompt_length(self) -> int:
