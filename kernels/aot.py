@@ -35,8 +35,8 @@ from triton.compiler import ASTSource
 
 from fastremask.sampler.numerics import CHUNK
 
-from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _combine_kernel, _sample_rows_kernel
-from .sample import _combine_config, _launch_config as _row_launch_config, max_at_width
+from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _sample_rows_kernel
+from .sample import _block_c, _launch_config as _row_launch_config, max_at_width
 from .select import _launch_config as _select_launch_config
 from .select import _select_kernel
 
@@ -88,42 +88,28 @@ class Result:
         return not self.error and not self.forbidden and self.local_bytes == 0
 
 
-def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True) -> Spec:
-    """The row kernel as `generate` launches it; `noise` is a bool or the temperature."""
-    r = _RULES[rule]
+def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62) -> Spec:
+    """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool or the temperature."""
     noise = bool(noise)
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
         "p_seeds": "*i64", "p_pos": "*i64", "p_steps": "*i64", "p_active": "*i1", "p_suppress": "*i64",
-        "p_pf": "*fp32", "p_pi": "*i64", "stride_l": "i32", "stride_u": "i32", "V": "i32",
+        "p_pf": "*fp32", "p_pi": "*i64", "p_count": "*i32", "p_x0": "*i64", "p_conf": "*fp32",
+        "p_invalid": "*i1", "stride_l": "i32", "stride_u": "i32", "V": "i32",
         "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32",
         "temperature": "fp32", "cfg_s1": "fp32",
     }
-    const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise,
-             "NEED_S": r != _RANDOM, "NEED_A": r == _ENTROPY, "MAX_AT_WIDTH": max_at_width()}
+    const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "RULE": _RULES[rule],
+             "BLOCK_C": _block_c(n_chunks), "MAX_AT_WIDTH": max_at_width()}
     name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
-    warps = _row_launch_config(1, 62, noise, None, None)[2]       # the warps generate launches with
+    warps = _row_launch_config(1, n_chunks, noise, None, None)[2]   # the warps generate launches with
     return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
 
 
 def row_logits_per_iter(spec: Spec) -> int:
     """Vocab entries one iteration of the row kernel's chunk loop handles (kernels/cost.py)."""
     return CHUNK
-
-
-def _combine_spec(rule: str, active: bool = True, block_c: int = 64, noise: bool = False, cfg: bool = False,
-                  dtype: str = "bf16") -> Spec:
-    sig = {"p_pf": "*fp32", "p_pi": "*i64", "p_active": "*i1", "p_seeds": "*i64", "p_pos": "*i64",
-           "p_steps": "*i64", "p_x0": "*i64", "p_conf": "*fp32", "p_invalid": "*i1", "n_chunks": "i32",
-           "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
-           "p_suppress": "*i64", "stride_l": "i32", "stride_u": "i32", "V": "i32", "n_suppress": "i32",
-           "cfg_s1": "fp32"}
-    const = {"RULE": _RULES[rule], "HAS_ACTIVE": active, "BLOCK_C": block_c, "NOISE": noise, "HAS_CFG": cfg,
-             "CHUNK": CHUNK, "MAX_AT_WIDTH": max_at_width()}
-    aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
-    name = f"combine[{rule},C={block_c},noise={int(noise)},cfg={int(cfg)},{dtype}]"
-    return Spec(name, _combine_kernel, sig, const, _combine_config(block_c)[1], aligned)
 
 
 def _select_spec(threshold: bool, write_x: bool, block_c: int = 32) -> Spec:
@@ -143,26 +129,15 @@ def specialisations(quick: bool = False) -> list[Spec]:
     each constexpr value at least once, the heaviest row kernel (bf16, CFG, noise, entropy) included."""
     if quick:
         rows = [_row_spec("bf16", True, True, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
-                _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random")]
-        combines = [_combine_spec(r, noise=r in ("entropy", "random")) for r in _RULES]
-        combines.append(_combine_spec("margin", noise=True, cfg=True, dtype="fp32"))
+                _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random"),
+                _row_spec("bf16", False, False, "entropy")]
         selects = [_select_spec(True, True), _select_spec(False, False, block_c=512)]
-        return rows + combines + selects
+        return rows + selects
     rows = [_row_spec(d, c, n, r) for d, c, n, r in
-            itertools.product(_LOGIT_TYPES, (False, True), (False, True), ("low_confidence", "margin",
-                                                                            "entropy", "random"))]
-    # Rules that give the same constexprs compile to the same row kernel: keep one.
-    seen, uniq = set(), []
-    for s in rows:
-        key = (s.signature["p_logits"], tuple(sorted(s.constexprs.items())))
-        if key not in seen:
-            seen.add(key)
-            uniq.append(s)
-    combines = [_combine_spec(r, noise=n, cfg=c, dtype=d) for r in _RULES for n in (False, True)
-                for c in (False, True) for d in _LOGIT_TYPES if not (n and r != "margin" and (c or d != "bf16"))]
+            itertools.product(_LOGIT_TYPES, (False, True), (False, True), _RULES)]
     selects = [_select_spec(t, w, c) for t, w in itertools.product((False, True), repeat=2)
                for c in (32, 512)]
-    return uniq + combines + selects
+    return rows + selects
 
 
 def _bin(tool: str) -> str:

@@ -5,8 +5,9 @@ Every specialisation of the row kernel that `generate` can launch (logits dtype 
 does (`triton.compile` with a `GPUTarget`, fusion off), its cubin disassembled with the
 `nvdisasm` shipped in the triton wheel, and
 
-* the **main loop** found: the outermost natural loop of the kernel's control-flow graph that
-  contains a global load (for the row kernel: the loop over the program's 2048-entry chunks);
+* the **main loop** found: the first outermost natural loop of the kernel's control-flow graph
+  that contains a global load (for the row kernel: the loop over the program's 2048-entry chunks,
+  which comes before the finish);
 * the **path one iteration executes** taken as the cheapest path from the loop head to its
   back edge through the loop body, inner loops not entered (their back edges removed). For the
   row kernel that is the common case: no suppressed token (the suppression loop is skipped), the
@@ -202,7 +203,12 @@ def _blocks(insts: list[Inst], labels: dict[str, int]) -> list[Block]:
         last = insts[b.end - 1]
         conditional = bool(last.pred) and last.pred not in ("@PT",)
         falls = k + 1 < len(blocks)
-        if last.base in ("BRA", "JMP"):
+        if last.op.startswith("BRA.DIV"):
+            # Taken only when the warp is divergent (to a slow path at the end of the function
+            # that jumps back): these kernels reach it converged, so only the fall-through.
+            if falls:
+                b.succ.append(k + 1)
+        elif last.base in ("BRA", "JMP"):
             t = _TARGET.search(last.args)
             if t and t.group(1) in labels and labels[t.group(1)] in index:
                 b.succ.append(first[index[labels[t.group(1)]]])
@@ -219,12 +225,16 @@ def _blocks(insts: list[Inst], labels: dict[str, int]) -> list[Block]:
 def _loops(blocks: list[Block]) -> list[tuple[int, int, set]]:
     """Natural loops as (head, latch, body) for every back edge latch -> head (head at or before
     the latch: the disassembly is in layout order and these kernels' loops are reducible)."""
+    reach = _reach([0], blocks, set(range(len(blocks))))            # from the entry
     pred = {k: [] for k in range(len(blocks))}
     for k, b in enumerate(blocks):
         for s in b.succ:
-            pred[s].append(k)
+            if k in reach:
+                pred[s].append(k)
     loops = []
     for k, b in enumerate(blocks):
+        if k not in reach:
+            continue
         for h in b.succ:
             if h <= k:
                 body, stack = {h, k}, ([k] if k != h else [])
@@ -283,14 +293,17 @@ def _reach(starts, blocks, allowed) -> set:
 
 
 def loop_cost(insts: list[Inst], labels: dict[str, int], need: str = "LDG") -> LoopCost | None:
-    """The outermost loop that contains an instruction with opcode `need`, and its path."""
+    """The first outermost loop that contains an instruction with opcode `need`, and its path."""
     blocks = _blocks(insts, labels)
     loops = _loops(blocks)
     has = lambda body: any(insts[i].base == need for k in body for i in range(blocks[k].start, blocks[k].end))  # noqa: E731
     cands = [lp for lp in loops if has(lp[2])]
     if not cands:
         return None
-    head, latch, body = max(cands, key=lambda lp: (len(lp[2]), -lp[0]))
+    # Outermost (in no other candidate's body), then the first in layout order: the row kernel's
+    # chunk loop comes before the finish's loops (suppression, recomputed chunks).
+    outer = [lp for lp in cands if not any(lp[2] < other[2] for other in cands)]
+    head, latch, body = min(outer, key=lambda lp: lp[0])
     back = {(k, h) for h, k, _ in loops}
     path = _cheapest_path(blocks, insts, head, latch, body, back)
     on = set(path)
@@ -421,6 +434,9 @@ def _measure_compiled(case: Case, arch: int, kernel) -> Cost:
     for addr, way, text, slow in lc.branches:
         if not slow:
             a.append(f"branch {way}: {text}")
+    div = sum(1 for i in lc.path if i.op.startswith("BRA.DIV"))
+    if div:
+        a.append(f"{div} BRA.DIV not taken (the warp is converged there)")
     slow = [b for b in lc.branches if b[3]]
     if slow:
         a.append(f"{len(slow)} branches around a slow-path call (division: FCHK passes), the call not executed")

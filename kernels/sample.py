@@ -1,18 +1,19 @@
-"""`sample_rows` as Triton kernels: Gumbel-max sample and confidence of selected logits rows.
+"""`sample_rows` as one Triton kernel: Gumbel-max sample and confidence of selected logits rows.
 
 The function is `fastremask.sampler.reference.sample_rows` (the specification); this module computes the
-same bits (docs/numerics.md) while reading every needed logit exactly once:
+same bits (docs/numerics.md) while reading every needed logit once (and, at `T = 0` or for
+`margin`, the one chunk holding a row's max twice):
 
 * `_sample_rows_kernel`, grid `(R, n_splits)`: program `(r, s)` reads a run of whole
   `CHUNK = 2048`-entry chunks of logits row `rows[r]` (and of the unconditional row with CFG),
-  and writes one set of *partials* per chunk: max `m_c`, second largest `l2_c`, fixed-point
-  sums `S_c` / `A_c` (numerics.md §5), the best Gumbel score with its vocab index and logit,
-  and a NaN / `+inf` flag. The split is a performance choice only: every chunk's partials are
-  a fixed function of that chunk, so any split gives the same bits.
-* `_combine_kernel`, grid `(R,)`: combines the partials of one row exactly (numerics.md §5-6)
-  into `x0`, `confidence` and `invalid`.
+  and writes one set of *partials* per chunk: max `m_c`, fixed-point sums `S_c` / `A_c`
+  (numerics.md §5), and with noise the best Gumbel score with its vocab index and logit. The
+  split is a performance choice only: every chunk's partials are a fixed function of that chunk,
+  so any split gives the same bits.
+* The last program of each row to finish (a per-row atomic counter) combines the row's partials
+  exactly (`_finish`, numerics.md §5-6) into `x0`, `confidence` and `invalid`: one launch per call.
 
-Rows whose `active` flag is False cost one load in each kernel.
+Rows whose `active` flag is False cost one load.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
 _LOW_CONFIDENCE, _MARGIN, _ENTROPY, _RANDOM = range(4)           # the RULE constexpr
 _RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY, "random": _RANDOM}
-MAX_VOCAB = 1 << 22        # 2048 chunks: the combine kernel holds a row's partials in one block
+MAX_VOCAB = 1 << 22        # 2048 chunks: the finish holds a row's partials in one block
 _TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
 _N_F, _N_I = 3, 3          # partial planes: fp32 (m, best score, its logit), int64 (S, A, idx)
 # Constants as constexpr (jit functions may only read constexpr globals).
 _FIXED_I = tl.constexpr(FIXED)
 _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
+_SUB = tl.constexpr(256)                # entries per piece of the finish's passes over a chunk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +102,51 @@ def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.cons
         b_l = b_x.to(tl.float32)
         m_c = tl.reduce(b_l, 0, _max_nan)
     return b_l, m_c
+
+
+@triton.jit
+def _sub_logits(p_l, p_u, p_suppress, base, V, n_suppress, cfg_s1, SUB: tl.constexpr, HAS_CFG: tl.constexpr):
+    """(fp32 logits [SUB] of vocab entries base .. base + SUB - 1 after CFG and suppression, -inf
+    past the vocab; those indices). The finish reads a chunk this way, SUB entries at a time, so
+    its rare passes (a recomputed chunk, the second pass) stay light in registers."""
+    o_v = base + tl.arange(0, SUB)
+    m_v = o_v < V
+    b_l = tl.load(p_l + o_v, mask=m_v, other=0.0).to(tl.float32)
+    if HAS_CFG:
+        b_u = tl.load(p_u + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_l = b_u + cfg_s1 * (b_l - b_u)                             # §7: one rounding per op
+    b_l = tl.where(m_v, b_l, float("-inf"))
+    j = 0
+    while j < n_suppress:
+        b_l = tl.where(o_v == tl.load(p_suppress + j), float("-inf"), b_l)
+        j += 1
+    return b_l, o_v
+
+
+@triton.jit
+def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.constexpr, SUB: tl.constexpr,
+                 HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
+    """m_c (NaN as NaN), S_c, A_c of chunk `c` with suppression, from memory in SUB-entry pieces:
+    the same max and the same integer sums (any order) as the chunk loop's."""
+    m_c = float("-inf")
+    k = 0
+    while k < CHUNK:
+        b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
+        m_c = _max_nan(m_c, tl.reduce(b_l, 0, _max_nan))
+        k += SUB
+    m_s = tl.where(m_c == float("-inf"), 0.0, m_c)
+    s_c = tl.zeros((), tl.int64)
+    a_c = tl.zeros((), tl.int64)
+    if NEED_S:
+        k = 0
+        while k < CHUNK:
+            b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
+            y, x = fixed_exp(b_l - m_s)
+            s_c += tl.sum(y.to(tl.int64), 0)
+            if NEED_A:
+                a_c += tl.sum((y * neg(x)).to(tl.int64), 0)
+            k += SUB
+    return m_c, s_c, a_c
 
 
 @triton.jit
@@ -167,16 +214,24 @@ def _sum2(a, b, c, d):
 @triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress"])   # no recompiles per step
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
+    p_count, p_x0, p_conf, p_invalid,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, temperature, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
-    NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
+    RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
 ):
+    NEED_S: tl.constexpr = RULE != 3
+    NEED_A: tl.constexpr = RULE == 2
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
     act = True
     if HAS_ACTIVE:
         act = tl.load(p_active + i_r) != 0
-    if act:
+    if not act:
+        if i_s == 0:
+            tl.store(p_x0 + i_r, -1)
+            tl.store(p_conf + i_r, float("-inf"))
+            tl.store(p_invalid + i_r, False)
+    else:
         plane = tl.num_programs(0).to(tl.int64) * n_chunks          # one partial plane [R, NC]
         row = tl.load(p_rows + i_r)                                  # int64
         p_l = p_logits + row * stride_l                              # int64 offsets: N * V > 2**31
@@ -203,12 +258,22 @@ def _sample_rows_kernel(
         if c < c_hi:                                                 # the last chunk, partly past V
             _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
                    step, temperature, CHUNK, HAS_CFG, True, NOISE, NEED_S, NEED_A, MAX_AT_WIDTH)
+        # The last of the row's programs to finish combines its partials (the combine reads them
+        # in vocab order, so which program that is changes nothing). Every thread's partial
+        # stores come before the counter's release (the barrier), the counter's acquire before
+        # the reads, which bypass L1 (a line may hold another row's partials, read early).
+        tl.debug_barrier()
+        ticket = tl.atomic_add(p_count + i_r, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(1) - 1:
+            tl.store(p_count + i_r, 0)                               # ready for the next launch
+            _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
+                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, RULE, BLOCK_C, NOISE, HAS_CFG, CHUNK)
 
 
 @triton.jit
 def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
                        BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, NEED_S: tl.constexpr,
-                       NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr):
+                       NEED_A: tl.constexpr):
     """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
 
     For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
@@ -244,9 +309,8 @@ def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s
         j += 1
     while tl.max(redo.to(tl.int32), 0) > 0:
         c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
-        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG, True, True,
-                                 MAX_AT_WIDTH)
-        s_c, a_c = _sums(b_l, tl.where(m_c == float("-inf"), 0.0, m_c), NEED_S, NEED_A)
+        m_c, s_c, a_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, _SUB, HAS_CFG,
+                                     NEED_S, NEED_A)
         at = o_c == c
         b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
         b_s = tl.where(at, s_c, b_s)
@@ -256,86 +320,78 @@ def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s
 
 
 @triton.jit
-def _combine_kernel(
-    p_pf, p_pi, p_active, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-    p_logits, p_uncond, p_rows, p_suppress, stride_l, stride_u, V, n_suppress, cfg_s1,
-    RULE: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_C: tl.constexpr, NOISE: tl.constexpr,
-    HAS_CFG: tl.constexpr, CHUNK: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
-):
-    i_r = tl.program_id(0)
-    act = True
-    if HAS_ACTIVE:
-        act = tl.load(p_active + i_r) != 0
-    if act:
-        plane = tl.num_programs(0).to(tl.int64) * n_chunks
-        o_c = tl.arange(0, BLOCK_C)
-        m_c = o_c < n_chunks
-        o_p = i_r.to(tl.int64) * n_chunks + o_c
-        b_m = tl.load(p_pf + o_p, mask=m_c, other=float("-inf"))              # [BLOCK_C]
-        if RULE != 3:    # random needs no sums
-            b_s = tl.load(p_pi + o_p, mask=m_c, other=0)
-        else:
-            b_s = tl.zeros((BLOCK_C,), tl.int64)
-        if RULE == 2:    # entropy needs B
-            b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0)
-        else:
-            b_a = tl.zeros((BLOCK_C,), tl.int64)                     # B unused: no load
-        row = tl.load(p_rows + i_r)
-        p_l = p_logits + row * stride_l
-        p_u = p_l
-        if HAS_CFG:
-            p_u = p_uncond + row * stride_u
-        if not NOISE:
-            b_m, b_s, b_a = _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
-                                               CHUNK, BLOCK_C, HAS_CFG, RULE != 3, RULE == 2, MAX_AT_WIDTH)
-        m = tl.max(b_m, 0)
-        invalid = (m == float("inf")) | (m == float("-inf"))          # NaN / +inf, or no finite logit
-        # The first chunk holding the row max (chunks are in vocab order).
-        c_top = tl.min(tl.where(b_m == m, o_c, BLOCK_C), 0)
-        l2 = float("-inf")
-        i_top = 0
-        if RULE == 1 or not NOISE:
-            # Second pass over that one chunk (1/62 of a LLaDA row): the first index of the max
-            # (x0 at T = 0) and the largest other entry (margin), which the chunk loop does not
-            # track. The logits are recomputed exactly as there (§7).
-            b_l, _ = _chunk_logits(p_l, p_u, p_suppress, c_top, V, n_suppress, cfg_s1, CHUNK, HAS_CFG, True,
-                                   True, MAX_AT_WIDTH)
-            o = tl.arange(0, CHUNK)
-            i_top = tl.min(tl.where(b_l == m, o, CHUNK), 0)
-            if RULE == 1:    # margin: the max counted once; the other chunks' maxima
-                l2 = tl.maximum(tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0),
-                                tl.max(tl.where(o == i_top, float("-inf"), b_l), 0))
-        if NOISE:
-            # x0: best score over chunks; chunks are in vocab order, so the first best chunk
-            # holds the lowest index among equal scores.
-            b_best = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"))
-            b_lbest = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"))
-            b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0)
-            best = tl.max(b_best, 0)
-            c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
-            x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
-            l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
-        else:            # T == 0: the first maximum
-            x0 = c_top.to(tl.int64) * CHUNK + i_top
-            l_x0 = m
-        if RULE == 3:   # random
-            conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), tl.load(p_steps + i_r))
-        else:
-            z_c, b_c = combine_terms(b_m, b_s, b_a, m)               # §5, per chunk, exact ints
-            z = tl.sum(z_c, 0)                                       # Z, scaled by 2**40
-            if RULE == 0:   # low_confidence
-                conf = fixed_ratio(fixed_term(l_x0, m), z)
-            elif RULE == 1:  # margin: 2**40 - t(l2)
-                conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)
-            else:            # entropy
-                conf = neg(log(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
-        tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
-        tl.store(p_conf + i_r, tl.where(invalid, float("nan"), conf))
-        tl.store(p_invalid + i_r, invalid)
+def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
+            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
+            NOISE: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
+    """The exact finish of one active row from its chunk partials (numerics.md §5-6)."""
+    o_c = tl.arange(0, BLOCK_C)
+    m_c = o_c < n_chunks
+    o_p = i_r.to(tl.int64) * n_chunks + o_c
+    b_m = tl.load(p_pf + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")   # [BLOCK_C]
+    if RULE != 3:    # random needs no sums
+        b_s = tl.load(p_pi + o_p, mask=m_c, other=0, cache_modifier=".cg")
     else:
-        tl.store(p_x0 + i_r, -1)
-        tl.store(p_conf + i_r, float("-inf"))
-        tl.store(p_invalid + i_r, False)
+        b_s = tl.zeros((BLOCK_C,), tl.int64)
+    if RULE == 2:    # entropy needs B
+        b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
+    else:
+        b_a = tl.zeros((BLOCK_C,), tl.int64)                         # B unused: no load
+    if not NOISE:
+        b_m, b_s, b_a = _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
+                                           CHUNK, BLOCK_C, HAS_CFG, RULE != 3, RULE == 2)
+    m = tl.max(b_m, 0)
+    invalid = (m == float("inf")) | (m == float("-inf"))              # NaN / +inf, or no finite logit
+    # The first chunk holding the row max (chunks are in vocab order).
+    c_top = tl.min(tl.where(b_m == m, o_c, BLOCK_C), 0)
+    l2 = float("-inf")
+    i_top = 0
+    if RULE == 1 or not NOISE:
+        # Second pass over that one chunk (1/62 of a LLaDA row): the first index of the max
+        # (x0 at T = 0) and the largest other entry (margin), which the chunk loop does not
+        # track. The logits are recomputed exactly as there (§7).
+        i_v = (c_top + 1) * CHUNK                                    # as int: 'none yet'
+        k = 0
+        while k < CHUNK:
+            b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c_top * CHUNK + k, V, n_suppress, cfg_s1, _SUB,
+                                   HAS_CFG)
+            i_v = tl.minimum(i_v, tl.min(tl.where(b_l == m, o_v, (c_top + 1) * CHUNK), 0))
+            k += _SUB
+        i_top = i_v - c_top * CHUNK
+        if RULE == 1:    # margin: the max counted once; the other chunks' maxima
+            l2 = tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0)
+            k = 0
+            while k < CHUNK:
+                b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c_top * CHUNK + k, V, n_suppress, cfg_s1, _SUB,
+                                       HAS_CFG)
+                l2 = tl.maximum(l2, tl.max(tl.where(o_v == i_v, float("-inf"), b_l), 0))
+                k += _SUB
+    if NOISE:
+        # x0: best score over chunks; chunks are in vocab order, so the first best chunk holds
+        # the lowest index among equal scores.
+        b_best = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")
+        b_lbest = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")
+        b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
+        best = tl.max(b_best, 0)
+        c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
+        x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
+        l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
+    else:            # T == 0: the first maximum
+        x0 = c_top.to(tl.int64) * CHUNK + i_top
+        l_x0 = m
+    if RULE == 3:   # random
+        conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), tl.load(p_steps + i_r))
+    else:
+        z_c, b_c = combine_terms(b_m, b_s, b_a, m)                   # §5, per chunk, exact ints
+        z = tl.sum(z_c, 0)                                           # Z, scaled by 2**40
+        if RULE == 0:   # low_confidence
+            conf = fixed_ratio(fixed_term(l_x0, m), z)
+        elif RULE == 1:  # margin: 2**40 - t(l2)
+            conf = fixed_ratio(-fixed_term(l2, m) + _FIXED_I, z)
+        else:            # entropy
+            conf = neg(log(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
+    tl.store(p_x0 + i_r, tl.where(invalid, -1, x0))
+    tl.store(p_conf + i_r, tl.where(invalid, float("nan"), conf))
+    tl.store(p_invalid + i_r, invalid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,10 +451,29 @@ def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | No
     return chunks_per_prog, triton.cdiv(n_chunks, chunks_per_prog), num_warps
 
 
-def _combine_config(n_chunks: int) -> tuple[int, int]:
-    """(BLOCK_C, warps) of the combine kernel: a row's partials in one block."""
-    block_c = max(2, triton.next_power_of_2(n_chunks))
-    return block_c, 1 if block_c <= 256 else 4
+def _block_c(n_chunks: int) -> int:
+    """BLOCK_C of the finish: a row's partials in one block."""
+    return max(2, triton.next_power_of_2(n_chunks))
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(device: torch.device, r: int) -> torch.Tensor:
+    """int32 [>= r] zeros: each row's count of finished programs. Every launch leaves them at 0
+    (the row's last program resets its count), so one buffer serves all launches on a stream;
+    one per (device, stream), since launches on two streams may overlap. A call during CUDA-graph
+    capture gets its own buffer (its zeroing is captured with it) and leaves the cache alone."""
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    key = (str(device), torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buf = None if capturing else _COUNTERS.get(key)
+    if buf is None or buf.numel() < r:
+        buf = torch.zeros(max(r, 1024), dtype=torch.int32, device=device)
+        if not capturing:
+            _COUNTERS[key] = buf
+    elif interpreting():
+        buf.zero_()          # the interpreter can stop inside a launch (a test that raises), a GPU cannot
+    return buf
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
@@ -426,20 +501,11 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     _sample_rows_kernel[(r, n_splits)](
         logits, uncond_logits if has_cfg else logits, rows, seeds, positions, steps,
         active if active is not None else rows, suppress_tokens if n_sup else rows, pf, pi,
+        _counters(device, r), out.x0, out.confidence, out.invalid,
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
         n_sup, round_f32(float(temperature)), round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
-        CHUNK=CHUNK, HAS_CFG=has_cfg,
-        HAS_ACTIVE=active is not None, NOISE=noise, NEED_S=rule != _RANDOM,
-        NEED_A=rule == _ENTROPY, MAX_AT_WIDTH=max_at_width(), num_warps=warps, **LAUNCH_OPTIONS)
-    block_c, c_warps = _combine_config(n_chunks)
-    _combine_kernel[(r,)](
-        pf, pi, active if active is not None else rows, seeds, positions, steps,
-        out.x0, out.confidence, out.invalid, n_chunks,
-        logits, uncond_logits if has_cfg else logits, rows, suppress_tokens if n_sup else rows,
-        logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_sup,
-        round_f32(float(cfg_scale) + 1.0),
-        RULE=rule, HAS_ACTIVE=active is not None, BLOCK_C=block_c, NOISE=noise, HAS_CFG=has_cfg,
-        CHUNK=CHUNK, MAX_AT_WIDTH=max_at_width(), num_warps=c_warps, **LAUNCH_OPTIONS)
+        CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, RULE=rule,
+        BLOCK_C=_block_c(n_chunks), MAX_AT_WIDTH=max_at_width(), num_warps=warps, **LAUNCH_OPTIONS)
     return out
 
 

@@ -82,6 +82,33 @@ def test_counter_on_a_known_disassembly():
     assert classes.count("MEM") == 2 and classes.count("CONV") == 1 and classes.count("INT") == 1
 
 
+_SASS_DIV = """
+_k:
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0020*/                   BRA.DIV ~URZ, `(.L_x_2) ;
+        /*0030*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;
+.L_x_1:
+        /*0040*/                   FADD R4, R4, R5 ;
+        /*0050*/               @P0 BRA `(.L_x_0) ;
+        /*0060*/                   EXIT ;
+.L_x_2:
+        /*0070*/                   WARPSYNC.ALL ;
+        /*0080*/                   BRA `(.L_x_1) ;
+"""
+
+
+def test_divergent_slow_paths_are_not_loops():
+    """BRA.DIV (taken only in a divergent warp) leads to a stub after the exit that jumps back:
+    not a loop, and not on the path."""
+    cost = _cost_module()
+    insts, labels = cost.parse_sass(_SASS_DIV, "_k")
+    lc = cost.loop_cost(insts, labels)
+    assert (lc.head_addr, lc.end_addr) == (0x10, 0x50)
+    assert [i.addr for i in lc.path] == [0x10, 0x20, 0x30, 0x40, 0x50]
+
+
 def test_model_reproduces_the_calibration():
     """53.2 instructions per bf16 logit (the issue's starting point) -> ~290 us for 1024 rows of
     126,464 on the H200 (measured 292.4) and 0.21 of the copy bandwidth (measured 0.21)."""
