@@ -128,9 +128,10 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.const
                  HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
     """m_c (NaN as NaN), S_c, A_c of chunk `c` with suppression, from memory in SUB-entry pieces:
     the same max and the same integer sums (any order) as the chunk loop's."""
+    n_v = V - c * CHUNK                                              # entries past V are -inf: no piece
     m_c = float("-inf")
     k = 0
-    while k < CHUNK:
+    while (k < CHUNK) & (k < n_v):
         b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
         m_c = _max_nan(m_c, tl.reduce(b_l, 0, _max_nan))
         k += SUB
@@ -139,7 +140,7 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.const
     a_c = tl.zeros((), tl.int64)
     if NEED_S:
         k = 0
-        while k < CHUNK:
+        while (k < CHUNK) & (k < n_v):
             b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
             y, x = fixed_exp(b_l - m_s)
             s_c += tl.sum(y.to(tl.int64), 0)
@@ -319,7 +320,7 @@ def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s
     return b_m, b_s, b_a
 
 
-@triton.jit
+@triton.jit(noinline=True)   # its own function: the chunk loop is compiled as without it
 def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
             p_l, p_u, p_suppress, V, n_suppress, cfg_s1, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
             NOISE: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
@@ -350,8 +351,9 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
         # (x0 at T = 0) and the largest other entry (margin), which the chunk loop does not
         # track. The logits are recomputed exactly as there (§7).
         i_v = (c_top + 1) * CHUNK                                    # as int: 'none yet'
+        n_v = V - c_top * CHUNK                                      # entries past V are -inf: no piece
         k = 0
-        while k < CHUNK:
+        while (k < CHUNK) & (k < n_v):
             b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c_top * CHUNK + k, V, n_suppress, cfg_s1, _SUB,
                                    HAS_CFG)
             i_v = tl.minimum(i_v, tl.min(tl.where(b_l == m, o_v, (c_top + 1) * CHUNK), 0))
@@ -360,7 +362,7 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
         if RULE == 1:    # margin: the max counted once; the other chunks' maxima
             l2 = tl.max(tl.where(o_c == c_top, float("-inf"), b_m), 0)
             k = 0
-            while k < CHUNK:
+            while (k < CHUNK) & (k < n_v):
                 b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c_top * CHUNK + k, V, n_suppress, cfg_s1, _SUB,
                                        HAS_CFG)
                 l2 = tl.maximum(l2, tl.max(tl.where(o_v == i_v, float("-inf"), b_l), 0))
