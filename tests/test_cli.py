@@ -149,7 +149,7 @@ def test_demo_model_is_the_default(tmp_path, monkeypatch, capsys):
     (["--model", "{llada}"], "--trust-remote-code"),
     (["--model", "{nomask}", "--trust-remote-code"], "--mask-id"),
     (["--model", "{llada}", "--trust-remote-code", "--prompt", "hi i am", "--prompt", "cat",
-      "--pad-id", "5"], "equals the mask id"),
+      "--pad-id", "5", "--gen-length", "32"], "equals the mask id"),
     (["--prompt", "a", "--prompts-file", "x.jsonl"], "not both"),
     (["--prompts-file", "/nonexistent/in.jsonl"], "cannot read --prompts-file"),
     (["--gen-length", "6", "--block-length", "4"], "multiple of block_length"),
