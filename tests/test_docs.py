@@ -70,9 +70,7 @@ SHELL_TIMEOUT = 180
 # Pages whose shell blocks have no markers yet; an unmarked block there that cannot run here
 # is skipped with the reason `cannot_run_here` gives instead of failing (blocks that can run
 # still run). Each entry must still be needed: `test_unmarked_files_still_need_it`.
-UNMARKED_FILES = {
-    "docs/kernels.md": "its command blocks are unlabeled fences (ahead-of-time compilation, the GPU script)",
-}
+UNMARKED_FILES: dict = {}
 
 
 @dataclasses.dataclass
