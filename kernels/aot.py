@@ -36,7 +36,7 @@ from triton.compiler import ASTSource
 from fastremask.sampler.numerics import CHUNK
 
 from .sample import _ENTROPY, _LOW_CONFIDENCE, _MARGIN, _RANDOM, _sample_rows_kernel
-from .sample import _block_c, _launch_config as _row_launch_config, max_at_width
+from .sample import _block_c, _launch_config as _row_launch_config, max_mode
 from .select import _launch_config as _select_launch_config
 from .select import _select_kernel
 
@@ -100,7 +100,7 @@ def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_ch
         "temperature": "fp32", "cfg_s1": "fp32",
     }
     const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "RULE": _RULES[rule],
-             "BLOCK_C": _block_c(n_chunks), "MAX_AT_WIDTH": max_at_width()}
+             "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode()}
     name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
     warps = _row_launch_config(1, n_chunks, noise, None, None)[2]   # the warps generate launches with

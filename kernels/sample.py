@@ -63,14 +63,14 @@ def _best_combine(sa, ia, la, sb, ib, lb):
 @triton.jit
 def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
                   HAS_CFG: tl.constexpr, MASKED: tl.constexpr, SUPPRESS: tl.constexpr,
-                  MAX_AT_WIDTH: tl.constexpr):
+                  MAX_MODE: tl.constexpr):
     """(fp32 logits [CHUNK], their max) of chunk `c` of one row after CFG (§7) and, with
     `SUPPRESS`, suppression; entries past the vocab are -inf (`MASKED`: only the last chunk can
     have them). The max propagates NaN: a chunk holds a NaN or +inf (the row is then invalid)
-    exactly when it is NaN or +inf. Without CFG and with `MAX_AT_WIDTH` it is taken on the logits
-    at their own width (bf16 / fp16: packed max instructions; the conversion to fp32 is exact and
-    monotonic, so the value is the same). The interpreter gets `MAX_AT_WIDTH` False: its
-    NaN-propagating maximum compares bf16 as raw bits."""
+    exactly when it is NaN or +inf. `MAX_MODE` (`max_mode()`): 1, without CFG it is taken on the
+    logits at their own width (bf16 / fp16: packed max instructions; the conversion to fp32 is
+    exact and monotonic, so the value is the same); 0, on the fp32 logits; 2 (the interpreter,
+    whose NaN-propagating maximum compares bf16 as raw bits), a max and a NaN test in numpy."""
     o = tl.arange(0, CHUNK)
     o_v = c * CHUNK + o
     if HAS_CFG:
@@ -95,12 +95,15 @@ def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.cons
             if (rel >= 0) & (rel < CHUNK):
                 b_x = tl.where(o_v == (c * CHUNK + rel.to(tl.int32)), float("-inf"), b_x)
             j += 1
-    if MAX_AT_WIDTH:
+    if MAX_MODE == 1:
         m_c = tl.reduce(b_x, 0, _max_nan).to(tl.float32)
         b_l = b_x.to(tl.float32)
     else:
         b_l = b_x.to(tl.float32)
-        m_c = tl.reduce(b_l, 0, _max_nan)
+        if MAX_MODE == 2:    # the interpreter: its reduce with a combine function runs per entry in Python
+            m_c = tl.where(tl.max((b_l != b_l).to(tl.int32), 0) > 0, float("nan"), tl.max(b_l, 0))
+        else:
+            m_c = tl.reduce(b_l, 0, _max_nan)
     return b_l, m_c
 
 
@@ -161,13 +164,16 @@ def _one_logit(p_l, p_u, v, cfg_s1, HAS_CFG: tl.constexpr):
 
 
 @triton.jit
-def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
+def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.constexpr):
     """S_c, A_c (int64; 0 where not needed) of one chunk's logits given its max `m_s` (§5)."""
     s_c = tl.zeros((), tl.int64)
     a_c = tl.zeros((), tl.int64)
     if NEED_S:
         y, x = fixed_exp(b_l - m_s)                                  # fused, the same integers
-        if NEED_A:
+        if NEED_A and MAX_MODE == 2:    # the interpreter: two numpy sums, not a combine per entry
+            s_c = tl.sum(y.to(tl.int64), 0)
+            a_c = tl.sum((y * neg(x)).to(tl.int64), 0)
+        elif NEED_A:                    # one reduction tree for both
             s_c, a_c = tl.reduce((y.to(tl.int64), (y * neg(x)).to(tl.int64)), 0, _sum2)
         else:
             s_c = tl.sum(y.to(tl.int64), 0)
@@ -177,14 +183,14 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
 @triton.jit
 def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, seed, pos, step,
            temperature, CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr,
-           NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_AT_WIDTH: tl.constexpr):
+           NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.constexpr):
     """One chunk's partials (§5), stored at `o_p` of each plane. A NaN max is stored as +inf;
     what the rest computes for such a chunk is never used."""
     if NOISE:
         b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
-                                 MASKED, True, MAX_AT_WIDTH)
+                                 MASKED, True, MAX_MODE)
         m_s = tl.where(m_c == float("-inf"), 0.0, m_c)               # an all -inf chunk: d = -inf
-        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A)
+        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
         # §4: one mul, one add; best score, its lowest index, its logit
         o = tl.arange(0, CHUNK)
         b_s = b_l + temperature * gumbel_noise(seed, pos, step, c * CHUNK + o)
@@ -197,9 +203,9 @@ def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_p
         # by the combine (their terms subtracted exactly, or their chunk recomputed), so the
         # loop over the vocab has no per-entry suppression work.
         b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
-                                 MASKED, False, MAX_AT_WIDTH)
+                                 MASKED, False, MAX_MODE)
         m_s = tl.where(m_c == float("-inf"), 0.0, m_c)
-        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A)
+        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
     if NEED_S:
         tl.store(p_pi + o_p, s_c)
         if NEED_A:
@@ -218,7 +224,7 @@ def _sample_rows_kernel(
     p_count, p_x0, p_conf, p_invalid,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, temperature, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
-    RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_AT_WIDTH: tl.constexpr,
+    RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
 ):
     NEED_S: tl.constexpr = RULE != 3
     NEED_A: tl.constexpr = RULE == 2
@@ -254,11 +260,11 @@ def _sample_rows_kernel(
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
             _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
-                   step, temperature, CHUNK, HAS_CFG, False, NOISE, NEED_S, NEED_A, MAX_AT_WIDTH)
+                   step, temperature, CHUNK, HAS_CFG, False, NOISE, NEED_S, NEED_A, MAX_MODE)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
             _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
-                   step, temperature, CHUNK, HAS_CFG, True, NOISE, NEED_S, NEED_A, MAX_AT_WIDTH)
+                   step, temperature, CHUNK, HAS_CFG, True, NOISE, NEED_S, NEED_A, MAX_MODE)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
         # stores come before the counter's release (the barrier), the counter's acquire before
@@ -430,11 +436,13 @@ def _suppress_tensor(suppress_tokens, v: int, device: torch.device) -> torch.Ten
     return t if t.numel() else None
 
 
-def max_at_width() -> bool:
-    """Whether the row kernel takes a chunk's max on bf16/fp16 logits before widening them
-    (packed max instructions): triton >= 3.9 compiled; triton 3.6 widens bf16 in a NaN-propagating
-    maximum (the widened max is then cheaper), and the interpreter's compares bf16 as raw bits."""
-    return not interpreting() and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9)
+def max_mode() -> int:
+    """How the row kernel takes a chunk's max (`_chunk_logits`): 1 on bf16/fp16 logits before
+    widening them (packed max instructions; triton >= 3.9), 0 after (triton 3.6 widens bf16 in a
+    NaN-propagating maximum, so the widened max is cheaper), 2 under the interpreter."""
+    if interpreting():
+        return 2
+    return 1 if tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9) else 0
 
 
 @functools.lru_cache(maxsize=256)   # pure function of ints: no per-call Python work after the first
@@ -507,7 +515,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
         n_sup, round_f32(float(temperature)), round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
         CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, RULE=rule,
-        BLOCK_C=_block_c(n_chunks), MAX_AT_WIDTH=max_at_width(), num_warps=warps, **LAUNCH_OPTIONS)
+        BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), num_warps=warps, **LAUNCH_OPTIONS)
     return out
 
 
