@@ -7,7 +7,7 @@ JSON is rewritten after every section, so a timeout keeps what finished):
 
 1. ``machine``: card, torch, triton, commit, device-to-device copy bandwidth measured now
    (read + write bytes over time, best of 10; the ceiling the kernels are compared with).
-2. ``rows``: `fastremask.kernels.sample_rows` (row kernel + combine) on ``rows`` logits rows
+2. ``rows``: `fastremask.kernels.sample_rows` (the row kernel, one launch) on ``rows`` logits rows
    of vocab 126,464: device time from CUDA-graph replays (no launch overhead), effective GB/s
    for the bytes it must read (``rows * V * bytes``, x2 with CFG) and the fraction of the copy
    bandwidth; also the host-inclusive eager time of one call.
@@ -232,7 +232,7 @@ def table(res: dict) -> str:
     lines = [f"card: {m.get('device')} (sm_{''.join(map(str, m.get('capability', [])))}) | torch {m.get('torch')}"
              f" | triton {m.get('triton')} | commit {m.get('commit')}",
              f"device-to-device copy bandwidth (measured): {m.get('copy_gbps', float('nan')):.0f} GB/s", "",
-             "sample_rows (row kernel + combine), vocab 126,464; device time from CUDA-graph replay",
+             "sample_rows (row kernel, one launch), vocab 126,464; device time from CUDA-graph replay",
              f"{'case':42} {'device us':>10} {'eager us':>9} {'GB/s':>8} {'of copy':>8}"]
     for r in res.get("rows", []):
         if "error" in r:
