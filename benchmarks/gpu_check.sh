@@ -13,7 +13,9 @@
 # 7. the pytest-benchmark suites on CUDA: the step (every backend, one table) and the whole
 #    generate loop with a LLaDA-8B-shaped random-weight model (model / sample / select split);
 # 8. fastremask profile of that loop (Chrome trace, top operators).
-# 9. benchmarks/cache_speed.py on the LLaDA-8B shape (native model, random bf16 weights built on
+# 9. the static kernel cost report (python -m fastremask.kernels.cost): predictions to set
+#    beside the measured roofline;
+# 10. benchmarks/cache_speed.py on the LLaDA-8B shape (native model, random bf16 weights built on
 #    the GPU): generate end to end, cache None/prefix/dual against LLaDA's sampler restated.
 # Each step has its own timeout and its failure does not stop the others; a step that would
 # start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
@@ -70,6 +72,8 @@ step bench_step 90 fastremask bench --suites step --rounds 5 --json "$OUT/bench_
 step test_kernels 60 python -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "not property and not generate" --junitxml="$LOGS/test_kernels.xml"
 step profile 60 fastremask profile --model llada-8b --backend triton --prompt-length 128 --gen-length 64 --block-length 32 --steps 64 --out "$LOGS/trace.json"
 step aot 35 python -m fastremask.kernels.aot --quick --json "$LOGS/aot.json"
+# the static count with this machine's triton: the predicted times to set beside bench's measured ones
+step cost 90 python -m fastremask.kernels.cost --arch 90 --json "$OUT/kernel_cost.json" --md "$OUT/kernel_cost.md"
 
 echo "total $(( $(date +%s) - T0 ))s" | tee -a "$SUMMARY"
 tar -czf "$OUT/logs.tgz" -C "$(dirname "$LOGS")" logs
