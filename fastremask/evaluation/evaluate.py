@@ -482,12 +482,14 @@ def _task_arg(spec: str | None) -> Task | None:
 
 def _check_fits(task: Task, model, spec: str | None) -> None:
     """A task whose prompt and answer do not fit the model's positions is an error naming both."""
-    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    from fastremask.models import max_positions
+
+    limit = max_positions(getattr(model, "config", None))
     need = task.prompt_length + task.answer_length
-    if isinstance(max_len, int) and need > max_len:
+    if limit is not None and need > limit[1]:
         where = f"--task {spec}" if spec else f"the model's task {task.name}"
         raise ValueError(f"{where}: prompt {task.prompt_length} + answer {task.answer_length} = {need} "
-                         f"positions, more than the model's max_len of {max_len}")
+                         f"positions, more than the model's {limit[0]} of {limit[1]}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "check_window_support",
     "detect_family",
     "load",
+    "max_positions",
     "pad_batch",
     "output_head",
     "tiny_tokenizer",
@@ -503,6 +504,16 @@ def window_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
 
 # ----------------------------------------------------------------------------- detection
+
+
+def max_positions(config) -> tuple[str, int] | None:
+    """``(field, positions)`` a model's config allows (the tiny model's ``max_len``, LLaDA's
+    ``max_sequence_length``, Dream's ``max_position_embeddings``), or None."""
+    for name in ("max_len", "max_sequence_length", "max_position_embeddings"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return name, v
+    return None
 
 
 def detect_family(model_type: str | None, *, name: str = "the model") -> str:

@@ -295,8 +295,7 @@ def _stop_at_eos(x, P: int, end: int, eos: int, trace, block: int) -> bool:
     is_eos = x[:, P:end] == eos                                             # [B, A]
     after_first = is_eos.to(torch.int8).cummax(1).values.bool()             # at or after its first EOS
     done = is_eos.any(1) & (is_eos | ~after_first).all(1)                  # [B]
-    rest = x[:, end:]
-    rest.masked_fill_(done[:, None] & (rest != eos), eos)                  # no-op for rows not done
+    x[:, end:].masked_fill_(done[:, None], eos)                              # no-op for rows not done
     if trace is not None:
         trace.stops.append((block, done.clone()))
     return bool(done.all())                                                # one sync per block

@@ -522,22 +522,14 @@ def _tokenize(args, adapter, config, items: list[Item], file_mode: bool) -> None
     """Tokenize and check every prompt before any model call. With ``--prompt`` a bad prompt
     is a `CliError`; in a prompts file it is that line's ``error`` (the others still run)."""
     V = _vocab_size(adapter)
-    max_len = _max_positions(getattr(adapter, "config", None))
+    from fastremask.models import max_positions
+
+    max_len = max_positions(getattr(adapter, "config", None))
     for it in items:
         if it.error is None:
             it.error = _prompt_error(args, adapter, config, it, V, max_len)
         if it.error is not None and not file_mode:
             raise CliError(f"prompt {it.line}: {it.error}")
-
-
-def _max_positions(config):
-    """``(field, positions)`` the model's config allows (the tiny model's ``max_len``, LLaDA's
-    ``max_sequence_length``, Dream's ``max_position_embeddings``), or None."""
-    for name in ("max_len", "max_sequence_length", "max_position_embeddings"):
-        v = getattr(config, name, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return name, v
-    return None
 
 
 def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
