@@ -44,12 +44,15 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def check(self, shape: tuple, query: tuple) -> bool:
-        """True for a refresh (``query`` covers the sequence); else the cache must hold ``shape``."""
+    def check(self, shape: tuple, query: tuple, out: tuple) -> bool:
+        """True for a refresh (``query`` covers the sequence); else the cache must hold ``shape``.
+        ``out`` must lie inside ``query``."""
         B, L = shape
-        q0, q1 = query
+        (q0, q1), (o0, o1) = query, out
         if not (0 <= q0 < q1 <= L):
             raise ValueError(f"cached_logits: query {q0}:{q1} is outside a sequence of length {L}")
+        if not (q0 <= o0 < o1 <= q1):
+            raise ValueError(f"cached_logits: out {o0}:{o1} is not inside query {q0}:{q1}")
         if (q0, q1) == (0, L):
             self.keys, self.values, self.shape = [], [], (B, L)
             return True

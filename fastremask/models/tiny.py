@@ -200,10 +200,8 @@ class TinyMaskedLM(nn.Module):
         """The block-cache protocol (`fastremask.models.kv`): hidden states for positions
         ``query`` only, the others' keys and values from ``cache``; logits ``[B, o1 - o0, V]``."""
         positions, key_ok = self._positions(input_ids, attention_mask)
-        cache.check(tuple(input_ids.shape), query)
+        cache.check(tuple(input_ids.shape), query, out)
         (q0, q1), (o0, o1) = query, out
-        if not (q0 <= o0 < o1 <= q1):
-            raise ValueError(f"cached_logits: out {o0}:{o1} is not inside query {q0}:{q1}")
         h = self.embed(input_ids[:, q0:q1]) + self.pos(positions[:, q0:q1])
         for i, block in enumerate(self.blocks):
             h = block(h, key_ok, cache, i, q0)

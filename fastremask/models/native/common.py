@@ -465,10 +465,8 @@ class NativeModel(nn.Module):
         ``query`` only (Dream: from ``q0 - 1``, for its shift), every other position's keys and
         values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``."""
         positions, key_ok = self._inputs(input_ids, attention_mask)
-        refresh = cache.check(tuple(input_ids.shape), tuple(query))
+        refresh = cache.check(tuple(input_ids.shape), tuple(query), tuple(out))
         (q0, q1), (o0, o1) = query, out
-        if not (q0 <= o0 < o1 <= q1):
-            raise ValueError(f"cached_logits: out {o0}:{o1} is not inside query {q0}:{q1}")
         if self.shift and not refresh and q0 > 0:
             q0 -= 1                                   # the output at o0 - 1 scores o0
         h = self._run(input_ids, positions, key_ok, q0, q1, cache)
