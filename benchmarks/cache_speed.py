@@ -69,24 +69,6 @@ def _in_memory(args):
     return models.wrap(model, mask_id=args.vocab - 1, eos_id=args.vocab - 2)
 
 
-class Counting:
-    """Counts the model's calls (full forward and cached) for the report."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, *a, **k):
-        self.calls += 1
-        return self.model(*a, **k)
-
-    def cached_logits(self, *a, **k):
-        self.calls += 1
-        return self.model.cached_logits(*a, **k)
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -154,10 +136,11 @@ def main(argv=None) -> int:
     steps = args.steps or args.gen
 
     import fastremask
+    from fastremask.evaluation.evaluate import CountCalls
     from fastremask.sampler import llada
 
     with tempfile.TemporaryDirectory() as folder:
-        model = Counting(build_model(args, folder))
+        model = CountCalls(build_model(args, folder))
         g = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, args.vocab - 2, (args.batch, args.prompt), generator=g).to(args.device)
         base = dict(steps=steps, gen_length=args.gen, block_length=args.block, mask_id=model.mask_id,

@@ -157,8 +157,9 @@ def plan(families, remasking, nfe_grid, factors, answer_length: int) -> list[Poi
     return points
 
 
-class _CountCalls:
-    """Wraps a model and counts its forward calls; everything else is passed through."""
+class CountCalls:
+    """Wraps a model and counts its calls (forward, and ``cached_logits`` under a cache);
+    everything else is passed through (also used by benchmarks/cache_speed.py)."""
 
     def __init__(self, model):
         self.model = model
@@ -245,7 +246,7 @@ def evaluate(
     points = plan(schedules, remasking, nfe_grid, factors, A)
     configs = [pt.config(A, config, C) for pt in points]  # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
-    counter = _CountCalls(model)
+    counter = CountCalls(model)
     rows = []
     for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
