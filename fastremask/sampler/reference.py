@@ -20,6 +20,7 @@ import torch
 
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
+from fastremask.sampler.names import THRESHOLD_RULES
 
 __all__ = ["prepare_logits", "invalid_rows", "sample_rows", "select", "RULES", "factor_bound",
            "eb_bound", "factor_error", "eb_entropy"]
@@ -151,7 +152,7 @@ def sample_rows(
 # numerics.md §8: selection, and the threshold rules (docs/decoding.md)
 # ---------------------------------------------------------------------------------------------
 
-RULES = ("fixed", "factor", "eb")
+RULES = THRESHOLD_RULES          # the one list of rule names (names.py, read by the CLI too)
 RULE_BITS = 30                   # the rules' fixed point: integers in units of 2**-30
 EB_GAMMA_LIMIT = 32.0            # 'eb' takes gamma in [0, 32) nats (so no sum can overflow)
 _ONE = 1 << RULE_BITS
