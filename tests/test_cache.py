@@ -187,3 +187,14 @@ def test_eval_counts_cached_calls_and_takes_blocks():
     assert [r.nfe for r in rows] == [3, 6]                             # the cached calls are counted
     with pytest.raises(ValueError, match="block_length must divide"):
         evaluate(model, task, n_examples=8, config=base, block_length=5)
+
+
+def test_cli_options_reach_the_config():
+    from fastremask.tools import cli
+
+    args = cli.build_parser().parse_args(["generate", "--cache", "dual", "--stop-at-eos", "--threshold", "1.5",
+                                          "--threshold-rule", "eb", "--remasking", "entropy"])
+    config = cli.config_from_args(args)
+    assert (config.cache, config.stop_at_eos, config.threshold_rule, config.threshold) == ("dual", True, "eb", 1.5)
+    plain = cli.config_from_args(cli.build_parser().parse_args(["generate"]))
+    assert (plain.cache, plain.stop_at_eos, plain.threshold_rule) == (None, False, "fixed")
