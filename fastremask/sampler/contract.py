@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from fastremask.sampler.names import REMASKING
+from fastremask.sampler.numerics import inverse_temperature
 
 __all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "same_bits",
            "assert_bits_equal"]
@@ -66,6 +67,8 @@ def check_sample_args(logits, rows, seeds, positions, temperature, remasking, un
         raise ValueError("rows, seeds and positions must be 1-D tensors of one length")
     if not float(temperature) >= 0.0 or float(temperature) == float("inf"):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    if float(temperature) > 0.0:
+        inverse_temperature(float(temperature))      # 1/T must be a finite fp32
 
 
 _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,

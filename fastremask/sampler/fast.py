@@ -143,25 +143,28 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     r_blk, W = _block_shape(R, V, device, piece_width)
     cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
     noisy = float(temperature) != 0.0
-    T = torch.tensor(float(temperature), dtype=torch.float32, device=device)
+    tau = nx.inverse_temperature(temperature) if noisy else 1.0
     if suppress_tokens is not None:
         suppress_tokens = suppress_tokens.to(device=device, dtype=torch.int64)
         if not suppress_tokens.numel():
             suppress_tokens = None
     simple = uncond_logits is None and suppress_tokens is None
+    need_s = remasking != "random"
+    # At T > 0 the draw needs each chunk's tempered weight sum: at T = 1 that is S_c itself.
+    tempered = noisy and (tau != 1.0 or not need_s)
 
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
     n_buf = r_blk * W
     buf = torch.empty(n_buf, dtype=torch.float32, device=device)
-    scratch = [torch.empty_like(buf) for _ in range(3)]
+    scratch = [torch.empty_like(buf) for _ in range(4 if tempered else 3)]
+    t_tau = torch.tensor(tau, dtype=torch.float32, device=device)
 
-    m_rows, s_rows, a_rows, i_rows = [], [], [], []      # per row group: lists over blocks
-    bs_rows, bi_rows, bl_rows, t2_rows = [], [], [], []
+    m_rows, s_rows, a_rows, i_rows, st_rows, t2_rows = [], [], [], [], [], []   # per row group
     for g0 in range(0, R, r_blk):
         g1 = min(g0 + r_blk, R)
         r = g1 - g0
         rows_g = rows[g0:g1]
-        m_l, s_l, a_l, i_l, bs_l, bi_l, bl_l, t2_l = [], [], [], [], [], [], [], []
+        m_l, s_l, a_l, i_l, st_l, t2_l = [], [], [], [], [], []              # per block
         for v0 in range(0, V, W):
             v1 = min(v0 + W, V)
             n = v1 - v0
@@ -182,56 +185,45 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
                 ))
             if n < nc * cw:
                 x[:, n:].fill_(NEG_INF)
-            l = x[:, :n]
-            if noisy:
-                vocab = torch.arange(v0, v1, device=device)
-                score = nx.gumbel_noise(seeds[g0:g1], positions[g0:g1], steps[g0:g1], vocab).mul_(T).add_(l)
-                b_s, b_i = score.max(-1)             # first index of the max
-                del score
-                bs_l.append(b_s), bi_l.append(b_i + v0)
-                bl_l.append(l.gather(-1, b_i[:, None]).squeeze(-1))
             if remasking == "margin":
-                t2_l.append(l.topk(min(2, n), dim=-1).values)
+                t2_l.append(x[:, :n].topk(min(2, n), dim=-1).values)
             x3 = x.view(r, nc, cw)
+            sz = x3.numel()
+            tmp = [b[:sz].view_as(x3) for b in scratch]
             if remasking == "entropy":
                 mc, sc, ac = nx.chunk_sums(x)        # [r, nc * cw] (padded) -> [r, nc]
-                m_l.append(mc), s_l.append(sc), a_l.append(ac)
+                s_l.append(sc), a_l.append(ac)
                 if not noisy:
                     i_l.append(x3.argmax(-1))
-                continue
-            if noisy:
+            elif noisy:
                 mc = x3.amax(-1)
             else:
                 mc, ic = x3.max(-1)                  # chunk max and its first index
                 i_l.append(ic)
             m_l.append(mc)
-            if remasking == "random":
-                continue
-            x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # an all -inf chunk stays -inf (no -inf - -inf)
-            sz = x3.numel()
-            s_l.append(_fixed_sums(x3, *(b[:sz].view_as(x3) for b in scratch)))
+            if not (tempered or (need_s and remasking != "entropy")):
+                continue                             # the sums are done, or not needed
+            x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
+            if tempered:                             # (l - m_c) * tau, then its sums (§4)
+                st_l.append(_fixed_sums(torch.mul(x3, t_tau, out=tmp[3]), *tmp[:3]))
+            if need_s and remasking != "entropy":
+                s_l.append(_fixed_sums(x3, *tmp[:3]))
         m_rows.append(torch.cat(m_l, -1))
-        if s_l:
-            s_rows.append(torch.cat(s_l, -1))
-        if a_l:
-            a_rows.append(torch.cat(a_l, -1))
-        if i_l:
-            i_rows.append(torch.cat(i_l, -1))
-        if noisy:
-            bs_rows.append(torch.stack(bs_l, -1)), bi_rows.append(torch.stack(bi_l, -1))
-            bl_rows.append(torch.stack(bl_l, -1))
+        for rows_, l_ in ((s_rows, s_l), (a_rows, a_l), (i_rows, i_l), (st_rows, st_l)):
+            if l_:
+                rows_.append(torch.cat(l_, -1))
         if t2_l:
             t2_l.insert(0, torch.full((r, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
             t2_rows.append(torch.cat(t2_l, -1).topk(2, dim=-1).values)
 
     m_c = torch.cat(m_rows, 0)                                   # [R, n_chunks] fp32
     bad = torch.isnan(m_c).any(-1) | (m_c == float("inf")).any(-1)   # max propagates NaN and +inf
-    any_finite = (m_c != NEG_INF).any(-1)
+    invalid = bad | ~(m_c != NEG_INF).any(-1)
+    s_c = torch.cat(s_rows, 0).to(torch.int64) if s_rows else None
     if noisy:
-        b_s = torch.cat(bs_rows, 0)                              # [R, blocks]: first block wins ties
-        j = b_s.max(-1).indices[:, None]
-        best_index = torch.cat(bi_rows, 0).gather(-1, j).squeeze(-1)
-        best_logit = torch.cat(bl_rows, 0).gather(-1, j).squeeze(-1)
+        s_t = torch.cat(st_rows, 0).to(torch.int64) if tempered else s_c
+        best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
+                                             positions, steps, m_c, s_t, ~invalid, tau, cw)
     else:
         best_logit, j = m_c.max(-1)                              # first chunk holding the row max
         best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
@@ -239,7 +231,6 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     if remasking == "random":
         confidence = nx.remask_uniform(seeds, positions, steps)
     else:
-        s_c = torch.cat(s_rows, 0).to(torch.int64)
         a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_c)
         m, Z, B = nx.combine_chunks(m_c, s_c, a_c)
         if remasking == "low_confidence":
@@ -251,7 +242,6 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
             logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
             confidence = -(logZ + nx.fixed_ratio(B, Z))
 
-    invalid = bad | ~any_finite
     if active is not None:
         invalid &= active
         confidence = torch.where(active, confidence, NEG_INF)
@@ -259,6 +249,28 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     x0 = torch.where(invalid, -1, best_index)
     confidence = torch.where(invalid, float("nan"), confidence)
     return RowSample(x0, confidence.to(torch.float32), invalid)
+
+
+def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, positions, steps, m_c,
+                s_t, ok, tau, cw):
+    """(x0, its logit) [R] at T > 0 (numerics.md §4, `reference._draw_token`): the chunk by its
+    row weight, then the entry within it from the one chunk's logits, read again."""
+    device = m_c.device
+    W = nx.chunk_weights(m_c, s_t, m_c.amax(-1), tau)                        # [R, n_chunks]
+    c = nx.pick(W, nx.draw_below(seeds, positions, steps, torch.where(ok, W.sum(-1), 1), 0))
+    c = c.clamp_max(m_c.shape[-1] - 1)
+    V = logits.shape[1]
+    cols = c[:, None] * cw + torch.arange(cw, device=device)                 # [R, cw]
+    inside = cols < V
+    at = (rows[:, None], cols.clamp_max(V - 1))
+    l = prepare_logits(logits[at], cfg_scale=cfg_scale,
+                       uncond_logits=None if uncond_logits is None else uncond_logits[at])
+    out = ~inside if suppress_tokens is None else ~inside | torch.isin(cols, suppress_tokens)
+    l = l.masked_fill_(out, NEG_INF)
+    w = nx.token_weights(l, tau)[0][:, 0]                                     # [R, CHUNK]: 0 past cw
+    i = nx.pick(w, nx.draw_below(seeds, positions, steps, torch.where(ok, w.sum(-1), 1), 1))
+    i = i.clamp_max(cw - 1)                  # only an invalid row can pick past its chunk
+    return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)
 
 
 def _sample_rows_active(logits, rows, seeds, positions, steps, *, active=None, **kw) -> RowSample:

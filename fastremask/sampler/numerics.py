@@ -16,17 +16,19 @@ import struct
 import torch
 
 __all__ = [
-    "CHUNK", "FIXED_BITS", "FIXED", "STREAM_GUMBEL", "STREAM_REMASK",
-    "philox", "uniform72", "uniform24", "exp", "log", "log1p", "gumbel",
+    "CHUNK", "FIXED_BITS", "FIXED", "STREAM_SAMPLE", "STREAM_REMASK",
+    "philox", "uniform24", "exp", "log",
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
-    "gumbel_noise", "remask_uniform",
+    "inverse_temperature", "token_weights", "chunk_weights", "draw_below", "pick",
+    "remask_uniform",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
 FIXED_BITS = 40       # fixed-point scale of the softmax sums
 FIXED = 1 << FIXED_BITS
-STREAM_GUMBEL = 0     # counter word c3: which stream a number belongs to
+STREAM_SAMPLE = 0     # counter word c3: which stream a number belongs to
 STREAM_REMASK = 1
+MAX63 = (1 << 63) - 1   # draws are 63-bit integers in [0, MAX63]
 
 MASK32 = 0xFFFFFFFF
 PHILOX_ROUND_A = 0xD2511F53   # Random123 / tl.philox multipliers
@@ -51,9 +53,6 @@ LOG_C = tuple(round_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh 
 SQRT_HALF_BITS = 0x3F3504F3           # fp32 bits of sqrt(1/2)
 TWO_P23 = 8388608.0
 TWO_M24 = 2.0 ** -24
-ONE_M24 = 1.0 - 2.0 ** -24
-TWO_M48 = 2.0 ** -48
-TWO_M73 = 2.0 ** -73
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,17 +115,6 @@ def philox(seed, c0, c1, c2, c3, rounds: int = 10):
 # 2. Uniforms from integer bits
 # ---------------------------------------------------------------------------------------------
 
-def uniform72(r0: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """fp32 uniform in [2**-73, 1 - 2**-24] from 24 + 24 + 23 bits of three Philox words."""
-    a = (r0 >> 8).to(torch.float32)              # < 2**24: the conversions are exact
-    b = (r1 >> 8).to(torch.float32)
-    c = ((r2 >> 9) * 2 + 1).to(torch.float32)    # odd, so w > 0
-    # Smallest terms first: two rounded additions; the products by powers of two are exact.
-    w = c.mul_(TWO_M73).add_(b.mul_(TWO_M48))
-    # The last addition rounds up to 1.0 when a = 2**24 - 1 and b is large: clamp below 1.
-    return w.add_(a.mul_(TWO_M24)).clamp_max_(ONE_M24)
-
-
 def uniform24(r0: torch.Tensor) -> torch.Tensor:
     """fp32 uniform (2k + 1) * 2**-24 in (0, 1), exact, from the top 23 bits of a word."""
     return ((r0 >> 9) * 2 + 1).to(torch.float32).mul_(TWO_M24)   # 2k + 1 < 2**24: exact
@@ -176,18 +164,6 @@ def log(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, y, float("nan"))  # x < 0 and NaN give NaN
 
 
-def log1p(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + x) for fp32 `x >= -1` (Goldberg: u - 1 is exact and corrects the rounding of 1 + x)."""
-    u = x + 1.0
-    y = (log(u) * x) / (u - 1.0)
-    return torch.where(u == 1.0, x, y)
-
-
-def gumbel(w: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
-    return log(log1p(-w).neg_()).neg_()        # 1 - w is as uniform as w; log1p keeps w ~ 2**-73
-
-
 # ---------------------------------------------------------------------------------------------
 # 5. Exact softmax sums over fixed chunks
 # ---------------------------------------------------------------------------------------------
@@ -197,20 +173,26 @@ def to_f32(n: torch.Tensor) -> torch.Tensor:
     return n.to(torch.float64).to(torch.float32)
 
 
-def chunk_sums(l: torch.Tensor):
-    """Per-chunk max and fixed-point sums of fp32 logits `l` [..., V] (numerics.md §5).
-
-    Returns `m_c` fp32, `S_c` int64, `A_c` int64, each [..., ceil(V / CHUNK)]. Positions past
-    the vocab count as -inf; an all -inf chunk has m_c = -inf and S_c = A_c = 0.
-    """
+def _chunked(l: torch.Tensor):
+    """fp32 `l` [..., V] as chunks [..., n_c, CHUNK] (-inf past the vocab), their max `m_c`
+    [..., n_c] and `d = l - m_c` (an all -inf chunk subtracts 0: no -inf - -inf)."""
     v = l.shape[-1]
     n_c = max(1, -(-v // CHUNK))
     if n_c * CHUNK != v:
         l = torch.nn.functional.pad(l, (0, n_c * CHUNK - v), value=float("-inf"))
     l = l.reshape(*l.shape[:-1], n_c, CHUNK)
     m_c = l.amax(dim=-1)
-    m_safe = torch.where(m_c == float("-inf"), 0.0, m_c).unsqueeze(-1)   # no -inf - -inf
-    d = l - m_safe                                                       # <= 0, -inf beyond
+    m_safe = torch.where(m_c == float("-inf"), 0.0, m_c).unsqueeze(-1)
+    return m_c, l - m_safe                                               # d <= 0, -inf beyond
+
+
+def chunk_sums(l: torch.Tensor):
+    """Per-chunk max and fixed-point sums of fp32 logits `l` [..., V] (numerics.md §5).
+
+    Returns `m_c` fp32, `S_c` int64, `A_c` int64, each [..., ceil(V / CHUNK)]. Positions past
+    the vocab count as -inf; an all -inf chunk has m_c = -inf and S_c = A_c = 0.
+    """
+    m_c, d = _chunked(l)
     e = exp(d)
     t = e * (-d)                                  # e' * (m_c - l); -d is exact negation
     t = torch.where(e == 0, 0.0, t)               # 0 * inf is no term
@@ -249,17 +231,65 @@ def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # Draws used by the samplers
 # ---------------------------------------------------------------------------------------------
 
-def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, steps,
-                 vocab_index: torch.Tensor) -> torch.Tensor:
-    """Gumbel noise [R, V] fp32 for rows with `seeds`, `positions`, `steps` [R] int64
-    (`steps` may be one int for all rows): each row's own step counter.
+def inverse_temperature(temperature: float) -> float:
+    """`tau = fp32(1 / T)` (fp64 division, one rounding to fp32), the factor the tempered
+    weights use (§4); 1.0 exactly at T = 1. A T whose reciprocal is not a finite fp32
+    (below about 2.9e-39) is refused: `0 * inf` would make the weights NaN."""
+    tau = round_f32(1.0 / float(temperature))
+    if not 0.0 < tau < float("inf"):
+        raise ValueError(f"temperature {temperature!r} is too small: 1/T overflows fp32 "
+                         "(use 0 for greedy decoding)")
+    return tau
 
-    Counter (v, position, step, STREAM_GUMBEL), so a row's noise depends on nothing else.
+
+def token_weights(l: torch.Tensor, tau: float):
+    """The tempered fixed-point weights of fp32 logits `l` [..., V] (numerics.md §4).
+
+    Returns `w` int64 [..., n_c, CHUNK], `w_v = trunc(exp((l_v - m_c) * tau) * 2**40)` (0 past
+    the vocab), and `m_c` [..., n_c]. At `tau == 1` these are exactly the terms of `S_c`.
+    """
+    m_c, d = _chunked(l)
+    t = torch.tensor(tau, dtype=torch.float32, device=l.device)
+    return exp(d * t).mul_(float(FIXED)).to(torch.int64), m_c
+
+
+def chunk_weights(m_c: torch.Tensor, s_c: torch.Tensor, m: torch.Tensor, tau: float) -> torch.Tensor:
+    """int64 [..., n_c]: `W_c = trunc(fp64(S_c) * fp64(exp((m_c - m) * tau)))`, the weight of
+    chunk `c` in its row, from the chunk's weight sum `s_c` and the row max `m` [...]. An all
+    -inf chunk weighs 0. At `tau == 1` these are exactly the terms of `Z` (`combine_chunks`)."""
+    t = torch.tensor(tau, dtype=torch.float32, device=m_c.device)
+    live = m_c != float("-inf")
+    f = exp(torch.where(live, m_c - m.unsqueeze(-1), float("-inf")) * t).to(torch.float64)
+    return (s_c.to(torch.float64) * f).to(torch.int64)
+
+
+def draw_below(seeds: torch.Tensor, positions: torch.Tensor, steps, n: torch.Tensor,
+               stage: int) -> torch.Tensor:
+    """An exactly uniform int64 in `[0, n)` per row (`n` int64 [R], `1 <= n < 2**63`).
+
+    Attempt `j = 0, 1, ...` draws `philox(seed, j, position, step, STREAM_SAMPLE)`; `stage` 0
+    reads its words `(r0, r1)`, stage 1 `(r2, r3)`, as the 63-bit `R = (hi << 31) | (lo >> 1)`.
+    The first attempt with `R < 2**63 - (2**63 mod n)` gives `R mod n` (rejection: each value
+    of `[0, n)` has the same number of accepted `R`). An attempt is rejected with probability
+    below `n / 2**63` (below `2**-6` for every row the kernels accept, typically `~2**-20`).
     """
     steps = _as_i64(steps, seeds.device)
-    r0, r1, r2, _ = philox(seeds.reshape(-1, 1), vocab_index.reshape(1, -1),
-                           positions.reshape(-1, 1), steps.reshape(-1, 1), STREAM_GUMBEL)
-    return gumbel(uniform72(r0, r1, r2))
+    n = n.to(torch.int64)
+    top = MAX63 - (MAX63 % n + 1) % n              # accept R <= top, i.e. R < 2**63 - (2**63 mod n)
+    u = torch.full_like(n, -1)
+    j = 0
+    while bool((u < 0).any()):                     # a host sync per attempt: almost always one
+        r = philox(seeds, j, positions, steps, STREAM_SAMPLE)
+        big = (r[2 * stage] << 31) | (r[2 * stage + 1] >> 1)
+        u = torch.where((u < 0) & (big <= top), big % n, u)
+        j += 1
+    return u
+
+
+def pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """int64 [...]: the first index `i` along the last axis with `sum(weights[..., :i+1]) > u`
+    (inverse CDF over nonnegative int64 weights; a zero weight is never picked)."""
+    return (weights.cumsum(-1) <= u.unsqueeze(-1)).sum(-1)
 
 
 def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch.Tensor:

@@ -5,7 +5,7 @@ states one rule of docs/numerics.md; `fastremask.sampler.fast` (the ``torch`` ba
 `fastremask.kernels` (the ``triton`` backend) compute the same bits with the same names:
 
 * `prepare_logits`  (numerics.md §7): fp32, classifier-free guidance, suppressed tokens.
-* `sample_rows`     (§4-§6): Gumbel-max token ``x0`` and its confidence, per logit row.
+* `sample_rows`     (§4-§6): the sampled token ``x0`` and its confidence, per logit row.
 * `select`          (§8): which candidates of a block keep their ``x0`` this step.
 
 The step and the loop that call them are written once, for every backend, in
@@ -62,6 +62,22 @@ def invalid_rows(l: torch.Tensor) -> torch.Tensor:
     return torch.isnan(l).any(-1) | (l == float("inf")).any(-1) | (l == NEG_INF).all(-1)
 
 
+def _draw_token(l, seeds, positions, steps, tau) -> torch.Tensor:
+    """numerics.md §4 at T > 0: ``x0`` [R] drawn with probability ``(W_c / sum W) * (w_v / S_c)``,
+    ``w`` the tempered weights of chunk ``c`` (`nx.token_weights`), ``S_c`` their sum and ``W_c``
+    the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage."""
+    w, m_c = nx.token_weights(l, tau)                                        # [R, n_c, CHUNK]
+    s_c = w.sum(-1)
+    W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
+    ok = ~invalid_rows(l)                    # other rows' weights are meaningless: draw from 1
+    c = nx.pick(W, nx.draw_below(seeds, positions, steps, torch.where(ok, W.sum(-1), 1), 0))
+    c = c.clamp_max(m_c.shape[-1] - 1)
+    w_c = w[torch.arange(l.shape[0], device=l.device), c]                   # [R, CHUNK]
+    s = torch.where(ok, w_c.sum(-1), 1)
+    x0 = c * nx.CHUNK + nx.pick(w_c, nx.draw_below(seeds, positions, steps, s, 1))
+    return x0.clamp_max(l.shape[-1] - 1)     # only an invalid row can pick past the vocab
+
+
 # ---------------------------------------------------------------------------------------------
 # numerics.md §4-§6: one sampled token and its confidence per row
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +105,7 @@ def sample_rows(
     seeds : [R] int64 in [0, 2**63), the batch row's seed
     positions : [R] int64, the position within the generated answer (RNG counter c1)
     steps : [R] int64 (or one int for every row): each row's own step counter (RNG counter c2)
-    temperature : float >= 0; 0 is argmax without noise
+    temperature : float >= 0; 0 is the argmax, T > 0 draws from softmax(l / T) (§4)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
     cfg_scale, uncond_logits : classifier-free guidance (`prepare_logits`)
     suppress_tokens : [S] int64 token ids that are never sampled
@@ -111,16 +127,13 @@ def sample_rows(
                        suppress_tokens=suppress_tokens)                       # [R, V] fp32
     vocab = torch.arange(V, device=device)                                    # [V]
 
-    # §4 Gumbel-max: score = l + T * g (one fp32 product, one sum); T == 0 draws no noise.
+    # §4 the token: at T == 0 the first maximum; at T > 0 a draw from the tempered softmax of
+    # the fixed-point weights, by inverse CDF: first a chunk, then an entry of that chunk.
     if float(temperature) == 0.0:
-        score = l
+        x0 = torch.where(l == l.amax(dim=-1, keepdim=True), vocab, V).amin(dim=-1)
+        x0 = x0.clamp_max(V - 1)      # an all-NaN row has no maximum; it is invalid anyway
     else:
-        T = torch.tensor(float(temperature), dtype=torch.float32, device=device)
-        score = l + T * nx.gumbel_noise(seeds, positions, steps, vocab)
-    # argmax, ties to the lowest token id (stated, not left to torch.argmax)
-    best = score.amax(dim=-1, keepdim=True)
-    x0 = torch.where(score == best, vocab, V).amin(dim=-1)                    # [R]
-    x0 = x0.clamp_max(V - 1)          # an all-NaN row has no maximum; it is invalid anyway
+        x0 = _draw_token(l, seeds, positions, steps, nx.inverse_temperature(temperature))
 
     # §5 exact softmax sums over fixed chunks: row max m, Z and B scaled by 2**40
     m, Z, B = nx.combine_chunks(*nx.chunk_sums(l))                             # [R] each
