@@ -145,7 +145,7 @@ def section_tune(res: dict, quick: bool) -> None:
     for rows, T in shapes:
         lg, un, idx, seeds, pos = _row_inputs(rows, "bf16", False)
         n_chunks = -(-V // 2048)
-        default = _launch_config(rows, n_chunks, T != 0, None, None)
+        default = _launch_config(rows, n_chunks, None, None)
         best = None
         for warps in ((4, 8) if quick else (2, 4, 8, 16)):
             for cpp in ((1, 4) if quick else (1, 2, 4, 8, 16, 62)):

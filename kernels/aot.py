@@ -89,7 +89,9 @@ class Result:
 
 
 def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62) -> Spec:
-    """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool or the temperature."""
+    """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool (True: T = 1)
+    or the temperature (T != 1 is the tempered variant, a second exp per entry)."""
+    tempered = noise is not True and bool(noise) and float(noise) != 1.0
     noise = bool(noise)
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
@@ -97,13 +99,14 @@ def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_ch
         "p_pf": "*fp32", "p_pi": "*i64", "p_count": "*i32", "p_x0": "*i64", "p_conf": "*fp32",
         "p_invalid": "*i1", "stride_l": "i32", "stride_u": "i32", "V": "i32",
         "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32",
-        "temperature": "fp32", "cfg_s1": "fp32",
+        "tau": "fp32", "cfg_s1": "fp32",
     }
-    const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "RULE": _RULES[rule],
+    const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "TEMPERED": tempered,
+             "RULE": _RULES[rule],
              "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode()}
-    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise)},{rule}]"
+    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise) + int(tempered)},{rule}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
-    warps = _row_launch_config(1, n_chunks, noise, None, None)[2]   # the warps generate launches with
+    warps = _row_launch_config(1, n_chunks, None, None)[2]   # the warps generate launches with
     return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
 
 
@@ -128,13 +131,13 @@ def specialisations(quick: bool = False) -> list[Spec]:
     """Every variant `generate` can launch (`active` always given), or a cover set (`quick`):
     each constexpr value at least once, the heaviest row kernel (bf16, CFG, noise, entropy) included."""
     if quick:
-        rows = [_row_spec("bf16", True, True, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
+        rows = [_row_spec("bf16", True, 0.7, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
                 _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random"),
                 _row_spec("bf16", False, False, "entropy")]
         selects = [_select_spec(True, True), _select_spec(False, False, block_c=512)]
         return rows + selects
     rows = [_row_spec(d, c, n, r) for d, c, n, r in
-            itertools.product(_LOGIT_TYPES, (False, True), (False, True), _RULES)]
+            itertools.product(_LOGIT_TYPES, (False, True), (False, True, 0.7), _RULES)]
     selects = [_select_spec(t, w, c) for t, w in itertools.product((False, True), repeat=2)
                for c in (32, 512)]
     return rows + selects

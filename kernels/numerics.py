@@ -47,11 +47,9 @@ _SQRT_HALF_BITS = tl.constexpr(_nm.SQRT_HALF_BITS)
 _MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)   # 2**-126
 _TWO_P23 = tl.constexpr(_nm.TWO_P23)
 _TWO_M24 = tl.constexpr(_nm.TWO_M24)
-_TWO_M48 = tl.constexpr(_nm.TWO_M48)
-_TWO_M73 = tl.constexpr(_nm.TWO_M73)
-_ONE_M24 = tl.constexpr(_nm.ONE_M24)
 _FIXED_F = tl.constexpr(float(_nm.FIXED))
-_STREAM_GUMBEL = tl.constexpr(_nm.STREAM_GUMBEL)
+_STREAM_SAMPLE = tl.constexpr(_nm.STREAM_SAMPLE)
+_MAX63 = tl.constexpr(_nm.MAX63)
 _STREAM_REMASK = tl.constexpr(_nm.STREAM_REMASK)
 
 
@@ -86,16 +84,6 @@ def philox(seed, c0, c1, c2, c3, ROUNDS: tl.constexpr = 10):
 # ---------------------------------------------------------------------------------------------
 # 2. Uniforms from integer bits
 # ---------------------------------------------------------------------------------------------
-
-@triton.jit
-def uniform72(r0, r1, r2):
-    """fp32 uniform in [2**-73, 1 - 2**-24] from 24 + 24 + 23 bits of three words."""
-    a = (r0 >> 8).to(tl.float32)                     # < 2**24: exact
-    b = (r1 >> 8).to(tl.float32)
-    c = ((r2 >> 9) * 2 + 1).to(tl.float32)           # odd, so w > 0
-    w = (c * _TWO_M73 + b * _TWO_M48) + a * _TWO_M24  # smallest first, two rounded additions
-    return tl.minimum(w, _ONE_M24)                   # the last addition can round up to 1.0
-
 
 @triton.jit
 def uniform24(r0):
@@ -156,20 +144,6 @@ def log(x):
     y = tl.where(x == 0, float("-inf"), y)
     y = tl.where(x == float("inf"), float("inf"), y)
     return tl.where(x >= 0, y, float("nan"))          # x < 0 and NaN give NaN
-
-
-@triton.jit
-def log1p(x):
-    """log(1 + x) for fp32 `x >= -1` (Goldberg: exact u - 1 corrects the rounding of 1 + x)."""
-    u = x + 1.0
-    y = tl.div_rn(log(u) * x, u - 1.0)
-    return tl.where(u == 1.0, x, y)
-
-
-@triton.jit
-def gumbel(w):
-    """Standard Gumbel variate -log(-log(1 - w)) from a uniform `w` in (0, 1)."""
-    return neg(log(neg(log1p(neg(w)))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +224,14 @@ def combine_terms(m_c, s_c, a_c, m):
 
 
 @triton.jit
+def chunk_weights(m_c, s_c, m, tau):
+    """W_c (int64) of each chunk in its row from its tempered weight sum `s_c` (numerics.md §4)."""
+    live = m_c != float("-inf")
+    f = exp(tl.where(live, m_c - m, float("-inf")) * tau).to(tl.float64)
+    return (s_c.to(tl.float64) * f).to(tl.int64)
+
+
+@triton.jit
 def combine_chunks(m_c, s_c, a_c):
     """(m, Z, B) of a row from its chunk partials along the last axis (pad with -inf, 0, 0)."""
     m = tl.max(m_c, axis=-1, keep_dims=True)
@@ -262,10 +244,23 @@ def combine_chunks(m_c, s_c, a_c):
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def gumbel_noise(seed, pos, step, o_v):
-    """Gumbel noise for vocab indices `o_v` of a row (seed int64, position, global step)."""
-    r0, r1, r2, r3 = philox(seed, o_v, pos, step, _STREAM_GUMBEL)
-    return gumbel(uniform72(r0, r1, r2))
+def draw_below(seed, pos, step, n, STAGE: tl.constexpr):
+    """An exactly uniform int64 in [0, n) for int64 `n` in [1, 2**63) (the PyTorch twin's
+    rejection): attempt j draws philox(seed, j, pos, step, STREAM_SAMPLE); STAGE 0 reads
+    words (r0, r1), STAGE 1 (r2, r3), as R = (hi << 31) | (lo >> 1)."""
+    top = _MAX63 - (_MAX63 % n + 1) % n             # accept R <= top
+    u = tl.zeros((), tl.int64) - 1
+    j = 0
+    while u < 0:
+        r0, r1, r2, r3 = philox(seed, j, pos, step, _STREAM_SAMPLE)
+        if STAGE == 0:
+            big = (r0.to(tl.int64) << 31) | (r1.to(tl.int64) >> 1)
+        else:
+            big = (r2.to(tl.int64) << 31) | (r3.to(tl.int64) >> 1)
+        if big <= top:
+            u = big % n
+        j += 1
+    return u
 
 
 @triton.jit

@@ -23,11 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask.sampler.numerics import CHUNK, FIXED, round_f32
+from fastremask.sampler.numerics import CHUNK, FIXED, inverse_temperature, round_f32
 from fastremask.sampler.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
-from .numerics import (LAUNCH_OPTIONS, combine_terms, fixed_exp, fixed_ratio, fixed_term, gumbel_noise,
-                       interpreting, log, neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_exp, fixed_ratio,
+                       fixed_term, interpreting, log, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -35,7 +35,7 @@ _LOW_CONFIDENCE, _MARGIN, _ENTROPY, _RANDOM = range(4)           # the RULE cons
 _RULE = {"low_confidence": _LOW_CONFIDENCE, "margin": _MARGIN, "entropy": _ENTROPY, "random": _RANDOM}
 MAX_VOCAB = 1 << 22        # 2048 chunks: the finish holds a row's partials in one block
 _TARGET_PROGRAMS = 2048    # row-kernel programs to aim for (a few waves on 100+ SMs)
-_N_F, _N_I = 3, 3          # partial planes: fp32 (m, best score, its logit), int64 (S, A, idx)
+_N_F, _N_I = 1, 3          # partial planes: fp32 (m), int64 (S, A, the tempered sum)
 # Constants as constexpr (jit functions may only read constexpr globals).
 _FIXED_I = tl.constexpr(FIXED)
 _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
@@ -51,13 +51,6 @@ def _max_nan(a, b):
     """max that propagates NaN (FMNMX.NAN): a chunk with a NaN has a NaN max. In the inputs'
     type (triton 3.6 widens bf16 to fp32 here; the max of two bf16 values is one of them)."""
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL).to(a.dtype)
-
-
-@triton.jit
-def _best_combine(sa, ia, la, sb, ib, lb):
-    """tl.reduce combine of (best score, its lowest index, its logit)."""
-    pick_a = (sa > sb) | ((sa == sb) & (ia < ib))
-    return tl.where(pick_a, sa, sb), tl.where(pick_a, ia, ib), tl.where(pick_a, la, lb)
 
 
 @triton.jit
@@ -127,10 +120,11 @@ def _sub_logits(p_l, p_u, p_suppress, base, V, n_suppress, cfg_s1, SUB: tl.const
 
 
 @triton.jit
-def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                 HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr):
-    """m_c (NaN as NaN), S_c, A_c of chunk `c` with suppression, from memory in SUB-entry pieces:
-    the same max and the same integer sums (any order) as the chunk loop's."""
+def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, tau, CHUNK: tl.constexpr, SUB: tl.constexpr,
+                 HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
+    """m_c (NaN as NaN), S_c, A_c and the tempered sum of chunk `c` with suppression, from
+    memory in SUB-entry pieces: the same max and the same integer sums (any order) as the chunk
+    loop's."""
     n_v = V - c * CHUNK                                              # entries past V are -inf: no piece
     m_c = float("-inf")
     k = 0
@@ -141,16 +135,21 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.const
     m_s = tl.where(m_c == float("-inf"), 0.0, m_c)
     s_c = tl.zeros((), tl.int64)
     a_c = tl.zeros((), tl.int64)
-    if NEED_S:
+    t_c = tl.zeros((), tl.int64)
+    if NEED_S or NEED_T:
         k = 0
         while (k < CHUNK) & (k < n_v):
             b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
-            y, x = fixed_exp(b_l - m_s)
-            s_c += tl.sum(y.to(tl.int64), 0)
-            if NEED_A:
-                a_c += tl.sum((y * neg(x)).to(tl.int64), 0)
+            if NEED_S:
+                y, x = fixed_exp(b_l - m_s)
+                s_c += tl.sum(y.to(tl.int64), 0)
+                if NEED_A:
+                    a_c += tl.sum((y * neg(x)).to(tl.int64), 0)
+            if NEED_T:
+                y, _ = fixed_exp((b_l - m_s) * tau)
+                t_c += tl.sum(y.to(tl.int64), 0)
             k += SUB
-    return m_c, s_c, a_c
+    return m_c, s_c, a_c, t_c
 
 
 @triton.jit
@@ -181,35 +180,27 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.con
 
 
 @triton.jit
-def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, seed, pos, step,
-           temperature, CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr,
-           NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.constexpr):
-    """One chunk's partials (§5), stored at `o_p` of each plane. A NaN max is stored as +inf;
-    what the rest computes for such a chunk is never used."""
-    if NOISE:
-        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
-                                 MASKED, True, MAX_MODE)
-        m_s = tl.where(m_c == float("-inf"), 0.0, m_c)               # an all -inf chunk: d = -inf
-        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
-        # §4: one mul, one add; best score, its lowest index, its logit
-        o = tl.arange(0, CHUNK)
-        b_s = b_l + temperature * gumbel_noise(seed, pos, step, c * CHUNK + o)
-        best, i_best, l_best = tl.reduce((b_s, o, b_l), 0, _best_combine)
-        tl.store(p_pf + plane + o_p, best)
-        tl.store(p_pf + 2 * plane + o_p, l_best)
-        tl.store(p_pi + 2 * plane + o_p, (c * CHUNK + i_best).to(tl.int64))
-    else:
-        # T == 0 needs only m_c, S_c, A_c, of the logits as read: suppressed ids are taken out
-        # by the combine (their terms subtracted exactly, or their chunk recomputed), so the
-        # loop over the vocab has no per-entry suppression work.
-        b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
-                                 MASKED, False, MAX_MODE)
-        m_s = tl.where(m_c == float("-inf"), 0.0, m_c)
-        s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
+def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, tau,
+           CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr, NEED_S: tl.constexpr,
+           NEED_A: tl.constexpr, NEED_T: tl.constexpr, MAX_MODE: tl.constexpr):
+    """One chunk's partials (§5, and with `NEED_T` §4's tempered sum), stored at `o_p` of each
+    plane. A NaN max is stored as +inf; what the rest computes for such a chunk is never used.
+
+    Only m_c and sums, of the logits as read, at every temperature: suppressed ids are taken out
+    by the finish (their terms subtracted exactly, or their chunk recomputed), and a T > 0 draw
+    reads its one chunk again there, so the loop over the vocab has no per-entry suppression
+    and no per-entry randomness."""
+    b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
+                             MASKED, False, MAX_MODE)
+    m_s = tl.where(m_c == float("-inf"), 0.0, m_c)                   # an all -inf chunk: d = -inf
+    s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
     if NEED_S:
         tl.store(p_pi + o_p, s_c)
         if NEED_A:
             tl.store(p_pi + plane + o_p, a_c)
+    if NEED_T:       # T != 1: the weights exp((l - m_c) * tau), a second exp per entry
+        y, _ = fixed_exp((b_l - m_s) * tau)
+        tl.store(p_pi + 2 * plane + o_p, tl.sum(y.to(tl.int64), 0))
     tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
 
 
@@ -222,12 +213,14 @@ def _sum2(a, b, c, d):
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
     p_count, p_x0, p_conf, p_invalid,
-    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, temperature, cfg_s1,
+    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, tau, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
-    RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
+    TEMPERED: tl.constexpr, RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
 ):
-    NEED_S: tl.constexpr = RULE != 3
+    # S_c for the confidence, or at T = 1 for the draw (the tempered weights are S_c's terms)
+    NEED_S: tl.constexpr = (RULE != 3) or (NOISE and not TEMPERED)
     NEED_A: tl.constexpr = RULE == 2
+    NEED_T: tl.constexpr = NOISE and TEMPERED
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
     act = True
@@ -245,13 +238,6 @@ def _sample_rows_kernel(
         p_u = p_l
         if HAS_CFG:
             p_u = p_uncond + row * stride_u
-        seed = 0
-        pos = 0
-        step = 0
-        if NOISE:
-            seed = tl.load(p_seeds + i_r)
-            pos = tl.load(p_pos + i_r).to(tl.uint32)
-            step = tl.load(p_steps + i_r).to(tl.uint32)              # the row's own counter
         c = i_s * chunks_per_prog
         c_hi = tl.minimum(c + chunks_per_prog, n_chunks)
         c_full = tl.minimum(c_hi, V // CHUNK)                        # chunks without entries past V
@@ -259,12 +245,12 @@ def _sample_rows_kernel(
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
-                   step, temperature, CHUNK, HAS_CFG, False, NOISE, NEED_S, NEED_A, MAX_MODE)
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, tau,
+                   CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, MAX_MODE)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, seed, pos,
-                   step, temperature, CHUNK, HAS_CFG, True, NOISE, NEED_S, NEED_A, MAX_MODE)
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, tau,
+                   CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, MAX_MODE)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
         # stores come before the counter's release (the barrier), the counter's acquire before
@@ -274,19 +260,20 @@ def _sample_rows_kernel(
         if ticket == tl.num_programs(1) - 1:
             tl.store(p_count + i_r, 0)                               # ready for the next launch
             _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, RULE, BLOCK_C, NOISE, HAS_CFG, CHUNK)
+                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, RULE, BLOCK_C, NOISE, NEED_S, NEED_T,
+                    HAS_CFG, CHUNK)
 
 
 @triton.jit
-def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
-                       BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, NEED_S: tl.constexpr,
-                       NEED_A: tl.constexpr):
+def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau,
+                       CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr,
+                       NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
     """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
 
     For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
-    stays and its §5 terms (the same `fixed_exp` of the same fp32 difference as in the chunk
-    loop) are subtracted from `S_c`, `A_c`: exact integers. Otherwise (it is the max, or NaN)
-    chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
+    stays and its terms (the same `fixed_exp` of the same fp32 difference as in the chunk loop)
+    are subtracted from `S_c`, `A_c` and the tempered sum: exact integers. Otherwise (it is the
+    max, or NaN) chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
     o_c = tl.arange(0, BLOCK_C)
     o_b = tl.arange(0, 128)
     redo = o_c < 0                                                   # chunks to recompute
@@ -311,41 +298,79 @@ def _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s
                         b_s = tl.where(at, b_s - y.to(tl.int64), b_s)
                         if NEED_A:
                             b_a = tl.where(at, b_a - (y * neg(x)).to(tl.int64), b_a)
+                    if NEED_T:
+                        y, _ = fixed_exp((l_s - m_c) * tau)
+                        b_t = tl.where(at, b_t - y.to(tl.int64), b_t)
                 else:
                     redo = redo | at
         j += 1
     while tl.max(redo.to(tl.int32), 0) > 0:
         c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
-        m_c, s_c, a_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, _SUB, HAS_CFG,
-                                     NEED_S, NEED_A)
+        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, tau, CHUNK, _SUB,
+                                          HAS_CFG, NEED_S, NEED_A, NEED_T)
         at = o_c == c
         b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
         b_s = tl.where(at, s_c, b_s)
         b_a = tl.where(at, a_c, b_a)
+        b_t = tl.where(at, t_c, b_t)
         redo = redo & (o_c != c)
-    return b_m, b_s, b_a
+    return b_m, b_s, b_a, b_t
+
+
+@triton.jit
+def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_suppress, V, n_suppress,
+                cfg_s1, tau, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
+    """x0 at T > 0 (numerics.md §4): the chunk by inverse CDF over its row weights `W_c` (from
+    the chunks' tempered sums `b_t`), then the entry by inverse CDF over that one chunk's weights,
+    recomputed from memory as the chunk loop computes them. Always in [0, V)."""
+    seed = tl.load(p_seeds + i_r)
+    pos = tl.load(p_pos + i_r)
+    step = tl.load(p_steps + i_r)
+    o_c = tl.arange(0, BLOCK_C)
+    w_c = chunk_weights(b_m, b_t, m, tau)                            # [BLOCK_C]; 0 past n_chunks
+    total = tl.where(invalid, 1, tl.sum(w_c, 0))                     # another row's sums mean nothing
+    u = draw_below(seed, pos, step, total, 0)
+    c = tl.sum((tl.cumsum(w_c, 0) <= u).to(tl.int32), 0)             # first chunk with cum > u
+    c = tl.minimum(c, (V - 1) // CHUNK)
+    s_c = tl.where(invalid, 1, tl.sum(tl.where(o_c == c, b_t, 0), 0))
+    m_s = tl.max(tl.where(o_c == c, b_m, float("-inf")), 0)
+    m_s = tl.where(m_s == float("-inf"), 0.0, m_s)
+    u = draw_below(seed, pos, step, s_c, 1)
+    n_v = V - c * CHUNK
+    x0 = (c * CHUNK).to(tl.int64) + CHUNK                            # 'none yet'
+    acc = tl.zeros((), tl.int64)                                     # weights before this piece
+    k = 0
+    while (k < CHUNK) & (k < n_v) & (acc <= u):
+        b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, _SUB, HAS_CFG)
+        y, _ = fixed_exp((b_l - m_s) * tau)
+        w = y.to(tl.int64)
+        x0 = tl.minimum(x0, tl.min(tl.where(tl.cumsum(w, 0) + acc > u, o_v, x0), 0))
+        acc += tl.sum(w, 0)
+        k += _SUB
+    return tl.minimum(x0, V - 1)                                     # past V: only an invalid row
 
 
 @triton.jit(noinline=True)   # its own function: the chunk loop is compiled as without it
 def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
-            NOISE: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
-    """The exact finish of one active row from its chunk partials (numerics.md §5-6)."""
+            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
+            NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr, HAS_CFG: tl.constexpr,
+            CHUNK: tl.constexpr):
+    """The exact finish of one active row from its chunk partials (numerics.md §4-6)."""
     o_c = tl.arange(0, BLOCK_C)
     m_c = o_c < n_chunks
     o_p = i_r.to(tl.int64) * n_chunks + o_c
     b_m = tl.load(p_pf + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")   # [BLOCK_C]
-    if RULE != 3:    # random needs no sums
+    b_s = tl.zeros((BLOCK_C,), tl.int64)
+    b_a = tl.zeros((BLOCK_C,), tl.int64)                             # unused sums: no load
+    b_t = tl.zeros((BLOCK_C,), tl.int64)
+    if NEED_S:
         b_s = tl.load(p_pi + o_p, mask=m_c, other=0, cache_modifier=".cg")
-    else:
-        b_s = tl.zeros((BLOCK_C,), tl.int64)
     if RULE == 2:    # entropy needs B
         b_a = tl.load(p_pi + plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
-    else:
-        b_a = tl.zeros((BLOCK_C,), tl.int64)                         # B unused: no load
-    if not NOISE:
-        b_m, b_s, b_a = _suppress_partials(b_m, b_s, b_a, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
-                                           CHUNK, BLOCK_C, HAS_CFG, RULE != 3, RULE == 2)
+    if NEED_T:
+        b_t = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
+    b_m, b_s, b_a, b_t = _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
+                                            tau, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T)
     m = tl.max(b_m, 0)
     invalid = (m == float("inf")) | (m == float("-inf"))              # NaN / +inf, or no finite logit
     # The first chunk holding the row max (chunks are in vocab order).
@@ -374,15 +399,9 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
                 l2 = tl.maximum(l2, tl.max(tl.where(o_v == i_v, float("-inf"), b_l), 0))
                 k += _SUB
     if NOISE:
-        # x0: best score over chunks; chunks are in vocab order, so the first best chunk holds
-        # the lowest index among equal scores.
-        b_best = tl.load(p_pf + plane + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")
-        b_lbest = tl.load(p_pf + 2 * plane + o_p, mask=m_c, other=float("-inf"), cache_modifier=".cg")
-        b_idx = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
-        best = tl.max(b_best, 0)
-        c_best = tl.min(tl.where(b_best == best, o_c, BLOCK_C), 0)
-        x0 = tl.sum(tl.where(o_c == c_best, b_idx, 0), 0)
-        l_x0 = tl.max(tl.where(o_c == c_best, b_lbest, float("-inf")), 0)
+        x0 = _draw_token(i_r, b_m, b_s if not NEED_T else b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u,
+                         p_suppress, V, n_suppress, cfg_s1, tau, BLOCK_C, HAS_CFG, CHUNK)
+        l_x0 = _one_logit(p_l, p_u, x0, cfg_s1, HAS_CFG)             # never a suppressed id (weight 0)
     else:            # T == 0: the first maximum
         x0 = c_top.to(tl.int64) * CHUNK + i_top
         l_x0 = m
@@ -446,7 +465,7 @@ def max_mode() -> int:
 
 
 @functools.lru_cache(maxsize=256)   # pure function of ints: no per-call Python work after the first
-def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | None,
+def _launch_config(r: int, n_chunks: int, chunks_per_prog: int | None,
                    num_warps: int | None) -> tuple[int, int, int]:
     """(chunks per program, programs per row, warps): a performance choice only, never the bits."""
     if chunks_per_prog is None:
@@ -454,10 +473,9 @@ def _launch_config(r: int, n_chunks: int, noise: bool, chunks_per_prog: int | No
         chunks_per_prog = triton.cdiv(n_chunks, n_splits)
     chunks_per_prog = max(1, min(int(chunks_per_prog), n_chunks))
     if num_warps is None:
-        # T == 0: 2 warps, 32 entries per thread (the per-chunk reduction trees cost per thread,
-        # so fewer threads per chunk is fewer instructions per logit; 48 registers on sm_90).
-        # Noise: philox + two logs per entry, spread the registers over 8 warps.
-        num_warps = 8 if noise else 2
+        # 2 warps, 32 entries per thread at every temperature (the per-chunk reduction trees
+        # cost per thread, so fewer threads per chunk is fewer instructions per logit).
+        num_warps = 2
     return chunks_per_prog, triton.cdiv(n_chunks, chunks_per_prog), num_warps
 
 
@@ -502,9 +520,10 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         return out
     rule = _RULE[remasking]
     noise = float(temperature) != 0.0
+    tau = inverse_temperature(temperature) if noise else 1.0
     has_cfg = uncond_logits is not None
     n_chunks = triton.cdiv(v, CHUNK)
-    cpp, n_splits, warps = _launch_config(r, n_chunks, noise, chunks_per_prog, num_warps)
+    cpp, n_splits, warps = _launch_config(r, n_chunks, chunks_per_prog, num_warps)
     pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
     pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
     n_sup = 0 if suppress_tokens is None else suppress_tokens.numel()
@@ -513,8 +532,9 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         active if active is not None else rows, suppress_tokens if n_sup else rows, pf, pi,
         _counters(device, r), out.x0, out.confidence, out.invalid,
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
-        n_sup, round_f32(float(temperature)), round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
-        CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, RULE=rule,
+        n_sup, tau, round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
+        CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, TEMPERED=tau != 1.0,
+        RULE=rule,
         BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), num_warps=warps, **LAUNCH_OPTIONS)
     return out
 
