@@ -50,6 +50,8 @@ _TWO_M24 = tl.constexpr(_nm.TWO_M24)
 _FIXED_F = tl.constexpr(float(_nm.FIXED))
 _STREAM_SAMPLE = tl.constexpr(_nm.STREAM_SAMPLE)
 _MAX63 = tl.constexpr(_nm.MAX63)
+_LIMB = tl.constexpr(_nm._LIMB)
+_LIMB_MASK = tl.constexpr(_nm._LIMB_MASK)
 _STREAM_REMASK = tl.constexpr(_nm.STREAM_REMASK)
 
 
@@ -244,11 +246,33 @@ def combine_chunks(m_c, s_c, a_c):
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
+def _mul63(a, b):
+    """(a * b) >> 63 and (a * b) mod 2**63 of int64 a, b in [0, 2**63), in 21-bit limbs."""
+    a0 = a & _LIMB_MASK
+    a1 = (a >> _LIMB) & _LIMB_MASK
+    a2 = a >> (2 * _LIMB)
+    b0 = b & _LIMB_MASK
+    b1 = (b >> _LIMB) & _LIMB_MASK
+    b2 = b >> (2 * _LIMB)
+    t = a0 * b0
+    d0 = t & _LIMB_MASK
+    t = a0 * b1 + a1 * b0 + (t >> _LIMB)
+    d1 = t & _LIMB_MASK
+    t = a0 * b2 + a1 * b1 + a2 * b0 + (t >> _LIMB)
+    d2 = t & _LIMB_MASK
+    t = a1 * b2 + a2 * b1 + (t >> _LIMB)
+    d3 = t & _LIMB_MASK
+    t = a2 * b2 + (t >> _LIMB)
+    d4 = t & _LIMB_MASK
+    return d3 | (d4 << _LIMB) | ((t >> _LIMB) << (2 * _LIMB)), d0 | (d1 << _LIMB) | (d2 << (2 * _LIMB))
+
+
+@triton.jit
 def draw_below(seed, pos, step, n, STAGE: tl.constexpr):
     """An exactly uniform int64 in [0, n) for int64 `n` in [1, 2**63) (the PyTorch twin's
-    rejection): attempt j draws philox(seed, j, pos, step, STREAM_SAMPLE); STAGE 0 reads
-    words (r0, r1), STAGE 1 (r2, r3), as R = (hi << 31) | (lo >> 1)."""
-    top = _MAX63 - (_MAX63 % n + 1) % n             # accept R <= top
+    multiply-and-reject): attempt j draws philox(seed, j, pos, step, STREAM_SAMPLE); STAGE 0
+    reads words (r0, r1), STAGE 1 (r2, r3), as R = (hi << 31) | (lo >> 1)."""
+    low_min = (_MAX63 % n + 1) % n                  # 2**63 mod n
     u = tl.zeros((), tl.int64) - 1
     j = 0
     while u < 0:
@@ -257,8 +281,9 @@ def draw_below(seed, pos, step, n, STAGE: tl.constexpr):
             big = (r0.to(tl.int64) << 31) | (r1.to(tl.int64) >> 1)
         else:
             big = (r2.to(tl.int64) << 31) | (r3.to(tl.int64) >> 1)
-        if big <= top:
-            u = big % n
+        hi, lo = _mul63(big, n)
+        if lo >= low_min:
+            u = hi
         j += 1
     return u
 

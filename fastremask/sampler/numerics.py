@@ -263,25 +263,47 @@ def chunk_weights(m_c: torch.Tensor, s_c: torch.Tensor, m: torch.Tensor, tau: fl
     return (s_c.to(torch.float64) * f).to(torch.int64)
 
 
+_LIMB = 21                 # draw_below's products in 21-bit limbs: no int64 overflow
+_LIMB_MASK = (1 << _LIMB) - 1
+
+
+def _mul63(a: torch.Tensor, b: torch.Tensor):
+    """(a * b) >> 63 and (a * b) mod 2**63 for int64 `a`, `b` in [0, 2**63): three 21-bit limbs
+    each, partial products below 2**44, carried; every step an exact int64 operation."""
+    a0, a1, a2 = a & _LIMB_MASK, (a >> _LIMB) & _LIMB_MASK, a >> (2 * _LIMB)
+    b0, b1, b2 = b & _LIMB_MASK, (b >> _LIMB) & _LIMB_MASK, b >> (2 * _LIMB)
+    limbs = []
+    carry = torch.zeros_like(a)
+    for c in (a0 * b0, a0 * b1 + a1 * b0, a0 * b2 + a1 * b1 + a2 * b0, a1 * b2 + a2 * b1, a2 * b2):
+        t = c + carry
+        limbs.append(t & _LIMB_MASK)
+        carry = t >> _LIMB
+    d0, d1, d2, d3, d4 = limbs
+    return d3 | (d4 << _LIMB) | (carry << (2 * _LIMB)), d0 | (d1 << _LIMB) | (d2 << (2 * _LIMB))
+
+
 def draw_below(seeds: torch.Tensor, positions: torch.Tensor, steps, n: torch.Tensor,
                stage: int) -> torch.Tensor:
     """An exactly uniform int64 in `[0, n)` per row (`n` int64 [R], `1 <= n < 2**63`).
 
     Attempt `j = 0, 1, ...` draws `philox(seed, j, position, step, STREAM_SAMPLE)`; `stage` 0
     reads its words `(r0, r1)`, stage 1 `(r2, r3)`, as the 63-bit `R = (hi << 31) | (lo >> 1)`.
-    The first attempt with `R < 2**63 - (2**63 mod n)` gives `R mod n` (rejection: each value
-    of `[0, n)` has the same number of accepted `R`). An attempt is rejected with probability
-    below `n / 2**63` (below `2**-6` for every row the kernels accept, typically `~2**-20`).
+    Lemire's multiply-and-reject: with `P = R * n`, the attempt is accepted when
+    `P mod 2**63 >= 2**63 mod n` and gives `P >> 63` (each value of `[0, n)` then has exactly
+    `floor(2**63 / n)` accepted `R`). An attempt is rejected with probability below
+    `n / 2**63`. `u / n` is then close to `R / 2**63` whatever `n`, so weights that differ by an
+    ulp (a row alone or in a batch) almost always draw the same token; `R mod n` would not.
     """
     steps = _as_i64(steps, seeds.device)
     n = n.to(torch.int64)
-    top = MAX63 - (MAX63 % n + 1) % n              # accept R <= top, i.e. R < 2**63 - (2**63 mod n)
+    low_min = (MAX63 % n + 1) % n                  # 2**63 mod n
     u = torch.full_like(n, -1)
     j = 0
     while bool((u < 0).any()):                     # a host sync per attempt: almost always one
         r = philox(seeds, j, positions, steps, STREAM_SAMPLE)
         big = (r[2 * stage] << 31) | (r[2 * stage + 1] >> 1)
-        u = torch.where((u < 0) & (big <= top), big % n, u)
+        hi, lo = _mul63(big, n)
+        u = torch.where((u < 0) & (lo >= low_min), hi, u)
         j += 1
     return u
 
