@@ -65,16 +65,12 @@ def _fp_kernel(p_x, p_y, n, FN: tl.constexpr, BLOCK: tl.constexpr):
     x = tl.load(p_x + o, mask=m, other=1.0)
     if FN == 0:
         y = kn.exp(x)
-    elif FN == 1:
-        y = kn.log(x)
-    elif FN == 2:
-        y = kn.log1p(x)
     else:
-        y = kn.gumbel(x)
+        y = kn.log(x)
     tl.store(p_y + o, y, mask=m)
 
 
-FP_FNS = {"exp": 0, "log": 1, "log1p": 2, "gumbel": 3}
+FP_FNS = {"exp": 0, "log": 1}
 
 
 def tri_fp(name, x):
@@ -85,13 +81,10 @@ def tri_fp(name, x):
 
 
 @triton.jit
-def _uniform_kernel(p_r, p_w72, p_w24, n, BLOCK: tl.constexpr):
+def _uniform_kernel(p_r, p_w24, n, BLOCK: tl.constexpr):
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = o < n
     r0 = tl.load(p_r + o, mask=m, other=0).to(tl.uint32)
-    r1 = tl.load(p_r + n + o, mask=m, other=0).to(tl.uint32)
-    r2 = tl.load(p_r + 2 * n + o, mask=m, other=0).to(tl.uint32)
-    tl.store(p_w72 + o, kn.uniform72(r0, r1, r2), mask=m)
     tl.store(p_w24 + o, kn.uniform24(r0), mask=m)
 
 
@@ -161,14 +154,25 @@ def _combine_kernel(p_mc, p_sc, p_ac, p_m, p_z, p_b, n_chunks, BLOCK_C: tl.const
 
 
 @triton.jit
-def _draws_kernel(p_seeds, p_pos, p_g, p_u, step, V, BLOCK_V: tl.constexpr):
+def _draws_kernel(p_seeds, p_pos, p_n, p_d0, p_d1, p_u, step):
     i_r = tl.program_id(0)
     seed = tl.load(p_seeds + i_r)
     pos = tl.load(p_pos + i_r)
-    o_v = tl.arange(0, BLOCK_V)
-    g = kn.gumbel_noise(seed, pos, step, o_v)
-    tl.store(p_g + i_r * V + o_v, g, mask=o_v < V)
+    n = tl.load(p_n + i_r)
+    tl.store(p_d0 + i_r, kn.draw_below(seed, pos, step, n, 0))
+    tl.store(p_d1 + i_r, kn.draw_below(seed, pos, step, n, 1))
     tl.store(p_u + i_r, kn.remask_uniform(seed, pos, step))
+
+
+@triton.jit
+def _weights_kernel(p_mc, p_sc, p_m, p_w, tau, n_chunks, BLOCK_C: tl.constexpr):
+    i_r = tl.program_id(0)
+    o_c = tl.arange(0, BLOCK_C)
+    m_o = o_c < n_chunks
+    m_c = tl.load(p_mc + i_r * n_chunks + o_c, mask=m_o, other=float("-inf"))
+    s_c = tl.load(p_sc + i_r * n_chunks + o_c, mask=m_o, other=0)
+    w = kn.chunk_weights(m_c, s_c, tl.load(p_m + i_r), tau)
+    tl.store(p_w + i_r * n_chunks + o_c, w, mask=m_o)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,17 +255,13 @@ def test_philox_equals_randint4x():
 
 def test_uniforms_equal_torch():
     n = 4000
-    r = rand_words((3, n), 5)
-    r[:, 0], r[:, 1] = 0, 2**32 - 1
-    r[0, 2], r[1, 2], r[2, 2] = 2**32 - 1, 0, 0
-    r[0, 3], r[1, 3], r[2, 3] = 2**32 - 1, 2**32 - 256, 2**32 - 1
+    r = rand_words((1, n), 5)
+    r[0, 0], r[0, 1] = 0, 2**32 - 1
     r = r.to(DEVICE)
-    w72 = torch.full((n,), float("nan"), device=DEVICE)
     w24 = torch.full((n,), float("nan"), device=DEVICE)
-    _uniform_kernel[(triton.cdiv(n, BLOCK),)](r, w72, w24, n, BLOCK=BLOCK, **kn.LAUNCH_OPTIONS)
-    assert_same_bits(w72, nm.uniform72(r[0], r[1], r[2]))
+    _uniform_kernel[(triton.cdiv(n, BLOCK),)](r, w24, n, BLOCK=BLOCK, **kn.LAUNCH_OPTIONS)
     assert_same_bits(w24, nm.uniform24(r[0]))
-    assert float(w72.min()) == 2.0**-73 and float(w72.max()) == 1 - 2.0**-24
+    assert float(w24.min()) == 2.0**-24 and float(w24.max()) == 1 - 2.0**-24
 
 
 def _fp_inputs(name):
@@ -273,18 +273,6 @@ def _fp_inputs(name):
         xs = [f32_bits(3000, 12, 0, 0x7F800001), f32_bits(500, 13, 1, 0x00800000),   # >= 0
               1 + torch.empty(1000).uniform_(-1e-3, 1e-3,
                                              generator=torch.Generator().manual_seed(14)), ext]
-    elif name == "log1p":
-        g = torch.Generator().manual_seed(15)
-        xs = [-torch.rand(2000, generator=g), torch.empty(1000).uniform_(-1e-6, 1e-6, generator=g),
-              f32_bits(1000, 16, 0, 0x7F800001), -torch.pow(2.0, -torch.empty(500).uniform_(
-                  0, 149, generator=g)), ext]
-    else:
-        w = nm.uniform72(*rand_words((3, 3000), 17))
-        g = torch.Generator().manual_seed(18)
-        xs = [w, torch.pow(2.0, -torch.empty(500).uniform_(0, 73, generator=g)),
-              1 - torch.pow(2.0, -torch.empty(500).uniform_(1, 24, generator=g)),
-              torch.tensor([2.0**-73, 2.0**-72, 3 * 2.0**-73, 2.0**-25, 2.0**-24, 0.5,
-                            1 - 2.0**-24, 1 - 2.0**-23, 1e-30, 1e-7]), ext]
     return torch.cat(xs).to(DEVICE)
 
 
@@ -377,14 +365,37 @@ def test_chunk_partials_and_combine_equal_torch(v):
 
 
 def test_draws_equal_torch():
-    seeds = rand_seeds(5, 21).to(DEVICE)
-    pos = torch.tensor([0, 1, 17, 1023, 2**20], device=DEVICE)
-    v = 300
-    g = torch.full((5, v), float("nan"), device=DEVICE)
-    u = torch.full((5,), float("nan"), device=DEVICE)
-    _draws_kernel[(5,)](seeds, pos, g, u, 12, v, BLOCK_V=512, **kn.LAUNCH_OPTIONS)
-    assert_same_bits(g, nm.gumbel_noise(seeds, pos, 12, torch.arange(v, device=DEVICE)))
+    """draw_below (both stages, with the rejection path: n just above 2**62 rejects about half the
+    attempts) and the random-remasking uniform."""
+    R = 64
+    seeds = rand_seeds(R, 21).to(DEVICE)
+    pos = torch.arange(R, device=DEVICE) * 37
+    g = torch.Generator().manual_seed(22)
+    n = torch.cat([torch.tensor([1, 2, 3, 2**63 - 1]), torch.randint(1, 2**20, (20,), generator=g),
+                   torch.randint(2**40, 2**57, (20,), generator=g),
+                   torch.randint(2**62 + 1, 2**62 + 2**40, (20,), generator=g)]).to(DEVICE)
+    d0 = torch.full((R,), -7, dtype=torch.int64, device=DEVICE)
+    d1 = torch.full((R,), -7, dtype=torch.int64, device=DEVICE)
+    u = torch.full((R,), float("nan"), device=DEVICE)
+    _draws_kernel[(R,)](seeds, pos, n, d0, d1, u, 12, **kn.LAUNCH_OPTIONS)
+    assert torch.equal(d0, nm.draw_below(seeds, pos, 12, n, 0))
+    assert torch.equal(d1, nm.draw_below(seeds, pos, 12, n, 1))
     assert_same_bits(u, nm.remask_uniform(seeds, pos, 12))
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, nm.round_f32(1 / 0.7)])
+def test_chunk_weights_equal_torch(tau):
+    g = torch.Generator().manual_seed(23)
+    rows, n_c = 6, 5
+    m_c = torch.randn(rows, n_c, generator=g) * 8
+    m_c[1, 2] = float("-inf")                                        # a dead chunk
+    s_c = torch.randint(2**40, 2**51, (rows, n_c), generator=g)
+    s_c[1, 2] = 0
+    m = m_c.amax(-1)
+    w = torch.full((rows, n_c), -1, dtype=torch.int64, device=DEVICE)
+    _weights_kernel[(rows,)](m_c.to(DEVICE), s_c.to(DEVICE), m.to(DEVICE), w, tau, n_c, BLOCK_C=8,
+                             **kn.LAUNCH_OPTIONS)
+    assert torch.equal(w.cpu(), nm.chunk_weights(m_c, s_c, m, tau))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,13 +420,15 @@ cases = {
     "fixed": (t._fixed_kernel, {"p_l": "*fp32", "p_m": "*fp32", "p_n": "*i64", "p_z": "*i64",
                                 "p_t": "*i64", "p_q": "*fp32", "p_f": "*fp32", "n": "i32"},
               {"BLOCK": 256}),
-    "draws": (t._draws_kernel, {"p_seeds": "*i64", "p_pos": "*i64", "p_g": "*fp32", "p_u": "*fp32",
-                                "step": "i32", "V": "i32"}, {"BLOCK_V": 256}),
+    "draws": (t._draws_kernel, {"p_seeds": "*i64", "p_pos": "*i64", "p_n": "*i64", "p_d0": "*i64",
+                                "p_d1": "*i64", "p_u": "*fp32", "step": "i32"}, {}),
+    "weights": (t._weights_kernel, {"p_mc": "*fp32", "p_sc": "*i64", "p_m": "*fp32", "p_w": "*i64",
+                                    "tau": "fp32", "n_chunks": "i32"}, {"BLOCK_C": 8}),
 }
 out = {}
 for arch in (80, 90):
     for name, (fn, sig, const) in cases.items():
-        for fn_id in ((0, 1, 2, 3) if name == "fp" else (None,)):
+        for fn_id in ((0, 1) if name == "fp" else (None,)):
             c = dict(const, **({"FN": fn_id} if fn_id is not None else {}))
             src = triton.compiler.ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in c}},
                                             constexprs=c)

@@ -139,22 +139,48 @@ def test_cfg_rounding_rule():
     assert_bits_equal(got, want)
 
 
-@pytest.mark.parametrize("T", [1.0, 0.6])
-def test_chi_square_sampled_frequencies_match_softmax(T):
-    """At temperature T the draws follow softmax(l / T): independent draws come from distinct
-    (position, step) counters of one logit row; the seeds are fixed, so this is deterministic."""
-    l = torch.tensor([[0.0, 1.0, -1.0, 2.0, 0.5, -3.0, 1.5]])
-    V, n_pos, n_step = l.shape[1], 1500, 2
-    counts = torch.zeros(V)
+def _chi_square_case(cfg: bool):
+    """A vocab of three chunks: 14 live tokens spread over all of them (the rest -inf, so every
+    cell of the test has a real expected count), two of them suppressed."""
+    V = 2 * nx.CHUNK + 300
+    live = torch.tensor([3, 70, 2047, 2048, 2100, 3000, 4095, 4096, 4097, 4200, 4300, 4310, 4320, 4395])
+    g = torch.Generator().manual_seed(31)
+    cond = torch.full((1, V), float("-inf"))
+    cond[0, live] = torch.randn(len(live), generator=g) * 0.6
+    kw = dict(suppress_tokens=live[[2, 9]])
+    if cfg:
+        uncond = torch.full((1, V), -3.0)
+        uncond[0, live] = torch.randn(len(live), generator=g) * 0.6
+        kw.update(cfg_scale=0.5, uncond_logits=uncond)
+    return cond, live, kw
+
+
+@pytest.mark.parametrize("cfg", [False, True], ids=["plain", "cfg"])
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0])
+def test_chi_square_sampled_frequencies_match_softmax(T, cfg):
+    """At temperature T the draws follow softmax(l / T) of the logits after CFG and suppression
+    (numerics.md §4): 24,000 draws from distinct seeds, positions and steps of one logit row,
+    counted against the float64 softmax; suppressed tokens are never drawn. Fixed seeds, so the
+    test is deterministic; the bound is the chi-square quantile for p = 0.001."""
+    cond, live, kw = _chi_square_case(cfg)
+    n_pos, n_step = 4000, 6
+    counts = torch.zeros(cond.shape[1])
     for s in range(n_step):
         pos = torch.arange(n_pos)
-        out = fast.sample_rows(l, torch.zeros(n_pos, dtype=torch.long),
-                               torch.full((n_pos,), 12345), pos, s, temperature=T, remasking="random")
-        counts += torch.bincount(out.x0, minlength=V).float()
-    n = n_pos * n_step
-    expected = torch.softmax(l[0].double() / T, -1) * n
-    chi2 = float(((counts.double() - expected) ** 2 / expected).sum())
-    assert chi2 < 22.46, chi2          # chi-square, 6 degrees of freedom, p = 0.001
+        seeds = torch.arange(n_pos) * 7919 + s
+        out = fast.sample_rows(cond, torch.zeros(n_pos, dtype=torch.long), seeds, pos, s,
+                               temperature=T, remasking="low_confidence", **kw)
+        counts += torch.bincount(out.x0, minlength=cond.shape[1]).float()
+    l = ref.prepare_logits(cond, **kw)[0].double()                  # fp32 after CFG, suppression
+    expected = torch.softmax(l / T, -1) * (n_pos * n_step)
+    kept = live[torch.isfinite(l[live])]
+    assert float(counts.sum()) == n_pos * n_step
+    assert float(counts[kw["suppress_tokens"]].sum()) == 0          # suppressed: never drawn
+    assert float(counts.sum()) == float(counts[kept].sum())          # nothing off the live tokens
+    e = expected[kept]
+    assert float(e.min()) >= 5                                       # the chi-square approximation holds
+    chi2 = float(((counts[kept].double() - e) ** 2 / e).sum())
+    assert chi2 < 32.91, chi2          # chi-square, 11 degrees of freedom (12 cells), p = 0.001
 
 
 # --------------------------------------------------------------------------- select
