@@ -1,17 +1,18 @@
-"""`sample_rows` as one Triton kernel: Gumbel-max sample and confidence of selected logits rows.
+"""`sample_rows` as one Triton kernel: the sampled token and confidence of selected logits rows.
 
 The function is `fastremask.sampler.reference.sample_rows` (the specification); this module computes the
-same bits (docs/numerics.md) while reading every needed logit once (and, at `T = 0` or for
-`margin`, the one chunk holding a row's max twice):
+same bits (docs/numerics.md) while reading every needed logit once (and one more chunk per row:
+at `T = 0` or for `margin` the one holding the row's max, at `T > 0` the one the draw picks):
 
 * `_sample_rows_kernel`, grid `(R, n_splits)`: program `(r, s)` reads a run of whole
   `CHUNK = 2048`-entry chunks of logits row `rows[r]` (and of the unconditional row with CFG),
   and writes one set of *partials* per chunk: max `m_c`, fixed-point sums `S_c` / `A_c`
-  (numerics.md §5), and with noise the best Gumbel score with its vocab index and logit. The
-  split is a performance choice only: every chunk's partials are a fixed function of that chunk,
-  so any split gives the same bits.
+  (numerics.md §5) and, at `T != 1`, the tempered weight sum (§4). At every temperature that is
+  the same loop: no per-entry randomness. The split is a performance choice only: every
+  chunk's partials are a fixed function of that chunk, so any split gives the same bits.
 * The last program of each row to finish (a per-row atomic counter) combines the row's partials
-  exactly (`_finish`, numerics.md §5-6) into `x0`, `confidence` and `invalid`: one launch per call.
+  exactly (`_finish`, numerics.md §4-6) into `x0` (at `T > 0` drawn by `_draw_token`),
+  `confidence` and `invalid`: one launch per call.
 
 Rows whose `active` flag is False cost one load.
 """
@@ -545,7 +546,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
                 suppress_tokens=None, active: torch.Tensor | None = None,
                 out: RowSample | None = None, chunks_per_prog: int | None = None,
                 num_warps: int | None = None) -> RowSample:
-    """Gumbel-max sample and confidence of logits rows, bit-equal to `reference.sample_rows`.
+    """Sampled token and confidence of logits rows, bit-equal to `reference.sample_rows`.
 
     Parameters
     ----------
@@ -559,7 +560,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     steps : int64 [R], or one int for every row
         Each row's own step counter (counter word `c2`), in [0, 2**32).
     temperature : float
-        Gumbel noise scale; 0 draws no noise (argmax).
+        0 is the argmax; T > 0 draws from softmax(l / T) (numerics.md §4).
     remasking : {"low_confidence", "margin", "entropy", "random"}
         Which confidence to return (docs/numerics.md §6).
     cfg_scale : float

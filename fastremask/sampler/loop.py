@@ -63,7 +63,7 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     """One denoising step of block ``blk``: writes the kept tokens into ``x`` in place.
 
     ``cand`` ``[B, C]`` bool: the block's still-masked positions (``x[:, block] == mask_id``);
-    ``row_step`` ``[B]`` int64: each row's step counter (its noise counter); ``k`` ``[B]``:
+    ``row_step`` ``[B]`` int64: each row's step counter (its RNG counter); ``k`` ``[B]``:
     the schedule's counts (None in threshold mode). Returns ``(x0, confidence, keep)``, each
     ``[B, C]``.
     """
@@ -346,7 +346,7 @@ def generate(
     steps : model-call budget: per block ``steps // num_blocks`` (uniform: exactly that many;
         pyramid: at most that many; unused in threshold mode)
     gen_length, block_length : answer length and semi-autoregressive block length
-    temperature : Gumbel-max temperature (0 = greedy)
+    temperature : sampling temperature: 0 is greedy, T > 0 draws from softmax(l / T) (numerics.md §4)
     cfg_scale : classifier-free guidance scale (0 = off)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
     mask_id : the mask token id (LLaDA's 126336 by default, as in LLaDA's signature; None: the
