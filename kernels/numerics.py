@@ -35,10 +35,11 @@ _KEY_B = tl.constexpr(_nm.PHILOX_KEY_B)
 _LOG2E = tl.constexpr(_nm.LOG2E)
 _ROUNDER = tl.constexpr(_nm.ROUNDER)
 _ROUNDER_BITS = tl.constexpr(0x4B400000)             # bits of ROUNDER = 1.5 * 2**23
-_SCALE_40 = tl.constexpr(127 + 40 - 0x4B400000)       # bits(t) + this = exponent field of 2**(k + 40)
+_FIXED_BIAS = tl.constexpr(_nm.FIXED_BIAS)            # bits(t) + this = exponent field of 2**(k + 40)
+_POW2_LO = tl.constexpr(_nm.POW2_LO)
+_P1, _P2, _P3, _P4, _P5 = (tl.constexpr(c) for c in _nm.POW2_C)
 _LN2_HI = tl.constexpr(_nm.LN2_HI)
 _LN2_LO = tl.constexpr(_nm.LN2_LO)
-_NEG_LN2_HI = tl.constexpr(-_nm.LN2_HI)               # the one fma operand aot.py allows (fixed_exp)
 _EXP_LO = tl.constexpr(_nm.EXP_LO)
 _EXP_HI = tl.constexpr(_nm.EXP_HI)
 _E2, _E3, _E4, _E5, _E6, _E7 = (tl.constexpr(c) for c in _nm.EXP_C)
@@ -159,39 +160,29 @@ def to_f32(n):
 
 
 @triton.jit
-def fixed_term(l, m):
-    """t(l) = trunc(exp(l - m) * 2**40) as int64."""
-    return (exp(l - m) * _FIXED_F).to(tl.int64)     # * 2**40 exact; fp -> int truncates
+def fixed_pow2(y):
+    """`2**y * 2**40` (fp32) for fp32 `y <= 0`: the per-logit fixed-point value of §5, truncated
+    by the callers; the PyTorch twin's operations in its order. A NaN `y` (an invalid chunk)
+    gives an unspecified value."""
+    y = tl.maximum(y, _POW2_LO)
+    t = y + _ROUNDER                                 # ROUNDER + k, exactly
+    k = t - _ROUNDER
+    f = y - k                                        # exact, |f| <= 1/2
+    p = ((((f * _P5 + _P4) * f + _P3) * f + _P2) * f + _P1) * f + 1.0
+    scale = ((t.to(tl.int32, bitcast=True) + _FIXED_BIAS) << 23).to(tl.float32, bitcast=True)
+    return p * scale                                 # 2**(k + 40) normal: one rounding
 
 
 @triton.jit
-def fixed_exp(d):
-    """(y, x) for fp32 `d <= 0` (or -inf): `trunc(y) == trunc(exp(d) * 2**40)` (the §5 term of
-    `S_c`), `x = max(d, -104)`, and `trunc(y * -x) == trunc((exp(d) * (m_c - l)) * 2**40)` (the
-    term of `A_c`, 0 where `exp(d) == 0`). The kernels' fast form of `fixed_term`, same integers.
+def fixed_term(l, m):
+    """t(l) = trunc(fixed_pow2((l - m) * LOG2E)) as int64."""
+    return fixed_pow2((l - m) * _LOG2E).to(tl.int64)
 
-    `exp`'s operations up to `p` (clamp, Cody-Waite, polynomial) unchanged; the two-factor
-    scaling by `2**k` and the product by `2**40` are one product by `2**(k + 40)`: `k` lies in
-    [-150, 0] here, so `2**(k + 40)` is a normal fp32 built from exponent bits
-    (`(bits(t) - bits(ROUNDER) + 167) << 23`). Where `exp(d)` is normal both forms are the exact
-    product `p * 2**(k + 40)` (scaling by powers of two is exact in the normal range); where it
-    is subnormal or 0 both are below 1 and truncate to 0. The `A_c` term likewise: `exp(d) * -d`
-    rounds as `y * -d` does, scaled by `2**40`, where it is normal, and both truncate to 0
-    elsewhere (`-x <= 104`, so no `inf * 0`: `d = -inf` gives a tiny `y` times 104). Below
-    -104 (the clamp) every term is 0. The upper clamp of `exp` cannot act for `d <= 0`.
-    Checked exhaustively over every fp32 `d` in [-104, 0] and -inf (docs/kernels.md); NaN `d`
-    (an invalid chunk) gives unspecified integers."""
-    x = tl.maximum(d, _EXP_LO)
-    t = x * _LOG2E + _ROUNDER
-    k = t - _ROUNDER
-    # x - k*LN2_HI as one fma: the product is exact (k an integer in [-150, 0], LN2_HI 15
-    # significant bits) and so is the difference (numerics.md §3), so the single rounding of
-    # the fma has nothing to round: the same value as the two operations of `exp`.
-    r = tl.fma(k, _NEG_LN2_HI, x) - k * _LN2_LO
-    q = ((((r * _E7 + _E6) * r + _E5) * r + _E4) * r + _E3) * r + _E2
-    p = ((q * r) * r + r) + 1.0
-    scale = ((t.to(tl.int32, bitcast=True) + _SCALE_40) << 23).to(tl.float32, bitcast=True)
-    return p * scale, x
+
+@triton.jit
+def fixed_a_term(e, d):
+    """The term of `A_c` (int64) of an entry with fixed-point value `e` and `d = l - m_c`."""
+    return (e * neg(tl.maximum(d, _EXP_LO))).to(tl.int64)
 
 
 @triton.jit
@@ -206,10 +197,9 @@ def chunk_partials(l):
     vocab); reduces the last axis. An all -inf chunk gives (-inf, 0, 0)."""
     m_c = tl.max(l, axis=-1, keep_dims=True)
     d = l - tl.where(m_c == float("-inf"), 0.0, m_c)  # <= 0; no -inf - -inf
-    e = exp(d)
-    t = tl.where(e == 0, 0.0, e * (-d))              # e' * (m_c - l); 0 * inf is no term
-    s_c = tl.sum((e * _FIXED_F).to(tl.int64), axis=-1)
-    a_c = tl.sum((t * _FIXED_F).to(tl.int64), axis=-1)
+    e = fixed_pow2(d * _LOG2E)
+    s_c = tl.sum(e.to(tl.int64), axis=-1)
+    a_c = tl.sum(fixed_a_term(e, d), axis=-1)
     return tl.max(l, axis=-1), s_c, a_c
 
 

@@ -24,11 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask.sampler.numerics import CHUNK, FIXED, inverse_temperature, round_f32
+from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales
 from fastremask.sampler.contract import LOGIT_DTYPES, REMASKING, RowSample, row_steps   # shared by every backend
 
-from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_exp, fixed_ratio,
-                       fixed_term, interpreting, log, neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_a_term, fixed_pow2,
+                       fixed_ratio, fixed_term, interpreting, log, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -40,6 +40,7 @@ _N_F, _N_I = 1, 3          # partial planes: fp32 (m), int64 (S, A, the tempered
 # Constants as constexpr (jit functions may only read constexpr globals).
 _FIXED_I = tl.constexpr(FIXED)
 _INV_FIXED = tl.constexpr(2.0 ** -40)   # exact in fp32
+_LOG2E = tl.constexpr(LOG2E)
 _SUB = tl.constexpr(256)                # entries per piece of the finish's passes over a chunk
 
 
@@ -121,7 +122,7 @@ def _sub_logits(p_l, p_u, p_suppress, base, V, n_suppress, cfg_s1, SUB: tl.const
 
 
 @triton.jit
-def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, tau, CHUNK: tl.constexpr, SUB: tl.constexpr,
+def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, CHUNK: tl.constexpr, SUB: tl.constexpr,
                  HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
     """m_c (NaN as NaN), S_c, A_c and the tempered sum of chunk `c` with suppression, from
     memory in SUB-entry pieces: the same max and the same integer sums (any order) as the chunk
@@ -142,13 +143,12 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, tau, CHUNK: tl.
         while (k < CHUNK) & (k < n_v):
             b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
             if NEED_S:
-                y, x = fixed_exp(b_l - m_s)
+                y = fixed_pow2((b_l - m_s) * _LOG2E)
                 s_c += tl.sum(y.to(tl.int64), 0)
                 if NEED_A:
-                    a_c += tl.sum((y * neg(x)).to(tl.int64), 0)
+                    a_c += tl.sum(fixed_a_term(y, b_l - m_s), 0)
             if NEED_T:
-                y, _ = fixed_exp((b_l - m_s) * tau)
-                t_c += tl.sum(y.to(tl.int64), 0)
+                t_c += tl.sum(fixed_pow2((b_l - m_s) * c_t).to(tl.int64), 0)
             k += SUB
     return m_c, s_c, a_c, t_c
 
@@ -169,19 +169,20 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.con
     s_c = tl.zeros((), tl.int64)
     a_c = tl.zeros((), tl.int64)
     if NEED_S:
-        y, x = fixed_exp(b_l - m_s)                                  # fused, the same integers
+        d = b_l - m_s
+        y = fixed_pow2(d * _LOG2E)
         if NEED_A and MAX_MODE == 2:    # the interpreter: two numpy sums, not a combine per entry
             s_c = tl.sum(y.to(tl.int64), 0)
-            a_c = tl.sum((y * neg(x)).to(tl.int64), 0)
+            a_c = tl.sum(fixed_a_term(y, d), 0)
         elif NEED_A:                    # one reduction tree for both
-            s_c, a_c = tl.reduce((y.to(tl.int64), (y * neg(x)).to(tl.int64)), 0, _sum2)
+            s_c, a_c = tl.reduce((y.to(tl.int64), fixed_a_term(y, d)), 0, _sum2)
         else:
             s_c = tl.sum(y.to(tl.int64), 0)
     return s_c, a_c
 
 
 @triton.jit
-def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, tau,
+def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, c_t,
            CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr, NEED_S: tl.constexpr,
            NEED_A: tl.constexpr, NEED_T: tl.constexpr, MAX_MODE: tl.constexpr):
     """One chunk's partials (§5, and with `NEED_T` §4's tempered sum), stored at `o_p` of each
@@ -199,9 +200,8 @@ def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_p
         tl.store(p_pi + o_p, s_c)
         if NEED_A:
             tl.store(p_pi + plane + o_p, a_c)
-    if NEED_T:       # T != 1: the weights exp((l - m_c) * tau), a second exp per entry
-        y, _ = fixed_exp((b_l - m_s) * tau)
-        tl.store(p_pi + 2 * plane + o_p, tl.sum(y.to(tl.int64), 0))
+    if NEED_T:       # T != 1: the tempered weights (§4), a second fixed_pow2 per entry
+        tl.store(p_pi + 2 * plane + o_p, tl.sum(fixed_pow2((b_l - m_s) * c_t).to(tl.int64), 0))
     tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
 
 
@@ -214,7 +214,7 @@ def _sum2(a, b, c, d):
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
     p_count, p_x0, p_conf, p_invalid,
-    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, tau, cfg_s1,
+    stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, tau, c_t, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
     TEMPERED: tl.constexpr, RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
 ):
@@ -246,11 +246,11 @@ def _sample_rows_kernel(
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, tau,
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
                    CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, MAX_MODE)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, tau,
+            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
                    CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, MAX_MODE)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
@@ -261,18 +261,18 @@ def _sample_rows_kernel(
         if ticket == tl.num_programs(1) - 1:
             tl.store(p_count + i_r, 0)                               # ready for the next launch
             _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, RULE, BLOCK_C, NOISE, NEED_S, NEED_T,
+                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, RULE, BLOCK_C, NOISE, NEED_S, NEED_T,
                     HAS_CFG, CHUNK)
 
 
 @triton.jit
-def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau,
+def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, c_t,
                        CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr,
                        NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
     """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
 
     For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
-    stays and its terms (the same `fixed_exp` of the same fp32 difference as in the chunk loop)
+    stays and its terms (the same `fixed_pow2` of the same fp32 difference as in the chunk loop)
     are subtracted from `S_c`, `A_c` and the tempered sum: exact integers. Otherwise (it is the
     max, or NaN) chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
     o_c = tl.arange(0, BLOCK_C)
@@ -295,19 +295,18 @@ def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, 
                 l_s = _one_logit(p_l, p_u, v, cfg_s1, HAS_CFG)
                 if l_s < m_c:
                     if NEED_S:
-                        y, x = fixed_exp(l_s - m_c)
+                        y = fixed_pow2((l_s - m_c) * _LOG2E)
                         b_s = tl.where(at, b_s - y.to(tl.int64), b_s)
                         if NEED_A:
-                            b_a = tl.where(at, b_a - (y * neg(x)).to(tl.int64), b_a)
+                            b_a = tl.where(at, b_a - fixed_a_term(y, l_s - m_c), b_a)
                     if NEED_T:
-                        y, _ = fixed_exp((l_s - m_c) * tau)
-                        b_t = tl.where(at, b_t - y.to(tl.int64), b_t)
+                        b_t = tl.where(at, b_t - fixed_pow2((l_s - m_c) * c_t).to(tl.int64), b_t)
                 else:
                     redo = redo | at
         j += 1
     while tl.max(redo.to(tl.int32), 0) > 0:
         c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
-        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, tau, CHUNK, _SUB,
+        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, CHUNK, _SUB,
                                           HAS_CFG, NEED_S, NEED_A, NEED_T)
         at = o_c == c
         b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
@@ -320,7 +319,7 @@ def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, 
 
 @triton.jit
 def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_suppress, V, n_suppress,
-                cfg_s1, tau, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
+                cfg_s1, tau, c_t, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
     """x0 at T > 0 (numerics.md §4): the chunk by inverse CDF over its row weights `W_c` (from
     the chunks' tempered sums `b_t`), then the entry by inverse CDF over that one chunk's weights,
     recomputed from memory as the chunk loop computes them. Always in [0, V)."""
@@ -343,8 +342,7 @@ def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_
     k = 0
     while (k < CHUNK) & (k < n_v) & (acc <= u):
         b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, _SUB, HAS_CFG)
-        y, _ = fixed_exp((b_l - m_s) * tau)
-        w = y.to(tl.int64)
+        w = fixed_pow2((b_l - m_s) * c_t).to(tl.int64)
         x0 = tl.minimum(x0, tl.min(tl.where(tl.cumsum(w, 0) + acc > u, o_v, x0), 0))
         acc += tl.sum(w, 0)
         k += _SUB
@@ -353,7 +351,7 @@ def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_
 
 @triton.jit(noinline=True)   # its own function: the chunk loop is compiled as without it
 def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
+            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
             NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr, HAS_CFG: tl.constexpr,
             CHUNK: tl.constexpr):
     """The exact finish of one active row from its chunk partials (numerics.md §4-6)."""
@@ -371,7 +369,7 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
     if NEED_T:
         b_t = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
     b_m, b_s, b_a, b_t = _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
-                                            tau, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T)
+                                            c_t, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T)
     m = tl.max(b_m, 0)
     invalid = (m == float("inf")) | (m == float("-inf"))              # NaN / +inf, or no finite logit
     # The first chunk holding the row max (chunks are in vocab order).
@@ -401,7 +399,7 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
                 k += _SUB
     if NOISE:
         x0 = _draw_token(i_r, b_m, b_s if not NEED_T else b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u,
-                         p_suppress, V, n_suppress, cfg_s1, tau, BLOCK_C, HAS_CFG, CHUNK)
+                         p_suppress, V, n_suppress, cfg_s1, tau, c_t, BLOCK_C, HAS_CFG, CHUNK)
         l_x0 = _one_logit(p_l, p_u, x0, cfg_s1, HAS_CFG)             # never a suppressed id (weight 0)
     else:            # T == 0: the first maximum
         x0 = c_top.to(tl.int64) * CHUNK + i_top
@@ -521,7 +519,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         return out
     rule = _RULE[remasking]
     noise = float(temperature) != 0.0
-    tau = inverse_temperature(temperature) if noise else 1.0
+    tau, c_t = tempered_scales(temperature) if noise else (1.0, LOG2E)
     has_cfg = uncond_logits is not None
     n_chunks = triton.cdiv(v, CHUNK)
     cpp, n_splits, warps = _launch_config(r, n_chunks, chunks_per_prog, num_warps)
@@ -533,7 +531,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         active if active is not None else rows, suppress_tokens if n_sup else rows, pf, pi,
         _counters(device, r), out.x0, out.confidence, out.invalid,
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
-        n_sup, tau, round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
+        n_sup, tau, c_t, round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
         CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, TEMPERED=tau != 1.0,
         RULE=rule,
         BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), num_warps=warps, **LAUNCH_OPTIONS)

@@ -17,7 +17,8 @@ def _fast_s(l: torch.Tensor) -> torch.Tensor:
     x3 = l.reshape(l.shape[0], -1, nx.CHUNK).clone()
     m = x3.amax(-1)
     x3.sub_(m.clamp_min(-fast.F32_MAX)[..., None])
-    return fast._fixed_sums(x3, *(torch.empty_like(x3) for _ in range(3))).to(torch.int64)
+    log2e = torch.tensor(nx.LOG2E)
+    return fast._fixed_sums(x3, log2e, *(torch.empty_like(x3) for _ in range(2))).to(torch.int64)
 
 
 def _extreme_rows(C: int) -> torch.Tensor:
@@ -60,18 +61,22 @@ def test_fixed_sums_equal_chunk_sums_random():
         assert torch.equal(_fast_s(l), s_ref)
 
 
-def test_fixed_sums_every_exponent():
-    """d = l - m_c over a fine grid of [-110, 0]: every k of exp's reduction, both branches."""
+@pytest.mark.parametrize("T", [1.0, 0.5, 0.7, 3.0])
+def test_fixed_sums_every_exponent(T):
+    """d = l - m_c over a fine grid of [-110, 0]: every k of fixed_pow2's reduction, its clamp;
+    term by term against nx.fixed_pow2 (and token_weights at T), in place as fast does it."""
     d = -torch.linspace(0.0, 110.0, 64 * nx.CHUNK)
     d = d[torch.randperm(d.numel(), generator=torch.Generator().manual_seed(2))]
-    l = d.reshape(64, nx.CHUNK).clone()
-    l[:, 0] = 0.0                                 # m_c = 0, so d = l exactly
-    _, s_ref, _ = nx.chunk_sums(l)
-    assert torch.equal(_fast_s(l), s_ref)
-    # term by term: trunc(p * 2**(k+40)) == trunc(exp(d) * 2**40), each d its own "chunk"
+    d = torch.cat([d, torch.tensor([float("-inf"), -0.0, 0.0, -1e-30])])
+    _, c = nx.tempered_scales(T)
     d3 = d.reshape(-1, 1, 1).clone()
-    terms = fast._fixed_sums(d3, *(torch.empty_like(d3) for _ in range(3))).to(torch.int64).reshape(-1)
-    assert torch.equal(terms, nx.exp(d).mul_(float(nx.FIXED)).to(torch.int64))
+    terms = fast._fixed_sums(d3, torch.tensor(c), *(torch.empty_like(d3) for _ in range(2))).to(torch.int64)
+    assert torch.equal(terms.reshape(-1), nx.fixed_pow2(d * c).to(torch.int64))
+    if T == 1.0:
+        l = d[: 64 * nx.CHUNK].reshape(64, nx.CHUNK).clone()
+        l[:, 0] = 0.0                             # m_c = 0, so d = l exactly
+        _, s_ref, _ = nx.chunk_sums(l)
+        assert torch.equal(_fast_s(l), s_ref)
 
 
 def test_max_dim_first_index_and_propagation():
@@ -93,7 +98,7 @@ def test_max_dim_first_index_and_propagation():
 
 
 @pytest.mark.parametrize("V", [2047, 2048, 2049, 40000, 126464 // 8])
-@pytest.mark.parametrize("T", [0.0, 1.0])
+@pytest.mark.parametrize("T", [0.0, 1.0, 0.7])
 @pytest.mark.parametrize("remasking", list(REMASKING))
 def test_blocks_equal_reference(V, T, remasking):
     """Row groups and vocab blocks of the default (CPU) block shape, padded last chunk, ties."""

@@ -269,19 +269,20 @@ def test_pick_is_the_inverse_cdf():
     assert nm.pick(w, u).tolist() == [1, 1, 1, 3, 3, 4, 4, 4, 4, 4]   # a zero weight is never picked
 
 
-def test_inverse_temperature():
-    assert nm.inverse_temperature(1.0) == 1.0 and nm.inverse_temperature(0.5) == 2.0
-    assert nm.inverse_temperature(0.7) == nm.round_f32(1 / 0.7)
+def test_tempered_scales():
+    assert nm.tempered_scales(1.0) == (1.0, nm.LOG2E)
+    assert nm.tempered_scales(0.5) == (2.0, 2 * nm.LOG2E)
+    tau, c = nm.tempered_scales(0.7)
+    assert tau == nm.round_f32(1 / 0.7) and c == nm.round_f32(nm.LOG2E * tau)
     with pytest.raises(ValueError, match="too small"):
-        nm.inverse_temperature(1e-40)
-
+        nm.tempered_scales(1e-40)
 
 def test_weights_at_t1_are_the_softmax_sums():
     """At T = 1 the draw's weights are exactly §5's terms: S'_c = S_c and sum_c W_c = Z."""
     g = torch.Generator().manual_seed(22)
     l = torch.randn(5, 3 * nm.CHUNK + 17, generator=g) * 6
     l[1, : nm.CHUNK] = float("-inf")                                  # a dead chunk
-    w, m_c = nm.token_weights(l, 1.0)
+    w, m_c = nm.token_weights(l, nm.LOG2E)
     mc, s_c, a_c = nm.chunk_sums(l)
     assert torch.equal(w.sum(-1), s_c) and torch.equal(m_c, mc)
     m, Z, _ = nm.combine_chunks(mc, s_c, a_c)
@@ -291,8 +292,8 @@ def test_weights_at_t1_are_the_softmax_sums():
 
 def _contract_probs(l, T):
     """P(x0 = v) = (W_c / sum W) * (w_v / S'_c), exactly, in float64 (numerics.md §4)."""
-    tau = nm.inverse_temperature(T)
-    w, m_c = nm.token_weights(l, tau)
+    tau, c = nm.tempered_scales(T)
+    w, m_c = nm.token_weights(l, c)
     s = w.sum(-1)
     W = nm.chunk_weights(m_c, s, m_c.amax(-1), tau)
     p = (W.double() / W.sum(-1, keepdim=True).double())[..., None] * (w.double() / s.clamp_min(1).double()[..., None])

@@ -102,13 +102,13 @@ def _fixed_kernel(p_l, p_m, p_n, p_z, p_t, p_q, p_f, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fixed_exp_kernel(p_d, p_s, p_a, n, BLOCK: tl.constexpr):
+def _fixed_pow2_kernel(p_d, p_s, p_a, n, c, BLOCK: tl.constexpr):
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     msk = o < n
     d = tl.load(p_d + o, mask=msk, other=0.0)
-    y, x = kn.fixed_exp(d)
+    y = kn.fixed_pow2(d * c)
     tl.store(p_s + o, y.to(tl.int64), mask=msk)
-    tl.store(p_a + o, (y * kn.neg(x)).to(tl.int64), mask=msk)
+    tl.store(p_a + o, kn.fixed_a_term(y, d), mask=msk)
 
 
 @triton.jit
@@ -304,11 +304,11 @@ def test_fixed_term_ratio_to_f32_equal_torch():
     assert_same_bits(f, nm.to_f32(z))
 
 
-def test_fixed_exp_gives_the_contract_integers():
-    """The kernels' fused fixed-point term (numerics.fixed_exp): trunc(exp(d) * 2**40) and
-    trunc((exp(d) * -d) * 2**40) of the contract for d <= 0 (checked exhaustively over every
-    fp32 in [-104, 0] by `python -m fastremask.kernels.exhaustive`; here a sample and the edges)."""
-    from fastremask.kernels import exhaustive
+@pytest.mark.parametrize("T", [1.0, 0.7, 3.0])
+def test_fixed_pow2_equals_torch(T):
+    """The per-logit fixed-point terms (§5; tempered, §4): trunc(fixed_pow2(d * c)) and the A_c
+    term, over random fp32 d <= 0 of every class and the edges of the clamps and of the terms."""
+    _, c = nm.tempered_scales(T)
     g = torch.Generator().manual_seed(23)
     bits = torch.randint(0x80000000, 0xC2D00001, (20000,), generator=g, dtype=torch.int64)
     d = bits.to(torch.int32).view(torch.float32)
@@ -319,11 +319,11 @@ def test_fixed_exp_gives_the_contract_integers():
     n = d.numel()
     s = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
     a = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
-    _fixed_exp_kernel[(triton.cdiv(n, BLOCK),)](d.to(DEVICE), s, a, n, BLOCK=BLOCK, **kn.LAUNCH_OPTIONS)
-    s_ref, a_ref = exhaustive.contract(d)
-    assert torch.equal(s.cpu(), s_ref) and torch.equal(a.cpu(), a_ref)
-    s_f, a_f = exhaustive.fused(d)                       # the PyTorch spelling of the same operations
-    assert torch.equal(s_f, s_ref) and torch.equal(a_f, a_ref)
+    _fixed_pow2_kernel[(triton.cdiv(n, BLOCK),)](d.to(DEVICE), s, a, n, c, BLOCK=BLOCK, **kn.LAUNCH_OPTIONS)
+    e = nm.fixed_pow2(d * c)
+    assert torch.equal(s.cpu(), e.to(torch.int64))
+    assert torch.equal(a.cpu(), (e * d.clamp_min(nm.EXP_LO).neg()).to(torch.int64))
+    assert int(s[0]) == nm.FIXED and int(s[2]) == 0 and int(a[2]) == 0     # d = 0: 2**40; -inf: 0
 
 
 def _chunk_logits(rows, v, seed):
@@ -417,6 +417,8 @@ cases = {
                                   "V": "i32", "n_chunks": "i32"}, {"CHUNK": 2048, "NC": 2}),
     "combine": (t._combine_kernel, {"p_mc": "*fp32", "p_sc": "*i64", "p_ac": "*i64", "p_m": "*fp32",
                                     "p_z": "*i64", "p_b": "*i64", "n_chunks": "i32"}, {"BLOCK_C": 64}),
+    "pow2": (t._fixed_pow2_kernel, {"p_d": "*fp32", "p_s": "*i64", "p_a": "*i64", "n": "i32", "c": "fp32"},
+             {"BLOCK": 256}),
     "fixed": (t._fixed_kernel, {"p_l": "*fp32", "p_m": "*fp32", "p_n": "*i64", "p_z": "*i64",
                                 "p_t": "*i64", "p_q": "*fp32", "p_f": "*fp32", "n": "i32"},
               {"BLOCK": 256}),

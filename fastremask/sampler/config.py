@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import schedule as _schedule
-from fastremask.sampler.numerics import inverse_temperature
+from fastremask.sampler.numerics import tempered_scales
 from fastremask.sampler.names import BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_RULES
 from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
@@ -211,7 +211,7 @@ class SamplingConfig:
         put("steps", steps), put("gen_length", gen_length), put("block_length", block_length)
         put("temperature", check_real("temperature", self.temperature, 0.0))
         if self.temperature > 0:
-            inverse_temperature(float(self.temperature))   # 1/T must be a finite fp32 (§4)
+            tempered_scales(float(self.temperature))   # 1/T must be a finite fp32 (§4)
         put("cfg_scale", check_real("cfg_scale", self.cfg_scale, 0.0))
         if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from fastremask.sampler.names import REMASKING
-from fastremask.sampler.numerics import inverse_temperature
+from fastremask.sampler.numerics import tempered_scales
 
 __all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "same_bits",
            "assert_bits_equal"]
@@ -68,7 +68,7 @@ def check_sample_args(logits, rows, seeds, positions, temperature, remasking, un
     if not float(temperature) >= 0.0 or float(temperature) == float("inf"):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
     if float(temperature) > 0.0:
-        inverse_temperature(float(temperature))      # 1/T must be a finite fp32
+        tempered_scales(float(temperature))      # 1/T must be a finite fp32
 
 
 _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,

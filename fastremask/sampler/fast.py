@@ -60,48 +60,32 @@ def _consts(device: torch.device) -> dict:
     wrapped-number tensor per op; the values, and so the results, are the same)."""
     key = str(device)
     if key not in _CONSTS:
-        f = dict(log2e=nx.LOG2E, rounder=nx.ROUNDER, ln2_hi=nx.LN2_HI, ln2_lo=nx.LN2_LO,
-                 exp_lo=nx.EXP_LO, one=1.0, **{f"c{n}": c for n, c in zip(range(2, 8), nx.EXP_C)})
+        f = dict(rounder=nx.ROUNDER, lo=nx.POW2_LO, one=1.0, **{f"c{n}": c for n, c in enumerate(nx.POW2_C, 1)})
         c = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in f.items()}
-        rounder_bits = int(torch.tensor(nx.ROUNDER, dtype=torch.float32).view(torch.int32))
-        c["bias"] = torch.tensor(127 + nx.FIXED_BITS - rounder_bits, dtype=torch.int32, device=device)
+        c["bias"] = torch.tensor(nx.FIXED_BIAS, dtype=torch.int32, device=device)
         c["shift"] = torch.tensor(23, dtype=torch.int32, device=device)
         _CONSTS[key] = c
     return _CONSTS[key]
 
 
-def _fixed_sums(d: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`S_c` (fp64, exact integers) of `d = l - m_c` [r, c, w] (consumed), with fp32 scratch
-    `y`, `k`, `t` of the same shape.
+def _fixed_sums(d: torch.Tensor, scale: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`sum trunc(nx.fixed_pow2(d * scale))` over the last axis (fp64, exact integers) of
+    `d = l - m_c` [r, c, w] (consumed), with fp32 scratch `k`, `t` of the same shape: the
+    operations of `nx.fixed_pow2` in place, in the same order, so the same bits.
 
-    Same integers as `nx.chunk_sums`'s `S_c` for every row without NaN or +inf (those rows
-    are invalid and their sums unused). Against `nx.exp` then `* 2**40`, trunc, int64 sum:
-    * `d <= 0` (or -inf) here, so `clamp(-104, 89)` is `clamp_min(-104)`.
-    * `k = (d * LOG2E + ROUNDER) - ROUNDER` as in `exp`. The intermediate
-      `y = d * LOG2E + ROUNDER` lies in [2**23, 2**24) (|d * LOG2E| <= 151), where the fp32
-      spacing is 1, so `y = ROUNDER + k` exactly and its bits are `bits(ROUNDER) + k`: the
-      integer `k` is read from the bits, with no float -> int conversion.
-    * `exp` scales its polynomial `p` by `2**k` in two factors, then the sum takes
-      `trunc(e * 2**40)`. Here `p` is scaled once by `2**(k + 40)` (k in [-150, 0], so k + 40
-      in [-110, 40]: a normal power of two, and the product rounds at most once). If
-      `p * 2**k >= 2**-126` both products are exact and equal `p * 2**(k+40)`. Otherwise
-      `e <= 2**-126` (a subnormal or 0 after its one rounding), so `e * 2**40 < 1` truncates
-      to 0, and `p * 2**(k+40) < 2**-85` also truncates to 0 (`p < 2`).
-    * `trunc` in fp32 is exact and each term is an integer in [0, 2**40]; a chunk's sum of
-      at most 2048 of them is below 2**52, so summing them in fp64 is exact in any order.
-    tests/test_fast_perf_identities.py checks these against `nx.chunk_sums` and `nx.exp`.
+    Each term is an integer in [0, 2**40]; a chunk's sum of at most 2048 of them is below 2**52,
+    so summing them in fp64 is exact in any order (tests/test_fast_perf_identities.py).
     """
     c = _consts(d.device)
-    d.clamp_min_(c["exp_lo"])
-    torch.mul(d, c["log2e"], out=y).add_(c["rounder"])             # ROUNDER + k, exactly
-    torch.sub(y, c["rounder"], out=k)                              # k = rint(d * LOG2E)
-    d.sub_(torch.mul(k, c["ln2_hi"], out=t)).sub_(torch.mul(k, c["ln2_lo"], out=t))   # r
-    r = d
-    q = torch.mul(r, c["c7"], out=k).add_(c["c6"]).mul_(r).add_(c["c5"]).mul_(r).add_(c["c4"])
-    q.mul_(r).add_(c["c3"]).mul_(r).add_(c["c2"]).mul_(r).mul_(r).add_(r).add_(c["one"])   # p
-    yi = y.view(torch.int32)
-    yi.add_(c["bias"]).bitwise_left_shift_(c["shift"])             # bits of 2**(k + 40)
-    return q.mul_(y).trunc_().sum(-1, dtype=torch.float64)
+    y = d.mul_(scale).clamp_min_(c["lo"])
+    torch.add(y, c["rounder"], out=t)                              # ROUNDER + k, exactly
+    torch.sub(t, c["rounder"], out=k)
+    f = y.sub_(k)                                                  # exact, |f| <= 1/2
+    p = torch.mul(f, c["c5"], out=k).add_(c["c4"]).mul_(f).add_(c["c3"]).mul_(f).add_(c["c2"])
+    p.mul_(f).add_(c["c1"]).mul_(f).add_(c["one"])
+    ti = t.view(torch.int32)
+    ti.add_(c["bias"]).bitwise_left_shift_(c["shift"])             # bits of 2**(k + 40)
+    return p.mul_(t).trunc_().sum(-1, dtype=torch.float64)
 
 
 def sample_rows(
@@ -144,7 +128,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     r_blk, W = _block_shape(R, V, device, piece_width)
     cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
     noisy = float(temperature) != 0.0
-    tau = nx.inverse_temperature(temperature) if noisy else 1.0
+    tau, c_t = nx.tempered_scales(temperature) if noisy else (1.0, nx.LOG2E)
     if suppress_tokens is not None:
         suppress_tokens = suppress_tokens.to(device=device, dtype=torch.int64)
         if not suppress_tokens.numel():
@@ -157,8 +141,9 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
     n_buf = r_blk * W
     buf = torch.empty(n_buf, dtype=torch.float32, device=device)
-    scratch = [torch.empty_like(buf) for _ in range(4 if tempered else 3)]
-    t_tau = torch.tensor(tau, dtype=torch.float32, device=device)
+    scratch = [torch.empty_like(buf) for _ in range(3 if tempered else 2)]
+    log2e = torch.tensor(nx.LOG2E, dtype=torch.float32, device=device)
+    c_tau = torch.tensor(c_t, dtype=torch.float32, device=device)
 
     m_rows, s_rows, a_rows, i_rows, st_rows, t2_rows = [], [], [], [], [], []   # per row group
     for g0 in range(0, R, r_blk):
@@ -205,10 +190,10 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
             if not (tempered or (need_s and remasking != "entropy")):
                 continue                             # the sums are done, or not needed
             x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
-            if tempered:                             # (l - m_c) * tau, then its sums (§4)
-                st_l.append(_fixed_sums(torch.mul(x3, t_tau, out=tmp[3]), *tmp[:3]))
+            if tempered:                             # the weights of (l - m_c) * c (§4)
+                st_l.append(_fixed_sums(tmp[2].copy_(x3), c_tau, *tmp[:2]))
             if need_s and remasking != "entropy":
-                s_l.append(_fixed_sums(x3, *tmp[:3]))
+                s_l.append(_fixed_sums(x3, log2e, *tmp[:2]))
         m_rows.append(torch.cat(m_l, -1))
         for rows_, l_ in ((s_rows, s_l), (a_rows, a_l), (i_rows, i_l), (st_rows, st_l)):
             if l_:
@@ -224,7 +209,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     if noisy:
         s_t = torch.cat(st_rows, 0).to(torch.int64) if tempered else s_c
         best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
-                                             positions, steps, m_c, s_t, ~invalid, tau, cw)
+                                             positions, steps, m_c, s_t, ~invalid, tau, c_t, cw)
     else:
         best_logit, j = m_c.max(-1)                              # first chunk holding the row max
         best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
@@ -253,7 +238,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
 
 
 def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, positions, steps, m_c,
-                s_t, ok, tau, cw):
+                s_t, ok, tau, scale, cw):
     """(x0, its logit) [R] at T > 0 (numerics.md §4, `reference._draw_token`): the chunk by its
     row weight, then the entry within it from the one chunk's logits, read again."""
     device = m_c.device
@@ -268,7 +253,7 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
                        uncond_logits=None if uncond_logits is None else uncond_logits[at])
     out = ~inside if suppress_tokens is None else ~inside | torch.isin(cols, suppress_tokens)
     l = l.masked_fill_(out, NEG_INF)
-    w = nx.token_weights(l, tau)[0][:, 0]                                     # [R, CHUNK]: 0 past cw
+    w = nx.token_weights(l, scale)[0][:, 0]                                 # [R, CHUNK]: 0 past cw
     i = nx.pick(w, nx.draw_below(seeds, positions, steps, torch.where(ok, w.sum(-1), 1), 1))
     i = i.clamp_max(cw - 1)                  # only an invalid row can pick past its chunk
     return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)

@@ -19,7 +19,7 @@ __all__ = [
     "CHUNK", "FIXED_BITS", "FIXED", "STREAM_SAMPLE", "STREAM_REMASK",
     "philox", "uniform24", "exp", "log",
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
-    "inverse_temperature", "token_weights", "chunk_weights", "draw_below", "pick",
+    "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick",
     "remask_uniform",
 ]
 
@@ -50,6 +50,13 @@ ROUNDER = 12582912.0                  # 1.5 * 2**23: t + ROUNDER - ROUNDER = rin
 EXP_LO, EXP_HI = -104.0, 89.0         # exp clamps here: below rounds to 0, above to inf
 EXP_C = tuple(round_f32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))   # Taylor 1/n!, n = 2..7
 LOG_C = tuple(round_f32(2.0 / n) for n in (3, 5, 7, 9))                 # atanh series 2/(2j+1)
+# 2**f on [-1/2, 1/2] for the per-logit fixed-point terms (§5): 1 + f*(c1 + f*(c2 + ...)),
+# coefficients of a near-minimax fit of the relative error (Lawson's iteration on 4001 Chebyshev
+# points, fitted for this project), rounded to fp32; evaluated in fp32, at most 1.9e-7 relative.
+POW2_C = (0.6931470036506653, 0.24022242426872253, 0.05550733581185341,
+          0.009671512991189957, 0.0013264723820611835)
+POW2_LO = -150.0                      # fixed_pow2 clamps y here: 2**(k + 40) stays a normal fp32
+FIXED_BIAS = 127 + 40 - 0x4B400000    # bits(ROUNDER + k) + this = exponent field of 2**(k + 40)
 SQRT_HALF_BITS = 0x3F3504F3           # fp32 bits of sqrt(1/2)
 TWO_P23 = 8388608.0
 TWO_M24 = 2.0 ** -24
@@ -186,18 +193,35 @@ def _chunked(l: torch.Tensor):
     return m_c, l - m_safe                                               # d <= 0, -inf beyond
 
 
+def fixed_pow2(y: torch.Tensor) -> torch.Tensor:
+    """`2**y * 2**40` as fp32 for fp32 `y <= 0` (NaN stays NaN): the per-logit fixed-point value
+    of §5, truncated by the callers. `y` clamped to `[-150, 0]`; `k` the nearest integer by two
+    rounded adds; `f = y - k` (exact, `|f| <= 1/2`); `p = 1 + f*(c1 + f*(c2 + f*(c3 + f*(c4 +
+    f*c5))))` (`POW2_C`, Horner in fp32); `p * 2**(k + 40)` with the power of two built from the
+    bits of `ROUNDER + k` (normal for every `k` in `[-150, 0]`; the product rounds once)."""
+    y = y.clamp_min(POW2_LO)
+    t = y + ROUNDER                               # ROUNDER + k exactly (spacing 1 in [2**23, 2**24))
+    k = t - ROUNDER
+    f = y - k
+    c1, c2, c3, c4, c5 = POW2_C
+    p = (f * c5).add_(c4).mul_(f).add_(c3).mul_(f).add_(c2).mul_(f).add_(c1).mul_(f).add_(1.0)
+    scale = t.view(torch.int32).add(FIXED_BIAS).bitwise_left_shift_(23).view(torch.float32)
+    return p.mul_(scale)
+
+
 def chunk_sums(l: torch.Tensor):
     """Per-chunk max and fixed-point sums of fp32 logits `l` [..., V] (numerics.md §5).
 
-    Returns `m_c` fp32, `S_c` int64, `A_c` int64, each [..., ceil(V / CHUNK)]. Positions past
-    the vocab count as -inf; an all -inf chunk has m_c = -inf and S_c = A_c = 0.
+    Returns `m_c` fp32, `S_c` int64, `A_c` int64, each [..., ceil(V / CHUNK)]:
+    `S_c = sum trunc(e_v)`, `A_c = sum trunc(e_v * -max(d_v, -104))` with
+    `e_v = fixed_pow2((l_v - m_c) * LOG2E)`. Positions past the vocab count as -inf; an all -inf
+    chunk has m_c = -inf and S_c = A_c = 0.
     """
     m_c, d = _chunked(l)
-    e = exp(d)
-    t = e * (-d)                                  # e' * (m_c - l); -d is exact negation
-    t = torch.where(e == 0, 0.0, t)               # 0 * inf is no term
-    s_c = e.mul_(float(FIXED)).to(torch.int64).sum(dim=-1)   # * 2**40 exact; trunc; int64 sum
-    a_c = t.mul_(float(FIXED)).to(torch.int64).sum(dim=-1)
+    e = fixed_pow2(d * LOG2E)
+    t = e * d.clamp_min(EXP_LO).neg_()            # e' * (m_c - l) in fixed point; -inf: e tiny, no inf
+    s_c = e.to(torch.int64).sum(dim=-1)           # trunc; int64 sum
+    a_c = t.to(torch.int64).sum(dim=-1)
     return m_c, s_c, a_c
 
 
@@ -218,8 +242,9 @@ def combine_chunks(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor):
 
 
 def fixed_term(l: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """t(l) = trunc(exp(l - m) * 2**40) as int64 (fp32 `l`, `m` broadcastable)."""
-    return exp(l - m).mul_(float(FIXED)).to(torch.int64)
+    """t(l) = trunc(fixed_pow2((l - m) * LOG2E)) as int64 (fp32 `l`, `m` broadcastable): the
+    term of `S_c` for `l` against `m`; exactly 2**40 at `l == m`."""
+    return fixed_pow2((l - m) * LOG2E).to(torch.int64)
 
 
 def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -231,26 +256,27 @@ def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # Draws used by the samplers
 # ---------------------------------------------------------------------------------------------
 
-def inverse_temperature(temperature: float) -> float:
-    """`tau = fp32(1 / T)` (fp64 division, one rounding to fp32), the factor the tempered
-    weights use (§4); 1.0 exactly at T = 1. A T whose reciprocal is not a finite fp32
-    (below about 2.9e-39) is refused: `0 * inf` would make the weights NaN."""
+def tempered_scales(temperature: float) -> tuple[float, float]:
+    """`(tau, c)` of temperature `T > 0` (§4): `tau = fp32(1 / T)` (fp64 division, one rounding)
+    and `c = fp32(LOG2E * tau)` (the exact product of two fp32 values, one rounding). At `T = 1`
+    they are exactly 1 and `LOG2E`, the untempered ones. A `T` whose reciprocal is not a
+    finite fp32 (below about 2.9e-39) is refused."""
     tau = round_f32(1.0 / float(temperature))
     if not 0.0 < tau < float("inf"):
         raise ValueError(f"temperature {temperature!r} is too small: 1/T overflows fp32 "
                          "(use 0 for greedy decoding)")
-    return tau
+    return tau, round_f32(LOG2E * tau)
 
 
-def token_weights(l: torch.Tensor, tau: float):
+def token_weights(l: torch.Tensor, c: float):
     """The tempered fixed-point weights of fp32 logits `l` [..., V] (numerics.md §4).
 
-    Returns `w` int64 [..., n_c, CHUNK], `w_v = trunc(exp((l_v - m_c) * tau) * 2**40)` (0 past
-    the vocab), and `m_c` [..., n_c]. At `tau == 1` these are exactly the terms of `S_c`.
+    Returns `w` int64 [..., n_c, CHUNK], `w_v = trunc(fixed_pow2((l_v - m_c) * c))` (0 past the
+    vocab), and `m_c` [..., n_c]; `c` from `tempered_scales`. At `T = 1` (`c = LOG2E`) these are
+    exactly the terms of `S_c`.
     """
     m_c, d = _chunked(l)
-    t = torch.tensor(tau, dtype=torch.float32, device=l.device)
-    return exp(d * t).mul_(float(FIXED)).to(torch.int64), m_c
+    return fixed_pow2(d * torch.tensor(c, dtype=torch.float32, device=l.device)).to(torch.int64), m_c
 
 
 def chunk_weights(m_c: torch.Tensor, s_c: torch.Tensor, m: torch.Tensor, tau: float) -> torch.Tensor:

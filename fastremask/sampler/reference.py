@@ -62,11 +62,11 @@ def invalid_rows(l: torch.Tensor) -> torch.Tensor:
     return torch.isnan(l).any(-1) | (l == float("inf")).any(-1) | (l == NEG_INF).all(-1)
 
 
-def _draw_token(l, seeds, positions, steps, tau) -> torch.Tensor:
+def _draw_token(l, seeds, positions, steps, tau, c) -> torch.Tensor:
     """numerics.md §4 at T > 0: ``x0`` [R] drawn with probability ``(W_c / sum W) * (w_v / S_c)``,
     ``w`` the tempered weights of chunk ``c`` (`nx.token_weights`), ``S_c`` their sum and ``W_c``
     the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage."""
-    w, m_c = nx.token_weights(l, tau)                                        # [R, n_c, CHUNK]
+    w, m_c = nx.token_weights(l, c)                                          # [R, n_c, CHUNK]
     s_c = w.sum(-1)
     W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
     ok = ~invalid_rows(l)                    # other rows' weights are meaningless: draw from 1
@@ -133,7 +133,7 @@ def sample_rows(
         x0 = torch.where(l == l.amax(dim=-1, keepdim=True), vocab, V).amin(dim=-1)
         x0 = x0.clamp_max(V - 1)      # an all-NaN row has no maximum; it is invalid anyway
     else:
-        x0 = _draw_token(l, seeds, positions, steps, nx.inverse_temperature(temperature))
+        x0 = _draw_token(l, seeds, positions, steps, *nx.tempered_scales(temperature))
 
     # §5 exact softmax sums over fixed chunks: row max m, Z and B scaled by 2**40
     m, Z, B = nx.combine_chunks(*nx.chunk_sums(l))                             # [R] each
