@@ -128,6 +128,7 @@ CPU_TARGET = [StepCase("bf16", 512, 512, 32, 1, t) for t in (0.0, 1.0)]
 CPU_CASES = CPU_TARGET + [
     StepCase("fp32", 512, 512, 32, 1, 0.0),
     StepCase("fp32", 512, 512, 32, 1, 1.0),
+    StepCase("bf16", 512, 512, 32, 1, 0.7),      # T != 1: the tempered weights' second pass
     StepCase("bf16", 128, 256, 256, 1, 0.0),
     StepCase("bf16", 128, 256, 32, 1, 0.0, cfg=1.0),
 ]
