@@ -62,11 +62,12 @@ def invalid_rows(l: torch.Tensor) -> torch.Tensor:
     return torch.isnan(l).any(-1) | (l == float("inf")).any(-1) | (l == NEG_INF).all(-1)
 
 
-def _draw_token(l, seeds, positions, steps, tau, c) -> torch.Tensor:
+def _draw_token(l, seeds, positions, steps, tau, scale) -> torch.Tensor:
     """numerics.md §4 at T > 0: ``x0`` [R] drawn with probability ``(W_c / sum W) * (w_v / S_c)``,
     ``w`` the tempered weights of chunk ``c`` (`nx.token_weights`), ``S_c`` their sum and ``W_c``
-    the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage."""
-    w, m_c = nx.token_weights(l, c)                                          # [R, n_c, CHUNK]
+    the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage.
+    ``tau, scale``: `nx.tempered_scales` of the temperature."""
+    w, m_c = nx.token_weights(l, scale)                                      # [R, n_c, CHUNK]
     s_c = w.sum(-1)
     W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
     ok = ~invalid_rows(l)                    # other rows' weights are meaningless: draw from 1
