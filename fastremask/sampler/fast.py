@@ -73,7 +73,7 @@ def _fixed_sums(d: torch.Tensor, scale: torch.Tensor, k: torch.Tensor, t: torch.
     `d = l - m_c` [r, c, w] (consumed), with fp32 scratch `k`, `t` of the same shape: the
     operations of `nx.fixed_pow2` in place, in the same order, so the same bits.
 
-    Each term is an integer in [0, 2**40]; a chunk's sum of at most 2048 of them is below 2**52,
+    Each term is `trunc` of a value in [0, 2**40]; a chunk's sum of at most 2048 of them is below 2**52,
     so summing them in fp64 is exact in any order (tests/test_fast_perf_identities.py).
     """
     c = _consts(d.device)
@@ -85,7 +85,9 @@ def _fixed_sums(d: torch.Tensor, scale: torch.Tensor, k: torch.Tensor, t: torch.
     p.mul_(f).add_(c["c1"]).mul_(f).add_(c["one"])
     ti = t.view(torch.int32)
     ti.add_(c["bias"]).bitwise_left_shift_(c["shift"])             # bits of 2**(k + 40)
-    return p.mul_(t).trunc_().sum(-1, dtype=torch.float64)
+    # floor, not trunc: the same for these terms (each >= 0, or NaN in an invalid row), and
+    # torch's CPU floor is vectorised where trunc is not (about 18x faster here).
+    return p.mul_(t).floor_().sum(-1, dtype=torch.float64)
 
 
 def sample_rows(
