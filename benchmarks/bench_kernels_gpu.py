@@ -111,8 +111,9 @@ def section_rows(res: dict, quick: bool) -> None:
     from fastremask.kernels import sample_rows
     ceiling = res.get("machine", {}).get("copy_gbps")
     out = res.setdefault("rows", [])
-    grid = [(r, d, T, cfg) for r in ((32, 256) if quick else (32, 256, 1024)) for d in ("bf16", "fp32")
-            for T in (0.0, 1.0) for cfg in (False, True)]
+    sizes = (32, 256) if quick else (32, 256, 1024)
+    grid = [(r, d, T, cfg) for r in sizes for d in ("bf16", "fp32") for T in (0.0, 1.0) for cfg in (False, True)]
+    grid += [(r, "bf16", 0.7, False) for r in sizes]       # T != 1: the tempered weights' second term
     for rows, dtype, T, cfg in grid:
         name = f"rows{rows}-{dtype}-T{T:g}-cfg{int(cfg)}"
         try:
