@@ -16,7 +16,7 @@ import os
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # the demo checkpoint
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # public name -> the module that defines it, imported on first access
 _LAZY = {
