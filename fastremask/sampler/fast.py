@@ -11,7 +11,10 @@
   pairwise comparison; the ``'factor'`` and ``'eb'`` threshold rules are `rules.rule_keep`
   (element-wise, and one int64 prefix sum) on those ranks.
 
-No Python loop over rows or positions, and no host synchronisation.
+No Python loop over rows or positions. Host synchronisation: at ``T > 0`` the exact draw
+(`nx.draw_below`) reads whether every row accepted its attempt (one read per attempt, almost
+always one per stage), and `_sample_rows_active` uses ``nonzero``; both cost nothing on a CPU,
+this backend's device (``'auto'`` picks ``triton`` on CUDA, whose kernels never sync).
 """
 from __future__ import annotations
 
