@@ -82,6 +82,19 @@ def test_sample_rows_equals_reference(V, dtype, temperature, cfg, remasking):
     assert got.x0[1] == -1 and got.confidence[1] == float("-inf") and not got.invalid[1]
 
 
+@pytest.mark.parametrize("temperature", [1e-4, 0.3, 5.0, 1e30])
+def test_extreme_temperatures_equal_reference(temperature):
+    """The tempered weights at the ends of the range (most entries clamped to weight 0 at a tiny
+    T; every finite entry at 2**40 at a huge one), with suppression and three chunks."""
+    V = 2 * CHUNK + 9
+    lg, rows, seeds, pos, un = _case(V, torch.float32, r=4, cfg=False, seed=13, ties=True)
+    sup = torch.tensor([1, CHUNK + 3, V - 1], device=DEV)
+    want, got = _both(lg, rows, seeds, pos, 4, temperature=temperature, remasking="margin",
+                      suppress_tokens=sup)
+    _same(want, got)
+    assert not bool(torch.isin(got.x0, sup).any())
+
+
 @pytest.mark.parametrize("remasking", REMASKING)
 def test_vocab_splits_give_identical_bits(remasking):
     """5 chunks + 3 entries; every split of the chunks across programs: the same bits."""

@@ -240,3 +240,31 @@ def test_select_threshold_is_rounded_to_fp32():
     conf = torch.cat([c, torch.tensor([[0.1]])], 1)
     for sel in (ref.select, fast.select):
         assert sel(conf, cand, torch.zeros_like(cand), None, 0.9).tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize("T", [1e-4, 0.3, 1.0, 5.0, 1e30])
+def test_suppressed_and_minus_inf_never_drawn_at_any_temperature(T):
+    """No temperature draws a suppressed or -inf token; a tiny T draws the argmax (the logits
+    have no near ties), a huge T draws every finite token (weights all 2**40); reference and
+    torch backend agree bit for bit."""
+    g = torch.Generator().manual_seed(41)
+    V, R = 3 * nx.CHUNK + 5, 400
+    l = torch.randn(1, V, generator=g).mul_(4).round_(decimals=1)
+    l[0, torch.randperm(V, generator=g)[:V // 3]] = float("-inf")
+    top = l[0].argmax()
+    l[0, top] = l[0, torch.isfinite(l[0])].max() + 0.5        # a clear maximum, suppressed below,
+    runner_up = (int(top) + 2 * nx.CHUNK + 7) % V              # and a clear runner-up
+    l[0, runner_up] = l[0, top] - 0.25
+    sup = torch.tensor([int(top), 5, nx.CHUNK, V - 1])
+    assert runner_up not in sup.tolist()
+    rows = torch.zeros(R, dtype=torch.long)
+    seeds = torch.arange(R) * 104729 + 3
+    a, b = _both(l, rows, seeds, torch.arange(R), 2, temperature=T, remasking="low_confidence",
+                 suppress_tokens=sup)
+    _assert_same(a, b)
+    allowed = torch.isfinite(ref.prepare_logits(l, suppress_tokens=sup)[0])
+    assert bool(allowed[a.x0].all()) and not bool(a.invalid.any())
+    if T == 1e-4:                       # the max is suppressed: the runner-up, every time
+        assert bool((a.x0 == runner_up).all())
+    if T == 1e30:
+        assert len(set(a.x0.tolist())) > 0.8 * min(R, int(allowed.sum()))   # spread, not peaked
