@@ -48,7 +48,6 @@ _SQRT_HALF_BITS = tl.constexpr(_nm.SQRT_HALF_BITS)
 _MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)   # 2**-126
 _TWO_P23 = tl.constexpr(_nm.TWO_P23)
 _TWO_M24 = tl.constexpr(_nm.TWO_M24)
-_FIXED_F = tl.constexpr(float(_nm.FIXED))
 _STREAM_SAMPLE = tl.constexpr(_nm.STREAM_SAMPLE)
 _MAX63 = tl.constexpr(_nm.MAX63)
 _LIMB = tl.constexpr(_nm._LIMB)

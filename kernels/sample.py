@@ -56,12 +56,11 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.constexpr,
-                  HAS_CFG: tl.constexpr, MASKED: tl.constexpr, SUPPRESS: tl.constexpr,
-                  MAX_MODE: tl.constexpr):
-    """(fp32 logits [CHUNK], their max) of chunk `c` of one row after CFG (§7) and, with
-    `SUPPRESS`, suppression; entries past the vocab are -inf (`MASKED`: only the last chunk can
-    have them). The max propagates NaN: a chunk holds a NaN or +inf (the row is then invalid)
+def _chunk_logits(p_l, p_u, c, V, cfg_s1, CHUNK: tl.constexpr, HAS_CFG: tl.constexpr,
+                  MASKED: tl.constexpr, MAX_MODE: tl.constexpr):
+    """(fp32 logits [CHUNK], their max) of chunk `c` of one row after CFG (§7), before
+    suppression (the finish takes it out); entries past the vocab are -inf (`MASKED`: only the
+    last chunk can have them). The max propagates NaN: a chunk holds a NaN or +inf (the row is then invalid)
     exactly when it is NaN or +inf. `MAX_MODE` (`max_mode()`): 1, without CFG it is taken on the
     logits at their own width (bf16 / fp16: packed max instructions; the conversion to fp32 is
     exact and monotonic, so the value is the same); 0, on the fp32 logits; 2 (the interpreter,
@@ -83,13 +82,6 @@ def _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK: tl.cons
             b_x = tl.load(p_l + o_v, mask=o_v < V, other=float("-inf"))
         else:
             b_x = tl.load(p_l + o_v)
-    if SUPPRESS:     # after the CFG (§7); the tile is touched only for an id inside this chunk
-        j = 0
-        while j < n_suppress:
-            rel = tl.load(p_suppress + j) - c * CHUNK                # int64
-            if (rel >= 0) & (rel < CHUNK):
-                b_x = tl.where(o_v == (c * CHUNK + rel.to(tl.int32)), float("-inf"), b_x)
-            j += 1
     if MAX_MODE == 1:
         m_c = tl.reduce(b_x, 0, _max_nan).to(tl.float32)
         b_l = b_x.to(tl.float32)
@@ -182,7 +174,7 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.con
 
 
 @triton.jit
-def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_pi, c_t,
+def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t,
            CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr, NEED_S: tl.constexpr,
            NEED_A: tl.constexpr, NEED_T: tl.constexpr, MAX_MODE: tl.constexpr):
     """One chunk's partials (§5, and with `NEED_T` §4's tempered sum), stored at `o_p` of each
@@ -192,8 +184,7 @@ def _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_p, plane, p_pf, p_p
     by the finish (their terms subtracted exactly, or their chunk recomputed), and a T > 0 draw
     reads its one chunk again there, so the loop over the vocab has no per-entry suppression
     and no per-entry randomness."""
-    b_l, m_c = _chunk_logits(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, CHUNK, HAS_CFG,
-                             MASKED, False, MAX_MODE)
+    b_l, m_c = _chunk_logits(p_l, p_u, c, V, cfg_s1, CHUNK, HAS_CFG, MASKED, MAX_MODE)
     m_s = tl.where(m_c == float("-inf"), 0.0, m_c)                   # an all -inf chunk: d = -inf
     s_c, a_c = _sums(b_l, m_s, NEED_S, NEED_A, MAX_MODE)
     if NEED_S:
@@ -246,11 +237,11 @@ def _sample_rows_kernel(
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
                    CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, MAX_MODE)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
-            _chunk(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
                    CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, MAX_MODE)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
