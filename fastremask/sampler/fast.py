@@ -248,8 +248,7 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
     row weight, then the entry within it from the one chunk's logits, read again."""
     device = m_c.device
     W = nx.chunk_weights(m_c, s_t, m_c.amax(-1), tau)                        # [R, n_chunks]
-    c = nx.pick(W, nx.draw_below(seeds, positions, steps, torch.where(ok, W.sum(-1), 1), 0))
-    c = c.clamp_max(m_c.shape[-1] - 1)
+    c = nx.draw_index(W, ok, seeds, positions, steps, 0)
     V = logits.shape[1]
     cols = c[:, None] * cw + torch.arange(cw, device=device)                 # [R, cw]
     inside = cols < V
@@ -258,9 +257,8 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
                        uncond_logits=None if uncond_logits is None else uncond_logits[at])
     out = ~inside if suppress_tokens is None else ~inside | torch.isin(cols, suppress_tokens)
     l = l.masked_fill_(out, NEG_INF)
-    w = nx.token_weights(l, scale)[0][:, 0]                                 # [R, CHUNK]: 0 past cw
-    i = nx.pick(w, nx.draw_below(seeds, positions, steps, torch.where(ok, w.sum(-1), 1), 1))
-    i = i.clamp_max(cw - 1)                  # only an invalid row can pick past its chunk
+    w = nx.token_weights(l, scale)[0][:, 0, :cw]                            # [R, cw]
+    i = nx.draw_index(w, ok, seeds, positions, steps, 1)
     return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)
 
 

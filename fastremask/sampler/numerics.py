@@ -19,7 +19,7 @@ __all__ = [
     "CHUNK", "FIXED_BITS", "FIXED", "STREAM_SAMPLE", "STREAM_REMASK",
     "philox", "uniform24", "exp", "log",
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
-    "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick",
+    "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
     "remask_uniform",
 ]
 
@@ -338,6 +338,15 @@ def pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """int64 [...]: the first index `i` along the last axis with `sum(weights[..., :i+1]) > u`
     (inverse CDF over nonnegative int64 weights; a zero weight is never picked)."""
     return (weights.cumsum(-1) <= u.unsqueeze(-1)).sum(-1)
+
+
+def draw_index(weights: torch.Tensor, ok: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
+               steps, stage: int) -> torch.Tensor:
+    """One stage of §4's draw: `pick(weights, draw_below(..., sum(weights), stage))` per row of
+    int64 `weights` [R, n], clamped to `n - 1`. Rows where `ok` is False (invalid rows, whose
+    weights mean nothing) draw below 1 instead; their index is never used."""
+    n = torch.where(ok, weights.sum(-1), 1)
+    return pick(weights, draw_below(seeds, positions, steps, n, stage)).clamp_max(weights.shape[-1] - 1)
 
 
 def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch.Tensor:

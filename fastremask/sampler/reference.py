@@ -70,12 +70,10 @@ def _draw_token(l, seeds, positions, steps, tau, scale) -> torch.Tensor:
     w, m_c = nx.token_weights(l, scale)                                      # [R, n_c, CHUNK]
     s_c = w.sum(-1)
     W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
-    ok = ~invalid_rows(l)                    # other rows' weights are meaningless: draw from 1
-    c = nx.pick(W, nx.draw_below(seeds, positions, steps, torch.where(ok, W.sum(-1), 1), 0))
-    c = c.clamp_max(m_c.shape[-1] - 1)
+    ok = ~invalid_rows(l)
+    c = nx.draw_index(W, ok, seeds, positions, steps, 0)                    # stage 0: the chunk
     w_c = w[torch.arange(l.shape[0], device=l.device), c]                   # [R, CHUNK]
-    s = torch.where(ok, w_c.sum(-1), 1)
-    x0 = c * nx.CHUNK + nx.pick(w_c, nx.draw_below(seeds, positions, steps, s, 1))
+    x0 = c * nx.CHUNK + nx.draw_index(w_c, ok, seeds, positions, steps, 1)  # stage 1: its entry
     return x0.clamp_max(l.shape[-1] - 1)     # only an invalid row can pick past the vocab
 
 
