@@ -139,9 +139,10 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         if not suppress_tokens.numel():
             suppress_tokens = None
     simple = uncond_logits is None and suppress_tokens is None
-    need_s = remasking != "random"
-    # At T > 0 the draw needs each chunk's tempered weight sum: at T = 1 that is S_c itself.
-    tempered = noisy and (tau != 1.0 or not need_s)
+    # As the kernel's flags: S_c for the confidence, or at T = 1 for the draw (its weights are
+    # S_c's terms); at T != 1 the draw's own tempered sums.
+    tempered = noisy and tau != 1.0
+    need_s = remasking != "random" or (noisy and not tempered)
 
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
     n_buf = r_blk * W
@@ -192,12 +193,13 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
                 mc, ic = x3.max(-1)                  # chunk max and its first index
                 i_l.append(ic)
             m_l.append(mc)
-            if not (tempered or (need_s and remasking != "entropy")):
-                continue                             # the sums are done, or not needed
+            plain = need_s and remasking != "entropy"    # S_c still to sum (entropy's came above)
+            if not (tempered or plain):
+                continue
             x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
-            if tempered:                             # the weights of (l - m_c) * c (§4)
-                st_l.append(_fixed_sums(tmp[2].copy_(x3), c_tau, *tmp[:2]))
-            if need_s and remasking != "entropy":
+            if tempered:                             # the weights of (l - m_c) * c (§4); it consumes
+                st_l.append(_fixed_sums(tmp[2].copy_(x3) if plain else x3, c_tau, *tmp[:2]))   # d
+            if plain:
                 s_l.append(_fixed_sums(x3, log2e, *tmp[:2]))
         m_rows.append(torch.cat(m_l, -1))
         for rows_, l_ in ((s_rows, s_l), (a_rows, a_l), (i_rows, i_l), (st_rows, st_l)):
