@@ -91,8 +91,8 @@ class Result:
 def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62) -> Spec:
     """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool (True: T = 1)
     or the temperature (T != 1 is the tempered variant, a second exp per entry)."""
-    tempered = noise is not True and bool(noise) and float(noise) != 1.0
-    noise = bool(noise)
+    temperature = float(noise)                       # True is 1.0, False 0.0
+    noise, tempered = temperature != 0.0, temperature not in (0.0, 1.0)
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
         "p_seeds": "*i64", "p_pos": "*i64", "p_steps": "*i64", "p_active": "*i1", "p_suppress": "*i64",
