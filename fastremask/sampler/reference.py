@@ -62,15 +62,14 @@ def invalid_rows(l: torch.Tensor) -> torch.Tensor:
     return torch.isnan(l).any(-1) | (l == float("inf")).any(-1) | (l == NEG_INF).all(-1)
 
 
-def _draw_token(l, seeds, positions, steps, tau, scale) -> torch.Tensor:
+def _draw_token(l, ok, seeds, positions, steps, tau, scale) -> torch.Tensor:
     """numerics.md §4 at T > 0: ``x0`` [R] drawn with probability ``(W_c / sum W) * (w_v / S_c)``,
     ``w`` the tempered weights of chunk ``c`` (`nx.token_weights`), ``S_c`` their sum and ``W_c``
     the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage.
-    ``tau, scale``: `nx.tempered_scales` of the temperature."""
+    ``ok``: the valid rows; ``tau, scale``: `nx.tempered_scales` of the temperature."""
     w, m_c = nx.token_weights(l, scale)                                      # [R, n_c, CHUNK]
     s_c = w.sum(-1)
     W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
-    ok = ~invalid_rows(l)
     c = nx.draw_index(W, ok, seeds, positions, steps, 0)                    # stage 0: the chunk
     w_c = w[torch.arange(l.shape[0], device=l.device), c]                   # [R, CHUNK]
     x0 = c * nx.CHUNK + nx.draw_index(w_c, ok, seeds, positions, steps, 1)  # stage 1: its entry
@@ -124,6 +123,7 @@ def sample_rows(
     uncond = uncond_logits[rows] if uncond_logits is not None else None
     l = prepare_logits(logits[rows], cfg_scale=cfg_scale, uncond_logits=uncond,
                        suppress_tokens=suppress_tokens)                       # [R, V] fp32
+    bad = invalid_rows(l)                                                     # §7: [R]
     vocab = torch.arange(V, device=device)                                    # [V]
 
     # §4 the token: at T == 0 the first maximum; at T > 0 a draw from the tempered softmax of
@@ -132,7 +132,7 @@ def sample_rows(
         x0 = torch.where(l == l.amax(dim=-1, keepdim=True), vocab, V).amin(dim=-1)
         x0 = x0.clamp_max(V - 1)      # an all-NaN row has no maximum; it is invalid anyway
     else:
-        x0 = _draw_token(l, seeds, positions, steps, *nx.tempered_scales(temperature))
+        x0 = _draw_token(l, ~bad, seeds, positions, steps, *nx.tempered_scales(temperature))
 
     # §5 exact softmax sums over fixed chunks: row max m, Z and B scaled by 2**40
     m, Z, B = nx.combine_chunks(*nx.chunk_sums(l))                             # [R] each
@@ -153,7 +153,7 @@ def sample_rows(
     else:                                       # 'random': one uniform per position and step
         confidence = nx.remask_uniform(seeds, positions, steps)
 
-    invalid = invalid_rows(l) & active
+    invalid = bad & active
     x0 = torch.where(active & ~invalid, x0, -1)
     confidence = torch.where(active, confidence, NEG_INF)
     confidence = torch.where(invalid, float("nan"), confidence)
