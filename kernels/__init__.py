@@ -4,8 +4,45 @@ Importing this package imports triton (and nothing else heavy). The function `se
 the submodule of the same name on purpose: `fastremask.kernels.select` is the function, the
 kernel module stays reachable as `fastremask.kernels.select` in `sys.modules` / via `from
 fastremask.kernels.select import _select_kernel`.
-"""
-from .sample import RowSample, sample_rows
-from .select import select
 
-__all__ = ["sample_rows", "select", "RowSample"]
+This folder is installed as `fastremask.kernels` only. When Python runs from the repository
+root (`python -m pytest`, `python -c`, a script there), the root is on `sys.path`, and a plain
+`import kernels` (transformers imports the PyPI distribution of that name) would find this
+folder. It then hands the name over: it loads the distribution from the rest of `sys.path`
+into `sys.modules["kernels"]`, or, where none is installed, an empty namespace package (what
+Python gives for a folder without `__init__.py`), so the folder never stands in for another
+package (docs/architecture.md, "Why the kernels/ folder is
+safe at the root").
+"""
+if __name__ != "fastremask.kernels":
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+
+    def _is_root(entry, root=_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))):
+        try:  # '' is the working folder; an entry that does not exist cannot be the root
+            return _os.path.samefile(entry or _os.curdir, root)
+        except OSError:
+            return False
+
+    _spec = _machinery.PathFinder.find_spec(__name__, [e for e in _sys.path if not _is_root(e)])
+    if _spec is None or _spec.loader is None:
+        # None elsewhere: what Python gives for a folder without __init__.py, an empty namespace
+        # package (no __file__, no __version__: transformers reads that as "not installed").
+        _spec = _machinery.ModuleSpec(__name__, None, is_package=True)
+        _spec.submodule_search_locations = []
+    # The import system returns sys.modules[name] once this file has run: the other package.
+    _other = _util.module_from_spec(_spec)
+    _sys.modules[__name__] = _other
+    if _spec.loader is not None:
+        try:
+            _spec.loader.exec_module(_other)
+        except BaseException:
+            del _sys.modules[__name__]
+            raise
+else:
+    from .sample import RowSample, sample_rows
+    from .select import select
+
+    __all__ = ["sample_rows", "select", "RowSample"]

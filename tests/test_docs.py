@@ -1,13 +1,18 @@
 """Every example in README.md and docs/ runs as written: a copied example that fails is a bug.
 
-Python (```python blocks): each block runs in a fresh namespace, in a temporary working
-directory; a block whose first line is ``# needs: cuda`` is skipped (with that reason) where
-there is no GPU.
+Every block runs where the README leaves a user, the repository root: in a fresh temporary
+copy of it (`root_copy`, without .git and caches), so that a name the root shadows (its
+``kernels/`` folder against the PyPI ``kernels`` that transformers imports) fails here as it
+would for the user, and files the examples write do not land in the checkout.
+
+Python (```python blocks): each block runs in a fresh namespace, with the copy as the working
+directory and first on ``sys.path`` (as ``python -`` there); a block whose first line is
+``# needs: cuda`` is skipped (with that reason) where there is no GPU.
 
 Shell (```bash, ```sh, ```shell and ```console blocks; in ```console only the ``$ `` lines):
-each block runs as one ``bash -euo pipefail`` script in a fresh temporary folder, with this
+each block runs as one ``bash -euo pipefail`` script in the copy, with this
 environment's ``python`` and ``fastremask`` first on ``PATH`` and ``$REPO`` set to the
-checkout; it must exit 0 with no ``Traceback`` and no ``fastremask: error`` on stderr, within
+copy; it must exit 0 with no ``Traceback`` and no ``fastremask: error`` on stderr, within
 ``SHELL_TIMEOUT`` seconds. A block that cannot run that way says so with a marker: an HTML
 comment on the lines right above its opening fence (blank lines between are fine; several
 markers may be stacked), invisible in the rendered page:
@@ -45,17 +50,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 EXAMPLES = [(f, i, code) for f in FILES for i, code in enumerate(BLOCK.findall(f.read_text()))]
+_NOT_COPIED = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis",
+                                     ".benchmarks", "build", "dist")
+
+
+@pytest.fixture
+def root_copy(tmp_path) -> pathlib.Path:
+    """A fresh copy of the repository root (where the README leaves a user), without .git."""
+    return pathlib.Path(shutil.copytree(ROOT, tmp_path / "repo", ignore=_NOT_COPIED))
 
 
 @pytest.mark.parametrize("path,index,code", EXAMPLES,
                          ids=[f"{f.relative_to(ROOT)}#{i}" for f, i, _ in EXAMPLES])
-def test_example_runs(path, index, code, tmp_path, monkeypatch):
+def test_example_runs(path, index, code, root_copy, monkeypatch):
     if code.startswith("# needs: cuda"):
         if not torch.cuda.is_available():
             pytest.skip("the example needs a CUDA device")
-        monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    else:
-        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(root_copy / "benchmarks"))
+    monkeypatch.chdir(root_copy)
+    monkeypatch.syspath_prepend(str(root_copy))
     exec(compile(code, f"{path.name} example {index}", "exec"), {"__name__": "__doc_example__"})
 
 
@@ -216,7 +229,7 @@ def _missing(needs) -> str | None:
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b.name for b in SHELL_BLOCKS])
-def test_shell_block_runs(block, tmp_path):
+def test_shell_block_runs(block, root_copy):
     try:
         p = plan(block)
     except ValueError as e:
@@ -239,10 +252,10 @@ def test_shell_block_runs(block, tmp_path):
                     "above it (tests/test_docs.py)")
     if missing := _missing(p.needs):
         pytest.skip(missing)
-    env = dict(os.environ, REPO=str(ROOT), MPLBACKEND="Agg", FASTREMASK_DEBUG="1",
+    env = dict(os.environ, REPO=str(root_copy), MPLBACKEND="Agg", FASTREMASK_DEBUG="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     try:
-        r = subprocess.run(["bash", "-euo", "pipefail", "-c", p.script], cwd=tmp_path, env=env,
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", p.script], cwd=root_copy, env=env,
                            capture_output=True, text=True, timeout=SHELL_TIMEOUT)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.name} ran over {SHELL_TIMEOUT} s: give it <!-- test: quick (why): ... -->")
