@@ -24,7 +24,8 @@ from typing import Optional
 
 from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
-__all__ = ["Family", "FAMILIES", "ATTENTION_KINDS", "register", "family_for", "get_family", "model_types"]
+__all__ = ["Family", "FAMILIES", "ATTENTION_KINDS", "register", "unregister", "family_for", "get_family",
+           "model_types", "checkpoint_families"]
 
 ATTENTION_KINDS = ("full", "block_causal")
 
@@ -193,6 +194,12 @@ def get_family(name: str) -> Family:
         return FAMILIES[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown family {name!r}; expected one of {', '.join(FAMILIES)}") from None
+
+
+def checkpoint_families() -> tuple:
+    """The names of the families a checkpoint can be loaded as (those with model types: the
+    choices of ``load(family=...)`` that make sense for a folder, and of ``--family``)."""
+    return tuple(name for name, f in FAMILIES.items() if f.model_types)
 
 
 def model_types() -> dict:

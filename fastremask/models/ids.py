@@ -48,6 +48,7 @@ def resolve_ids(config, tokenizer, family: str, vocab_size: int | None, *, mask_
     """``{"mask_id", "eos_id", "eot_id", "pad_id"}`` of a model (see the module docstring)."""
     vocab = _vocab(tokenizer)
     cfg_file = config_file(name)
+    _check_config_ids(config, vocab_size, cfg_file)
     record = FAMILIES.get(family)
     defaults = record.special_ids() if record is not None else {}
 
@@ -80,3 +81,23 @@ def resolve_ids(config, tokenizer, family: str, vocab_size: int | None, *, mask_
     eot = first_int(eot_id, by_name(EOT_TOKENS), fits(defaults.get("eot")))
     pad = first_int(pad_id, getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None), eos)
     return {"mask_id": mask, "eos_id": eos, "eot_id": eot, "pad_id": pad}
+
+
+def _check_config_ids(config, vocab_size: int | None, cfg_file: str) -> None:
+    """The id fields of a checkpoint's config, where present, must be ints (``eos_token_id``:
+    or a list of them) and, but for the mask id (whose range `resolve_ids` reports with the
+    id it resolved), inside the vocabulary: a `ModelLoadError` naming the file and the field."""
+    if config is None:
+        return
+    for fname in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
+        v = getattr(config, fname, None)
+        if v is None:
+            continue
+        values = v if isinstance(v, (list, tuple)) and fname == "eos_token_id" else [v]
+        for i in values:
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                raise ModelLoadError(f"{cfg_file}: field {fname!r} must be a non-negative integer token id"
+                                     f"{' (or a list of them)' if fname == 'eos_token_id' else ''}, got {v!r}")
+            if fname != "mask_token_id" and vocab_size is not None and i >= vocab_size:
+                raise ModelLoadError(f"{cfg_file}: field {fname!r} is {i}, outside the vocabulary of "
+                                     f"{vocab_size} (0..{vocab_size - 1})")

@@ -22,7 +22,7 @@ import os
 import torch
 
 from fastremask.models.adapters import Adapter, detect_family, wrap
-from fastremask.models.dtypes import DTYPES
+from fastremask.models.dtypes import DTYPES, unknown_dtype
 from fastremask.models.family import FAMILIES, Family, family_for
 from fastremask.sampler.protocol import ModelLoadError
 
@@ -58,7 +58,7 @@ def _parse_dtype(dtype):
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return "auto" if dtype is None else dtype
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
+        raise ModelLoadError(unknown_dtype(dtype))
     return DTYPES[dtype]
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.checks import MISSING, check_field
-from fastremask.models.dtypes import DTYPES, dtype_by_name
+from fastremask.models.dtypes import DTYPES, dtype_by_name, unknown_dtype
 from fastremask.models.family import get_family
 from fastremask.models.kv import KVCache, attend
 from fastremask.models.shift import shifted_rows
@@ -117,7 +117,7 @@ def parse_dtype(dtype, raw: dict, path: str) -> Optional[torch.dtype]:
                      "(or pass dtype=)")
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise _error(f"unknown dtype {dtype!r}; expected auto, float32/fp32, bfloat16/bf16, float16/fp16")
+    raise _error(unknown_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- weights
