@@ -26,7 +26,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from fastremask import DATA_DIR
-from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, SEED_LIMIT, THRESHOLD_RULES   # no torch: --help stays fast
+from fastremask.sampler.devices import check_device   # no torch at import: --help stays fast
+from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, SEED_LIMIT, THRESHOLD_RULES   # no torch
 
 __all__ = ["main", "build_parser", "config_from_args", "check_device", "check_output_dir", "EXTERNAL_COMMANDS",
            "CliError"]
@@ -36,7 +37,7 @@ __all__ = ["main", "build_parser", "config_from_args", "check_device", "check_ou
 EXTERNAL_COMMANDS = {
     "bench": ("fastremask.tools.bench", "benchmark the sampling step against the reference"),
     "profile": ("fastremask.tools.profile", "profile the kernels"),
-    "eval": ("fastremask.evaluation.evaluate", "accuracy of schedules and remasking rules on the demo task"),
+    "eval": ("fastremask.tools.eval_command", "accuracy of schedules and remasking rules on the demo task"),
 }
 
 DEFAULT_PROMPT = "Hi, I am"
@@ -165,35 +166,6 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- checks shared by the commands
-
-
-def check_device(value, option: str = "--device"):
-    """``value`` as a `torch.device` that exists here (None stays None); a `CliError` naming
-    ``option`` otherwise: an unknown device type, CUDA without CUDA, a GPU index past the last."""
-    if value is None:
-        return None
-    import torch
-
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError, TypeError):
-        raise CliError(f"{option} {value!r} is not a device; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is built without CUDA" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
-            raise CliError(f"{option} {value}: CUDA is not available ({why}); use --device cpu")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise CliError(f"{option} {value}: this machine has {n} CUDA device{'s' * (n != 1)} "
-                           f"(cuda:0 to cuda:{n - 1})")
-        return dev
-    mps = getattr(torch.backends, "mps", None)
-    if dev.type == "mps" and mps is not None and mps.is_available():
-        return dev
-    raise CliError(f"{option} {value}: fastremask runs on cpu or cuda (cuda:N), not on {dev.type!r}")
 
 
 def check_output_dir(path: str | None, option: str) -> None:
