@@ -32,7 +32,7 @@ import traceback
 from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, THRESHOLD_RULES   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "add_generate_arguments", "config_from_args", "check_output_dir",
-           "EXTERNAL_COMMANDS", "CliError", "Stopped"]
+           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
@@ -47,6 +47,11 @@ DEBUG_ENV = "FASTREMASK_DEBUG"
 
 class CliError(Exception):
     """A bad input or option; printed as ``fastremask: error: ...`` with exit status 2."""
+
+
+class WriteError(Exception):
+    """Writing the results failed while working (a full disk, ...): one line naming the file,
+    exit status 1."""
 
 
 class Stopped(Exception):
@@ -178,8 +183,8 @@ def check_output_dir(path: str | None, option: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CliError(f"{option} {path}: the folder {os.path.dirname(path) or folder} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CliError(f"{option} {path}: not writable")
+    if not os.access(path, os.W_OK) if os.path.exists(path) else not os.access(folder, os.W_OK):
+        raise CliError(f"{option} {path}: not writable")      # an existing file: its own permission
 
 
 # ----------------------------------------------------------------------------- the run
@@ -285,9 +290,12 @@ def _one_line(text: str) -> str:
 
 def describe_error(e: BaseException) -> tuple[str, int]:
     """``(one-line message, exit status)``: 2 for a bad input or option (its message names
-    it), 1 for anything else (an unexpected failure: its type, and how to see the traceback)."""
+    it), 1 for writing the results failing (`WriteError`, naming the file) and for anything
+    else (an unexpected failure: its type, and how to see the traceback)."""
     if isinstance(e, CliError):
         return _one_line(e), 2
+    if isinstance(e, WriteError):
+        return _one_line(e), 1
     if isinstance(e, ValueError):          # the library's argument checks, ModelLoadError
         return _one_line(e), 2
     if isinstance(e, OSError) and e.filename is not None:

@@ -76,6 +76,9 @@ def _check_options(args) -> None:
         raise CliError("give --force (start over) or --resume (continue), not both")
     if args.resume and (args.output is None or args.prompts_file is None):
         raise CliError("--resume continues a --prompts-file run into its --output; give both")
+    if args.resume and os.path.exists(args.output) and not os.path.isfile(args.output):
+        raise CliError(f"--resume: --output {args.output} is not a regular file; there is no earlier run to "
+                       "read back (--force writes into it)")
     if args.prompts_file is not None and args.prompts_file != "-":
         if not os.path.exists(args.prompts_file):
             raise CliError(f"cannot read --prompts-file {args.prompts_file}: no such file")

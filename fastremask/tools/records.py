@@ -4,8 +4,8 @@ run's output read back for ``--resume``, and the results written as a stream.
 `read_prompts_file` turns each line into an `Item` (a broken line is an item with an
 ``error``, so the other lines still run); `read_done` reads what an interrupted run left
 (a last record cut off mid-write is dropped); `Output` writes each result as one line,
-flushed, and counts only the lines that reached the file whole, so that the message after a
-stop ("N of M lines are in FILE") is true on every path (a full disk, Ctrl-C, an error).
+handed to the OS whole before it is counted, so that the message after a stop ("N of M lines
+are in FILE") is true on every path (a full disk, /dev/full, Ctrl-C, an error).
 No torch here.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass, field
 
 from fastremask.sampler.names import SEED_LIMIT
-from fastremask.tools.cli import CliError
+from fastremask.tools.cli import CliError, WriteError
 
-__all__ = ["Item", "line_seed", "read_prompts_file", "read_done", "Output"]
+__all__ = ["Item", "line_seed", "read_prompts_file", "read_done", "Output", "open_output"]
 
 
 @dataclass
@@ -149,14 +149,21 @@ def read_done(path: str) -> dict:
 # ----------------------------------------------------------------------------- the results, streamed
 
 
+def open_output(path: str, append: bool):
+    """``path`` opened for the results, unbuffered (`Output` counts what the OS took)."""
+    return open(path, "ab" if append else "wb", buffering=0)
+
+
 class Output:
     """Where the results go (``path``, or stdout for None) and how far the run got.
 
     ``items``: every prompt in input order; ``done``: `read_done` of an earlier run to append
     to (its lines are skipped), or None. ``source``: the prompts file (None: ``--prompt``
-    answers). Nothing is opened before `open`. Each result is written by `write` and then
-    flushed by `commit`, which counts it only once the flush succeeded: a result the OS did not
-    take whole (a full disk, a closed pipe) is never counted, so `where` is true after any stop.
+    answers). Nothing is opened before `open`. A result is written by `write` calls, then
+    `commit` hands it to the OS whole (a file is unbuffered: nothing is left to be written
+    later) and only then counts it: a result the OS did not take whole (a full disk, a closed
+    pipe) is never counted, so `where` is true after any stop, and a torn last line is left for
+    ``--resume`` to drop.
     """
 
     def __init__(self, path: str | None, items: list[Item], source: str | None, done: dict | None = None):
@@ -167,9 +174,10 @@ class Output:
         self.previous = len(records)                                 # whole lines already in the file
         self.previous_errors = sum("error" in r for r in records.values())
         self.pending = [it for it in items if it.line not in records]   # to write, in input order
-        self.written = 0                                             # of pending: whole lines flushed
+        self.written = 0                                             # of pending: whole lines the OS took
         self.errors = 0
         self.f = None
+        self._parts: list[str] = []
 
     def open(self) -> None:
         """Open stdout, a new file, or the earlier run's file to append to."""
@@ -179,24 +187,43 @@ class Output:
         try:
             if self.done is not None:
                 os.truncate(self.path, self.done["end"])       # drop a record cut off mid-line
-                self.f = open(self.path, "a", encoding="utf-8")
-                if self.done["newline"]:
-                    self.f.write("\n")
-            else:
-                self.f = open(self.path, "w", encoding="utf-8")
+            self.f = open_output(self.path, append=self.done is not None)
+            if self.done is not None and self.done["newline"]:
+                self._write_all(b"\n")
         except OSError as e:
-            raise CliError(f"cannot write --output {self.path}: {e.strerror}") from None
+            raise CliError(f"cannot write --output {self.path}: {e.strerror or e}") from None
 
     @property
     def next_item(self) -> Item | None:
         return self.pending[self.written] if self.written < len(self.pending) else None
 
     def write(self, text: str) -> None:
-        self.f.write(text)
+        """Part of the next pending item's text (nothing reaches the file before `commit`)."""
+        self._parts.append(text)
 
     def commit(self) -> None:
-        """The next pending item's text is written: count it."""
+        """The next pending item's text is complete: hand it to the OS, then count it. A write
+        that fails is a `WriteError` naming the file (a closed stdout stays a BrokenPipeError)."""
+        text, self._parts = "".join(self._parts), []
+        try:
+            if self.f is sys.stdout:
+                self.f.write(text)
+                self.f.flush()
+            else:
+                self._write_all(text.encode("utf-8"))
+        except BrokenPipeError:
+            if self.path is None:
+                raise                                        # `... | head`: the reader left
+            raise WriteError(f"cannot write --output {self.path}: the reader of the pipe left") from None
+        except OSError as e:
+            what = f"--output {self.path}" if self.path is not None else "to stdout"
+            raise WriteError(f"cannot write {what}: {e.strerror or e}") from e
         self.written += 1
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.f.write(view):]                 # a short write: the rest, or the error
 
     def where(self) -> str:
         """How far the run got, for the message when it stops."""
@@ -213,12 +240,11 @@ class Output:
 
     def sync(self) -> None:
         """Onto the disk (after each batch): a crash loses at most the batch in flight."""
-        self.f.flush()
         if self.f is not sys.stdout:
             try:
                 os.fsync(self.f.fileno())
             except OSError:
-                pass
+                pass                # not a disk file (a pipe, /dev/full): nothing to sync
 
     def close(self) -> None:
         if self.f is None:
