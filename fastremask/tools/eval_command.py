@@ -82,6 +82,13 @@ def _check_args(args) -> None:
     if not args.schedules or not args.remasking:
         raise ValueError("--schedules and --remasking each need at least one name")
     check_device(args.device)
+    if args.backend == "triton":
+        from fastremask.sampler.backends import triton_unavailable
+
+        why = triton_unavailable(args.device)
+        if why is not None:
+            raise ValueError(f"--backend triton needs --device cuda, or TRITON_INTERPRET=1 in the environment "
+                             f"(Triton's CPU interpreter, for small tests); {why}; use --backend torch (same results)")
     if args.out:
         folder = os.path.dirname(os.path.abspath(args.out))
         if os.path.exists(folder) and not os.path.isdir(folder):

@@ -42,6 +42,7 @@ def run(args) -> int:
     items = read_prompts_file(args.prompts_file, args.seed) if args.prompts_file is not None else None
     done = read_done(args.output) if args.resume and os.path.exists(args.output) else None
     check_device(args.device)
+    _check_backend(args)
     task = _demo_task(_demo_dir()) if args.model is None and _demo_dir() is not None else None
     pre = config_from_args(args, None, task)               # a bad sampling option fails before loading
     if done is not None:
@@ -96,6 +97,24 @@ def _check_options(args) -> None:
         check_output_dir(args.trace_png, "--trace-png")
         if importlib.util.find_spec("matplotlib") is None:
             raise CliError("--trace-png needs matplotlib: pip install 'fastremask[plot]'")
+
+
+def _check_backend(args) -> None:
+    """``--backend triton`` where its kernels can run, before the model loads: on the device the
+    model will be on (``--device``; else CUDA where there is one for ``--model``, the CPU for the
+    demo and built-in models)."""
+    if args.backend != "triton":
+        return
+    import torch
+
+    from fastremask.sampler.backends import triton_unavailable
+
+    device = args.device or ("cuda" if args.model is not None and torch.cuda.is_available() else "cpu")
+    why = triton_unavailable(device)
+    if why is not None:
+        raise CliError(f"--backend triton needs a CUDA device (--device cuda), or TRITON_INTERPRET=1 in the "
+                       f"environment (Triton's CPU interpreter, for small tests); {why}"
+                       "; use --backend torch (same results)")
 
 
 def _check_int_option(option: str, value, minimum: int, maximum: int | None = None) -> None:
