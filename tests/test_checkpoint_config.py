@@ -157,6 +157,9 @@ def copy(published, tmp_path):
     ("dream", "mask_token_id", -5, "a non-negative integer token id, got -5"),
     ("llada", "eos_token_id", "2", "a non-negative integer token id (or a list of them), got '2'"),
     ("dream", "pad_token_id", 1.5, "a non-negative integer token id, got 1.5"),
+    ("llada", "multi_query_attention", "false", "true or false, got 'false'"),
+    ("llada", "max_sequence_length", "4096", "a positive integer, got '4096'"),
+    ("dream", "max_position_embeddings", -1, "a positive integer, got -1"),
 ])
 def test_native_fields(copy, family, field, value, want):
     folder = copy(family)
