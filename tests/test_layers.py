@@ -9,6 +9,7 @@ resolved. The test fails on an import of a higher layer, and on a cycle between 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from collections import defaultdict
 
@@ -47,9 +48,14 @@ def _is_package(module: str) -> bool:
     return MODULES[module].endswith("__init__.py")
 
 
+@functools.lru_cache(maxsize=None)
+def _parse(path: str) -> ast.Module:
+    return ast.parse(open(path, encoding="utf-8").read(), path)
+
+
 def _imports(module: str) -> list:
     """``[(imported module, line)]`` of ``module``: every import statement, at any depth."""
-    tree = ast.parse(open(MODULES[module], encoding="utf-8").read(), MODULES[module])
+    tree = _parse(MODULES[module])
     package = module if _is_package(module) else module.rsplit(".", 1)[0]
     found = []
     for node in ast.walk(tree):
