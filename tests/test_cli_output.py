@@ -62,12 +62,14 @@ class FullDisk(io.RawIOBase):
         super().close()
 
 
-@pytest.fixture
-def full_run(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
     """The prompts file and what one uninterrupted run writes (8 records, one an error)."""
-    f, full = _prompts_file(tmp_path), tmp_path / "full.jsonl"
-    assert _gen("--prompts-file", str(f), "--output", str(full), "--batch-size", "2") == 1
-    capsys.readouterr()
+    tmp = tmp_path_factory.mktemp("full")
+    f, full = _prompts_file(tmp), tmp / "full.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen_cmd, "_demo_dir", lambda: None)
+        assert _gen("--prompts-file", str(f), "--output", str(full), "--batch-size", "2") == 1
     return f, full.read_bytes().splitlines(keepends=True)
 
 
@@ -123,3 +125,45 @@ def test_dev_full(tmp_path, capsys):
     assert _gen("--prompts-file", str(f), "--output", "/dev/full", "--resume") == 2
     assert capsys.readouterr().err == ("fastremask: error: --resume: --output /dev/full is not a regular file; "
                                        "there is no earlier run to read back (--force writes into it)\n")
+
+
+def test_sigterm_of_a_real_run_then_resume(tmp_path):
+    """SIGTERM (a batch scheduler stopping the job) ends a run as Ctrl-C does
+    (tests/test_cli.py::test_sigint_of_a_real_run): whole records kept and counted, where it
+    stopped, --resume; exit 143. --resume then ends as one uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(200)))
+    o = tmp_path / "out.jsonl"
+    code = ("import sys; from fastremask.tools import cli, generate; generate._demo_dir = lambda: None; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    def cmd(out, *extra):
+        return [sys.executable, "-c", code, "generate", "--no-progress", "--prompts-file", str(f), "--output",
+                str(out), "--batch-size", "1", "--gen-length", "8", *extra]
+
+    p = subprocess.Popen(cmd(o), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and (not o.exists() or len(o.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    lines = o.read_text().splitlines()
+    assert p.returncode == 143, err
+    n = len(lines)
+    assert err.splitlines()[-1] == (f"fastremask: interrupted (SIGTERM); stopped at line {n + 1} of {f}: {n} of 200 lines are "
+                                    f"in {o} (--resume continues)"), err
+    assert "Traceback" not in err and o.read_text().endswith("\n")
+    assert [json.loads(ln)["line"] for ln in lines] == list(range(1, n + 1))
+    # resume with 3 lines left (a short run, in this process): the same records as one uninterrupted run
+    f.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(n + 3)))
+    whole = tmp_path / "whole.jsonl"
+    for out, extra in ((o, ["--resume"]), (whole, [])):
+        assert cli.main(cmd(out, *extra)[3:]) == 0
+    assert o.read_text() == whole.read_text()
