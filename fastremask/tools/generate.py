@@ -43,8 +43,7 @@ def run(args) -> int:
     done = read_done(args.output) if args.resume and os.path.exists(args.output) else None
     check_device(args.device)
     _check_backend(args)
-    task = _demo_task(_demo_dir()) if args.model is None and _demo_dir() is not None else None
-    pre = config_from_args(args, None, task)               # a bad sampling option fails before loading
+    pre = config_from_args(args, None, _model_task(args))               # a bad sampling option fails before loading
     if done is not None:
         _check_resume(args, items, done, pre, tokenized=False)
     adapter, task, model_name = _load_model(args)
@@ -149,6 +148,14 @@ def _demo_task(folder: str):
         raise CliError(f"{meta}: cannot read the demo task ({type(e).__name__}: {e})") from None
 
 
+def _model_task(args):
+    """The task of the model's folder (``--model`` a local folder, else the demo model) named
+    by its ``demo.json``: it gives the default prompt and ``--gen-length`` and the verdict of
+    ``--trace``, so a copy of ``fastremask/data`` is a model like the shipped one. None without."""
+    folder = args.model if args.model is not None else _demo_dir()
+    return _demo_task(folder) if folder is not None and os.path.isdir(folder) else None
+
+
 def _load_model(args):
     """``(adapter, task or None, description)`` for ``--model`` or the default model."""
     from fastremask import models
@@ -158,7 +165,7 @@ def _load_model(args):
         adapter = models.load(args.model, family=args.family, dtype=args.dtype, device=args.device,
                               trust_remote_code=args.trust_remote_code,
                               native=False if args.no_native else None, **ids)
-        return adapter, None, args.model
+        return adapter, _model_task(args), args.model
     demo = _demo_dir()
     if demo is not None:
         task = _demo_task(demo)
