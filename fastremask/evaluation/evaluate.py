@@ -436,14 +436,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--examples", type=int, default=200, help="test examples per point (default 200)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: 1 for the perm task, whose answers are not "
-                             "unique, else 0)")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="semi-autoregressive blocks (default: one block of the answer)")
-    parser.add_argument("--cache", choices=("prefix", "dual"), default=None,
-                        help="block KV cache for every point (docs/cache.md; default: none, exact)")
+    # the sampling options the points share, derived from SamplingConfig's fields (each point
+    # sets its own steps, schedule, factor and remasking)
+    from fastremask.tools.options import add_config_arguments
+
+    add_config_arguments(parser, ["temperature", "backend", "block_length", "cache"],
+                         defaults=dict(temperature=None, backend="torch", block_length=None), helps=dict(
+                             temperature="sampling temperature (default: 1 for the perm task, whose answers "
+                                         "are not unique, else 0)",
+                             block_length="semi-autoregressive blocks (default: one block of the answer)",
+                             cache="block KV cache for every point (docs/cache.md; default: none, exact)"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None,

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from fastremask.sampler.backends import Backend, calling_thread, get_backend
-from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
+from fastremask.sampler.config import SamplingConfig, SpecialIds, options, row_seeds
 from fastremask.sampler.llada import LLADA_MASK
 from fastremask.sampler import errors, graphs
 from fastremask.sampler.model_call import (ModelCall, cache_call, call_model, check_cache_support,
@@ -335,7 +335,9 @@ def generate(
 
     The positional parameters are LLaDA's ``generate``'s, in its order, with its defaults;
     docs/api.md describes every parameter, the trace and what is exact. The sampling options
-    become one `fastremask.SamplingConfig` (validated there) and `run` samples.
+    (every keyword but ``model``, ``prompt``, ``attention_mask``, ``seed``, ``return_trace`` and
+    ``callback``: exactly `fastremask.SamplingConfig`'s fields) become one config (validated
+    there) and `run` samples.
 
     Parameters
     ----------
@@ -383,12 +385,7 @@ def generate(
     x : [B, P + gen_length] int64 on the model's device, prompt included
     (x, trace) when ``return_trace``
     """
-    config = SamplingConfig(
-        steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
-        cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, factor=factor,
-        threshold=threshold, threshold_rule=threshold_rule, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
-        backend=backend, logits_window=logits_window, cuda_graph=cuda_graph,
-        cache=cache, stop_at_eos=stop_at_eos)
+    given = locals()          # the keywords; a test holds them equal to SamplingConfig's fields
+    config = SamplingConfig(**{name: given[name] for name in options()})
     return run(model, prompt, config, attention_mask=attention_mask, seed=seed,
                return_trace=return_trace, callback=callback)
