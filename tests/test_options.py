@@ -168,10 +168,10 @@ def test_cli_flags_are_the_fields():
 
 
 def test_eval_flags_are_derived():
-    from fastremask.evaluation import evaluate
+    from fastremask.tools import eval_command
 
     p = argparse.ArgumentParser()
-    evaluate.add_arguments(p)
+    eval_command.add_arguments(p)
     args = p.parse_args(["--temperature", "0.5", "--cache", "dual", "--backend", "reference"])
     assert config_kwargs(args, ["temperature", "cache", "backend"]) == dict(temperature=0.5, cache="dual",
                                                                           backend="reference")
