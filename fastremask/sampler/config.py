@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from fastremask.sampler.names import BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_RULES
+from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "Option", "option", "options", "check_options", "BACKENDS",
            "row_seeds", "SEED_LIMIT"]
@@ -499,8 +500,6 @@ class SpecialIds:
         """Resolve against ``model``: ``mask_id``/``eos_id``/``eot_id`` attributes (a
         `fastremask.models.Adapter`, the tiny model; the mask id also from ``model.config.mask_id``)
         when it has them, LLaDA's otherwise."""
-        from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
-
         mask_id = config.mask_id
         if mask_id is None:
             mask_id = getattr(model, "mask_id", None)
