@@ -7,3 +7,4 @@ THRESHOLD_RULES = ("fixed", "factor", "eb")   # how `threshold` picks the tokens
 CACHE_MODES = ("prefix", "dual")           # block KV caches (None: no cache, exact)
 SEED_LIMIT = 2**63         # seeds are 64-bit Philox keys, kept non-negative
 MAX_LENGTH = 1 << 24       # gen_length and steps: far below the 32-bit Philox counter words
+TRUNCATION_ORDERS = ("top_k_first", "top_p_first")   # LLaDA2 / HF order; Dream's (numerics.md §4a)
