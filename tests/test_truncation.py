@@ -239,3 +239,32 @@ def test_sample_rows_refuses_an_unchecked_truncation():
             backend.sample_rows(l, one, one, one, 0, temperature=1.0, remasking="random",
                                 truncation=Truncation(top_k=0))
     assert not NO_TRUNCATION.active and check_truncation(min_p=-0.0) == NO_TRUNCATION
+
+
+# --------------------------------------------------------------------------- the triton kernels
+
+
+@pytest.mark.interpreter
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("tr,T,rm", [
+    (check_truncation(top_k=5), 1.0, "low_confidence"),
+    (check_truncation(top_k=50, top_p=0.95, order="top_p_first"), 0.7, "entropy"),
+    (check_truncation(top_p=0.9, min_p=0.05), 1.0, "random"),
+], ids=str)
+def test_triton_kernel_equals_reference_with_truncation(tr, T, rm):
+    """The row kernel (interpreter on a CPU) bit-equal to the reference with truncation: the cut
+    before the launch, kept tempered sums per chunk, suppressed ids subtracted only where the
+    chunk loop counted them, a suppressed row max (its chunk recomputed), CFG, one chunk per
+    program."""
+    ks = pytest.importorskip("fastremask.kernels.sample")
+    V, N = 2 * nx.CHUNK + 77, 4
+    cond, uncond = _logits(N, V, 7), _logits(N, V, 8)
+    rows, seeds, pos = torch.arange(N), torch.arange(N) * 7 + 1, torch.arange(N)
+    sup = torch.tensor([1, 2, int(cond[0].argmax()), nx.CHUNK])
+    for kw in ({}, dict(cfg_scale=0.5, uncond_logits=uncond, suppress_tokens=sup)):
+        a = ref.sample_rows(cond, rows, seeds, pos, 3, temperature=T, remasking=rm, truncation=tr, **kw)
+        b = ks.sample_rows(cond, rows, seeds, pos, 3, temperature=T, remasking=rm, truncation=tr,
+                           chunks_per_prog=1, **kw)
+        assert torch.equal(a.x0, b.x0), kw.keys()
+        assert torch.equal(a.invalid, b.invalid)
+        assert_bits_equal(a.confidence, b.confidence)
