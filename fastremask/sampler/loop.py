@@ -23,12 +23,14 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.sampler.backends import Backend, calling_thread, get_backend
+from fastremask.sampler.backends import Backend, get_backend
+from fastremask.sampler.threads import calling_thread
 from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
-from fastremask.sampler.llada import LLADA_MASK
+from fastremask.sampler.names import LLADA_MASK
 from fastremask.sampler import errors, graphs
 from fastremask.sampler.model_call import (ModelCall, cache_call, call_model, check_cache_support,
                                            sampling_suppress, window_call)
+from fastremask.sampler.protocol import KVCache, check_window_support
 from fastremask.sampler.trace import Trace, TraceStep
 
 __all__ = ["generate", "run", "step", "Block"]
@@ -164,8 +166,7 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
     if config.cache is not None:
         check_cache_support(model, config.cache)       # clear errors before any model call
     elif config.logits_window:
-        from fastremask import models
-        models.check_window_support(model)
+        check_window_support(model)
     if config.stop_at_eos:
         _check_eos(model, ids.eos)
     x = torch.full((B, P + config.gen_length), ids.mask_id, dtype=torch.int64, device=device)
@@ -248,7 +249,6 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     record = trace is not None or callback is not None
     kv = None
     if config.cache is not None:
-        from fastremask.models.kv import KVCache
         kv = KVCache()
     global_step = 0
     for b in range(config.num_blocks):
@@ -367,7 +367,7 @@ def generate(
     callback : called with each step's `fastremask.TraceStep` after it is applied
     logits_window : the model computes its output projection for the current block's
         positions only (``[B, block_length, V]`` logits instead of ``[B, L, V]``); needs a model
-        `fastremask.models.window_logits` supports. Same tokens when the model's logits for a
+        `fastremask.sampler.protocol.window_logits` supports. Same tokens when the model's logits for a
         slice equal its full logits' slice, which is not promised on every GPU (docs/api.md)
     cuda_graph : on CUDA with the ``triton`` backend, capture the sampling step in a CUDA graph
         once per shape and configuration and replay it (`fastremask.sampler.graphs`; the same
