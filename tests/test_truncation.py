@@ -312,7 +312,7 @@ def test_truncation_options_are_declared_once_and_in_the_graph_key():
     for change in (dict(top_k=5), dict(top_p=0.9), dict(min_p=0.1), dict(truncation_order="top_p_first")):
         keys.add(base.replace(**change).step_key())
     assert len(keys) == 5
-    c = SamplingConfig.from_strings(top_k="50", top_p="0.95", truncation_order="top_p_first")
+    c = SamplingConfig.from_strings(top_k="50", top_p="0.95", truncation_order="top_p_first", temperature="0.5")
     assert c.truncation == Truncation(50, 0.95, 0.0, "top_p_first") and c.truncation.active
     assert SamplingConfig.from_strings(top_k="none").top_k is None
 
@@ -322,10 +322,12 @@ def test_truncation_options_are_declared_once_and_in_the_graph_key():
     (dict(top_p=1.5), r"top_p must lie in \(0, 1\] \(1 is off\), got 1.5"),
     (dict(min_p=1.0), r"min_p must lie in \[0, 1\) \(0 is off\), got 1.0"),
     (dict(truncation_order="p"), r"unknown truncation_order 'p'"),
+    (dict(top_p=0.9, temperature=0.0), r"top_p=0.9 needs temperature > 0"),
+    (dict(top_k=3, min_p=0.1, temperature=0.0), r"top_k=3, min_p=0.1 needs temperature > 0"),
 ])
 def test_generate_refuses_bad_truncation_naming_the_option(kw, msg):
     from fastremask import generate
     from test_batch_invariance import MASK, MODEL
     with pytest.raises(ValueError, match=msg):
-        generate(MODEL, torch.tensor([[1, 2]]), steps=2, gen_length=2, block_length=2, temperature=1.0,
-                 mask_id=MASK, **kw)
+        generate(MODEL, torch.tensor([[1, 2]]), steps=2, gen_length=2, block_length=2,
+                 **{"temperature": 1.0, "mask_id": MASK, **kw})

@@ -366,6 +366,11 @@ class SamplingConfig:
         from fastremask.sampler.contract import check_truncation   # top-k / top-p / min-p (§4a)
         t = check_truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
         put("top_k", t.top_k), put("top_p", t.top_p), put("min_p", t.min_p)
+        if t.active and self.temperature == 0:
+            on = ", ".join(f"{n}={v!r}" for n, v in (("top_k", t.top_k), ("top_p", t.top_p), ("min_p", t.min_p))
+                           if v != {"top_k": None, "top_p": 1.0, "min_p": 0.0}[n])
+            raise ValueError(f"{on} needs temperature > 0: at temperature=0 the token is the argmax, which "
+                             "every truncation keeps, so it would change nothing (numerics.md §4a)")
         if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
         if self.mask_id is not None:
