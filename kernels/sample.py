@@ -207,12 +207,13 @@ def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t, l_cut, i_cut,
             tl.store(p_pi + plane + o_p, a_c)
     if NEED_T:       # the draw's own sum: T != 1, the tempered weights (§4), or with truncation (§4a) the kept ones
         if TEMPERED:     # a second fixed_pow2 per entry
-            w = fixed_pow2((b_l - m_s) * c_t).to(tl.int64)
+            y_t = fixed_pow2((b_l - m_s) * c_t)
         else:            # T == 1: S_c's terms (the same expression: computed once)
-            w = fixed_pow2((b_l - m_s) * _LOG2E).to(tl.int64)
-        if TRUNC:
-            w = tl.where(_kept(b_l, c * CHUNK + tl.arange(0, CHUNK), l_cut, i_cut), w, 0)
-        tl.store(p_pi + 2 * plane + o_p, tl.sum(w, 0))
+            y_t = fixed_pow2((b_l - m_s) * _LOG2E)
+        if TRUNC:        # int32 indices within the chunk (i_cut clamped to it): no 64-bit compare per entry
+            i_rel = tl.minimum(tl.maximum(i_cut - c * CHUNK, -1), CHUNK).to(tl.int32)
+            y_t = tl.where(_kept(b_l, tl.arange(0, CHUNK), l_cut, i_rel), y_t, 0.0)   # trunc(0.0) = 0
+        tl.store(p_pi + 2 * plane + o_p, tl.sum(y_t.to(tl.int64), 0))
     tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
 
 

@@ -268,3 +268,66 @@ def test_triton_kernel_equals_reference_with_truncation(tr, T, rm):
         assert torch.equal(a.x0, b.x0), kw.keys()
         assert torch.equal(a.invalid, b.invalid)
         assert_bits_equal(a.confidence, b.confidence)
+
+
+# --------------------------------------------------------------------------- generate, the loop, the options
+
+
+def test_generate_with_truncation_is_the_same_on_every_backend_and_batch_invariant():
+    """`generate(top_k=, top_p=, min_p=, truncation_order=)`: the reference, torch and (under the
+    interpreter) triton backends give the same tokens, and a row of a batch equals its prompt
+    alone (each row's cut is its own), with CFG, in schedule and threshold mode."""
+    from fastremask import generate
+    from test_batch_invariance import MASK, _check_rows_alone, MODEL, _batch
+    kws = [dict(steps=6, gen_length=6, block_length=3, temperature=0.9, top_k=4, top_p=0.9),
+           dict(steps=2, gen_length=6, block_length=3, temperature=1.0, top_p=0.8, min_p=0.05,
+                truncation_order="top_p_first", threshold=0.4, cfg_scale=1.0)]
+    for kw in kws:
+        for backend in ("torch", "reference"):
+            _check_rows_alone([2, 4, 3], 5, kw, backend)
+        rows, ids, am = _batch([2, 4], 9)
+        plain = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference",
+                         **{**kw, "top_k": None, "top_p": 1.0, "min_p": 0.0})
+        want = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", **kw)
+        assert not torch.equal(plain, want)                      # the truncation changes the draws here
+        assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="torch", **kw), want)
+        try:
+            from fastremask.kernels.numerics import interpreting
+        except ImportError:
+            continue
+        if interpreting():
+            assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="triton", **kw), want)
+
+
+def test_truncation_options_are_declared_once_and_in_the_graph_key():
+    """The four options are `SamplingConfig` fields with `Option` metadata (so `generate`'s
+    keywords, the CLI flags and the lm-eval keywords are derived), and each is in `step_key`:
+    a CUDA graph captured with one cut is never replayed for another."""
+    from fastremask.sampler.config import SamplingConfig, options
+    opts = options()
+    for name in ("top_k", "top_p", "min_p", "truncation_order"):
+        assert opts[name][1].step
+    base = SamplingConfig(steps=4, gen_length=4, block_length=4, temperature=1.0)
+    keys = {base.step_key()}
+    for change in (dict(top_k=5), dict(top_p=0.9), dict(min_p=0.1), dict(truncation_order="top_p_first")):
+        keys.add(base.replace(**change).step_key())
+    assert len(keys) == 5
+    c = SamplingConfig.from_strings(top_k="50", top_p="0.95", truncation_order="top_p_first", temperature="0.5")
+    assert c.truncation == Truncation(50, 0.95, 0.0, "top_p_first") and c.truncation.active
+    assert SamplingConfig.from_strings(top_k="none").top_k is None
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(top_k=0), r"top_k must be None \(off\) or an int >= 1, got 0"),
+    (dict(top_p=1.5), r"top_p must lie in \(0, 1\] \(1 is off\), got 1.5"),
+    (dict(min_p=1.0), r"min_p must lie in \[0, 1\) \(0 is off\), got 1.0"),
+    (dict(truncation_order="p"), r"unknown truncation_order 'p'"),
+    (dict(top_p=0.9, temperature=0.0), r"top_p=0.9 needs temperature > 0"),
+    (dict(top_k=3, min_p=0.1, temperature=0.0), r"top_k=3, min_p=0.1 needs temperature > 0"),
+])
+def test_generate_refuses_bad_truncation_naming_the_option(kw, msg):
+    from fastremask import generate
+    from test_batch_invariance import MASK, MODEL
+    with pytest.raises(ValueError, match=msg):
+        generate(MODEL, torch.tensor([[1, 2]]), steps=2, gen_length=2, block_length=2,
+                 **{"temperature": 1.0, "mask_id": MASK, **kw})
