@@ -66,14 +66,18 @@ MODEL_TYPES = {
     "lladamoe": "llada",
     "llada_moe": "llada",
     "dream": "dream",
+    "sdar": "sdar",
+    "llada2_moe": "llada2",
     "fastremask-tiny": "tiny",
 }
-FAMILIES = ("llada", "dream", "tiny", "callable")
+FAMILIES = ("llada", "dream", "sdar", "llada2", "tiny", "callable")
 
 # Published ids, used only when neither config nor tokenizer names the token (and the id fits).
 FAMILY_DEFAULTS = {
     "llada": {"mask": LLADA_MASK, "eos": LLADA_EOS, "eot": LLADA_EOT},
     "dream": {"mask": 151666, "eos": 151643, "eot": 151645},
+    "sdar": {"mask": 151669, "eos": 151643, "eot": 151645},
+    "llada2": {"mask": 156895, "eos": 156892},
 }
 # The transformers versions the published LLaDA / Dream / LLaDA-MoE modeling files (remote code)
 # run with: 4.46 - 4.57 (5.x fails in them: LLaDA's 'all_tied_weights_keys', Dream's rope

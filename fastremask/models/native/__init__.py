@@ -27,14 +27,16 @@ from fastremask.models.native.common import (INDEX_NAME, SINGLE_NAME, NativeConf
                                              _error, load_weights, parse_dtype, read_config, weight_names)
 from fastremask.models.native.dream import DreamModel, dream_config
 from fastremask.models.native.llada import LLaDAModel, llada_config
+from fastremask.models.native.sdar import SDARModel, sdar_config
 
-__all__ = ["NATIVE_TYPES", "NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel",
+__all__ = ["NATIVE_TYPES", "NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel", "SDARModel",
            "from_folder", "native_family", "published_layout"]
 
 # config.json model_type (lower-cased) -> (family, model class, config check, the embedding's name)
 NATIVE_TYPES = {
     "llada": ("llada", LLaDAModel, llada_config, "model.transformer.wte.weight"),
     "dream": ("dream", DreamModel, dream_config, "model.embed_tokens.weight"),
+    "sdar": ("sdar", SDARModel, sdar_config, "model.embed_tokens.weight"),
 }
 _IGNORE = ("rotary_emb.inv_freq",)
 
@@ -74,14 +76,15 @@ def from_folder(folder, *, dtype="auto", device="cpu", raw: Optional[dict] = Non
     entry = NATIVE_TYPES.get(str(mt).lower()) if isinstance(mt, str) else None
     if entry is None:
         raise _error(f"{cfg_path}: field 'model_type' is {mt!r}; the native models are "
-                     f"{', '.join(repr(k) for k in ('llada', 'Dream'))}")
+                     f"{', '.join(repr(k) for k in ('llada', 'Dream', 'sdar'))}")
     _, cls, check, _ = entry
     config = check(raw, cfg_path)
     tdtype = parse_dtype(dtype, raw, cfg_path)
     model = cls(config, device="meta")
-    ignore = _IGNORE + (("lm_head.weight",) if cls is DreamModel and config.tied else ())
+    ignore = _IGNORE + (("lm_head.weight",) if cls is not LLaDAModel and config.tied else ())
     load_weights(model, folder, dtype=tdtype, device=device, ignore=ignore)
     model.requires_grad_(False)
+    model.prepare()
     return model.eval()
 
 

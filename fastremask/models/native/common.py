@@ -25,6 +25,8 @@ __all__ = [
     "RMSNorm",
     "Rotary",
     "apply_rotary",
+    "apply_partial_rotary",
+    "block_causal_mask",
     "read_config",
     "weight_names",
     "load_weights",
@@ -300,6 +302,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` on the first ``cos.shape[-1]`` entries of the head, the rest passed through
+    (``partial_rotary_factor < 1``, LLaDA2); the whole head when the tables cover it."""
+    rd = cos.shape[-1]
+    if rd == x.shape[-1]:
+        return apply_rotary(x, cos, sin)
+    return torch.cat([apply_rotary(x[..., :rd], cos, sin), x[..., rd:]], dim=-1)
+
+
+def block_causal_mask(attention_mask: Optional[torch.Tensor], length: int, block_length: int,
+                      device=None) -> torch.Tensor:
+    """The block-diffusion attention mask ``[B or 1, 1, L, L]`` bool (True: may attend).
+
+    Blocks of ``block_length`` positions are counted from each row's first real token
+    (position 0 without padding, as the published LLaDA2 and SDAR generate cut them):
+    attention is bidirectional inside a block and causal across blocks. ``attention_mask``
+    ``[B, L]`` (1: real token, 0: left padding) or None; padding keys are hidden from every
+    query, and a padding query sees the real tokens of its row's first block (finite garbage,
+    never read). A row of padding only sees every key (no NaN)."""
+    if attention_mask is None:
+        blk = torch.arange(length, device=device) // block_length
+        return (blk[None, :] <= blk[:, None])[None, None]
+    m = attention_mask.to(device=device).bool()
+    blk = (m.long().cumsum(-1) - 1).clamp_(min=0) // block_length             # [B, L]
+    ok = (blk[:, None, :] <= blk[:, :, None]) & m[:, None, :]                  # [B, Lq, Lk]
+    ok |= ~m.any(-1)[:, None, None]
+    return ok[:, None]
+
+
 def attention(holder: nn.Module, names: tuple, n_heads: int, n_kv: int, rope_fp32: bool, h, cos, sin,
               key_ok, cache: Optional[KVCache], layer: int, q0: int) -> torch.Tensor:
     """Bidirectional grouped-query attention with rotary positions and the block KV cache.
@@ -354,11 +385,14 @@ class NativeModel(nn.Module):
     family = "llada"
     family_name = "LLaDA"
     shift = False
+    attention_kind = "full"           # or "block_causal" (SDAR, LLaDA2): see `block_causal_mask`
 
     def __init__(self, config: NativeConfig):
         super().__init__()
         self.config = config
+        self.block_length = getattr(config, "block_length", None)   # the trained block (block models)
         self._mask_memo = None
+        self._block_memo = None
 
     # --- parts (subclasses)
 
@@ -376,8 +410,12 @@ class NativeModel(nn.Module):
 
     def _uses_mask_positions(self) -> bool:
         """True: rotary positions count real tokens only (``cumsum(mask) - 1``, Dream's
-        generate); False: absolute positions ``0 .. L - 1`` (LLaDA)."""
-        return False
+        generate, and the block models, whose blocks are counted from the first real token);
+        False: absolute positions ``0 .. L - 1`` (LLaDA)."""
+        return self.attention_kind == "block_causal"
+
+    def prepare(self) -> None:
+        """Called once after the weights are loaded (the MoE stacks its experts here)."""
 
     # --- properties generate reads
 
@@ -418,6 +456,53 @@ class NativeModel(nn.Module):
         self._mask_memo = (attention_mask, attention_mask._version, positions, key_ok)
         return positions, key_ok
 
+    def _block(self, block_length) -> int:
+        bl = self.block_length if block_length is None else block_length
+        if not isinstance(bl, int) or isinstance(bl, bool) or bl < 1:
+            raise ValueError(f"block_length must be a positive integer, got {bl!r}")
+        return bl
+
+    def _masks(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], block_length=None):
+        """``(positions, attention mask, pads)``: `_inputs` for full attention (``pads`` None); for
+        block-causal attention the ``[B or 1, 1, L, L]`` mask of `block_causal_mask` and each
+        row's number of left-padding positions (a list; one host sync per distinct mask)."""
+        positions, key_ok = self._inputs(input_ids, attention_mask)
+        if self.attention_kind != "block_causal":
+            return positions, key_ok, None
+        bl = self._block(block_length)
+        B, L = input_ids.shape
+        padded = key_ok is not None
+        memo = self._block_memo
+        key = (attention_mask if padded else None, attention_mask._version if padded else None, L, bl,
+               input_ids.device)
+        if memo is not None and memo[0][0] is key[0] and memo[0][1:] == key[1:]:
+            return positions, memo[1], memo[2]
+        if padded:
+            m = attention_mask.to(device=input_ids.device).bool()
+            mask = block_causal_mask(m, L, bl, input_ids.device)
+            pads = [L - int(n) for n in m.sum(-1).tolist()]
+        else:
+            mask = block_causal_mask(None, L, bl, input_ids.device)
+            pads = [0] * B
+        self._block_memo = (key, mask, pads)
+        return positions, mask, pads
+
+    @staticmethod
+    def _query_rows(key_ok, q0: int, q1: int):
+        """The rows ``q0:q1`` of a ``[B, 1, L, L]`` mask (a ``[B, 1, 1, L]`` key mask as it is)."""
+        if key_ok is None or key_ok.shape[2] == 1:
+            return key_ok
+        return key_ok[:, :, q0:q1]
+
+    def _window_end(self, pads, bl: int, last: int, L: int) -> int:
+        """Block-causal: the end of the block holding position ``last`` in the row where it
+        ends latest; no position after it can change the logits up to ``last``."""
+        end = 0
+        for p in pads:
+            rel = max(last - p, 0)
+            end = max(end, p + (rel // bl + 1) * bl)
+        return min(end, L)
+
     def _rope(self, positions, q0: int, q1: int, device):
         if positions is None:
             return self.rotary.arange(q0, q1, device)
@@ -427,6 +512,7 @@ class NativeModel(nn.Module):
         """Hidden states (before the final norm) of positions ``q0:q1``."""
         h = self._embed(input_ids[:, q0:q1])
         cos, sin = self._rope(positions, q0, q1, input_ids.device)
+        key_ok = self._query_rows(key_ok, q0, q1)
         for i, layer in enumerate(self._layers()):
             h = layer(h, cos, sin, key_ok, cache, i, q0)
         return h
@@ -442,29 +528,42 @@ class NativeModel(nn.Module):
 
     # --- the three entry points
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **_) -> NativeOutput:
-        positions, key_ok = self._inputs(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+                block_length: Optional[int] = None, **_) -> NativeOutput:
+        """Logits ``[B, L, V]`` of the whole window (block models: ``block_length`` overrides the
+        trained block of the block-causal mask)."""
+        positions, key_ok, _ = self._masks(input_ids, attention_mask, block_length)
         L = input_ids.shape[1]
         h = self._run(input_ids, positions, key_ok, 0, L)
         return NativeOutput(logits=self._head(self._final_norm(self._rows(h, 0, 0, L))))
 
     def window_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                      start: int, length: int) -> torch.Tensor:
+                      start: int, length: int, *, block_length: Optional[int] = None) -> torch.Tensor:
         """``[B, length, V]``: the logits of positions ``start:start + length``; the body runs on
-        the whole sequence, the final norm and the output head on those rows only."""
+        the whole sequence (block-causal models: up to the end of the block holding the window's
+        last position, which nothing later can change, as the published LLaDA2 generate cuts its
+        window), the final norm and the output head on those rows only."""
         L = input_ids.shape[1]
         if not (0 <= start and 1 <= length and start + length <= L):
             raise ValueError(f"window {start}:{start + length} is outside a sequence of length {L}")
-        positions, key_ok = self._inputs(input_ids, attention_mask)
-        h = self._run(input_ids, positions, key_ok, 0, L)
+        positions, key_ok, pads = self._masks(input_ids, attention_mask, block_length)
+        end = L
+        if pads is not None:
+            end = self._window_end(pads, self._block(block_length), start + length - 1, L)
+            if end < L:
+                input_ids = input_ids[:, :end]
+                positions = positions[:, :end] if positions is not None else None
+                key_ok = key_ok[:, :, :end, :end]
+        h = self._run(input_ids, positions, key_ok, 0, end)
         return self._head(self._final_norm(self._rows(h, 0, start, start + length)))
 
     def cached_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], cache: KVCache,
-                      *, query: tuple, out: tuple) -> torch.Tensor:
+                      *, query: tuple, out: tuple, block_length: Optional[int] = None) -> torch.Tensor:
         """The block-cache protocol (`fastremask.models.kv`): hidden states for positions
         ``query`` only (Dream: from ``q0 - 1``, for its shift), every other position's keys and
-        values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``."""
-        positions, key_ok = self._inputs(input_ids, attention_mask)
+        values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``. Block-causal
+        models attend with their block-causal mask (query rows only)."""
+        positions, key_ok, _ = self._masks(input_ids, attention_mask, block_length)
         refresh = cache.check(tuple(input_ids.shape), tuple(query), tuple(out))
         (q0, q1), (o0, o1) = query, out
         if self.shift and not refresh and q0 > 0:
