@@ -103,7 +103,7 @@ def test_sdar_equals_qwen3_with_the_block_causal_mask(sdar_folders, variant):
     folder = sdar_folders[variant]
     block = _cfg(folder)["block_size"]
     nat, ref = native.from_folder(folder), qwen3_reference(folder)
-    assert nat.attention_kind == "block_causal" and nat.block_length == block
+    assert nat.attention == "block_causal" and nat.block_length == block
     L = 13                                            # a partial last block
     ids = _ids(2, L, nat.config.vocab_size)
     with torch.no_grad():
@@ -235,3 +235,47 @@ def test_sdar_bad_config(tmp_path, field, value, message):
         json.dump(cfg, f)
     with pytest.raises(ModelLoadError, match=message):
         native.from_folder(folder)
+
+
+def simulate_block_decoding(nat, ids, am, block, prompt_end, steps=3, seed=0):
+    """Drive `block_logits` as the block loop does (`fastremask.sampler.block`): per block, a
+    first call from ``cache.length`` that commits up to the block's start, then calls on the
+    block alone; between calls some tokens of the current block change (as unmasking does).
+    Every call's logits are compared with the whole window recomputed (``cache=None``)."""
+    from fastremask.sampler.block import BlockCache
+
+    g = torch.Generator().manual_seed(seed)
+    B, L = ids.shape
+    x = ids.clone()
+    cache = BlockCache(L)
+    worst = 0.0
+    first = prompt_end - prompt_end % block
+    for s in range(first, L, block):
+        e = min(s + block, L)
+        for _ in range(steps):
+            with torch.no_grad():
+                got = nat.block_logits(x, am, block_length=block, cache=cache, start=cache.length, commit=s,
+                                       logits_from=s)
+                want = nat.block_logits(x, am, block_length=block)[:, s:]
+            assert cache.length == s
+            torch.testing.assert_close(got, want, **TIGHT)
+            worst = max(worst, float((got - want).abs().max()))
+            col = s + int(torch.randint(0, e - s, (1,), generator=g))
+            x[:, col] = torch.randint(5, nat.config.vocab_size, (B,), generator=g)
+    return worst
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "leftpad"])
+def test_sdar_exact_block_cache_equals_the_window_recompute(sdar_folders, padded):
+    """Left padding as `fastremask.sampler.block.BlockLayout` lays rows out: whole blocks of
+    padding, so every row's blocks sit at the same columns, and filler (mask 0) after a row's
+    last block."""
+    nat = native.from_folder(sdar_folders["sdar"])
+    L, block = 18, 4
+    ids = _ids(2, L, nat.config.vocab_size, seed=5)
+    am = None
+    if padded:
+        am = torch.ones(2, L, dtype=torch.long)
+        am[1, :4] = 0
+        am[0, 16:] = 0
+    simulate_block_decoding(nat, ids, am, block, prompt_end=6)

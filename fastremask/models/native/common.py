@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import KVCache, attend
+from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask, block_positions
 
 __all__ = [
     "NativeConfig",
@@ -26,7 +27,6 @@ __all__ = [
     "Rotary",
     "apply_rotary",
     "apply_partial_rotary",
-    "block_causal_mask",
     "read_config",
     "weight_names",
     "load_weights",
@@ -311,26 +311,6 @@ def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     return torch.cat([apply_rotary(x[..., :rd], cos, sin), x[..., rd:]], dim=-1)
 
 
-def block_causal_mask(attention_mask: Optional[torch.Tensor], length: int, block_length: int,
-                      device=None) -> torch.Tensor:
-    """The block-diffusion attention mask ``[B or 1, 1, L, L]`` bool (True: may attend).
-
-    Blocks of ``block_length`` positions are counted from each row's first real token
-    (position 0 without padding, as the published LLaDA2 and SDAR generate cut them):
-    attention is bidirectional inside a block and causal across blocks. ``attention_mask``
-    ``[B, L]`` (1: real token, 0: left padding) or None; padding keys are hidden from every
-    query, and a padding query sees the real tokens of its row's first block (finite garbage,
-    never read). A row of padding only sees every key (no NaN)."""
-    if attention_mask is None:
-        blk = torch.arange(length, device=device) // block_length
-        return (blk[None, :] <= blk[:, None])[None, None]
-    m = attention_mask.to(device=device).bool()
-    blk = (m.long().cumsum(-1) - 1).clamp_(min=0) // block_length             # [B, L]
-    ok = (blk[:, None, :] <= blk[:, :, None]) & m[:, None, :]                  # [B, Lq, Lk]
-    ok |= ~m.any(-1)[:, None, None]
-    return ok[:, None]
-
-
 def attention(holder: nn.Module, names: tuple, n_heads: int, n_kv: int, rope_fp32: bool, h, cos, sin,
               key_ok, cache: Optional[KVCache], layer: int, q0: int) -> torch.Tensor:
     """Bidirectional grouped-query attention with rotary positions and the block KV cache.
@@ -385,7 +365,7 @@ class NativeModel(nn.Module):
     family = "llada"
     family_name = "LLaDA"
     shift = False
-    attention_kind = "full"           # or "block_causal" (SDAR, LLaDA2): see `block_causal_mask`
+    attention = "full"                # or "block_causal" (SDAR, LLaDA2): `fastremask.sampler.block`
 
     def __init__(self, config: NativeConfig):
         super().__init__()
@@ -412,7 +392,7 @@ class NativeModel(nn.Module):
         """True: rotary positions count real tokens only (``cumsum(mask) - 1``, Dream's
         generate, and the block models, whose blocks are counted from the first real token);
         False: absolute positions ``0 .. L - 1`` (LLaDA)."""
-        return self.attention_kind == "block_causal"
+        return self.attention == BLOCK_CAUSAL
 
     def prepare(self) -> None:
         """Called once after the weights are loaded (the MoE stacks its experts here)."""
@@ -463,29 +443,29 @@ class NativeModel(nn.Module):
         return bl
 
     def _masks(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], block_length=None):
-        """``(positions, attention mask, pads)``: `_inputs` for full attention (``pads`` None); for
-        block-causal attention the ``[B or 1, 1, L, L]`` mask of `block_causal_mask` and each
-        row's number of left-padding positions (a list; one host sync per distinct mask)."""
-        positions, key_ok = self._inputs(input_ids, attention_mask)
-        if self.attention_kind != "block_causal":
-            return positions, key_ok, None
+        """``(positions, attention mask)``: `_inputs` for full attention; for block-causal
+        attention the positions of `fastremask.sampler.block.block_positions` (None for
+        ``0 .. L - 1``) and the whole ``[B or 1, 1, L, L]`` mask of its `block_causal_mask` (each
+        call takes the rows it runs). One host sync per distinct mask."""
+        if self.attention != BLOCK_CAUSAL:
+            return self._inputs(input_ids, attention_mask)
         bl = self._block(block_length)
+        _, key_ok = self._inputs(input_ids, attention_mask)       # checks; None for no padding
         B, L = input_ids.shape
+        dev = input_ids.device
         padded = key_ok is not None
+        key = (attention_mask if padded else None, attention_mask._version if padded else None, L, bl, dev)
         memo = self._block_memo
-        key = (attention_mask if padded else None, attention_mask._version if padded else None, L, bl,
-               input_ids.device)
         if memo is not None and memo[0][0] is key[0] and memo[0][1:] == key[1:]:
-            return positions, memo[1], memo[2]
+            return memo[1], memo[2]
         if padded:
-            m = attention_mask.to(device=input_ids.device).bool()
-            mask = block_causal_mask(m, L, bl, input_ids.device)
-            pads = [L - int(n) for n in m.sum(-1).tolist()]
+            m = attention_mask.to(device=dev)
+            positions = block_positions(m, B, L, dev)
+            mask = block_causal_mask(m, B, L, bl, 0, dev)
         else:
-            mask = block_causal_mask(None, L, bl, input_ids.device)
-            pads = [0] * B
-        self._block_memo = (key, mask, pads)
-        return positions, mask, pads
+            positions, mask = None, block_causal_mask(None, 1, L, bl, 0, dev)
+        self._block_memo = (key, positions, mask)
+        return positions, mask
 
     @staticmethod
     def _query_rows(key_ok, q0: int, q1: int):
@@ -493,15 +473,6 @@ class NativeModel(nn.Module):
         if key_ok is None or key_ok.shape[2] == 1:
             return key_ok
         return key_ok[:, :, q0:q1]
-
-    def _window_end(self, pads, bl: int, last: int, L: int) -> int:
-        """Block-causal: the end of the block holding position ``last`` in the row where it
-        ends latest; no position after it can change the logits up to ``last``."""
-        end = 0
-        for p in pads:
-            rel = max(last - p, 0)
-            end = max(end, p + (rel // bl + 1) * bl)
-        return min(end, L)
 
     def _rope(self, positions, q0: int, q1: int, device):
         if positions is None:
@@ -530,9 +501,9 @@ class NativeModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
                 block_length: Optional[int] = None, **_) -> NativeOutput:
-        """Logits ``[B, L, V]`` of the whole window (block models: ``block_length`` overrides the
-        trained block of the block-causal mask)."""
-        positions, key_ok, _ = self._masks(input_ids, attention_mask, block_length)
+        """Logits ``[B, L, V]`` of the whole window (block-causal models: blocks of
+        ``block_length``, default the trained one)."""
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
         L = input_ids.shape[1]
         h = self._run(input_ids, positions, key_ok, 0, L)
         return NativeOutput(logits=self._head(self._final_norm(self._rows(h, 0, 0, L))))
@@ -540,16 +511,23 @@ class NativeModel(nn.Module):
     def window_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                       start: int, length: int, *, block_length: Optional[int] = None) -> torch.Tensor:
         """``[B, length, V]``: the logits of positions ``start:start + length``; the body runs on
-        the whole sequence (block-causal models: up to the end of the block holding the window's
-        last position, which nothing later can change, as the published LLaDA2 generate cuts its
-        window), the final norm and the output head on those rows only."""
+        the whole sequence (block-causal models: only up to the last column the window can see,
+        as the published LLaDA2 generate cuts its window at the current block's end), the final
+        norm and the output head on those rows only."""
         L = input_ids.shape[1]
         if not (0 <= start and 1 <= length and start + length <= L):
             raise ValueError(f"window {start}:{start + length} is outside a sequence of length {L}")
-        positions, key_ok, pads = self._masks(input_ids, attention_mask, block_length)
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
         end = L
-        if pads is not None:
-            end = self._window_end(pads, self._block(block_length), start + length - 1, L)
+        if self.attention == BLOCK_CAUSAL:
+            # the keys any window row sees: a prefix of the columns (block ids never decrease)
+            if positions is None:
+                bl = self._block(block_length)
+                end = -(-(start + length) // bl) * bl
+            else:
+                seen = key_ok[:, 0, start:start + length].any(1)                         # [B, L]
+                end = int((seen * torch.arange(1, L + 1, device=seen.device)).amax())   # one sync
+            end = min(max(end, start + length), L)
             if end < L:
                 input_ids = input_ids[:, :end]
                 positions = positions[:, :end] if positions is not None else None
@@ -562,8 +540,8 @@ class NativeModel(nn.Module):
         """The block-cache protocol (`fastremask.models.kv`): hidden states for positions
         ``query`` only (Dream: from ``q0 - 1``, for its shift), every other position's keys and
         values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``. Block-causal
-        models attend with their block-causal mask (query rows only)."""
-        positions, key_ok, _ = self._masks(input_ids, attention_mask, block_length)
+        models attend with their block-causal mask (the query's rows)."""
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
         refresh = cache.check(tuple(input_ids.shape), tuple(query), tuple(out))
         (q0, q1), (o0, o1) = query, out
         if self.shift and not refresh and q0 > 0:
@@ -571,5 +549,42 @@ class NativeModel(nn.Module):
         h = self._run(input_ids, positions, key_ok, q0, q1, cache)
         return self._head(self._final_norm(self._rows(h, q0, o0, o1)))
 
+    def block_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], *,
+                     block_length: Optional[int] = None, cache: Optional[BlockCache] = None, start: int = 0,
+                     commit: int = 0, logits_from: Optional[int] = None) -> torch.Tensor:
+        """The block-causal protocol (`fastremask.sampler.block`): columns ``start:L`` run against
+        the cache's final keys and values of ``0:start`` (``cache=None``: the whole window,
+        ``start=0``), their own keys written into the cache's preallocated buffers, ``0:commit``
+        final afterwards; logits ``[B, L - logits_from, V]`` (``logits_from`` default ``start``)."""
+        if self.attention != BLOCK_CAUSAL:
+            raise ValueError(f"block_logits needs a block-causal model; {self.family_name} attends fully")
+        B, L = input_ids.shape
+        logits_from = start if logits_from is None else logits_from
+        if cache is None:
+            if start != 0:
+                raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
+        else:
+            cache.begin(start, L, commit)
+        if not start <= logits_from < L:
+            raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+        positions, mask = self._masks(input_ids, attention_mask, block_length)
+        h = self._run(input_ids, positions, mask, start, L, _BlockCacheView(cache) if cache is not None else None)
+        if cache is not None:
+            cache.commit(commit)
+        return self._head(self._final_norm(h[:, logits_from - start:]))
+
     def extra_repr(self) -> str:
         return f"family={self.family!r}, path={self.config.path!r}"
+
+
+class _BlockCacheView:
+    """A `BlockCache` under the ``update(layer, k, v, q0)`` call `fastremask.models.kv.attend` makes
+    (the block cache knows its own start)."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: BlockCache):
+        self.cache = cache
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q0: int):
+        return self.cache.update(layer, k, v)

@@ -17,9 +17,10 @@ cast to the activations' dtype as in Qwen3), grouped-query attention
 
 **Attention is block-causal**: bidirectional inside a block of ``block_size`` positions (4 in
 the published configs), causal across blocks, blocks counted from position 0 (from the first
-real token under left padding; see `fastremask.models.native.common.block_causal_mask`). The
+real token under left padding; `fastremask.sampler.block.block_causal_mask`). The
 output at position ``i`` scores the token at ``i`` (no shift). Rotary positions are ``0 .. L-1``
-(``cumsum(mask) - 1`` under left padding).
+(``cumsum(mask) - 1``, clamped at 0, under padding). It implements
+`fastremask.sampler.block`'s ``block_logits`` (the exact block cache).
 
 Config fields read: ``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``,
 ``head_dim``, ``num_hidden_layers``, ``intermediate_size``, ``vocab_size``, ``rms_norm_eps``,
@@ -128,7 +129,7 @@ class SDARModel(NativeModel):
     family = "sdar"
     family_name = "SDAR"
     shift = False
-    attention_kind = "block_causal"
+    attention = "block_causal"
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
