@@ -279,3 +279,215 @@ def test_sdar_exact_block_cache_equals_the_window_recompute(sdar_folders, padded
         am[1, :4] = 0
         am[0, 16:] = 0
     simulate_block_decoding(nat, ids, am, block, prompt_end=6)
+
+
+# ----------------------------------------------------------------------------- LLaDA2 (MoE)
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _swiglu(st, p, x):
+    return (torch.nn.functional.silu(x @ st[p + "gate_proj.weight"].T) * (x @ st[p + "up_proj.weight"].T)) \
+        @ st[p + "down_proj.weight"].T
+
+
+def llada2_reference(folder, ids, mask, positions):
+    """LLaDA2's forward restated from the published modeling_llada2_moe.py, plainly: fp32,
+    eager attention with ``mask`` ``[B, 1, L, L]``, rotary at ``positions`` ``[B, L]`` on the
+    first ``partial_rotary_factor`` of each head, and every expert run on every token, weighted
+    by a dense ``[T, E]`` matrix of router weights (zero for experts not chosen)."""
+    st, c = _state(folder), _cfg(folder)
+    H, KV, d = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    hd, eps = c["head_dim"], c["rms_norm_eps"]
+    rd = int(hd * c["partial_rotary_factor"])
+    inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, rd, 2, dtype=torch.float32) / rd))
+    ang = positions[..., None].float() * inv                                    # [B, L, rd/2]
+    cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
+
+    def rope(x):
+        r, rest = x[..., :rd], x[..., rd:]
+        half = torch.cat([-r[..., rd // 2:], r[..., :rd // 2]], -1)
+        return torch.cat([r * cos + half * sin, rest], -1)
+
+    B, L = ids.shape
+    h = st["model.word_embeddings.weight"][ids]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        n = _rms(h, st[p + "input_layernorm.weight"], eps)
+        qkv = (n @ st[p + "attention.query_key_value.weight"].T).view(B, L, H + 2 * KV, hd)
+        q, k, v = qkv[:, :, :H], qkv[:, :, H:H + KV], qkv[:, :, H + KV:]
+        q = _rms(q, st[p + "attention.query_layernorm.weight"], eps).transpose(1, 2)
+        k = _rms(k, st[p + "attention.key_layernorm.weight"], eps).transpose(1, 2)
+        v = v.transpose(1, 2)
+        q, k = rope(q), rope(k)
+        k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
+        att = (q @ k.transpose(-1, -2)) / hd ** 0.5
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        o = (att @ v).transpose(1, 2).reshape(B, L, H * hd)
+        h = h + o @ st[p + "attention.dense.weight"].T
+        m = _rms(h, st[p + "post_attention_layernorm.weight"], eps)
+        if i < c["first_k_dense_replace"]:
+            h = h + _swiglu(st, p + "mlp.", m)
+            continue
+        x = m.reshape(B * L, d)
+        E, K, G, TG = c["num_experts"], c["num_experts_per_tok"], c["n_group"], c["topk_group"]
+        scores = torch.sigmoid(x @ st[p + "mlp.gate.weight"].T)                     # [T, E]
+        choice = scores + st[p + "mlp.gate.expert_bias"]
+        dense_w = torch.zeros_like(scores)
+        for t in range(x.shape[0]):
+            per = E // G
+            group_score = [sorted(choice[t, g * per:(g + 1) * per].tolist(), reverse=True)[:2] for g in range(G)]
+            best_groups = sorted(range(G), key=lambda g: -sum(group_score[g]))[:TG]
+            allowed = [e for e in range(E) if e // per in best_groups]
+            chosen = sorted(allowed, key=lambda e: -float(choice[t, e]))[:K]
+            w = scores[t, chosen]
+            if K > 1:
+                w = w / (w.sum() + 1e-20)
+            dense_w[t, chosen] = w * c["routed_scaling_factor"]
+        y = sum(dense_w[:, e:e + 1] * _swiglu(st, p + f"mlp.experts.{e}.", x) for e in range(E))
+        if c.get("num_shared_experts"):
+            y = y + _swiglu(st, p + "mlp.shared_experts.", x)
+        h = h + y.view(B, L, d)
+    h = _rms(h, st["model.norm.weight"], eps)
+    return h @ st["lm_head.weight"].T
+
+
+LLADA2_VARIANTS = {
+    "llada2": {},
+    "llada2-top1-mha": {"num_experts_per_tok": 1, "num_key_value_heads": 4, "first_k_dense_replace": 0},
+    "llada2-rope1-nogroups": {"partial_rotary_factor": 1.0, "n_group": 1, "topk_group": 1, "num_experts_per_tok": 3,
+                              "num_shared_experts": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def llada2_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llada2")
+    return {k: testing.save_llada2_checkpoint(root / k, **v) for k, v in LLADA2_VARIANTS.items()}
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped_mm", "expert_loop"])
+@pytest.mark.parametrize("variant", list(LLADA2_VARIANTS))
+def test_llada2_equals_the_dense_restatement(llada2_folders, variant, grouped):
+    folder = llada2_folders[variant]
+    nat = native.from_folder(folder)
+    assert nat.attention == "block_causal" and nat.block_length == 32
+    for moe in nat.moe_layers():
+        moe.use_grouped = grouped
+    L, block = 11, 4
+    ids = _ids(2, L, nat.config.vocab_size, seed=7)
+    with torch.no_grad():
+        got = nat(ids, block_length=block).logits
+    want = llada2_reference(folder, ids, reference_block_mask([L, L], L, block), torch.arange(L).expand(2, L))
+    torch.testing.assert_close(got, want, **TIGHT)
+    with torch.no_grad():
+        whole = nat(ids, block_length=32).logits
+    torch.testing.assert_close(whole, llada2_reference(folder, ids, reference_block_mask([L, L], L, 32),
+                                                       torch.arange(L).expand(2, L)), **TIGHT)
+
+
+def test_llada2_router_by_hand():
+    """Four experts in two groups, top-2 of one group: the bias picks, the scores weigh."""
+    from fastremask.models.native.llada2 import route
+
+    x = torch.eye(4)                                     # token t's logits are weight[:, t]
+    weight = torch.tensor([[0.0, 2.0, -1.0, 0.0],
+                           [1.0, 2.0, -1.0, 0.0],
+                           [3.0, -2.0, 1.0, 0.0],
+                           [-3.0, -2.0, 2.0, 0.0]])
+    bias = torch.tensor([0.0, 0.0, 0.0, 10.0])           # expert 3 always chosen, group 1 always kept
+    experts, w = route(x, weight, bias, top_k=2, n_group=2, topk_group=1, scale=2.5)
+    s = torch.sigmoid(weight.T)                          # [T, E]
+    assert experts[:, 0].tolist() == [3, 3, 3, 3] and experts[:, 1].tolist() == [2, 2, 2, 2]
+    want = torch.stack([s[:, 3], s[:, 2]], 1)
+    want = want / (want.sum(1, keepdim=True) + 1e-20) * 2.5
+    torch.testing.assert_close(w, want, rtol=0, atol=0)
+
+
+def test_llada2_left_padding_and_window(llada2_folders):
+    nat = native.from_folder(llada2_folders["llada2"])
+    L, n = 12, 7
+    ids = _ids(2, L, nat.config.vocab_size, seed=8)
+    am = torch.ones(2, L, dtype=torch.long)
+    am[1, :L - n] = 0
+    with torch.no_grad():
+        got = nat(ids, am, block_length=4).logits
+        alone = nat(ids[1:, L - n:], block_length=4).logits
+        win = nat.window_logits(ids, am, 4, 4, block_length=4)
+    torch.testing.assert_close(got[1, L - n:], alone[0], **TIGHT)
+    torch.testing.assert_close(win, got[:, 4:8], **TIGHT)
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "leftpad"])
+def test_llada2_exact_block_cache_equals_the_window_recompute(llada2_folders, padded):
+    nat = native.from_folder(llada2_folders["llada2"])
+    L, block = 20, 4
+    ids = _ids(2, L, nat.config.vocab_size, seed=9)
+    am = None
+    if padded:
+        am = torch.ones(2, L, dtype=torch.long)
+        am[0, :4] = 0
+    simulate_block_decoding(nat, ids, am, block, prompt_end=7)
+
+
+def test_llada2_shards_dtypes_and_load(tmp_path):
+    one = testing.save_llada2_checkpoint(tmp_path / "one")
+    four = testing.save_llada2_checkpoint(tmp_path / "four", shards=4)
+    a, b = native.from_folder(one), native.from_folder(four)
+    ids = _ids(1, 9, a.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+    # the experts' parameters are views of the stacks (one copy of the weights)
+    moe = a.moe_layers()[0]
+    assert moe.experts[3].up_proj.weight.data_ptr() == moe.stack()[1][3].data_ptr()
+    adapter = models.load(four, device="cpu")
+    assert isinstance(adapter, models.NativeAdapter) and adapter.family == "llada2"
+    cfg = _cfg(four)
+    assert cfg["architectures"] == ["LLaDA2MoeModelLM"] and cfg["auto_map"] == testing.LLADA2_AUTO_MAP
+    assert adapter.mask_id == adapter.tokenizer.convert_tokens_to_ids("<|mask|>")
+    assert adapter.eos_id == adapter.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for dtype in (torch.bfloat16, torch.float16):
+        low = native.from_folder(one, dtype=dtype)
+        assert low.dtype == dtype
+        with torch.no_grad():
+            torch.testing.assert_close(low(ids).logits.float(), a(ids).logits, atol=0.25, rtol=0.02)
+
+
+def _edit_config(folder, **fields):
+    cfg = _cfg(folder)
+    cfg.update(fields)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"num_experts": 12}, "field 'num_experts' is 12, but layer 1 of the checkpoint has 8 experts"),
+    ({"num_experts": 16, "n_group": 4}, "field 'num_experts' is 16, but layer 1 of the checkpoint has 8 experts"),
+    ({"first_k_dense_replace": 2}, "layer 1 of the checkpoint has experts, but the config makes it dense"),
+    ({"n_group": 3}, "field 'num_experts' \\(8\\) is not a multiple of 'n_group' \\(3\\)"),
+    ({"n_group": 8}, "num_experts / n_group = 1"),
+    ({"topk_group": 5}, "field 'topk_group' \\(5\\) exceeds 'n_group' \\(4\\)"),
+    ({"num_experts_per_tok": 5}, "field 'num_experts_per_tok' \\(5\\) exceeds"),
+    ({"score_function": "softmax"}, "field 'score_function' is 'softmax'"),
+    ({"partial_rotary_factor": 0.1}, "rotary entries"),
+    ({"moe_intermediate_size": None}, "field 'moe_intermediate_size' is missing"),
+])
+def test_llada2_bad_config(tmp_path, fields, message):
+    folder = testing.save_llada2_checkpoint(tmp_path / "c")
+    _edit_config(folder, **fields)
+    with pytest.raises(ModelLoadError, match=message):
+        native.from_folder(folder)
+
+
+def test_llada2_expert_count_checked_before_reading_tensors(tmp_path):
+    """A sharded checkpoint whose shards are gone: the count comes from the index alone."""
+    folder = testing.save_llada2_checkpoint(tmp_path / "c", shards=3)
+    for n in os.listdir(folder):
+        if n.endswith(".safetensors"):
+            os.remove(os.path.join(folder, n))
+    _edit_config(folder, num_experts=4, n_group=2)
+    with pytest.raises(ModelLoadError, match="field 'num_experts' is 4, but layer 1"):
+        native.from_folder(folder)

@@ -27,9 +27,11 @@ from fastremask.models.native.common import (INDEX_NAME, SINGLE_NAME, NativeConf
                                              _error, load_weights, parse_dtype, read_config, weight_names)
 from fastremask.models.native.dream import DreamModel, dream_config
 from fastremask.models.native.llada import LLaDAModel, llada_config
+from fastremask.models.native.llada2 import LLaDA2Model, check_experts, llada2_config
 from fastremask.models.native.sdar import SDARModel, sdar_config
 
 __all__ = ["NATIVE_TYPES", "NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel", "SDARModel",
+           "LLaDA2Model",
            "from_folder", "native_family", "published_layout"]
 
 # config.json model_type (lower-cased) -> (family, model class, config check, the embedding's name)
@@ -37,6 +39,7 @@ NATIVE_TYPES = {
     "llada": ("llada", LLaDAModel, llada_config, "model.transformer.wte.weight"),
     "dream": ("dream", DreamModel, dream_config, "model.embed_tokens.weight"),
     "sdar": ("sdar", SDARModel, sdar_config, "model.embed_tokens.weight"),
+    "llada2_moe": ("llada2", LLaDA2Model, llada2_config, "model.word_embeddings.weight"),
 }
 _IGNORE = ("rotary_emb.inv_freq",)
 
@@ -76,9 +79,11 @@ def from_folder(folder, *, dtype="auto", device="cpu", raw: Optional[dict] = Non
     entry = NATIVE_TYPES.get(str(mt).lower()) if isinstance(mt, str) else None
     if entry is None:
         raise _error(f"{cfg_path}: field 'model_type' is {mt!r}; the native models are "
-                     f"{', '.join(repr(k) for k in ('llada', 'Dream', 'sdar'))}")
+                     f"{', '.join(repr(k) for k in ('llada', 'Dream', 'sdar', 'llada2_moe'))}")
     _, cls, check, _ = entry
     config = check(raw, cfg_path)
+    if cls is LLaDA2Model:
+        check_experts(config, weight_names(folder) or ())
     tdtype = parse_dtype(dtype, raw, cfg_path)
     model = cls(config, device="meta")
     ignore = _IGNORE + (("lm_head.weight",) if cls is not LLaDAModel and config.tied else ())
