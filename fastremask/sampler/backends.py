@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -16,7 +17,7 @@ import torch
 
 from fastremask.sampler.config import BACKENDS
 
-__all__ = ["Backend", "get_backend", "triton_backend", "select_with_rules", "BACKENDS", "calling_thread"]
+__all__ = ["Backend", "get_backend", "triton_backend", "triton_unavailable", "select_with_rules", "BACKENDS", "calling_thread"]
 
 
 class calling_thread:
@@ -111,13 +112,28 @@ def select_with_rules(kernel_select: Callable, confidence, candidate, deferred, 
 _triton_error: Optional[BaseException] = None
 
 
+def triton_unavailable(device) -> Optional[str]:
+    """Why the Triton kernels cannot run on ``device`` (None: they can). They launch on CUDA
+    tensors, or in Triton's CPU interpreter when ``TRITON_INTERPRET`` is set (read as
+    `fastremask.kernels.numerics.interpreting` reads it; checked before triton is imported)."""
+    if torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return None
+    return "this machine has no CUDA device" if not torch.cuda.is_available() else f"the device is {device}"
+
+
 def get_backend(name: str, device: torch.device) -> Backend:
     """The `Backend` for ``name`` on ``device``: ``'auto'`` is ``'triton'`` on a CUDA device
-    where triton imports, ``'torch'`` otherwise."""
+    where triton imports, ``'torch'`` otherwise; ``'triton'`` where it cannot run is a
+    ValueError saying what it needs (before any work)."""
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {list(BACKENDS)}")
     if name == "reference":
         return reference_backend()
+    why = triton_unavailable(device) if name == "triton" else None
+    if why is not None:
+        raise ValueError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
+                         f"imported (Triton's CPU interpreter, for small tests); {why}. Use backend='torch' "
+                         "(same results)")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         b = triton_backend()
         if b is not None:
