@@ -20,13 +20,13 @@ if __name__ != "fastremask.kernels":
     import os as _os
     import sys as _sys
 
-    def _is_root(entry, root=_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))):
-        try:  # '' is the working folder; an entry that does not exist cannot be the root
-            return _os.path.samefile(entry or _os.curdir, root)
-        except OSError:
-            return False
+    def _is_checkout(entry):
+        # a fastremask checkout (this one, or a copy also on the path): fastremask/ beside kernels/
+        entry = entry or _os.curdir  # '' is the working folder
+        return (_os.path.isfile(_os.path.join(entry, "kernels", "__init__.py"))
+                and _os.path.isdir(_os.path.join(entry, "fastremask")))
 
-    _spec = _machinery.PathFinder.find_spec(__name__, [e for e in _sys.path if not _is_root(e)])
+    _spec = _machinery.PathFinder.find_spec(__name__, [e for e in _sys.path if not _is_checkout(e)])
     if _spec is None or _spec.loader is None:
         # None elsewhere: what Python gives for a folder without __init__.py, an empty namespace
         # package (no __file__, no __version__: transformers reads that as "not installed").
@@ -39,7 +39,7 @@ if __name__ != "fastremask.kernels":
         try:
             _spec.loader.exec_module(_other)
         except BaseException:
-            del _sys.modules[__name__]
+            _sys.modules.pop(__name__, None)
             raise
 else:
     from .sample import RowSample, sample_rows

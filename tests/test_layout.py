@@ -81,3 +81,19 @@ def test_module_entry_point_from_the_root():
     r = subprocess.run([sys.executable, "-m", "fastremask.kernels.cost", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "usage" in r.stdout, r.stderr[-3000:]
+
+
+def test_two_checkouts_on_the_path(tmp_path):
+    # a copy of the checkout first on the path (tests/test_docs.py runs examples that way) and
+    # this one behind it: the hand-over skips both instead of bouncing between them
+    import shutil
+    copy = shutil.copytree(ROOT, tmp_path / "repo",
+                           ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".venv"))
+    code = f"""
+        import sys
+        sys.path[:0] = [{str(copy)!r}, {str(ROOT)!r}]
+        import kernels
+        print(getattr(kernels, '__file__', None))
+    """
+    out = _from_root(code).strip()
+    assert not out.startswith(str(copy)) and not out.startswith(str(ROOT)), out
