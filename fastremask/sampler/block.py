@@ -46,7 +46,7 @@ from typing import Optional
 import torch
 
 __all__ = ["BLOCK_CAUSAL", "BlockCache", "BlockLayout", "block_causal_mask", "block_positions",
-           "is_block_causal", "trained_block_length", "check_block_model"]
+           "is_block_causal", "trained_block_length", "check_block_model", "supports_editing", "max_positions"]
 
 BLOCK_CAUSAL = "block_causal"
 
@@ -60,6 +60,22 @@ def trained_block_length(model) -> Optional[int]:
     """The block length ``model`` was trained with, or None when it does not say."""
     c = getattr(model, "block_length", None)
     return c if isinstance(c, int) and not isinstance(c, bool) else None
+
+
+def supports_editing(model) -> bool:
+    """Whether ``model``'s family was trained for token editing (LLaDA2.1: ``token_editing``)."""
+    return getattr(model, "token_editing", False) is True
+
+
+def max_positions(model) -> Optional[int]:
+    """The most positions ``model`` can take, where it says (``max_position_embeddings``,
+    the tiny model's ``max_len``), else None."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "max_len"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
 
 
 def check_block_model(model) -> None:
@@ -182,6 +198,9 @@ class BlockLayout:
         self.x0 = x
         self.attention_mask = None if bool(am.all()) else am
         self.row_end = torch.tensor([M + v * C for v in nb], dtype=torch.int64, device=dev)
+        # the most positions a row uses (its own blocks, from its position 0)
+        self.longest = max(m[b] + nb[b] * C for b in range(B))
+        self.longest_prompt = max(n_l)
 
     def answer(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """``[B, P + G]``: the prompt as given, then each row's answer."""
