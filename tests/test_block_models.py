@@ -491,3 +491,31 @@ def test_llada2_expert_count_checked_before_reading_tensors(tmp_path):
     _edit_config(folder, num_experts=4, n_group=2)
     with pytest.raises(ModelLoadError, match="field 'num_experts' is 4, but layer 1"):
         native.from_folder(folder)
+
+
+# ----------------------------------------------------------------------------- through generate
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada2"])
+def test_generate_exact_cache_equals_recompute(tmp_path, family):
+    """`fastremask.generate` on the loaded checkpoint (a left-padded batch of two prompts):
+    the exact block cache gives the tokens of the full-window recompute, also with a threshold."""
+    from fastremask import generate
+
+    save = testing.save_sdar_checkpoint if family == "sdar" else testing.save_llada2_checkpoint
+    m = models.load(save(tmp_path / family), device="cpu")
+    assert m.attention == "block_causal"
+    ids, am = m.encode(["hi i am a cat", "the dog sat"], chat=True)
+    block = 4 if family == "sdar" else 8
+    kw = dict(gen_length=16, steps=16, block_length=block, mask_id=m.mask_id, seed=0)
+    with pytest.warns(UserWarning, match="trained with \\(32\\)") if family == "llada2" else _no_warning():
+        full = generate(m, ids, am, cache=None, **kw)
+        cached = generate(m, ids, am, cache="block", **kw)
+    assert torch.equal(full, cached)
+    assert not (full[:, ids.shape[1]:] == m.mask_id).any()
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()

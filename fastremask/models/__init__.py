@@ -405,6 +405,25 @@ class NativeAdapter(Adapter):
         with torch.no_grad():
             return self.model.window_logits(input_ids, attention_mask, start, length)
 
+    # --- the block-causal protocol (fastremask.sampler.block), for SDAR and LLaDA2
+
+    @property
+    def attention(self) -> str:
+        return self.model.attention
+
+    @property
+    def block_length(self):
+        return self.model.block_length
+
+    @property
+    def token_editing(self) -> bool:
+        return getattr(self.model, "token_editing", False)
+
+    def block_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
+        """The native model's `block_logits` (`fastremask.sampler.block`), without autograd."""
+        with torch.no_grad():
+            return self.model.block_logits(input_ids, attention_mask, **kwargs)
+
 
 _ADAPTERS = {"llada": Adapter, "dream": DreamAdapter, "tiny": TinyAdapter, "callable": CallableAdapter}
 

@@ -333,6 +333,7 @@ class LLaDA2Model(NativeModel):
     family_name = "LLaDA2"
     shift = False
     attention = "block_causal"
+    token_editing = True      # LLaDA2.1 was trained for token editing (2.0 shares its layout and type)
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
