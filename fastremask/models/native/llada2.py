@@ -54,6 +54,7 @@ the weight names before any tensor is read.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Optional
 
 import torch
@@ -261,12 +262,21 @@ class _MoE(nn.Module):
         grouped = self.use_grouped
         if grouped is None:
             grouped = _grouped_ok(x2, gate.shape[1], gate.shape[2])
+        out = None
         if grouped:
             offs = counts.cumsum(0).to(torch.int32)
-            h = F.silu(F.grouped_mm(rows, gate.transpose(1, 2), offs=offs)) * \
-                F.grouped_mm(rows, up.transpose(1, 2), offs=offs)
-            out = F.grouped_mm(h, down.transpose(1, 2), offs=offs)                # [T K, d]
-        else:
+            try:
+                h = F.silu(F.grouped_mm(rows, gate.transpose(1, 2), offs=offs)) * \
+                    F.grouped_mm(rows, up.transpose(1, 2), offs=offs)
+                out = F.grouped_mm(h, down.transpose(1, 2), offs=offs)            # [T K, d]
+            except RuntimeError as e:
+                if self.use_grouped:                                              # forced: say so
+                    raise
+                # a device / dtype / layout this torch's grouped_mm does not take: the loop, from now on
+                warnings.warn(f"LLaDA2 MoE: torch's grouped_mm failed here ({str(e).splitlines()[0]}); "
+                              "using one loop over the experts instead", RuntimeWarning, stacklevel=2)
+                self.use_grouped = False
+        if out is None:
             out = torch.empty_like(rows)
             s = 0
             for e, n in enumerate(counts.tolist()):                               # one loop over experts
