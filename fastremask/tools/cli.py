@@ -29,6 +29,7 @@ import os
 import sys
 import traceback
 
+from fastremask.models.family import checkpoint_families   # no torch either
 from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, THRESHOLD_RULES   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "add_generate_arguments", "config_from_args", "check_output_dir",
@@ -96,7 +97,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", metavar="PATH_OR_ID", default=None,
                    help="checkpoint folder or hub id (default: the demo model in fastremask/data, "
                         "else the untrained built-in tiny model)")
-    m.add_argument("--family", choices=("llada", "dream", "tiny"), default=None,
+    m.add_argument("--family", choices=checkpoint_families(), default=None,   # the records (models/family.py)
                    help="model family, for a config.json model_type fastremask does not know")
     m.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code shipped with the checkpoint (models without a native "

@@ -65,12 +65,8 @@ from fastremask.models.kv import attend
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
                                              apply_partial_rotary)
 
-__all__ = ["LLaDA2Model", "llada2_config", "check_experts", "EMBEDDING_NAME", "BLOCK_LENGTH", "MASK_ID", "EOS_ID"]
+__all__ = ["LLaDA2Model", "llada2_config", "check_experts", "route"]
 
-EMBEDDING_NAME = "model.word_embeddings.weight"
-BLOCK_LENGTH = 32         # the published generate's block_length
-MASK_ID = 156895          # the published generate's mask_id
-EOS_ID = 156892           # the published generate's eos_id
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -145,8 +141,7 @@ def llada2_config(raw: dict, path: str) -> NativeConfig:
             raise _error(f"{path}: field 'num_experts_per_tok' ({c.top_k}) exceeds the experts of the "
                          f"{c.topk_group} chosen groups ({c.topk_group * (E // c.n_group)})")
     c.moe = moe
-    c.block_length = BLOCK_LENGTH
-    return c
+    return c                  # the trained block (32) and the ids are the family record's
 
 
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
@@ -340,10 +335,16 @@ class LLaDA2Model(NativeModel):
     the module docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "llada2"
-    family_name = "LLaDA2"
-    shift = False
-    attention = "block_causal"
+    check_config = staticmethod(llada2_config)
     token_editing = True      # LLaDA2.1 was trained for token editing (2.0 shares its layout and type)
+
+    @classmethod
+    def ignored_weights(cls, config: NativeConfig) -> tuple:
+        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
+
+    @classmethod
+    def check_checkpoint(cls, config: NativeConfig, names) -> None:
+        check_experts(config, names)
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)

@@ -37,11 +37,7 @@ from fastremask.models.kv import attend
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
                                              apply_rotary)
 
-__all__ = ["SDARModel", "sdar_config", "EMBEDDING_NAME", "BLOCK_LENGTH", "MASK_ID"]
-
-EMBEDDING_NAME = "model.embed_tokens.weight"
-BLOCK_LENGTH = 4          # config.json "block_size" of the published SDAR / TraDo checkpoints
-MASK_ID = 151669          # config.json "mask_token_id" of the published checkpoints
+__all__ = ["SDARModel", "sdar_config"]
 
 
 def _heads(c: NativeConfig, path: str, heads: str, kv: str) -> None:
@@ -84,7 +80,7 @@ def sdar_config(raw: dict, path: str) -> NativeConfig:
     c.eps = float(c.field("rms_norm_eps", float, default=1e-6))
     c.tied = c.field("tie_word_embeddings", bool, default=False)
     c.bias = c.field("attention_bias", bool, default=False)
-    c.block_length = c.field("block_size", default=BLOCK_LENGTH)
+    c.block_length = c.field("block_size", required=False)   # absent: the family record's (4)
     return c
 
 
@@ -127,9 +123,11 @@ class SDARModel(NativeModel):
     ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "sdar"
-    family_name = "SDAR"
-    shift = False
-    attention = "block_causal"
+    check_config = staticmethod(sdar_config)
+
+    @classmethod
+    def ignored_weights(cls, config: NativeConfig) -> tuple:
+        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
