@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from fastremask import DATA_DIR
+from fastremask.models.demo import demo_dir     # no torch
 from fastremask.sampler.devices import check_device
 from fastremask.sampler.names import SEED_LIMIT
 from fastremask.tools.cli import CliError, Stopped, add_generate_arguments, check_output_dir, config_from_args
@@ -129,24 +129,17 @@ def _check_int_option(option: str, value, minimum: int, maximum: int | None = No
 # ----------------------------------------------------------------------------- the model
 
 
-def _demo_dir() -> str | None:
-    """``fastremask/data`` when it holds a checkpoint (``config.json``)."""
-    d = DATA_DIR
-    return d if os.path.isfile(os.path.join(d, "config.json")) else None
+_demo_dir = demo_dir        # fastremask/data when it holds a checkpoint (tests point it elsewhere)
 
 
 def _demo_task(folder: str):
     """The task named by ``folder/demo.json`` (None without one)."""
-    meta = os.path.join(folder, "demo.json")
-    if not os.path.isfile(meta):
-        return None
-    from fastremask.evaluation.tasks import get_task
+    from fastremask.evaluation.tasks import demo_task
 
     try:
-        with open(meta, encoding="utf-8") as f:
-            return get_task(json.load(f)["task"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CliError(f"{meta}: cannot read the demo task ({type(e).__name__}: {e})") from None
+        return demo_task(folder)
+    except ValueError as e:                      # ModelLoadError included: the file is named
+        raise CliError(str(e)) from None
 
 
 def _load_model(args):

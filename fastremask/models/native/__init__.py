@@ -36,7 +36,8 @@ from fastremask.models.native.llada2 import LLaDA2Model, llada2_config
 from fastremask.models.native.sdar import SDARModel, sdar_config
 
 __all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel", "SDARModel", "LLaDA2Model",
-           "from_folder", "native_family", "native_record", "published_layout"]
+           "llada_config", "dream_config", "sdar_config", "llada2_config", "from_folder", "native_family",
+           "native_record", "published_layout"]
 
 
 def native_record(model_type) -> Optional[Family]:
