@@ -507,7 +507,7 @@ def test_generate_exact_cache_equals_recompute(tmp_path, family):
     assert m.attention == "block_causal"
     ids, am = m.encode(["hi i am a cat", "the dog sat"], chat=True)
     block = 4 if family == "sdar" else 8
-    kw = dict(gen_length=16, steps=16, block_length=block, mask_id=m.mask_id, seed=0)
+    kw = dict(gen_length=16, steps=8, block_length=block, mask_id=m.mask_id, seed=0)
     with pytest.warns(UserWarning, match="trained with \\(32\\)") if family == "llada2" else _no_warning():
         full = generate(m, ids, am, cache=None, **kw)
         cached = generate(m, ids, am, cache="block", **kw)

@@ -456,48 +456,57 @@ class NativeModel(nn.Module):
             raise ValueError(f"block_length must be a positive integer, got {bl!r}")
         return bl
 
-    def _masks(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], block_length=None):
-        """``(positions, attention mask)``: `_inputs` for full attention; for block-causal
-        attention the positions of `fastremask.sampler.block.block_positions` (None for
-        ``0 .. L - 1``) and the whole ``[B or 1, 1, L, L]`` mask of its `block_causal_mask` (each
-        call takes the rows it runs). One host sync per distinct mask."""
+    def _masks(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], block_length=None,
+               start: int = 0):
+        """``(positions, attention mask)``: `_inputs` for full attention (the mask's rows are all
+        positions); for block-causal attention the positions of
+        `fastremask.sampler.block.block_positions` (None for ``0 .. L - 1`` without a mask) and the
+        rows ``start:L`` of its `block_causal_mask`, ``[B or 1, 1, L - start, L]``, built on the
+        device without a host synchronisation (the block loop hands a new mask slice at every
+        call; the last one is remembered)."""
         if self.attention != BLOCK_CAUSAL:
             return self._inputs(input_ids, attention_mask)
         bl = self._block(block_length)
-        _, key_ok = self._inputs(input_ids, attention_mask)       # checks; None for no padding
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            self._inputs(input_ids, None)                          # its error
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or tuple(attention_mask.shape) != tuple(input_ids.shape)):
+            self._inputs(input_ids, attention_mask)                # its error
         B, L = input_ids.shape
         dev = input_ids.device
-        padded = key_ok is not None
-        key = (attention_mask if padded else None, attention_mask._version if padded else None, L, bl, dev)
+        key = (attention_mask, None if attention_mask is None else attention_mask._version, L, bl, start, dev)
         memo = self._block_memo
         if memo is not None and memo[0][0] is key[0] and memo[0][1:] == key[1:]:
             return memo[1], memo[2]
-        if padded:
+        if attention_mask is not None:
             m = attention_mask.to(device=dev)
             positions = block_positions(m, B, L, dev)
-            mask = block_causal_mask(m, B, L, bl, 0, dev)
+            mask = block_causal_mask(m, B, L, bl, start, dev)
         else:
-            positions, mask = None, block_causal_mask(None, 1, L, bl, 0, dev)
+            positions, mask = None, block_causal_mask(None, 1, L, bl, start, dev)
         self._block_memo = (key, positions, mask)
         return positions, mask
 
     @staticmethod
-    def _query_rows(key_ok, q0: int, q1: int):
-        """The rows ``q0:q1`` of a ``[B, 1, L, L]`` mask (a ``[B, 1, 1, L]`` key mask as it is)."""
+    def _query_rows(key_ok, q0: int, q1: int, rows_from: int = 0):
+        """The rows of positions ``q0:q1`` of a ``[B, 1, Lq, L]`` mask whose first row is position
+        ``rows_from`` (a ``[B, 1, 1, L]`` key mask as it is)."""
         if key_ok is None or key_ok.shape[2] == 1:
             return key_ok
-        return key_ok[:, :, q0:q1]
+        return key_ok[:, :, q0 - rows_from:q1 - rows_from]
 
     def _rope(self, positions, q0: int, q1: int, device):
         if positions is None:
             return self.rotary.arange(q0, q1, device)
         return self.rotary(positions[:, q0:q1], positions.shape[1])    # positions < L
 
-    def _run(self, input_ids, positions, key_ok, q0: int, q1: int, cache: Optional[KVCache] = None):
-        """Hidden states (before the final norm) of positions ``q0:q1``."""
+    def _run(self, input_ids, positions, key_ok, q0: int, q1: int, cache: Optional[KVCache] = None,
+             rows_from: int = 0):
+        """Hidden states (before the final norm) of positions ``q0:q1``; ``key_ok``'s first row is
+        position ``rows_from``."""
         h = self._embed(input_ids[:, q0:q1])
         cos, sin = self._rope(positions, q0, q1, input_ids.device)
-        key_ok = self._query_rows(key_ok, q0, q1)
+        key_ok = self._query_rows(key_ok, q0, q1, rows_from)
         for i, layer in enumerate(self._layers()):
             h = layer(h, cos, sin, key_ok, cache, i, q0)
         return h
@@ -577,8 +586,9 @@ class NativeModel(nn.Module):
             cache.begin(start, L, commit)
         if not start <= logits_from < L:
             raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
-        positions, mask = self._masks(input_ids, attention_mask, block_length)
-        h = self._run(input_ids, positions, mask, start, L, _BlockCacheView(cache) if cache is not None else None)
+        positions, mask = self._masks(input_ids, attention_mask, block_length, start)
+        h = self._run(input_ids, positions, mask, start, L, _BlockCacheView(cache) if cache is not None else None,
+                      rows_from=start)
         if cache is not None:
             cache.commit(commit)
         return self._head(self._final_norm(h[:, logits_from - start:]))
