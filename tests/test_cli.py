@@ -11,19 +11,20 @@ import torch
 
 from fastremask import generate, models
 
-from fastremask.tools import cli
+from fastremask.tools import cli, records
+from fastremask.tools import generate as gen_cmd
 
 from fastremask.models import testing
 from fastremask.models.tiny import tiny_model
 
 
-REAL_DEMO_DIR = cli._demo_dir
+REAL_DEMO_DIR = gen_cmd._demo_dir
 
 
 @pytest.fixture(autouse=True)
 def builtin_default(monkeypatch):
     """Unless a test says otherwise, no demo model: the default is the built-in tiny model."""
-    monkeypatch.setattr(cli, "_demo_dir", lambda: None)
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: None)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_demo_model_is_the_default(tmp_path, monkeypatch, capsys):
     demo = tmp_path / "data"
     tiny_model(vocab_size=len(tasks.VOCAB)).save_pretrained(demo)
     (demo / "demo.json").write_text(json.dumps({"task": "add:3"}))
-    monkeypatch.setattr(cli, "_demo_dir", lambda: str(demo))
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: str(demo))
     rc, out, err = run(capsys)
     assert rc == 0, err
     answer = out.strip()
@@ -239,7 +240,7 @@ def test_shipped_demo_trace_prints_prompt_and_exact_verdict(monkeypatch, capsys)
     from fastremask.evaluation import tasks
 
     demo = DATA_DIR
-    monkeypatch.setattr(cli, "_demo_dir", lambda: demo)
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: demo)
     task = tasks.get_task(json.load(open(demo + "/demo.json"))["task"])
     for schedule in ("uniform", "pyramid"):
         rc, out, err = run(capsys, "--trace", "--schedule", schedule, "--temperature", "1")
@@ -328,7 +329,7 @@ def test_bad_option_same_message_as_generate(capsys, monkeypatch, argv, keywords
 def test_model_without_eos_is_a_clear_error(capsys, monkeypatch):
     a = models.wrap(tiny_model())
     a.eos_id = a.eot_id = None
-    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "a model without EOS"))
+    monkeypatch.setattr(gen_cmd, "_load_model", lambda args: (a, None, "a model without EOS"))
     seen = _spy_run(monkeypatch)
     for flag in ("--logits-eos-inf", "--confidence-eos-eot-inf"):
         rc, _, err = run(capsys, "--gen-length", "4", flag)
@@ -367,15 +368,15 @@ def test_calls_per_run_counts_the_model_calls(capsys, monkeypatch, argv):
     m = _Counting()
     a = models.wrap(m.inner)
     a.model = m
-    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "counting"))
+    monkeypatch.setattr(gen_cmd, "_load_model", lambda args: (a, None, "counting"))
     config = cli.config_from_args(_args(*argv), a)
-    expect = cli._calls_per_run(config)
+    expect = gen_cmd._calls_per_run(config)
     assert expect == schedule.cost(config.gen_length, config.block_length, config.steps, config.schedule,
                                    config.factor).model_calls
     rc, _, err = run(capsys, *argv, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch-size", "2")
     assert rc == 0, err
     assert m.calls == 2 * expect
-    assert cli._calls_per_run(cli.config_from_args(_args("--threshold", "0.5"))) is None
+    assert gen_cmd._calls_per_run(cli.config_from_args(_args("--threshold", "0.5"))) is None
 
 
 # ----------------------------------------------------------------------------- streamed, crash-safe output
@@ -434,7 +435,7 @@ def test_seeds_are_a_function_of_the_line(tmp_path, capsys):
     recs = [json.loads(ln) for ln in outs[0].splitlines()]
     assert [(r["line"], r.get("seed")) for r in recs] == [(1, 5), (2, 6), (3, 7), (4, None), (5, 9), (7, 11),
                                                           (8, 12), (9, 13)]
-    assert cli.line_seed(5, 3) == 8 and cli.line_seed(2**63 - 1, 2) == 1     # wraps as generate's row seeds
+    assert records.line_seed(5, 3) == 8 and records.line_seed(2**63 - 1, 2) == 1     # wraps as generate's row seeds
 
 
 def test_each_batch_is_written_before_the_next_runs(tmp_path, monkeypatch):
@@ -465,7 +466,7 @@ def test_stop_keeps_the_results_and_resume_finishes_the_same(tmp_path, monkeypat
     assert not any("Traceback" in ln for ln in err)
     assert o.read_text() == "".join(full.read_text().splitlines(keepends=True)[:5])   # batches 1, 2 kept
     monkeypatch.undo()
-    monkeypatch.setattr(cli, "_demo_dir", lambda: None)
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: None)
     # without --resume or --force the partial file is refused ...
     assert _gen("--prompts-file", str(f), "--output", str(o)) == 2
     assert "exists; pass --force" in capsys.readouterr().err
@@ -560,7 +561,7 @@ def test_prompt_ids_outside_the_vocabulary(tmp_path, monkeypatch, capsys):
     a = models.wrap(tiny_model())
     real = a.tokenize
     a.tokenize = lambda p, **kw: real(p, **kw) + ([500] if p == "The cat" else [])
-    monkeypatch.setattr(cli, "_load_model", lambda args: (a, None, "mismatched"))
+    monkeypatch.setattr(gen_cmd, "_load_model", lambda args: (a, None, "mismatched"))
     seen = _spy_run(monkeypatch)
     f = _prompts_file(tmp_path, bad_line=False)
     o = tmp_path / "o.jsonl"
@@ -604,7 +605,7 @@ def test_sigint_of_a_real_run(tmp_path):
     f = tmp_path / "in.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(200)))
     o = tmp_path / "out.jsonl"
-    code = ("import sys; from fastremask.tools import cli; cli._demo_dir = lambda: None; "
+    code = ("import sys; from fastremask.tools import cli, generate; generate._demo_dir = lambda: None; "
             "sys.exit(cli.main(sys.argv[1:]))")
     p = subprocess.Popen([sys.executable, "-c", code, "generate", "--no-progress", "--prompts-file", str(f),
                           "--output", str(o), "--batch-size", "1", "--gen-length", "32"],
@@ -667,7 +668,7 @@ def test_cli_md_shell_examples(index, tmp_path, monkeypatch, capsys):
     skipped with that reason, and then holds nothing else."""
     import shlex
 
-    monkeypatch.setattr(cli, "_demo_dir", REAL_DEMO_DIR)
+    monkeypatch.setattr(gen_cmd, "_demo_dir", REAL_DEMO_DIR)
     monkeypatch.chdir(tmp_path)
     commands = CLI_BLOCKS[index]
     needs = [_needs(shlex.split(c)) for c in commands]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from fastremask.models.tiny import tiny_model
 from fastremask.tools import cli
+from fastremask.tools import generate as gen_cmd
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True)
@@ -24,7 +25,7 @@ BASE = ["generate", "--no-progress", "--gen-length", "2", "--temperature", "1"]
 @pytest.fixture(autouse=True)
 def builtin_default(monkeypatch):
     """No demo model: the default is the built-in tiny model (same for every example)."""
-    monkeypatch.setattr(cli, "_demo_dir", lambda: None)
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: None)
 
 
 @pytest.fixture(scope="module")

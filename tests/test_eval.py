@@ -9,6 +9,7 @@ import torch
 
 from fastremask.evaluation import evaluate as ev
 from fastremask.evaluation import train
+from fastremask.tools import eval_command
 from fastremask.sampler.schedule import pyramid_steps
 from fastremask.evaluation.tasks import MASK_ID, Addition, get_task
 from fastremask.models.tiny import TinyMaskedLM, tiny_model
@@ -115,11 +116,11 @@ def test_cli_eval_on_demo_model(tmp_path, capsys):
     model, task = ev.load_model()
     A = task.answer_length
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    eval_command.add_arguments(parser)
     out = tmp_path / "eval_small"
     args = parser.parse_args(["-n", "16", "--nfe", f"1,{A}", "--factors", "1", "--remasking", "low_confidence",
                               "--out", str(out), "--quiet"])
-    assert ev.run(args) == 0
+    assert eval_command.run(args) == 0
     for ext in (".md", ".csv", ".json", ".png"):
         assert (tmp_path / ("eval_small" + ext)).stat().st_size > 0
     rows = json.loads((tmp_path / "eval_small.json").read_text())["rows"]
@@ -219,13 +220,13 @@ def no_demo_json(tmp_path):
 
 @pytest.mark.skipif(not HAS_DEMO, reason="no demo checkpoint in fastremask/data")
 def test_module_without_task_is_one_line(no_demo_json):
-    """``python -m fastremask.evaluation.evaluate`` on a model without demo.json and no --task:
+    """``python -m fastremask.tools.eval_command`` on a model without demo.json and no --task:
     one ``fastremask: error:`` line and status 2, as ``fastremask eval`` (it used to print a
     traceback); ``--debug`` adds the traceback."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "fastremask.evaluation.evaluate", "--model", no_demo_json]
+    cmd = [sys.executable, "-m", "fastremask.tools.eval_command", "--model", no_demo_json]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.splitlines() == [f"fastremask: error: --task is required: the model folder {no_demo_json} "
@@ -268,7 +269,7 @@ def test_bad_arguments_are_one_line(argv, message, no_demo_json, tmp_path, capsy
     file.write_text("x")
     names = dict(nodemo=no_demo_json, missing=str(tmp_path / "missing"), file=str(file))
     argv = [a.format(**names) for a in argv]
-    assert ev.main(["-n", "2", "--quiet", *argv]) == 2
+    assert eval_command.main(["-n", "2", "--quiet", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1, err
     assert err.startswith("fastremask: error: ") and message in err and "Traceback" not in err

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastremask.models.tokenizer import TASK_VOCAB
+
 __all__ = [
     "VOCAB",
     "MASK_ID",
@@ -40,7 +42,7 @@ __all__ = [
     "wilson_interval",
 ]
 
-VOCAB: tuple[str, ...] = tuple("0123456789") + ("+", "=", ",", ">", "<pad>", "<mask>")
+VOCAB: tuple[str, ...] = TASK_VOCAB       # defined beside the demo model's tokenizer
 _ID = {tok: i for i, tok in enumerate(VOCAB)}
 PAD_ID = _ID["<pad>"]
 MASK_ID = _ID["<mask>"]

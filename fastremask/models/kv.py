@@ -1,4 +1,4 @@
-"""Block KV caches: what a model implements for ``generate(..., cache="prefix" | "dual")``.
+"""Block KV caches: how a model implements ``generate(..., cache="prefix" | "dual")``.
 
 A masked diffusion LM attends bidirectionally, so every step changes the keys and values of
 every position in principle; Fast-dLLM's block caches (Wu et al., 2025) approximate them:
@@ -30,48 +30,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from fastremask.sampler.protocol import KVCache   # the container is the sampler's (it builds one per run)
+
 __all__ = ["KVCache", "attend"]
-
-
-class KVCache:
-    """Keys and values ``[B, H, L, Dh]`` of every layer, from the last refresh."""
-
-    def __init__(self):
-        self.keys: list = []
-        self.values: list = []
-        self.shape: Optional[tuple] = None          # (B, L) of the refresh
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-    def check(self, shape: tuple, query: tuple, out: tuple) -> bool:
-        """True for a refresh (``query`` covers the sequence); else the cache must hold ``shape``.
-        ``out`` must lie inside ``query``."""
-        B, L = shape
-        (q0, q1), (o0, o1) = query, out
-        if not (0 <= q0 < q1 <= L):
-            raise ValueError(f"cached_logits: query {q0}:{q1} is outside a sequence of length {L}")
-        if not (q0 <= o0 < o1 <= q1):
-            raise ValueError(f"cached_logits: out {o0}:{o1} is not inside query {q0}:{q1}")
-        if (q0, q1) == (0, L):
-            self.keys, self.values, self.shape = [], [], (B, L)
-            return True
-        if self.shape != (B, L):
-            raise ValueError(f"cached_logits: the cache holds {self.shape or 'nothing'}, not [B, L] = "
-                             f"{[B, L]}; refresh it first with query=(0, L)")
-        return False
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q0: int):
-        """Store (refresh) or overwrite positions ``q0:q0 + Lq`` of ``layer``; returns the
-        layer's whole keys and values."""
-        if layer == len(self.keys):                         # a refresh: k, v cover [0, L)
-            self.keys.append(k.contiguous())
-            self.values.append(v.contiguous())
-        else:
-            q1 = q0 + k.shape[2]
-            self.keys[layer][:, :, q0:q1] = k
-            self.values[layer][:, :, q0:q1] = v
-        return self.keys[layer], self.values[layer]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: Optional[torch.Tensor],

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fastremask.models.kv import KVCache, attend
 from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask
 
-__all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model"]
+__all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model", "load_folder", "check_config"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -65,6 +65,14 @@ class TinyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TinyConfig.{name} must be a positive int, got {value!r}")
+        if self.mask_id is not None and (isinstance(self.mask_id, bool) or not isinstance(self.mask_id, int)):
+            raise ValueError(f"TinyConfig.mask_id must be an int id, got {self.mask_id!r}")
+        if self.d_ff is not None and (isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff < 1):
+            raise ValueError(f"TinyConfig.d_ff must be a positive int or None, got {self.d_ff!r}")
+        if (isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps)
+                or self.eps <= 0):
+            raise ValueError(f"TinyConfig.eps must be a positive number, got {self.eps!r}")
+        self.eps = float(self.eps)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"TinyConfig.d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
@@ -77,7 +85,7 @@ class TinyConfig:
             )
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ValueError(f"TinyConfig.seed must be an int in [0, 2**63), got {self.seed!r}")
         if self.attention not in ("full", BLOCK_CAUSAL):
             raise ValueError(f"TinyConfig.attention must be 'full' or {BLOCK_CAUSAL!r}, got {self.attention!r}")
@@ -284,18 +292,87 @@ class TinyMaskedLM(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> "TinyMaskedLM":
-        """Load what `save_pretrained` wrote; weights exactly as saved."""
-        from safetensors.torch import load_file
-
-        with open(os.path.join(directory, CONFIG_NAME)) as f:
-            raw = json.load(f)
-        if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"{directory!s} holds model_type {raw['model_type']!r}, not {MODEL_TYPE!r}")
-        model = cls(TinyConfig.from_dict(raw))
-        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
+        """Load what `save_pretrained` wrote; weights exactly as saved. A bad ``config.json``
+        field, or weights it does not describe, is a `fastremask.models.ModelLoadError` naming
+        the file and the field (`load_folder`)."""
+        model, _ = load_folder(directory, dtype=dtype, device=device)
         return model
+
+
+def check_config(raw: dict, path: str) -> TinyConfig:
+    """The `TinyConfig` of a checkpoint's ``config.json`` (``raw``), every field it reads checked
+    with the file and the field named (`fastremask.models.checks`): the shapes positive
+    integers, ``mask_id`` an id inside ``vocab_size``, ``eps`` a positive number, ``seed`` in
+    ``[0, 2**63)``. Absent fields take `TinyConfig`'s defaults."""
+    from fastremask.models.checks import check_field
+    from fastremask.sampler.protocol import ModelLoadError
+
+    if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+        raise ModelLoadError(f"{path}: field 'model_type' is {raw['model_type']!r}, not {MODEL_TYPE!r}")
+    d = TinyConfig()
+    kw = {n: check_field(raw, path, n, default=getattr(d, n))
+          for n in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")}
+    kw["d_ff"] = check_field(raw, path, "d_ff", default=None)
+    kw["eps"] = float(check_field(raw, path, "eps", float, default=d.eps))
+    kw["seed"] = check_field(raw, path, "seed", positive=False, below=2**63, below_name="the seed limit",
+                             default=d.seed)
+    kw["mask_id"] = check_field(raw, path, "mask_id", positive=False, below=kw["vocab_size"], default=None)
+    if kw["d_model"] % kw["n_heads"]:
+        raise ModelLoadError(f"{path}: field 'd_model' ({kw['d_model']}) is not a multiple of "
+                             f"'n_heads' ({kw['n_heads']})")
+    return TinyConfig(**kw)
+
+
+# which config.json fields give each tensor's shape (for a mismatch named as a config error)
+_SHAPE_FIELDS = {"embed": "vocab_size, d_model", "pos": "max_len, d_model", "head": "vocab_size, d_model",
+                 "up": "d_ff, d_model", "down": "d_ff, d_model", "qkv": "d_model", "proj": "d_model",
+                 "norm": "d_model", "blocks": "n_layers"}
+
+
+def _check_weights(model: "TinyMaskedLM", weights: str, path: str) -> None:
+    """Every tensor of ``weights`` present with the shape ``config.json`` (``path``) describes;
+    otherwise a `ModelLoadError` blaming the config, with every mismatch in full."""
+    from safetensors import safe_open
+
+    from fastremask.sampler.protocol import ModelLoadError
+
+    want = {n: list(t.shape) for n, t in model.state_dict().items()}
+    with safe_open(weights, framework="pt") as f:
+        got = {n: list(f.get_slice(n).get_shape()) for n in f.keys()}
+    problems = [f"tensor {n!r} is {got[n]} in the weights, {want[n]} by the config"
+                f" ({_SHAPE_FIELDS.get(n.split('.')[-2] if n.startswith('blocks.') else n.split('.')[0], 'd_model')})"
+                for n in want if n in got and got[n] != want[n]]
+    missing = [n for n in want if n not in got]
+    extra = [n for n in got if n not in want]
+    if missing:
+        problems.append(f"tensors {missing} are missing from the weights (n_layers?)")
+    if extra:
+        problems.append(f"the weights have tensors the config does not describe, {extra} (n_layers?)")
+    if problems:
+        raise ModelLoadError(f"{path} does not describe the weights {weights}: " + "; ".join(problems))
+
+
+def load_folder(folder, *, dtype: torch.dtype | None = None, device=None):
+    """``(model, tokenizer or None)`` of a checkpoint folder written by `TinyMaskedLM.save_pretrained`
+    (the tiny family's loader, `fastremask.models.family`): ``config.json`` checked field by
+    field (`check_config`), the weights checked against it, the tokenizer from ``demo.json`` or
+    the vocabulary size (`fastremask.models.tokenizer.tiny_tokenizer`)."""
+    from safetensors.torch import load_file
+
+    from fastremask.models.native.common import read_config
+    from fastremask.models.tokenizer import tiny_tokenizer
+
+    folder = os.fspath(folder)
+    path = os.path.join(folder, CONFIG_NAME)
+    config = check_config(read_config(folder), path)
+    weights = os.path.join(folder, WEIGHTS_NAME)
+    model = TinyMaskedLM(config)
+    if os.path.isfile(weights):
+        _check_weights(model, weights, path)
+    model.load_state_dict(load_file(weights), strict=True)     # a missing file: the loader names it
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model, tiny_tokenizer(config.vocab_size, folder)
 
 
 def tiny_model(**overrides) -> TinyMaskedLM:

@@ -16,7 +16,11 @@ the adapters in `fastremask.models` treat it like any other tokenizer.
 """
 from __future__ import annotations
 
-__all__ = ["CharTokenizer"]
+__all__ = ["CharTokenizer", "TASK_VOCAB", "tiny_tokenizer"]
+
+# The 16-token vocabulary of the demo tasks (`fastremask.evaluation.tasks`, which reads it from
+# here): digits 0-9 are ids 0-9, then + = , > <pad> <mask> (the mask id is vocab_size - 1).
+TASK_VOCAB: tuple = tuple("0123456789") + ("+", "=", ",", ">", "<pad>", "<mask>")
 
 SPECIAL_TOKENS = {
     0: "<|pad|>",
@@ -137,3 +141,22 @@ class CharTokenizer:
         if add_generation_prompt:
             text += _ROLES["assistant"]
         return self.encode(text) if tokenize else text
+
+
+def tiny_tokenizer(vocab_size: int, folder=None):
+    """The tokenizer of a `TinyMaskedLM`: for a folder with ``demo.json`` (a trained demo
+    model) the vocabulary it names (``"vocab"``; without one, `TASK_VOCAB`) when its size is
+    the model's; the ASCII `CharTokenizer` for a vocab of 128 or more; else None (token ids
+    only)."""
+    from fastremask.models.demo import read_demo
+
+    meta = read_demo(folder) if folder is not None else None
+    if meta is not None:
+        vocab = tuple(meta.get("vocab") or TASK_VOCAB)
+        if vocab_size == len(vocab):
+            pad = "<pad>" if "<pad>" in vocab else None
+            mask = "<mask>" if "<mask>" in vocab else None
+            return CharTokenizer.from_tokens(vocab, pad=pad, mask=mask)
+    if vocab_size >= 128:
+        return CharTokenizer(vocab_size)
+    return None

@@ -9,41 +9,16 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from fastremask.sampler.config import BACKENDS
+from fastremask.sampler.threads import calling_thread   # re-exported (a leaf module: fast.py imports it too)
 
-__all__ = ["Backend", "get_backend", "triton_backend", "select_with_rules", "BACKENDS", "calling_thread"]
-
-
-class calling_thread:
-    """``with calling_thread(device):`` runs torch's CPU ops on the calling thread only.
-
-    The sampler's CPU work is many small ops: an intra-op parallel region per op costs more
-    than the op, and far more on a busy machine (benchmarks/results/threads-probe-2vcpu.md:
-    a step 10x slower at torch's default 2 threads beside one busy process). The loop wraps
-    each step (not the model call, which keeps the user's threads) in this; off the CPU, or
-    at one thread already, it does nothing. Setting and restoring costs under 1 us.
-    """
-
-    def __init__(self, device):
-        self.on = torch.device(device).type == "cpu"
-
-    def __enter__(self):
-        if self.on:
-            self.threads = torch.get_num_threads()
-            self.on = self.threads > 1
-            if self.on:
-                torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            torch.set_num_threads(self.threads)
-        return False
+__all__ = ["Backend", "get_backend", "triton_backend", "triton_unavailable", "select_with_rules", "BACKENDS", "calling_thread"]
 
 
 @dataclass(frozen=True)
@@ -111,13 +86,28 @@ def select_with_rules(kernel_select: Callable, confidence, candidate, deferred, 
 _triton_error: Optional[BaseException] = None
 
 
+def triton_unavailable(device) -> Optional[str]:
+    """Why the Triton kernels cannot run on ``device`` (None: they can). They launch on CUDA
+    tensors, or in Triton's CPU interpreter when ``TRITON_INTERPRET`` is set (read as
+    `fastremask.kernels.numerics.interpreting` reads it; checked before triton is imported)."""
+    if torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return None
+    return "this machine has no CUDA device" if not torch.cuda.is_available() else f"the device is {device}"
+
+
 def get_backend(name: str, device: torch.device) -> Backend:
     """The `Backend` for ``name`` on ``device``: ``'auto'`` is ``'triton'`` on a CUDA device
-    where triton imports, ``'torch'`` otherwise."""
+    where triton imports, ``'torch'`` otherwise; ``'triton'`` where it cannot run is a
+    ValueError saying what it needs (before any work)."""
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {list(BACKENDS)}")
     if name == "reference":
         return reference_backend()
+    why = triton_unavailable(device) if name == "triton" else None
+    if why is not None:
+        raise ValueError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
+                         f"imported (Triton's CPU interpreter, for small tests); {why}. Use backend='torch' "
+                         "(same results)")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         b = triton_backend()
         if b is not None:

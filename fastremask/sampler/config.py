@@ -21,7 +21,7 @@ from fastremask.sampler import schedule as _schedule
 from fastremask.sampler.numerics import tempered_scales
 from fastremask.sampler.names import (BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_FLOORS,
                                      THRESHOLD_RULES)
-from fastremask.sampler.llada import LLADA_EOS, LLADA_EOT, LLADA_MASK
+from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "BACKENDS", "row_seeds", "SEED_LIMIT"]
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import numerics as nx
-from fastremask.sampler.backends import calling_thread   # the loop scopes its whole step alike
+from fastremask.sampler.threads import calling_thread   # the loop scopes its whole step alike
 from fastremask.sampler.contract import RowSample, check_sample_args, row_steps
 from fastremask.sampler.reference import prepare_logits
 from fastremask.sampler.rules import check_rule, ranks, rule_keep

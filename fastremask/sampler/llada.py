@@ -26,9 +26,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["add_gumbel_noise", "get_num_transfer_tokens", "llada_step", "generate"]
+from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK   # re-exported: LLaDA's published ids
 
-LLADA_MASK, LLADA_EOS, LLADA_EOT = 126336, 126081, 126348
+__all__ = ["add_gumbel_noise", "get_num_transfer_tokens", "llada_step", "generate"]
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -23,13 +23,15 @@ from typing import Callable, Optional
 
 import torch
 
-from fastremask.sampler.backends import Backend, calling_thread, get_backend
+from fastremask.sampler.backends import Backend, get_backend
+from fastremask.sampler.threads import calling_thread
 from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
-from fastremask.sampler.llada import LLADA_MASK
+from fastremask.sampler.names import LLADA_MASK
 from fastremask.sampler import errors, graphs
 from fastremask.sampler.model_call import (ModelCall, block_call, cache_call, call_model, check_cache_support,
                                            sampling_suppress, window_call)
 from fastremask.sampler import block as _block
+from fastremask.sampler.protocol import KVCache, check_window_support
 from fastremask.sampler.trace import Trace, TraceStep
 
 __all__ = ["generate", "run", "step", "Block"]
@@ -194,8 +196,7 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
     if config.cache is not None and not _block.is_block_causal(model):
         check_cache_support(model, config.cache)       # clear errors before any model call
     elif config.logits_window and not _block.is_block_causal(model):
-        from fastremask import models
-        models.check_window_support(model)
+        check_window_support(model)
     if config.stop_at_eos:
         _check_eos(model, ids.eos)
     if _block.is_block_causal(model):
@@ -357,7 +358,6 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     if layout is not None:
         kv = _block.BlockCache(layout.L) if config.cache == "block" else None
     elif config.cache is not None:
-        from fastremask.models.kv import KVCache
         kv = KVCache()
     global_step = 0
     for b in range(num_blocks):
@@ -540,7 +540,7 @@ def generate(
     callback : called with each step's `fastremask.TraceStep` after it is applied
     logits_window : the model computes its output projection for the current block's
         positions only (``[B, block_length, V]`` logits instead of ``[B, L, V]``); needs a model
-        `fastremask.models.window_logits` supports. Same tokens when the model's logits for a
+        `fastremask.sampler.protocol.window_logits` supports. Same tokens when the model's logits for a
         slice equal its full logits' slice, which is not promised on every GPU (docs/api.md)
     cuda_graph : on CUDA with the ``triton`` backend, capture the sampling step in a CUDA graph
         once per shape and configuration and replay it (`fastremask.sampler.graphs`; the same

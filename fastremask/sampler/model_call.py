@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from fastremask.sampler.contract import LOGIT_DTYPES
+from fastremask.sampler.protocol import window_logits
 
 __all__ = ["call_model", "window_call", "cache_call", "block_call", "check_cache_support", "ModelCall", "sampling_suppress"]
 
@@ -40,11 +41,10 @@ def call_model(model, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -
 
 def window_call(start: int, length: int) -> Callable:
     """``call(model, x, attention_mask) -> logits [B, length, V]``: the model's logits for
-    positions ``start:start + length`` only (`fastremask.models.window_logits`), checked."""
-    from fastremask import models
+    positions ``start:start + length`` only (`fastremask.sampler.protocol.window_logits`), checked."""
 
     def call(model, x, attention_mask):
-        logits = models.window_logits(model, x, attention_mask, start, length)
+        logits = window_logits(model, x, attention_mask, start, length)
         return _check_logits(logits, x, length, "window logits", f"positions {start}:{start + length} of ")
 
     return call
@@ -65,7 +65,7 @@ def check_cache_support(model, mode: str) -> None:
 
 def cache_call(kv, mode: str, start: int, length: int) -> Callable:
     """``call(model, x, attention_mask) -> logits [B, length, V]`` for one block under a block
-    KV cache (`fastremask.models.kv`): the block's first call refreshes ``kv`` (the whole
+    KV cache (`fastremask.sampler.protocol`): the block's first call refreshes ``kv`` (the whole
     sequence runs); later calls run positions ``start:L`` (``prefix``) or the block alone
     (``dual``) against the cached keys and values."""
     fresh = [True]

@@ -99,7 +99,8 @@ def pytest_command(args, json_out: str) -> list[str]:
 def check_args(args) -> None:
     """The options, before anything runs (a `fastremask.tools.cli.CliError` naming the option):
     counts >= 1, known suites, the device, ``--json``'s folder, ``--compare``'s files."""
-    from fastremask.tools.cli import CliError, check_device, check_output_dir
+    from fastremask.sampler.devices import check_device
+    from fastremask.tools.cli import CliError, check_output_dir
 
     for opt in ("rounds", "threads"):
         v = getattr(args, opt)

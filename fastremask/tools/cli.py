@@ -1,4 +1,4 @@
-"""The ``fastremask`` command.
+"""The ``fastremask`` command: the dispatcher.
 
     fastremask generate --schedule pyramid --trace             (the demo model, its sample prompt)
     fastremask generate --model GSAI-ML/LLaDA-8B-Instruct --chat --prompt "..." --cache dual
@@ -8,6 +8,12 @@
 ``generate`` without ``--model`` uses the trained demo model shipped in ``fastremask/data/``
 when there is one, else the untrained built-in `fastremask.models.tiny` model, so it always runs
 offline. docs/cli.md describes every option.
+
+Each command is a module with ``add_arguments(parser)`` and ``run(args) -> int``, imported by
+name only when it runs: ``generate`` is `fastremask.tools.generate` (its options are declared
+here, `add_generate_arguments` and `config_from_args`, and the command imports them), the
+others are `EXTERNAL_COMMANDS`. This module holds what they share: `CliError`, `Stopped`,
+`check_output_dir`, and `main`, which turns every error into its one line.
 
 This module imports neither torch nor the sampler at import time (``fastremask --help`` is
 fast); they are imported when a command starts working. Every error ends as one line
@@ -19,32 +25,34 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
 
-from fastremask import DATA_DIR
-from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, SEED_LIMIT, THRESHOLD_RULES   # no torch: --help stays fast
+from fastremask.models.family import checkpoint_families   # no torch either
+from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, THRESHOLD_RULES   # no torch: --help stays fast
 
-__all__ = ["main", "build_parser", "config_from_args", "check_device", "check_output_dir", "EXTERNAL_COMMANDS",
-           "CliError"]
+__all__ = ["main", "build_parser", "add_generate_arguments", "config_from_args", "check_output_dir",
+           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
 EXTERNAL_COMMANDS = {
     "bench": ("fastremask.tools.bench", "benchmark the sampling step against the reference"),
     "profile": ("fastremask.tools.profile", "profile the kernels"),
-    "eval": ("fastremask.evaluation.evaluate", "accuracy of schedules and remasking rules on the demo task"),
+    "eval": ("fastremask.tools.eval_command", "accuracy of schedules and remasking rules on the demo task"),
 }
 
-DEFAULT_PROMPT = "Hi, I am"
 DEBUG_ENV = "FASTREMASK_DEBUG"
 
 
 class CliError(Exception):
     """A bad input or option; printed as ``fastremask: error: ...`` with exit status 2."""
+
+
+class WriteError(Exception):
+    """Writing the results failed while working (a full disk, ...): one line naming the file,
+    exit status 1."""
 
 
 class Stopped(Exception):
@@ -89,7 +97,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", metavar="PATH_OR_ID", default=None,
                    help="checkpoint folder or hub id (default: the demo model in fastremask/data, "
                         "else the untrained built-in tiny model)")
-    m.add_argument("--family", choices=("llada", "dream", "tiny"), default=None,
+    m.add_argument("--family", choices=checkpoint_families(), default=None,   # the records (models/family.py)
                    help="model family, for a config.json model_type fastremask does not know")
     m.add_argument("--trust-remote-code", action="store_true",
                    help="run the modeling code shipped with the checkpoint (models without a native "
@@ -167,35 +175,6 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- checks shared by the commands
 
 
-def check_device(value, option: str = "--device"):
-    """``value`` as a `torch.device` that exists here (None stays None); a `CliError` naming
-    ``option`` otherwise: an unknown device type, CUDA without CUDA, a GPU index past the last."""
-    if value is None:
-        return None
-    import torch
-
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError, TypeError):
-        raise CliError(f"{option} {value!r} is not a device; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is built without CUDA" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
-            raise CliError(f"{option} {value}: CUDA is not available ({why}); use --device cpu")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise CliError(f"{option} {value}: this machine has {n} CUDA device{'s' * (n != 1)} "
-                           f"(cuda:0 to cuda:{n - 1})")
-        return dev
-    mps = getattr(torch.backends, "mps", None)
-    if dev.type == "mps" and mps is not None and mps.is_available():
-        return dev
-    raise CliError(f"{option} {value}: fastremask runs on cpu or cuda (cuda:N), not on {dev.type!r}")
-
-
 def check_output_dir(path: str | None, option: str) -> None:
     """The folder ``path`` is to be written into exists (and ``path`` is not a folder itself)."""
     if path is None:
@@ -205,176 +184,8 @@ def check_output_dir(path: str | None, option: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CliError(f"{option} {path}: the folder {os.path.dirname(path) or folder} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CliError(f"{option} {path}: not writable")
-
-
-def _check_int_option(option: str, value, minimum: int, maximum: int | None = None) -> None:
-    if value is None:
-        return
-    if value < minimum or (maximum is not None and value >= maximum):
-        bound = f"in [{minimum}, 2**63)" if maximum == SEED_LIMIT else (
-            f"in [{minimum}, {maximum})" if maximum is not None else f">= {minimum}")
-        raise CliError(f"{option} must be {bound}, got {value}")
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def _demo_dir() -> str | None:
-    """``fastremask/data`` when it holds a checkpoint (``config.json``)."""
-    d = DATA_DIR
-    return d if os.path.isfile(os.path.join(d, "config.json")) else None
-
-
-def _demo_task(folder: str):
-    """The task named by ``folder/demo.json`` (None without one)."""
-    meta = os.path.join(folder, "demo.json")
-    if not os.path.isfile(meta):
-        return None
-    from fastremask.evaluation.tasks import get_task
-
-    try:
-        with open(meta, encoding="utf-8") as f:
-            return get_task(json.load(f)["task"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CliError(f"{meta}: cannot read the demo task ({type(e).__name__}: {e})") from None
-
-
-def _load_model(args):
-    """``(adapter, task or None, description)`` for ``--model`` or the default model."""
-    from fastremask import models
-
-    ids = dict(mask_id=args.mask_id, eos_id=args.eos_id, eot_id=args.eot_id, pad_id=args.pad_id)
-    if args.model is not None:
-        adapter = models.load(args.model, family=args.family, dtype=args.dtype, device=args.device,
-                              trust_remote_code=args.trust_remote_code,
-                              native=False if args.no_native else None, **ids)
-        return adapter, None, args.model
-    demo = _demo_dir()
-    if demo is not None:
-        task = _demo_task(demo)
-        adapter = models.load(demo, family=args.family, dtype=args.dtype, device=args.device or "cpu", **ids)
-        return adapter, task, "the demo model (fastremask/data)"
-    from fastremask.models.tiny import tiny_model
-
-    model = tiny_model()
-    if args.device:
-        model.to(args.device)
-    adapter = models.wrap(model, name="built-in tiny model", **ids)
-    print("fastremask: using the built-in tiny model (untrained: its text is noise; "
-          "pass --model for a real one)", file=sys.stderr)
-    return adapter, None, "the built-in tiny model"
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-@dataclass
-class Item:
-    """One prompt: where it came from (``line``: 1-based line of the prompts file, or the
-    index of ``--prompt``), its record, its seed; then its tokens, output or error."""
-
-    line: int
-    record: dict
-    seed: int
-    ids: list = field(default_factory=list)
-    error: str | None = None
-    tokens: list | None = None
-    text: str | None = None
-    trace: object = None
-
-
-def line_seed(base_seed: int, index: int) -> int:
-    """The seed of prompt ``index`` (from 0; a prompts file's line ``index + 1``) without a
-    ``"seed"`` of its own: ``(base_seed + index) % 2**63``, as `generate` seeds batch row
-    ``index`` of an int seed. It depends on the line alone, not on the batch it runs in, so an
-    interrupted run resumed gives the same results."""
-    return (base_seed + index) % SEED_LIMIT
-
-
-def _read_prompts_file(path: str, base_seed: int) -> list[Item]:
-    """Parse the JSONL prompts file, each line decoded on its own: a broken line (not UTF-8,
-    bad JSON, no string "prompt", a bad "seed") becomes an `Item` with ``error`` set; a file
-    without any prompt is a `CliError`."""
-    try:
-        f = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except OSError as e:
-        raise CliError(f"cannot read --prompts-file {path}: {e.strerror}") from None
-    items = []
-    try:
-        for n, raw in enumerate(f, start=1):
-            item = Item(line=n, record={}, seed=line_seed(base_seed, n - 1))
-            try:
-                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                item.error = f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)"
-                items.append(item)
-                continue
-            if not text.strip():
-                continue
-            item.error = _parse_record(item, text.strip())
-            items.append(item)
-    except OSError as e:
-        raise CliError(f"cannot read --prompts-file {path}: {e.strerror or e}") from None
-    finally:
-        if f is not sys.stdin.buffer:
-            f.close()
-    if not items:
-        raise CliError(f"--prompts-file {path} has no prompts (it is empty or blank); "
-                       'expected one JSON object like {"prompt": "..."} per line')
-    return items
-
-
-def _parse_record(item: Item, text: str) -> str | None:
-    """Fill ``item.record`` (and its seed) from one JSON line; the error, or None."""
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"invalid JSON ({e.msg} at column {e.colno})"
-    except RecursionError:
-        return "invalid JSON (nested too deeply)"
-    if not isinstance(rec, dict):
-        return f'expected a JSON object like {{"prompt": "..."}}, got {_json_type(rec)}'
-    if "prompt" not in rec:
-        return 'missing "prompt" (a string)'
-    if not isinstance(rec["prompt"], str):
-        return f'"prompt" must be a string, got {_json_type(rec["prompt"])} ({_short(rec["prompt"])})'
-    if "seed" in rec and (not isinstance(rec["seed"], int) or isinstance(rec["seed"], bool)
-                          or not 0 <= rec["seed"] < SEED_LIMIT):
-        return f'"seed" must be an int in [0, 2**63), got {_short(rec["seed"])}'
-    item.record = rec
-    item.seed = rec.get("seed", item.seed)
-    return None
-
-
-def _json_type(v) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _short(v, n: int = 40) -> str:
-    s = json.dumps(v, ensure_ascii=False)
-    return s if len(s) <= n else s[:n - 3] + "..."
-
-
-def _task_verdict(task, it) -> str:
-    """``'Correct: yes (task perm:12)'`` when the demo task can check this answer, else ''."""
-    import torch
-
-    if task is None or len(it.ids) != task.prompt_length or len(it.tokens) != task.answer_length:
-        return ""
-    ok = bool(task.check(torch.tensor([it.ids]), torch.tensor([it.tokens]))[0])
-    return f"Correct: {'yes' if ok else 'no'} (task {task.name}, checked exactly)"
-
-
-def _default_prompt(adapter, task) -> str:
-    if task is not None:
-        from fastremask.evaluation import tasks
-
-        prompts, _ = task.test_set(1)
-        return tasks.decode(prompts[0])
-    return DEFAULT_PROMPT
+    if not os.access(path, os.W_OK) if os.path.exists(path) else not os.access(folder, os.W_OK):
+        raise CliError(f"{option} {path}: not writable")      # an existing file: its own permission
 
 
 # ----------------------------------------------------------------------------- the run
@@ -410,418 +221,6 @@ def config_from_args(args, adapter=None, task=None):
         stop_at_eos=args.stop_at_eos)
 
 
-def _special_ids(adapter, config) -> None:
-    """The model's EOS/EoT for ``--logits-eos-inf``/``--confidence-eos-eot-inf``, checked
-    before any model call (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them)."""
-    from fastremask.sampler.config import SpecialIds
-
-    try:
-        SpecialIds.of(adapter, config)
-    except ValueError as e:
-        raise CliError(f"{e} (on the command line: --eos-id / --eot-id name the model's ids)") from None
-
-
-def _calls_per_run(config) -> int | None:
-    """Model calls of one generate call (`SamplingConfig.model_calls`, which is
-    `fastremask.sampler.schedule.cost`'s count); None in threshold mode (not known in advance)."""
-    return None if config.threshold is not None else config.model_calls()
-
-
-def _png_path(base: str, index: int, many: bool) -> str:
-    if not many:
-        return base
-    stem, ext = os.path.splitext(base)
-    return f"{stem}-{index}{ext or '.png'}"
-
-
-def run_generate(args) -> int:
-    """``fastremask generate``: options and paths, the prompts file, the model, the prompts
-    tokenized and checked, then one `fastremask.run` per batch, each result written as soon as
-    its batch is done."""
-    _check_options(args)                                   # no torch yet: options, paths
-    items = _read_prompts_file(args.prompts_file, args.seed) if args.prompts_file is not None else None
-    done = _read_done(args.output) if args.resume and os.path.exists(args.output) else None
-    check_device(args.device)
-    task = _demo_task(_demo_dir()) if args.model is None and _demo_dir() is not None else None
-    pre = config_from_args(args, None, task)               # a bad sampling option fails before loading
-    if done is not None:
-        _check_resume(args, items, done, pre, tokenized=False)
-    adapter, task, model_name = _load_model(args)
-    config = config_from_args(args, adapter, task)
-    _special_ids(adapter, config)
-    _check_model_ids(args, adapter)
-    file_mode = items is not None
-    if not file_mode:
-        prompts = args.prompt or [_default_prompt(adapter, task)]
-        items = [Item(line=i, record={"prompt": p}, seed=line_seed(args.seed, i)) for i, p in enumerate(prompts)]
-    _tokenize(args, adapter, config, items, file_mode)
-    out = _Output(args, items, file_mode, done, config)
-    return _stream(args, adapter, task, model_name, config, items, out)
-
-
-def _check_options(args) -> None:
-    """The options that are the command's own (the sampling ones are `config_from_args`'),
-    and every path, before any work starts."""
-    if args.prompt is not None and args.prompts_file is not None:
-        raise CliError("give --prompt or --prompts-file, not both")
-    _check_int_option("--batch-size", args.batch_size, 1)
-    _check_int_option("--seed", args.seed, 0, SEED_LIMIT)
-    for opt in ("mask_id", "pad_id", "eos_id", "eot_id"):
-        _check_int_option("--" + opt.replace("_", "-"), getattr(args, opt), 0)
-    if args.system is not None and not args.chat:
-        raise CliError("--system needs --chat")
-    if args.force and args.resume:
-        raise CliError("give --force (start over) or --resume (continue), not both")
-    if args.resume and (args.output is None or args.prompts_file is None):
-        raise CliError("--resume continues a --prompts-file run into its --output; give both")
-    if args.prompts_file is not None and args.prompts_file != "-":
-        if not os.path.exists(args.prompts_file):
-            raise CliError(f"cannot read --prompts-file {args.prompts_file}: no such file")
-        if os.path.isdir(args.prompts_file):
-            raise CliError(f"cannot read --prompts-file {args.prompts_file}: it is a folder")
-    if args.output is not None:
-        check_output_dir(args.output, "--output")
-        if args.prompts_file not in (None, "-") and os.path.exists(args.output) \
-                and os.path.samefile(args.output, args.prompts_file):
-            raise CliError(f"--output {args.output} is the --prompts-file; write the results elsewhere")
-        if os.path.exists(args.output) and not (args.force or args.resume):
-            raise CliError(f"--output {args.output} exists; pass --force to overwrite it, "
-                           "or --resume to continue the run that wrote it")
-    if args.trace_png:
-        check_output_dir(args.trace_png, "--trace-png")
-        if importlib.util.find_spec("matplotlib") is None:
-            raise CliError("--trace-png needs matplotlib: pip install 'fastremask[plot]'")
-
-
-def _vocab_size(adapter) -> int | None:
-    v = getattr(getattr(adapter, "config", None), "vocab_size", None)
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
-
-
-def _check_model_ids(args, adapter) -> None:
-    """The ids given on the command line (and the adapter's pad id) inside the model's
-    vocabulary, before any model call."""
-    V = _vocab_size(adapter)
-    if V is None:
-        return
-    pad = adapter.pad_id
-    if pad is not None and not 0 <= pad < V:
-        raise CliError(f"pad id {pad} is outside the model's vocabulary of {V} (config vocab_size); "
-                       "pass --pad-id")
-    for opt in ("eos_id", "eot_id"):
-        v = getattr(args, opt)
-        if v is not None and v >= V:
-            raise CliError(f"--{opt.replace('_', '-')} {v} is outside the model's vocabulary of {V}")
-    for opt in ("suppress_tokens", "defer_tokens"):
-        bad = [t for t in getattr(args, opt) or () if t >= V]
-        if bad:
-            raise CliError(f"--{opt.replace('_', '-')}: token id {bad[0]} is outside the model's vocabulary of {V}")
-
-
-def _tokenize(args, adapter, config, items: list[Item], file_mode: bool) -> None:
-    """Tokenize and check every prompt before any model call. With ``--prompt`` a bad prompt
-    is a `CliError`; in a prompts file it is that line's ``error`` (the others still run)."""
-    V = _vocab_size(adapter)
-    from fastremask.models import max_positions
-
-    max_len = max_positions(getattr(adapter, "config", None))
-    for it in items:
-        if it.error is None:
-            it.error = _prompt_error(args, adapter, config, it, V, max_len)
-        if it.error is not None and not file_mode:
-            raise CliError(f"prompt {it.line}: {it.error}")
-
-
-def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
-    try:
-        it.ids = adapter.tokenize(it.record["prompt"], chat=args.chat, system=args.system)
-    except ValueError as e:
-        return str(e)
-    if not it.ids:
-        return "the prompt is empty after tokenization"
-    if adapter.mask_id in it.ids:
-        return f"the prompt contains the mask token (id {adapter.mask_id})"
-    if V is not None:
-        bad = next(((p, t) for p, t in enumerate(it.ids) if not 0 <= t < V), None)
-        if bad is not None:
-            return (f"token id {bad[1]} (prompt token {bad[0]}) is outside the model's vocabulary of {V} "
-                    "(config vocab_size): the tokenizer does not match the model")
-    if max_len is not None and len(it.ids) + config.gen_length > max_len[1]:
-        return (f"the prompt ({len(it.ids)} tokens) and --gen-length {config.gen_length} exceed the "
-                f"model's {max_len[0]} of {max_len[1]} positions (config)")
-    return None
-
-
-# ----------------------------------------------------------------------------- output, streamed
-
-
-def _read_done(path: str) -> dict:
-    """What an earlier run left in ``path``: ``{"records": {line: record}, "end": bytes of
-    whole records, "newline": whether the last record lacks its newline}``. A last line cut
-    off mid-record is dropped (the file is truncated to ``end`` before appending)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CliError(f"--resume: cannot read --output {path}: {e.strerror}") from None
-    records, end, pos = {}, 0, 0
-    raws = data.splitlines(keepends=True)
-    for k, raw in enumerate(raws, start=1):
-        pos += len(raw)
-        if not raw.strip():
-            end = pos
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if k == len(raws) and not raw.endswith(b"\n"):
-                break                                    # cut off while being written
-            raise CliError(f"--resume: line {k} of {path} is not a JSON record; is it the output of "
-                           "'fastremask generate --prompts-file'? (--force starts over)") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("line"), int) or rec["line"] in records:
-            raise CliError(f"--resume: line {k} of {path} is not a record of 'fastremask generate "
-                           '--prompts-file\' (each has a unique "line"); --force starts over')
-        records[rec["line"]] = rec
-        end = pos
-    return {"records": records, "end": end, "newline": end > 0 and not data[:end].endswith(b"\n")}
-
-
-def _check_resume(args, items: list[Item], done: dict, config, tokenized: bool = True) -> None:
-    """The records already in ``--output`` are this run's first lines: same lines, prompts,
-    seeds, answer length, in input order. Before the prompts are ``tokenized`` (before the
-    model is loaded) the records of errors are not compared (a line's error may come from the
-    tokenizer)."""
-    recs = done["records"]
-    first = [it.line for it in items[:len(recs)]]
-    if sorted(recs) != first:
-        extra = sorted(set(recs) - {it.line for it in items})
-        what = (f"line {extra[0]}, which {args.prompts_file} does not have" if extra
-                else f"lines {sorted(recs)[:3]}... that are not the first {len(recs)} of {args.prompts_file}")
-        raise CliError(f"--resume: {args.output} holds {what}; is it this file's output? (--force starts over)")
-    for it in items[:len(recs)]:
-        rec = recs[it.line]
-        if not tokenized and "error" in rec:
-            continue
-        why = None
-        if it.error is not None:
-            if "error" not in rec:
-                why = f"it has a result there and an error now ({it.error})"
-        elif "error" in rec:
-            why = "it was an error there and is a prompt now"
-        elif rec.get("prompt") != it.record["prompt"]:
-            why = "the prompt differs"
-        elif rec.get("seed") != it.seed:
-            why = f"seed {rec.get('seed')!r} there, {it.seed} now (--seed?)"
-        elif not isinstance(rec.get("tokens"), list) or len(rec["tokens"]) != config.gen_length:
-            n = len(rec["tokens"]) if isinstance(rec.get("tokens"), list) else "no"
-            why = f"{n} tokens there, --gen-length {config.gen_length} now"
-        if why is not None:
-            raise CliError(f"--resume: the record of line {it.line} in {args.output} does not match "
-                           f"{args.prompts_file}:{it.line}: {why}; --force starts over")
-
-
-class _Output:
-    """Where results go and how far the run got: opened (stdout, a new file, or an earlier
-    run's file to append to) only once everything has been checked."""
-
-    def __init__(self, args, items, file_mode: bool, done: dict | None, config):
-        self.args, self.file_mode = args, file_mode
-        self.total = len(items)
-        self.previous = 0
-        skip = set()
-        if done is not None:
-            _check_resume(args, items, done, config)
-            skip = set(done["records"])
-            self.previous = len(skip)
-            self.previous_errors = sum("error" in r for r in done["records"].values())
-        else:
-            self.previous_errors = 0
-        self.pending = [it for it in items if it.line not in skip]    # to write, in input order
-        self.written = 0
-        self.errors = 0
-        self.name = args.output if args.output is not None else "stdout"
-        self.done = done
-        self.f = None
-
-    def open(self) -> None:
-        """Open stdout, a new file, or the earlier run's file to append to."""
-        args, done = self.args, self.done
-        if args.output is None:
-            self.f = sys.stdout
-            return
-        try:
-            if done is not None:
-                os.truncate(args.output, done["end"])        # drop a record cut off mid-line
-                self.f = open(args.output, "a", encoding="utf-8")
-                if done["newline"]:
-                    self.f.write("\n")
-            else:
-                self.f = open(args.output, "w", encoding="utf-8")
-        except OSError as e:
-            raise CliError(f"cannot write --output {args.output}: {e.strerror}") from None
-
-    @property
-    def next_item(self) -> Item | None:
-        return self.pending[self.written] if self.written < len(self.pending) else None
-
-    def where(self) -> str:
-        """How far the run got, for the message when it stops."""
-        nxt = self.next_item
-        if self.file_mode:
-            at = f"line {nxt.line} of {self.args.prompts_file}" if nxt is not None else "the end"
-            n = self.previous + self.written
-            if self.args.output is None:
-                return f"stopped at {at}: {n} of {self.total} lines were written to stdout"
-            s = f"stopped at {at}: {n} of {self.total} lines are in {self.name}"
-            return s + " (--resume continues)" if nxt is not None else s
-        at = f"prompt {nxt.line}" if nxt is not None else "the end"
-        return f"stopped at {at}: {self.written} of {self.total} answers written to {self.name}"
-
-    def close(self) -> None:
-        if self.f is None:
-            return
-        try:
-            if self.f is not sys.stdout:
-                self.f.close()
-            else:
-                self.f.flush()
-        except OSError:
-            pass              # what stopped the run (a full disk, a closed pipe) is reported already
-
-    def sync(self) -> None:
-        self.f.flush()
-        if self.f is not sys.stdout:
-            try:
-                os.fsync(self.f.fileno())
-            except OSError:
-                pass
-
-
-def _stream(args, adapter, task, model_name: str, config, items: list[Item], out: _Output) -> int:
-    """Generate ``--batch-size`` prompts at a time; after each batch write (and flush) every
-    result that is ready, in input order. Ctrl-C or an error: a `Stopped` saying how far it
-    got (its cause the interrupt or the error); the results written stay."""
-    from fastremask.sampler import loop
-
-    want_trace = args.trace or bool(args.trace_png)
-    todo = [it for it in out.pending if it.error is None]
-    batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-    _check_padding(adapter, batches)
-    out.open()
-    calls = _calls_per_run(config)
-    bar = None
-    if not args.no_progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None if calls is None else calls * len(batches), file=sys.stderr, unit="step",
-                   desc="generating", leave=False, dynamic_ncols=True)
-    many = len(items) > 1
-    try:
-        try:
-            _write_ready(args, adapter, task, model_name, out, many)
-            for batch in batches:
-                ids, mask = adapter.pad([it.ids for it in batch])
-                x, trace = loop.run(adapter, ids, config, attention_mask=mask, seed=[it.seed for it in batch],
-                                    return_trace=True,
-                                    callback=None if bar is None else (lambda rec: bar.update(1)))
-                answers = x[:, ids.shape[1]:].cpu()
-                for b, it in enumerate(batch):
-                    it.tokens = answers[b].tolist()
-                    it.text = adapter.decode(it.tokens, skip_special_tokens=not args.keep_special_tokens)
-                    it.trace = (trace, b) if want_trace else None
-                _write_ready(args, adapter, task, model_name, out, many)
-        finally:
-            if bar is not None:
-                bar.close()
-    except (Exception, KeyboardInterrupt) as e:
-        raise Stopped(out.where()) from e
-    finally:
-        out.close()
-    errors = out.errors + out.previous_errors
-    if errors:
-        where = "" if args.output is None else f' and as {{"line", "error"}} records in {args.output}'
-        print(f"fastremask: error: {errors} of {out.total} lines of {args.prompts_file} had errors (listed above"
-              f"{where}); the others were generated", file=sys.stderr)
-        return 1
-    if out.previous and out.file_mode:
-        print(f"fastremask: resumed: {out.previous} lines were already in {out.name}, "
-              f"{out.written} added", file=sys.stderr)
-    return 0
-
-
-def _check_padding(adapter, batches) -> None:
-    """Left padding is possible (the pad id is not the mask id), checked on the first batch
-    that needs it, before any model call."""
-    from fastremask.models import PadIsMaskError
-
-    mixed = next((b for b in batches if len({len(it.ids) for it in b}) > 1), None)
-    if mixed is not None:
-        try:
-            adapter.pad([it.ids for it in mixed])
-        except PadIsMaskError as e:
-            raise CliError(str(e)) from None
-
-
-def _write_ready(args, adapter, task, model_name: str, out: _Output, many: bool) -> None:
-    """Write every pending item that is ready (an error, or generated), in input order."""
-    wrote = False
-    while (it := out.next_item) is not None and (it.error is not None or it.tokens is not None):
-        if it.error is not None:
-            out.errors += 1
-            print(f"fastremask: {args.prompts_file}:{it.line}: {it.error}", file=sys.stderr)
-            out.f.write(json.dumps({"line": it.line, "error": it.error}) + "\n")
-        else:
-            if args.trace_png:
-                from fastremask.tools.trace import plot_trace
-
-                trace, b = it.trace
-                path = _png_path(args.trace_png, it.line, many)
-                plot_trace(trace, adapter.token_str, path, row=b,
-                           title=f"{model_name}: {it.record['prompt'][:60]!r}")
-                print(f"fastremask: wrote {path}", file=sys.stderr)
-            if out.file_mode:
-                _write_record(out.f, args, adapter, it)
-            else:
-                _write_text(out.f, args, adapter, task, it, many)
-        it.trace = None                       # written: let the batch's trace go
-        out.written += 1
-        wrote = True
-    if wrote:
-        out.sync()
-
-
-def _write_record(out, args, adapter, it: Item) -> None:
-    """One JSONL line: the input's fields plus ``line``, ``seed``, ``output``, ``tokens`` (``trace``)."""
-    from fastremask.tools.trace import kept_by_step
-
-    rec = dict(it.record)
-    rec.update(line=it.line, seed=it.seed, output=it.text, tokens=it.tokens)
-    if args.trace:
-        trace, b = it.trace
-        rec["trace"] = [[step, [[pos, adapter.token_str(t)] for pos, t in kept]]
-                        for step, kept in kept_by_step(trace, b)]
-    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def _write_text(out, args, adapter, task, it: Item, many: bool) -> None:
-    """The answer as text; with ``--trace`` the prompt and the steps first, and the demo task's verdict."""
-    from fastremask.tools.trace import format_trace
-
-    if many:
-        out.write(f"[{it.line}] {it.record['prompt']}\n")
-    if args.trace:
-        trace, b = it.trace
-        if not many:
-            out.write(f"Prompt: {it.record['prompt']}\n")
-        for line in format_trace(trace, adapter.token_str, row=b):
-            out.write(line + "\n")
-        out.write("Final output: ")
-    out.write(it.text + "\n")
-    verdict = _task_verdict(task, it)
-    if verdict and args.trace:
-        out.write(verdict + "\n")
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -844,7 +243,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description="Generate with a masked diffusion LM (docs/cli.md).")
     add_generate_arguments(g)
     _add_debug(g)
-    g.set_defaults(run=run_generate)
+    g.set_defaults(run=_run_command("fastremask.tools.generate"))
     chosen = _first_command(argv or [])
     for name, (module, help_) in EXTERNAL_COMMANDS.items():
         try:
@@ -871,6 +270,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _run_command(module: str):
+    """``run`` of ``module``, imported when the command runs (the module imports this one)."""
+    def run(args):
+        return importlib.import_module(module).run(args)
+
+    return run
+
+
 def _unavailable(name: str, why: str):
     def run(args):
         raise CliError(f"'fastremask {name}' is unavailable: {why}")
@@ -884,9 +291,12 @@ def _one_line(text: str) -> str:
 
 def describe_error(e: BaseException) -> tuple[str, int]:
     """``(one-line message, exit status)``: 2 for a bad input or option (its message names
-    it), 1 for anything else (an unexpected failure: its type, and how to see the traceback)."""
+    it), 1 for writing the results failing (`WriteError`, naming the file) and for anything
+    else (an unexpected failure: its type, and how to see the traceback)."""
     if isinstance(e, CliError):
         return _one_line(e), 2
+    if isinstance(e, WriteError):
+        return _one_line(e), 1
     if isinstance(e, ValueError):          # the library's argument checks, ModelLoadError
         return _one_line(e), 2
     if isinstance(e, OSError) and e.filename is not None:

@@ -209,7 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_args(args) -> None:
     """The command's own options, the device and ``--out``'s folder, before any work (a
     `fastremask.tools.cli.CliError` naming the option)."""
-    from fastremask.tools.cli import CliError, check_device, check_output_dir
+    from fastremask.sampler.devices import check_device
+    from fastremask.tools.cli import CliError, check_output_dir
 
     for opt, minimum in (("batch", 1), ("prompt_length", 1), ("top", 0), ("threads", 1)):
         v = getattr(args, opt)

@@ -12,8 +12,9 @@ CUDA, and present the interface `fastremask.generate` calls::
     model.cached_logits(input_ids, attention_mask, cache, query=(q0, q1), out=(o0, o1))
     model.device, model.dtype, model.config.vocab_size
 
-The last is the block KV-cache protocol of `fastremask.models.kv`. Dream's right shift and its
-position ids are applied inside `DreamModel`.
+The last is the block KV-cache protocol of `fastremask.models.kv`. Which model type each
+class reads, its published embedding name and its logits shift (Dream's right shift, applied
+inside the model by `NativeModel`) are the family records' (`fastremask.models.family`).
 
 >>> from fastremask.models import native, testing
 >>> m = native.from_folder(testing.save_llada_checkpoint("tiny-llada"), device="cpu")
@@ -23,40 +24,43 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from fastremask.models.family import FAMILIES, Family, family_for
 from fastremask.models.native.common import (INDEX_NAME, SINGLE_NAME, NativeConfig, NativeModel, NativeOutput,
                                              _error, load_weights, parse_dtype, read_config, weight_names)
 from fastremask.models.native.dream import DreamModel, dream_config
 from fastremask.models.native.llada import LLaDAModel, llada_config
 
-__all__ = ["NATIVE_TYPES", "NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel",
-           "from_folder", "native_family", "published_layout"]
+__all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel",
+           "from_folder", "native_family", "native_record", "published_layout"]
 
-# config.json model_type (lower-cased) -> (family, model class, config check, the embedding's name)
-NATIVE_TYPES = {
-    "llada": ("llada", LLaDAModel, llada_config, "model.transformer.wte.weight"),
-    "dream": ("dream", DreamModel, dream_config, "model.embed_tokens.weight"),
-}
-_IGNORE = ("rotary_emb.inv_freq",)
+
+def native_record(model_type) -> Optional[Family]:
+    """The family record whose native forward reads ``model_type`` (its ``native_types``),
+    else None."""
+    record = family_for(model_type)
+    if record is None or str(model_type).lower() not in record.native_types:
+        return None
+    return record
 
 
 def native_family(model_type) -> Optional[str]:
     """``"llada"`` / ``"dream"`` for a model type with a native forward, else None."""
-    entry = NATIVE_TYPES.get(str(model_type).lower()) if model_type is not None else None
-    return entry[0] if entry else None
+    record = native_record(model_type)
+    return record.name if record is not None else None
 
 
 def published_layout(folder: str, model_type) -> Optional[bool]:
     """Whether ``folder``'s safetensors weights use the published names of ``model_type``
-    (judged by the embedding's name: ``model.transformer.wte.weight`` for LLaDA,
+    (judged by the family record's ``embedding``: ``model.transformer.wte.weight`` for LLaDA,
     ``model.embed_tokens.weight`` for Dream); None when the folder holds no safetensors
     weights (or no index) to judge by."""
-    entry = NATIVE_TYPES.get(str(model_type).lower())
-    if entry is None:
+    record = native_record(model_type)
+    if record is None:
         return False
     names = weight_names(os.fspath(folder))
     if names is None:
         return None
-    return entry[3] in names
+    return record.embedding in names
 
 
 def from_folder(folder, *, dtype="auto", device="cpu", raw: Optional[dict] = None) -> NativeModel:
@@ -71,16 +75,15 @@ def from_folder(folder, *, dtype="auto", device="cpu", raw: Optional[dict] = Non
         raw = read_config(folder)
     cfg_path = os.path.join(folder, "config.json")
     mt = raw.get("model_type")
-    entry = NATIVE_TYPES.get(str(mt).lower()) if isinstance(mt, str) else None
-    if entry is None:
-        raise _error(f"{cfg_path}: field 'model_type' is {mt!r}; the native models are "
-                     f"{', '.join(repr(k) for k in ('llada', 'Dream'))}")
-    _, cls, check, _ = entry
-    config = check(raw, cfg_path)
+    record = native_record(mt) if isinstance(mt, str) else None
+    if record is None:
+        natives = ", ".join(repr(t) for f in FAMILIES.values() for t in f.native_types)
+        raise _error(f"{cfg_path}: field 'model_type' is {mt!r}; the native models are {natives}")
+    cls = record.native_class()
+    config = cls.check_config(raw, cfg_path)
     tdtype = parse_dtype(dtype, raw, cfg_path)
     model = cls(config, device="meta")
-    ignore = _IGNORE + (("lm_head.weight",) if cls is DreamModel and config.tied else ())
-    load_weights(model, folder, dtype=tdtype, device=device, ignore=ignore)
+    load_weights(model, folder, dtype=tdtype, device=device, ignore=cls.ignored_weights(config))
     model.requires_grad_(False)
     return model.eval()
 

@@ -16,7 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastremask.models.checks import MISSING, check_field
+from fastremask.models.dtypes import DTYPES, dtype_by_name, unknown_dtype
+from fastremask.models.family import get_family
 from fastremask.models.kv import KVCache, attend
+from fastremask.models.shift import shifted_rows
+from fastremask.sampler.protocol import ModelLoadError
 
 __all__ = [
     "NativeConfig",
@@ -36,14 +41,10 @@ __all__ = [
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_IGNORE = ("rotary_emb.inv_freq",)      # a tensor some checkpoints carry that no model uses
 
 
 def _error(msg: str) -> Exception:
-    from fastremask.models import ModelLoadError
-
     return ModelLoadError(msg)
 
 
@@ -72,26 +73,11 @@ class NativeConfig:
                 setattr(self, k, v)
 
     def field(self, name: str, kind=int, *, default=None, required: bool = True, positive: bool = True):
-        """``raw[name]`` checked to be a ``kind`` (int: positive unless told); a `ModelLoadError`
-        naming ``config.json`` and the field otherwise."""
-        if name not in self.raw or self.raw[name] is None:
-            if default is not None or not required:
-                return default
-            raise _error(f"{self.path}: field {name!r} is missing (needed to build the model)")
-        v = self.raw[name]
-        if kind is int:
-            ok = isinstance(v, int) and not isinstance(v, bool) and (v > 0 or not positive)
-            want = "a positive integer" if positive else "an integer"
-        elif kind is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and (v > 0 or not positive)
-            want = "a positive number"
-        elif kind is bool:
-            ok, want = isinstance(v, bool), "true or false"
-        else:
-            ok, want = isinstance(v, kind), kind.__name__
-        if not ok:
-            raise _error(f"{self.path}: field {name!r} must be {want}, got {v!r}")
-        return v
+        """``raw[name]`` checked to be a ``kind`` (int: positive unless told;
+        `fastremask.models.checks.check_field`); a `ModelLoadError` naming ``config.json`` and
+        the field otherwise. Absent: ``default``, or an error when ``required`` and no default."""
+        fallback = MISSING if (default is None and required) else default
+        return check_field(self.raw, self.path, name, kind, default=fallback, positive=positive)
 
     def to_dict(self) -> dict:
         return dict(self.raw)
@@ -125,13 +111,13 @@ def parse_dtype(dtype, raw: dict, path: str) -> Optional[torch.dtype]:
         name = raw.get("torch_dtype", raw.get("dtype"))
         if name is None:
             return None
-        if isinstance(name, str) and name.replace("torch.", "") in _DTYPES:
-            return _DTYPES[name.replace("torch.", "")]
+        if dtype_by_name(name) is not None:
+            return dtype_by_name(name)
         raise _error(f"{path}: field 'torch_dtype' is {name!r}; expected float32, bfloat16 or float16 "
                      "(or pass dtype=)")
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise _error(f"unknown dtype {dtype!r}; expected auto, float32/fp32, bfloat16/bf16, float16/fp16")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise _error(unknown_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -347,13 +333,30 @@ class NativeModel(nn.Module):
     ``model(input_ids [B, L], attention_mask [B, L] | None) -> NativeOutput(logits [B, L, V])``,
     position ``i`` scoring the token at ``i``; `window_logits` (the output head on a block only);
     `cached_logits` (the block KV-cache protocol of `fastremask.models.kv`). Subclasses provide
-    the parts: ``_embed``, ``_layers``, ``_final_norm``, ``_head``, ``_positions``, and the class
-    attributes ``family`` and ``shift`` (True: the output at ``i - 1`` scores ``i``, Dream).
+    the parts: ``_embed``, ``_layers``, ``_final_norm``, ``_head``, ``_uses_mask_positions``, the
+    class attribute ``family`` (the name of its record in `fastremask.models.family`, which
+    gives the logits shift and the display name) and ``check_config(raw, path) -> NativeConfig``.
     """
 
     family = "llada"
-    family_name = "LLaDA"
-    shift = False
+
+    @staticmethod
+    def check_config(raw: dict, path: str) -> NativeConfig:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def ignored_weights(cls, config: NativeConfig) -> tuple:
+        """Name suffixes of tensors a checkpoint may carry that this model does not read."""
+        return _IGNORE
+
+    @property
+    def shift(self) -> int:
+        """The family record's ``logits_shift`` (1: the output at ``i - 1`` scores ``i``, Dream)."""
+        return get_family(self.family).logits_shift
+
+    @property
+    def family_name(self) -> str:
+        return get_family(self.family).display
 
     def __init__(self, config: NativeConfig):
         super().__init__()
@@ -434,11 +437,7 @@ class NativeModel(nn.Module):
     def _rows(self, h: torch.Tensor, h0: int, o0: int, o1: int) -> torch.Tensor:
         """The hidden rows whose head outputs are the logits of positions ``o0:o1``; ``h`` holds
         positions ``h0 ..``. Dream: the output at ``i - 1`` scores ``i``; position 0 its own."""
-        if not self.shift:
-            return h[:, o0 - h0:o1 - h0]
-        if o0 > 0:
-            return h[:, o0 - 1 - h0:o1 - 1 - h0]
-        return torch.cat([h[:, :1], h[:, :o1 - 1 - h0]], dim=1)
+        return shifted_rows(h, h0, o0, o1, self.shift)
 
     # --- the three entry points
 

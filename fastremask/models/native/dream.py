@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
                                              attention)
 
-__all__ = ["DreamModel", "dream_config", "EMBEDDING_NAME"]
+__all__ = ["DreamModel", "dream_config"]
 
-EMBEDDING_NAME = "model.embed_tokens.weight"
 _NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -96,8 +95,11 @@ class DreamModel(NativeModel):
     docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "dream"
-    family_name = "Dream"
-    shift = True
+    check_config = staticmethod(dream_config)
+
+    @classmethod
+    def ignored_weights(cls, config: NativeConfig) -> tuple:
+        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)

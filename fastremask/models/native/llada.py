@@ -33,9 +33,8 @@ import torch.nn.functional as F
 
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, _error, attention)
 
-__all__ = ["LLaDAModel", "llada_config", "EMBEDDING_NAME"]
+__all__ = ["LLaDAModel", "llada_config"]
 
-EMBEDDING_NAME = "model.transformer.wte.weight"
 # field: the value LLaDA-8B has, the only one this implementation supports
 _FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
           "alibi": False, "attention_layer_norm": False, "block_group_size": 1, "layer_norm_with_affine": True}
@@ -111,8 +110,7 @@ class LLaDAModel(NativeModel):
     """LLaDA's forward, natively: see the module docstring. Build with `from_folder`."""
 
     family = "llada"
-    family_name = "LLaDA"
-    shift = False
+    check_config = staticmethod(llada_config)
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)

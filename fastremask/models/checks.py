@@ -1,0 +1,49 @@
+"""Checking a checkpoint's ``config.json`` fields where they are read: one function, one message.
+
+Every field the project reads from a checkpoint (the tiny/demo model, the native LLaDA and
+Dream) goes through `check_field`, so a bad value is a `ModelLoadError` naming the file, the
+field, what it must be and what it is, at load time, never a ``TypeError`` deep in torch at the
+first model call.
+"""
+from __future__ import annotations
+
+import math
+
+from fastremask.sampler.protocol import ModelLoadError
+
+__all__ = ["check_field", "MISSING"]
+
+MISSING = object()
+
+
+def check_field(raw: dict, path: str, name: str, kind=int, *, default=MISSING, positive: bool = True,
+                below: int | None = None, below_name: str | None = None):
+    """``raw[name]`` checked, or ``default`` when it is absent or null (a missing field without
+    a default is an error).
+
+    ``kind``: ``int`` (not a bool; positive unless ``positive=False``, then non-negative; below
+    ``below`` when given, e.g. an id inside a vocabulary named ``below_name``), ``float`` (an int
+    or a float, finite, positive unless told), ``bool``, or any type for `isinstance`.
+    """
+    if name not in raw or raw[name] is None:
+        if default is MISSING:
+            raise ModelLoadError(f"{path}: field {name!r} is missing (needed to build the model)")
+        return default
+    v = raw[name]
+    if kind is int:
+        ok = isinstance(v, int) and not isinstance(v, bool) and (v > 0 if positive else v >= 0)
+        want = "a positive integer" if positive else "a non-negative integer"
+        if ok and below is not None and v >= below:
+            ok = False
+            want = f"an id inside the vocabulary (0..{below - 1}, {below_name or 'vocab_size'} {below})"
+    elif kind is float:
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and (v > 0 or not positive))
+        want = "a positive number" if positive else "a finite number"
+    elif kind is bool:
+        ok, want = isinstance(v, bool), "true or false"
+    else:
+        ok, want = isinstance(v, kind), kind.__name__
+    if not ok:
+        raise ModelLoadError(f"{path}: field {name!r} must be {want}, got {v!r}")
+    return v
