@@ -513,3 +513,21 @@ def test_option_checks():
         SamplingConfig(penalty_lambda=1.0)
     with pytest.raises(ValueError, match="edit_threshold.*needs threshold decoding"):
         SamplingConfig(edit_threshold=0.5)
+
+
+def test_benchmark_runs_quick(capsys):
+    """benchmarks/block_cache.py (docs/cache.md's numbers) still runs, and its tokens agree."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "block_cache.py"
+    spec = importlib.util.spec_from_file_location("block_cache_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = torch.get_num_threads()
+    try:
+        mod.main(["--quick", "--shape", "sdar"])
+    finally:
+        torch.set_num_threads(before)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| sdar")]
+    assert len(rows) == 2 and all(r.endswith("| True |") for r in rows)
