@@ -389,6 +389,8 @@ MODES = {
     "editing T=0.9": dict(steps=16, threshold=0.2, threshold_floor="schedule", edit_threshold=0.2,
                           max_post_edit_steps=3, temperature=0.9, force_editing=True),
     "eos_early_stop": dict(steps=16, threshold=0.5, threshold_floor="schedule", eos_early_stop=True),
+    "editing eos_early_stop": dict(steps=16, threshold=0.2, edit_threshold=0.2, max_post_edit_steps=3,
+                                   force_editing=True, eos_early_stop=True),
 }
 
 
@@ -396,7 +398,7 @@ MODES = {
 def test_row_alone_equals_row_in_batch(mode):
     """Left-padded rows of different lengths: each row's blocks start at its own position 0, its
     seed is its own, so it equals the prompt generated alone (cache='block')."""
-    m = _eos_model() if mode == "eos_early_stop" else MODEL
+    m = _eos_model() if "eos_early_stop" in mode else MODEL
     prompts, x, am = _batch()
     config = SamplingConfig(gen_length=16, block_length=C, mask_id=MASK, cache="block", **MODES[mode])
     batch = run(m, x, config, attention_mask=am, seed=7)
@@ -405,6 +407,22 @@ def test_row_alone_equals_row_in_batch(mode):
         alone = run(m, p[None], config, seed=7 + b)
         assert torch.equal(batch[b, P:], alone[0, len(p):]), (mode, b)
         assert torch.equal(batch[b, :P], x[b])
+
+
+def test_editing_touches_only_answer_positions_and_stops():
+    """In a batch, a row's filler block (it needs one block fewer) is neither edited nor stepped."""
+    prompts, x, am = _batch()
+    config = SamplingConfig(gen_length=16, block_length=C, mask_id=MASK, cache="block", **MODES["editing T=0.9"])
+    out, trace = run(MODEL, x, config, attention_mask=am, seed=7, return_trace=True)
+    lay = BlockLayout(x, am, 16, C, MASK)
+    for s in trace.steps:
+        cols = s.start + torch.arange(C)
+        inside = (cols[None] >= lay.gen_start[:, None]) & (cols[None] < lay.row_end[:, None])
+        assert not (s.edit & ~inside).any()
+        assert not (s.keep & ~inside).any()
+    last = [s for s in trace.steps if s.block == lay.num_blocks - 1]
+    assert last and all(int(s.row_step[1]) == int(last[0].row_step[1]) for s in last)   # row 1: filler only
+    assert sum(bool(s.edit.any()) for s in trace.steps) > 0
 
 
 def test_layout_puts_each_rows_blocks_at_its_position_zero():

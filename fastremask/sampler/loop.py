@@ -54,7 +54,8 @@ class Block:
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         if layout is not None:          # block-causal: each row's answer starts at its own column
-            self.answer = (j + start) >= layout.gen_start.index_select(0, bi)     # [B * C]
+            col = j + start                  # the row's answer and the published tail, not filler
+            self.answer = (col >= layout.gen_start.index_select(0, bi)) & (col < layout.row_end.index_select(0, bi))
             self.positions = (j + start - layout.gen_start.index_select(0, bi)).clamp_min(0)
             self.rows = bi * C + j
             self.call = block_call(kv, start, C)
@@ -394,12 +395,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     elif config.cache is not None:
         kv = KVCache()
     global_step = 0
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)     # eos_early_stop: rows done
     for b in range(num_blocks):
         start = P + b * C if layout is None else layout.block_start(b)
         blk = Block(x, start, C, P, config, bi, seeds_r, j, kv, layout)
         if editing:
             answer = blk.answer.view(B, C)
-            finished = torch.zeros(B, dtype=torch.bool, device=device)
+            finished = stopped | ~answer.any(1)         # done at EOS, or only filler in this block
             post = torch.zeros(B, dtype=torch.int64, device=device)
         for i in range(max_steps):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
@@ -443,17 +445,19 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                 if callback is not None:
                     callback(rec)
             global_step += 1
-            if layout is not None and config.eos_early_stop and not editing and \
-                    _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id):
-                steps.checker.check()
-                return
+            if layout is not None and config.eos_early_stop and not editing:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+                if bool(stopped.all()):
+                    steps.checker.check()
+                    return
         steps.checker.check()                                 # schedule mode's one sync per block
         if layout is not None:
-            if config.eos_early_stop and b + 1 < num_blocks and \
-                    _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id):
+            if config.eos_early_stop and b + 1 < num_blocks:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
                 if trace is not None:
-                    trace.stops.append((b, torch.ones(B, dtype=torch.bool, device=device)))
-                return
+                    trace.stops.append((b, stopped.clone()))
+                if bool(stopped.all()):
+                    return
             continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
@@ -475,7 +479,7 @@ def _repeat_penalty(logits, xb, lam: float):
 def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
     """LLaDA2's ``eos_early_stop``, per row: a row whose answer so far holds an EOS with no mask
     before its first EOS is done (its answer ends there); everything after that EOS is set to EOS,
-    so the row has nothing left to sample. True when every row is done (the loop stops)."""
+    so the row has nothing left to sample. Returns the rows done ``[B]`` bool."""
     B = x.shape[0]
     cols = torch.arange(x.shape[1], device=x.device)
     in_answer = (cols >= layout.gen_start[:, None]) & (cols < end)
@@ -485,7 +489,7 @@ def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
     done = is_eos.any(1) & ~((x == mask_id) & before).any(1)
     after = (cols > first[:, None]) & (cols < layout.row_end[:, None]) & done[:, None]
     x.masked_fill_(after, eos)
-    return bool(done.all())
+    return done
 
 
 def _check_eos(model, eos) -> None:
