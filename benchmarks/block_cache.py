@@ -39,14 +39,15 @@ class Counting(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.inner, self.calls = model, 0
+        self.inner, self.calls, self.columns = model, 0, 0
         for name in ("attention", "block_length", "mask_id", "device", "config"):
             setattr(self, name, getattr(model, name))
         self.token_editing = False
 
-    def block_logits(self, *a, **kw):
+    def block_logits(self, input_ids, *a, **kw):
         self.calls += 1
-        return self.inner.block_logits(*a, **kw)
+        self.columns += input_ids.shape[1] - kw.get("start", 0)     # positions run through the model
+        return self.inner.block_logits(input_ids, *a, **kw)
 
     def forward(self, *a, **kw):
         return self.inner(*a, **kw)
@@ -75,8 +76,9 @@ def main(argv=None):
     print(f"# block cache vs full-window recompute: {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {args.threads} thread(s); prompt {args.prompt}, gen {args.gen}, "
           f"d_model {args.d_model}, {args.heads} heads, {args.layers} layers, vocab {args.vocab}, fp32")
-    print("| shape | block | mode | recompute s/answer | cache s/answer | ratio | model calls/answer | tokens equal |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | block | mode | recompute s/answer | cache s/answer | ratio | model calls/answer "
+          "| positions run, recompute / cache | tokens equal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g)
     for shape in args.shape:
@@ -95,16 +97,17 @@ def main(argv=None):
                                         mask_id=model.mask_id, cache=cache, backend="torch", **kw)
                 m = Counting(model)
                 out = run(m, prompt, config, seed=0)                     # warm-up
-                calls = m.calls
+                calls, columns = m.calls, m.columns
                 times = []
                 for _ in range(args.rounds):
                     t = time.perf_counter()
                     run(m, prompt, config, seed=0)
                     times.append(time.perf_counter() - t)
-                res[cache] = (statistics.median(times), out, calls)
-            (tr, a, calls_r), (tc, b, calls_c) = res[None], res["block"]
+                res[cache] = (statistics.median(times), out, calls, columns)
+            (tr, a, calls_r, col_r), (tc, b, calls_c, col_c) = res[None], res["block"]
             print(f"| {shape} | {C} | {mode} | {tr:.2f} | {tc:.2f} | **{tr / tc:.1f}x** | {calls_c} "
-                  f"| {bool(torch.equal(a, b)) and calls_r == calls_c} |", flush=True)
+                  f"| {col_r:,} / {col_c:,} ({col_r / col_c:.0f}x) | {bool(torch.equal(a, b)) and calls_r == calls_c} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
