@@ -9,15 +9,16 @@
 ``python -m fastremask.evaluation.lm_eval_adapter`` is lm_eval's own command line with this module
 imported first (importing it registers the model name ``"fastremask"``). Model arguments
 (``--model_args k=v,...``): ``pretrained`` (a folder or hub id, loaded by
-`fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, and the sampling
-options of `fastremask.generate`, held as one `fastremask.SamplingConfig` (``config``, built and
-checked when the model is built, with generate's messages): ``gen_length`` (default: the task's ``max_gen_toks``),
-``steps`` (default ``gen_length``), ``block_length`` (default ``gen_length``), ``schedule``
-(``uniform`` | ``pyramid``), ``factor``, ``remasking``, ``threshold``, ``temperature``,
-``cfg_scale``, ``seed``, ``backend``; ``chat`` wraps each prompt in the tokenizer's chat
-template (what LLaDA-Instruct and Dream-Instruct expect; lm_eval's ``--apply_chat_template``
-works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags, applied to
-the loaded model's EOS/EoT ids (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them).
+`fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, ``seed``, ``mc_num``,
+``chat`` (wrap each prompt in the tokenizer's chat template, what LLaDA-Instruct and
+Dream-Instruct expect; lm_eval's ``--apply_chat_template`` works too), and every sampling
+option of `fastremask.generate`: the fields of `fastremask.SamplingConfig`, read from lm-eval's
+strings by their declared parsers (`SamplingConfig.parse_strings`) and held as one config
+(``config``, built and checked when the model is built, with generate's messages).
+``gen_length`` defaults to the task's ``max_gen_toks``, ``steps`` and ``block_length`` to
+``gen_length``; ``logits_eos_inf`` and ``confidence_eos_eot_inf`` apply to the loaded model's
+EOS/EoT ids (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them). An unknown
+argument is an error naming it (never ignored: a misspelt option would run another algorithm).
 
 What is implemented:
 
@@ -159,30 +160,20 @@ class FastRemaskLM(_LMBase):
         dtype: str = "auto",
         trust_remote_code: bool = False,
         batch_size: int | str = 1,
-        gen_length: int | None = None,
-        steps: int | None = None,
-        block_length: int | None = None,
-        schedule: str = "uniform",
-        factor: int = 1,
-        remasking: str = "low_confidence",
-        threshold: float | None = None,
-        temperature: float = 0.0,
-        cfg_scale: float = 0.0,
+        max_batch_size: int | str | None = None,     # lm_eval passes it to every model; unused
         seed: int = 0,
-        backend: str = "auto",
         chat: bool = False,
-        logits_eos_inf: bool = False,
-        confidence_eos_eot_inf: bool = False,
         mc_num: int = 32,
-        mask_id: int | None = None,
-        **unused,
+        **options,
     ):
+        """The adapter's own arguments above; every other keyword is a `SamplingConfig` option
+        (``gen_length``, ``steps``, ``block_length``: None = the request's ``max_gen_toks``),
+        read from lm-eval's strings by `SamplingConfig.parse_strings`. An unknown keyword is a
+        ValueError naming it, never ignored."""
         super().__init__()
         from fastremask import models
 
-        unused.pop("max_batch_size", None)  # lm_eval passes these to every model
-        if unused:
-            print(f"fastremask lm_eval adapter: ignoring unknown model args {sorted(unused)}", file=sys.stderr)
+        options = SamplingConfig.parse_strings(options)    # an unknown name: ValueError here
         self.accelerator = None
         try:
             import accelerate
@@ -197,6 +188,7 @@ class FastRemaskLM(_LMBase):
             pass
         if (pretrained is None) == (model is None):
             raise ValueError("give exactly one of pretrained= (a checkpoint) and model= (a loaded model)")
+        mask_id = options.get("mask_id")
         if pretrained is not None:
             self.adapter = models.load(pretrained, dtype=dtype, device=device,
                                        trust_remote_code=_bool(trust_remote_code), mask_id=mask_id)
@@ -205,8 +197,8 @@ class FastRemaskLM(_LMBase):
         self.batch_size = 1 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
         # the lengths may come per request (max_gen_toks): None = that request's gen_length
         lengths = {}
-        for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
-            v = _num(v, int, optional=True)
+        for name in ("gen_length", "steps", "block_length"):
+            v = options.pop(name, None)
             lengths[name] = None if v is None else check_int(name, v, 1)
         self.gen_length, self.steps, self.block_length = lengths["gen_length"], lengths["steps"], lengths["block_length"]
         self.seed = check_int("seed", _num(seed, int), 0, SEED_LIMIT)
@@ -215,12 +207,8 @@ class FastRemaskLM(_LMBase):
         # checked now, with generate's messages; without gen_length, a stand-in length (one
         # block) checks the rest, and each request length is checked again (`sampling_config`)
         n = self.gen_length or self.block_length or self.steps or 1
-        self.config = SamplingConfig(
-            steps=self.steps or n, gen_length=n, block_length=self.block_length or n,
-            temperature=_num(temperature, float), cfg_scale=_num(cfg_scale, float), remasking=remasking,
-            logits_eos_inf=_bool(logits_eos_inf), confidence_eos_eot_inf=_bool(confidence_eos_eot_inf),
-            schedule=schedule, factor=_num(factor, int), threshold=_num(threshold, float, optional=True),
-            backend=backend)
+        self.config = SamplingConfig(steps=self.steps or n, gen_length=n, block_length=self.block_length or n,
+                                     **options)
         SpecialIds.of(self.adapter, self.config)   # the model's EOS/EoT, if the flags need them
 
     # --- what lm_eval reads -------------------------------------------------------------

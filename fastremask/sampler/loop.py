@@ -25,7 +25,7 @@ import torch
 
 from fastremask.sampler.backends import Backend, get_backend
 from fastremask.sampler.threads import calling_thread
-from fastremask.sampler.config import SamplingConfig, SpecialIds, row_seeds
+from fastremask.sampler.config import SamplingConfig, SpecialIds, options, row_seeds
 from fastremask.sampler.names import LLADA_MASK
 from fastremask.sampler import errors, graphs
 from fastremask.sampler.model_call import (ModelCall, block_call, cache_call, call_model, check_cache_support,
@@ -54,7 +54,8 @@ class Block:
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
         if layout is not None:          # block-causal: each row's answer starts at its own column
-            self.answer = (j + start) >= layout.gen_start.index_select(0, bi)     # [B * C]
+            col = j + start                  # the row's answer and the published tail, not filler
+            self.answer = (col >= layout.gen_start.index_select(0, bi)) & (col < layout.row_end.index_select(0, bi))
             self.positions = (j + start - layout.gen_start.index_select(0, bi)).clamp_min(0)
             self.rows = bi * C + j
             self.call = block_call(kv, start, C)
@@ -118,6 +119,33 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     return x0, conf, keep, edit
 
 
+def _positive_int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def vocab_size(model) -> tuple:
+    """``(V, where)``: the vocabulary size the model states, or ``(None, None)``. Read from
+    ``model.config.vocab_size`` (an adapter's is its model's), else ``model.vocab_size``, else
+    the rows of the input embedding (``get_input_embeddings()``, of the model or of the model an
+    adapter wraps)."""
+    v = _positive_int(getattr(getattr(model, "config", None), "vocab_size", None))
+    if v is not None:
+        return v, "config.vocab_size"
+    v = _positive_int(getattr(model, "vocab_size", None))
+    if v is not None:
+        return v, "model.vocab_size"
+    for m in (model, getattr(model, "model", None)):
+        get = getattr(m, "get_input_embeddings", None)
+        if callable(get):
+            try:
+                weight = getattr(get(), "weight", None)
+            except (NotImplementedError, AttributeError):
+                continue
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                return int(weight.shape[0]), "the input embedding's rows"
+    return None, None
+
+
 def _check_prompt(model, prompt, attention_mask, mask_id: int):
     if not isinstance(prompt, torch.Tensor):
         raise TypeError(f"prompt must be a 2-D integer tensor [batch, length], got {type(prompt).__name__}")
@@ -140,9 +168,16 @@ def _check_prompt(model, prompt, attention_mask, mask_id: int):
             f"prompt contains mask_id={mask_id} at batch row {b}, position {p} "
             f"({masked.shape[0]} in all); masks inside the prompt are not supported: "
             "pad with another token (LLaDA pads with EOS) and mark padding in attention_mask")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if isinstance(vocab, int) and not isinstance(vocab, bool) and mask_id >= vocab:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (config.vocab_size={vocab})")
+    vocab, where = vocab_size(model)
+    if vocab is not None:
+        if mask_id >= vocab:
+            raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary ({where}={vocab})")
+        outside = torch.nonzero(prompt >= vocab)
+        if outside.numel():
+            b, p = outside[0].tolist()
+            raise ValueError(
+                f"prompt holds token id {int(prompt[b, p])} at batch row {b}, position {p}, outside the "
+                f"model's vocabulary of {vocab} ({where}; {outside.shape[0]} such ids in all)")
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
@@ -360,12 +395,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
     elif config.cache is not None:
         kv = KVCache()
     global_step = 0
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)     # eos_early_stop: rows done
     for b in range(num_blocks):
         start = P + b * C if layout is None else layout.block_start(b)
         blk = Block(x, start, C, P, config, bi, seeds_r, j, kv, layout)
         if editing:
             answer = blk.answer.view(B, C)
-            finished = torch.zeros(B, dtype=torch.bool, device=device)
+            finished = stopped | ~answer.any(1)         # done at EOS, or only filler in this block
             post = torch.zeros(B, dtype=torch.int64, device=device)
         for i in range(max_steps):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
@@ -409,17 +445,19 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                 if callback is not None:
                     callback(rec)
             global_step += 1
-            if layout is not None and config.eos_early_stop and not editing and \
-                    _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id):
-                steps.checker.check()
-                return
+            if layout is not None and config.eos_early_stop and not editing:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+                if bool(stopped.all()):
+                    steps.checker.check()
+                    return
         steps.checker.check()                                 # schedule mode's one sync per block
         if layout is not None:
-            if config.eos_early_stop and b + 1 < num_blocks and \
-                    _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id):
+            if config.eos_early_stop and b + 1 < num_blocks:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
                 if trace is not None:
-                    trace.stops.append((b, torch.ones(B, dtype=torch.bool, device=device)))
-                return
+                    trace.stops.append((b, stopped.clone()))
+                if bool(stopped.all()):
+                    return
             continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
@@ -441,7 +479,7 @@ def _repeat_penalty(logits, xb, lam: float):
 def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
     """LLaDA2's ``eos_early_stop``, per row: a row whose answer so far holds an EOS with no mask
     before its first EOS is done (its answer ends there); everything after that EOS is set to EOS,
-    so the row has nothing left to sample. True when every row is done (the loop stops)."""
+    so the row has nothing left to sample. Returns the rows done ``[B]`` bool."""
     B = x.shape[0]
     cols = torch.arange(x.shape[1], device=x.device)
     in_answer = (cols >= layout.gen_start[:, None]) & (cols < end)
@@ -451,14 +489,14 @@ def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
     done = is_eos.any(1) & ~((x == mask_id) & before).any(1)
     after = (cols > first[:, None]) & (cols < layout.row_end[:, None]) & done[:, None]
     x.masked_fill_(after, eos)
-    return bool(done.all())
+    return done
 
 
 def _check_eos(model, eos) -> None:
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if isinstance(vocab, int) and eos >= vocab:
+    vocab, where = vocab_size(model)
+    if vocab is not None and eos >= vocab:
         raise ValueError(f"stop_at_eos=True: the EOS id {eos} is outside the model's vocabulary "
-                         f"(config.vocab_size={vocab}); give the model an eos_id (fastremask.models.wrap)")
+                         f"({where}={vocab}); give the model an eos_id (fastremask.models.wrap)")
 
 
 def _stop_at_eos(x, P: int, end: int, eos: int, trace, block: int) -> bool:
@@ -503,12 +541,21 @@ def generate(
     cuda_graph=True,
     cache=None,
     stop_at_eos=False,
+    threshold_floor="one",
+    minimal_topk=1,
+    eos_early_stop=False,
+    edit_threshold=None,
+    max_post_edit_steps=16,
+    penalty_lambda=0.0,
+    force_editing=False,
 ):
     """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
 
     The positional parameters are LLaDA's ``generate``'s, in its order, with its defaults;
     docs/api.md describes every parameter, the trace and what is exact. The sampling options
-    become one `fastremask.SamplingConfig` (validated there) and `run` samples.
+    (every keyword but ``model``, ``prompt``, ``attention_mask``, ``seed``, ``return_trace`` and
+    ``callback``: exactly `fastremask.SamplingConfig`'s fields) become one config (validated
+    there) and `run` samples.
 
     Parameters
     ----------
@@ -551,17 +598,25 @@ def generate(
     stop_at_eos : once a row's finished blocks end in EOS (its answer is over), fill the rest of
         the row with EOS; stop when every row is done (fewer model calls for instruct models)
 
+    Block diffusion (a block-causal model: LLaDA2.x, SDAR; docs/decoding.md, "Block diffusion"):
+    the blocks are cut from each row's position 0, ``cache='block'`` is the exact block cache.
+
+    threshold_floor : 'one' (a threshold step keeps at least one) | 'schedule' (LLaDA2's and
+        SDAR's ``low_confidence_dynamic``: confidence > threshold, at least the schedule's count)
+    minimal_topk : LLaDA2's cap, at most ``gen_length // minimal_topk`` steps per block
+    eos_early_stop : a row whose answer holds an EOS with no mask before it is done (LLaDA2)
+    edit_threshold : token editing (LLaDA2.1; None: off): a decoded token of the current block
+        takes the sampled token when its probability is > edit_threshold
+    max_post_edit_steps : token editing: steps of a block after its last mask
+    penalty_lambda : token editing: lower the logit of the previous position's token
+    force_editing : allow editing on a family not trained for it
+
     Returns
     -------
     x : [B, P + gen_length] int64 on the model's device, prompt included
     (x, trace) when ``return_trace``
     """
-    config = SamplingConfig(
-        steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
-        cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, schedule=schedule, factor=factor,
-        threshold=threshold, threshold_rule=threshold_rule, suppress_tokens=suppress_tokens, defer_tokens=defer_tokens,
-        backend=backend, logits_window=logits_window, cuda_graph=cuda_graph,
-        cache=cache, stop_at_eos=stop_at_eos)
+    given = locals()          # the keywords; a test holds them equal to SamplingConfig's fields
+    config = SamplingConfig(**{name: given[name] for name in options()})
     return run(model, prompt, config, attention_mask=attention_mask, seed=seed,
                return_trace=return_trace, callback=callback)

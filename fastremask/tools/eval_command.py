@@ -23,6 +23,7 @@ from fastremask.evaluation.evaluate import DEFAULT_FACTORS, DEFAULT_RULES, FAMIL
 from fastremask.evaluation.tasks import Task, get_task
 from fastremask.sampler.config import SamplingConfig
 from fastremask.sampler.devices import check_device
+from fastremask.tools.options import add_config_arguments, config_kwargs
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -55,14 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--examples", type=int, default=200, help="test examples per point (default 200)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: 1 for the perm task, whose answers are not "
-                             "unique, else 0)")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="semi-autoregressive blocks (default: one block of the answer)")
-    parser.add_argument("--cache", choices=("prefix", "dual"), default=None,
-                        help="block KV cache for every point (docs/cache.md; default: none, exact)")
+    # the sampling options the points share, derived from SamplingConfig's fields (each point
+    # sets its own steps, schedule, factor and remasking)
+    add_config_arguments(parser, ["temperature", "backend", "block_length", "cache"],
+                         defaults=dict(temperature=None, backend="torch", block_length=None), helps=dict(
+                             temperature="sampling temperature (default: 1 for the perm task, whose answers "
+                                         "are not unique, else 0)",
+                             block_length="semi-autoregressive blocks (default: one block of the answer)",
+                             cache="block KV cache for every point (docs/cache.md; default: none, exact)"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None,
@@ -135,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
     # what the points share
-    config = SamplingConfig(temperature=args.temperature, backend=args.backend, cache=args.cache)
+    try:                                    # a bad value: generate's message, exit 2
+        config = SamplingConfig(**config_kwargs(args, ["temperature", "backend", "cache"]))
+    except TypeError as e:
+        raise ValueError(str(e)) from None
     say = None if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
     rows = evaluate(

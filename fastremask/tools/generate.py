@@ -118,7 +118,7 @@ def _check_backend(args) -> None:
 
 
 def _check_int_option(option: str, value, minimum: int, maximum: int | None = None) -> None:
-    if value is None:
+    if value is None or not isinstance(value, int):     # not an int (--mask-id): SamplingConfig names it
         return
     if value < minimum or (maximum is not None and value >= maximum):
         bound = f"in [{minimum}, 2**63)" if maximum == SEED_LIMIT else (
