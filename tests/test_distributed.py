@@ -170,3 +170,29 @@ def test_launcher_environment_checked(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("fastremask: error: WORLD_SIZE=2 is set but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not")
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.parts").exists()
+
+
+def _without_timings(path: pathlib.Path):
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        data.pop("seconds")
+        for row in data["rows"]:
+            row.pop("seconds")
+        return data
+    return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]     # csv: seconds is last
+
+
+def test_eval_two_ranks_result_files_equal(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "-n", "9", "--nfe", "3,12", "--factors", "2", "--schedules", "uniform,pyramid",
+            "--remasking", "random", "--batch-size", "2", "--threads", "1", "--quiet"]
+    code, _ = _one(argv + ["--out", "one"], capsys)
+    assert code == 0
+    code, log = _finish(_torchrun(["-m", "fastremask", *argv, "--out", "two"], tmp_path))
+    assert code == 0, log
+    assert log.count("wrote two.md") == 1                  # rank 0 prints and writes
+    for ext in (".md", ".png"):
+        assert (tmp_path / f"two{ext}").read_bytes() == (tmp_path / f"one{ext}").read_bytes(), ext
+    for ext in (".json", ".csv"):
+        assert _without_timings(tmp_path / f"two{ext}") == _without_timings(tmp_path / f"one{ext}"), ext
+    assert json.loads((tmp_path / "two.json").read_text())["rows"][0]["n"] == 9
