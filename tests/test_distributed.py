@@ -196,3 +196,52 @@ def test_eval_two_ranks_result_files_equal(tmp_path, capsys, monkeypatch):
     for ext in (".json", ".csv"):
         assert _without_timings(tmp_path / f"two{ext}") == _without_timings(tmp_path / f"one{ext}"), ext
     assert json.loads((tmp_path / "two.json").read_text())["rows"][0]["n"] == 9
+
+
+def _samples(folder: pathlib.Path) -> dict:
+    (path,) = folder.glob("*/samples_*.jsonl")
+    return {s["doc_id"]: (s["resps"], s["filtered_resps"]) for s in map(json.loads, path.read_text().splitlines())}
+
+
+def test_lm_eval_adapter_two_ranks_equal_to_one(tmp_path, monkeypatch):
+    """lm-eval's own command line under torchrun (the adapter joins through ``accelerate``
+    where it is installed, as lm-eval's models do) against lm-eval in this process."""
+    la = pytest.importorskip("fastremask.evaluation.lm_eval_adapter")
+    if not la.HAVE_LM_EVAL:
+        pytest.skip("lm_eval not installed (pip install lm_eval)")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from test_lm_eval_adapter import CHECK_PY, DEMO, TASK_YAML
+
+    from fastremask.evaluation.tasks import decode, get_task
+
+    task = get_task("perm:12")
+    prompts, answers = task.test_set(7)                    # 7 documents: 4 and 3
+    (tmp_path / "demo.jsonl").write_text("".join(json.dumps({"prompt": decode(p), "answer": decode(a)}) + "\n"
+                                                 for p, a in zip(prompts, answers)))
+    (tmp_path / "demo.yaml").write_text(TASK_YAML.format(data=tmp_path / "demo.jsonl", gen=task.answer_length))
+    (tmp_path / "check.py").write_text(CHECK_PY.format(spec="perm:12"))
+    model_args = f"pretrained={DEMO},steps=8,temperature=1.0"
+    p = _torchrun(["-m", "fastremask.evaluation.lm_eval_adapter", "--model_args", model_args, "--device", "cpu",
+                   "--tasks", "fastremask_local_demo", "--include_path", str(tmp_path), "--batch_size", "3",
+                   "--log_samples", "--output_path", str(tmp_path / "two")], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = lm_eval.simple_evaluate(model="fastremask", model_args=model_args, device="cpu",
+                                      tasks=["fastremask_local_demo"], batch_size=3, log_samples=True,
+                                      task_manager=TaskManager(include_path=str(tmp_path)))
+    finally:
+        torch.set_num_threads(threads)
+    code, log = _finish(p)
+    assert code == 0, log
+    (results,) = (tmp_path / "two").glob("*/results_*.json")
+    two = json.loads(results.read_text())
+    # the samples are the same bits; the metrics too, but lm-eval sums the stderr's squares in
+    # the order the ranks' lists are gathered, so that one may differ in its last bit
+    a, b = dict(two["results"]["fastremask_local_demo"]), dict(one["results"]["fastremask_local_demo"])
+    assert a.pop("acc_stderr,none") == pytest.approx(b.pop("acc_stderr,none"), rel=1e-12, abs=0)
+    assert a == b and 0.0 < a["acc,none"] < 1.0              # a metric that can differ
+    mine = {s["doc_id"]: (s["resps"], s["filtered_resps"]) for s in one["samples"]["fastremask_local_demo"]}
+    assert _samples(tmp_path / "two") == json.loads(json.dumps(mine)) and len(mine) == 7
