@@ -318,3 +318,55 @@ def test_out_of_vocab_suppress_message_mentions_eos_only_with_the_flag():
     assert "99" in str(e.value) and "logits_eos_inf" not in str(e.value)
     with pytest.raises(ValueError, match="logits_eos_inf suppresses the model's EOS"):
         _call(logits_eos_inf=True)
+
+
+# ----------------------------------------------------------------------------- prompt ids (issue 17 item 4)
+
+
+class _Embedding(torch.nn.Module):
+    """A model that states its vocabulary only through its input embedding's rows."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self):
+        return self.inner.embed
+
+    def forward(self, x, attention_mask=None):
+        return self.inner(x, attention_mask=attention_mask)
+
+
+class _Plain:
+    """A callable that states no vocabulary: the prompt's ids are its business."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, x, attention_mask=None):
+        return self.inner(torch.where(x < 20, x, 0), attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("model, where", [
+    (MODEL, "config.vocab_size"),
+    (_Embedding(MODEL), "the input embedding's rows"),
+])
+def test_prompt_id_outside_the_vocabulary_is_named(model, where):
+    prompt = torch.tensor([[1, 2, 3], [4, 600, 20]])
+    with pytest.raises(ValueError) as e:
+        _call(model=model, prompt=prompt)
+    msg = str(e.value)
+    assert msg == (f"prompt holds token id 600 at batch row 1, position 1, outside the model's vocabulary "
+                   f"of 20 ({where}; 2 such ids in all)")
+    assert _call(model=model, prompt=prompt.clamp(max=18)).shape == (2, 11)       # inside (19: the mask)
+
+
+def test_prompt_ids_in_the_adapter_and_an_unstated_vocabulary():
+    from fastremask import models
+
+    adapter = models.wrap(MODEL)
+    with pytest.raises(ValueError, match=r"token id 20 at batch row 0, position 2, .* vocabulary of 20 "
+                                         r"\(config.vocab_size; 1 such ids in all\)"):
+        _call(model=adapter, prompt=torch.tensor([[1, 2, 20]]))
+    # a model that states no vocabulary is not second-guessed
+    assert _call(model=_Plain(MODEL), prompt=torch.tensor([[1, 2, 600]])).shape == (1, 11)

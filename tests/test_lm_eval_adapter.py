@@ -287,3 +287,23 @@ def test_sampling_config_per_request_length(llada_dir):
     assert lm.sampling_config(6) == SamplingConfig(gen_length=6, block_length=2, steps=6, schedule="pyramid")
     lm = la.FastRemaskLM(pretrained=llada_dir, device="cpu", trust_remote_code=True, gen_length=4, threshold="0.5")
     assert lm.sampling_config(4) == lm.config == SamplingConfig(gen_length=4, block_length=4, steps=4, threshold=0.5)
+
+
+def test_every_sampling_option_is_taken_never_ignored(tmp_path, capsys):
+    """Issue 18: ``threshold_rule``, ``cache`` and ``stop_at_eos`` used to be "ignored" with a
+    warning, running a fixed threshold without a cache instead. Now they are the config's, and
+    the text is what `generate` gives with the same options; an unknown name is an error."""
+    from fastremask.models.testing import save_llada_checkpoint
+
+    m = models.load(save_llada_checkpoint(tmp_path / "llada"), device="cpu")      # native: has a cache
+    opts = dict(threshold=1.0, threshold_rule="factor", cache="dual", stop_at_eos=True)
+    lm = la.FastRemaskLM(model=m, gen_length=8, block_length=4, **opts)
+    assert lm.config == SamplingConfig(steps=8, gen_length=8, block_length=4, **opts)
+    out = lm.generate_until([_req("hi i am", doc_id=0)])
+    assert "ignoring" not in capsys.readouterr().err
+    ids, mask = m.pad([m.tokenize("hi i am")])
+    x = generate(m, ids, mask, steps=8, gen_length=8, block_length=4, mask_id=None,
+                 seed=la.request_seed(0, "local", 0, 0), **opts)
+    assert out[0] == lm._decode(x[0, ids.shape[1]:].tolist(), [])
+    with pytest.raises(ValueError, match=r"unknown sampling option 'threshold_rul'; did you mean 'threshold_rule'"):
+        la.FastRemaskLM(model=m, threshold=1.0, threshold_rul="factor")

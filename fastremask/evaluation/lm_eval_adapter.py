@@ -9,15 +9,16 @@
 ``python -m fastremask.evaluation.lm_eval_adapter`` is lm_eval's own command line with this module
 imported first (importing it registers the model name ``"fastremask"``). Model arguments
 (``--model_args k=v,...``): ``pretrained`` (a folder or hub id, loaded by
-`fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, and the sampling
-options of `fastremask.generate`, held as one `fastremask.SamplingConfig` (``config``, built and
-checked when the model is built, with generate's messages): ``gen_length`` (default: the task's ``max_gen_toks``),
-``steps`` (default ``gen_length``), ``block_length`` (default ``gen_length``), ``schedule``
-(``uniform`` | ``pyramid``), ``factor``, ``remasking``, ``threshold``, ``temperature``,
-``cfg_scale``, ``seed``, ``backend``; ``chat`` wraps each prompt in the tokenizer's chat
-template (what LLaDA-Instruct and Dream-Instruct expect; lm_eval's ``--apply_chat_template``
-works too), ``logits_eos_inf`` and ``confidence_eos_eot_inf`` are LLaDA's flags, applied to
-the loaded model's EOS/EoT ids (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them).
+`fastremask.models.load`), ``dtype``, ``trust_remote_code``, ``device``, ``seed``, ``mc_num``,
+``chat`` (wrap each prompt in the tokenizer's chat template, what LLaDA-Instruct and
+Dream-Instruct expect; lm_eval's ``--apply_chat_template`` works too), and every sampling
+option of `fastremask.generate`: the fields of `fastremask.SamplingConfig`, read from lm-eval's
+strings by their declared parsers (`SamplingConfig.parse_strings`) and held as one config
+(``config``, built and checked when the model is built, with generate's messages).
+``gen_length`` defaults to the task's ``max_gen_toks``, ``steps`` and ``block_length`` to
+``gen_length``; ``logits_eos_inf`` and ``confidence_eos_eot_inf`` apply to the loaded model's
+EOS/EoT ids (`fastremask.sampler.config.SpecialIds`, as `generate` resolves them). An unknown
+argument is an error naming it (never ignored: a misspelt option would run another algorithm).
 
 What is implemented:
 
@@ -34,8 +35,10 @@ What is implemented:
 * ``loglikelihood_rolling``: raises `NotImplementedError` (perplexity tasks need an exact
   likelihood a masked diffusion model does not give).
 
-Data parallel: under ``accelerate launch`` (more than one process) the model goes to the
-process's device and reports ``rank``/``world_size``; lm_eval's evaluator then gives each
+Data parallel: under ``accelerate launch`` or ``torchrun`` (more than one process; docs/scale.md)
+the model goes to the process's device and reports ``rank``/``world_size`` (with
+``accelerate`` installed, through its ``accelerator``, lm_eval's convention; else through
+``torch.distributed``); lm_eval's evaluator then gives each
 rank every ``world_size``-th document and gathers the results, so ``generate_until`` only sees
 its own share. `shard` does the same split for callers that drive the model directly.
 
@@ -159,44 +162,24 @@ class FastRemaskLM(_LMBase):
         dtype: str = "auto",
         trust_remote_code: bool = False,
         batch_size: int | str = 1,
-        gen_length: int | None = None,
-        steps: int | None = None,
-        block_length: int | None = None,
-        schedule: str = "uniform",
-        factor: int = 1,
-        remasking: str = "low_confidence",
-        threshold: float | None = None,
-        temperature: float = 0.0,
-        cfg_scale: float = 0.0,
+        max_batch_size: int | str | None = None,     # lm_eval passes it to every model; unused
         seed: int = 0,
-        backend: str = "auto",
         chat: bool = False,
-        logits_eos_inf: bool = False,
-        confidence_eos_eot_inf: bool = False,
         mc_num: int = 32,
-        mask_id: int | None = None,
-        **unused,
+        **options,
     ):
+        """The adapter's own arguments above; every other keyword is a `SamplingConfig` option
+        (``gen_length``, ``steps``, ``block_length``: None = the request's ``max_gen_toks``),
+        read from lm-eval's strings by `SamplingConfig.parse_strings`. An unknown keyword is a
+        ValueError naming it, never ignored."""
         super().__init__()
         from fastremask import models
 
-        unused.pop("max_batch_size", None)  # lm_eval passes these to every model
-        if unused:
-            print(f"fastremask lm_eval adapter: ignoring unknown model args {sorted(unused)}", file=sys.stderr)
-        self.accelerator = None
-        try:
-            import accelerate
-
-            state = accelerate.PartialState()
-            if state.num_processes > 1:
-                self.accelerator = accelerate.Accelerator()
-                self._rank = state.process_index
-                self._world_size = state.num_processes
-                device = str(state.device)
-        except ImportError:
-            pass
+        options = SamplingConfig.parse_strings(options)    # an unknown name: ValueError here
+        device = self._join_ranks(device)
         if (pretrained is None) == (model is None):
             raise ValueError("give exactly one of pretrained= (a checkpoint) and model= (a loaded model)")
+        mask_id = options.get("mask_id")
         if pretrained is not None:
             self.adapter = models.load(pretrained, dtype=dtype, device=device,
                                        trust_remote_code=_bool(trust_remote_code), mask_id=mask_id)
@@ -205,8 +188,8 @@ class FastRemaskLM(_LMBase):
         self.batch_size = 1 if str(batch_size) == "auto" else int(str(batch_size).split(":")[0])
         # the lengths may come per request (max_gen_toks): None = that request's gen_length
         lengths = {}
-        for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
-            v = _num(v, int, optional=True)
+        for name in ("gen_length", "steps", "block_length"):
+            v = options.pop(name, None)
             lengths[name] = None if v is None else check_int(name, v, 1)
         self.gen_length, self.steps, self.block_length = lengths["gen_length"], lengths["steps"], lengths["block_length"]
         self.seed = check_int("seed", _num(seed, int), 0, SEED_LIMIT)
@@ -215,12 +198,8 @@ class FastRemaskLM(_LMBase):
         # checked now, with generate's messages; without gen_length, a stand-in length (one
         # block) checks the rest, and each request length is checked again (`sampling_config`)
         n = self.gen_length or self.block_length or self.steps or 1
-        self.config = SamplingConfig(
-            steps=self.steps or n, gen_length=n, block_length=self.block_length or n,
-            temperature=_num(temperature, float), cfg_scale=_num(cfg_scale, float), remasking=remasking,
-            logits_eos_inf=_bool(logits_eos_inf), confidence_eos_eot_inf=_bool(confidence_eos_eot_inf),
-            schedule=schedule, factor=_num(factor, int), threshold=_num(threshold, float, optional=True),
-            backend=backend)
+        self.config = SamplingConfig(steps=self.steps or n, gen_length=n, block_length=self.block_length or n,
+                                     **options)
         SpecialIds.of(self.adapter, self.config)   # the model's EOS/EoT, if the flags need them
 
     # --- what lm_eval reads -------------------------------------------------------------
@@ -228,20 +207,60 @@ class FastRemaskLM(_LMBase):
     def device(self) -> torch.device:
         return self.adapter.device
 
+    def _join_ranks(self, device: str | None) -> str | None:
+        """Under a launcher (``WORLD_SIZE`` > 1) join the other processes, as lm-eval's own
+        models do: through ``accelerate`` when it is installed (``accelerator``; lm-eval's
+        convention), else through ``torch.distributed`` (a ``gloo`` group,
+        `fastremask.evaluation.distributed`); ``rank``/``world_size`` from it, and the device
+        this rank's (``cuda`` -> ``cuda:LOCAL_RANK``). One process: nothing is imported.
+        The device to load the model on."""
+        import os
+
+        self.accelerator, self._group = None, None
+        if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+            return device
+        from fastremask.evaluation.distributed import Group, launch_from_env
+
+        launch = launch_from_env()                       # a launcher without its variables: ValueError
+        try:
+            import accelerate
+        except ImportError:
+            accelerate = None
+        if accelerate is not None:
+            self.accelerator = accelerate.Accelerator(cpu=device == "cpu")
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            if device is None or device == "cuda":
+                device = str(self.accelerator.device)
+        else:
+            self._rank, self._world_size = launch.rank, launch.world_size
+            if device is None and torch.cuda.is_available():
+                device = "cuda"
+            device = launch.device(device)
+        self._group = Group(launch)                       # objects and counts go through gloo
+        return device
+
     # lm_eval's evaluator synchronises ranks through these (no-ops in one process)
     def all_gather(self, tensor):
-        return tensor if self.world_size <= 1 else self.accelerator.gather(tensor)
+        """Every rank's ``tensor`` concatenated along dim 0, in rank order, on this rank's device."""
+        if self.world_size <= 1:
+            return tensor
+        if self.accelerator is not None:
+            return self.accelerator.gather(tensor)
+        local = tensor.detach().cpu().contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, local, group=self._group.pg)
+        return torch.cat(parts).to(tensor.device)
 
     def gather_object(self, obj, dst: int = 0):
         if self.world_size <= 1:
             return [obj]
         result = [None] * self.world_size if self.rank == dst else None
-        torch.distributed.gather_object(obj, result, dst=dst)
+        torch.distributed.gather_object(obj, result, dst=dst, group=self._group.pg)
         return result
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            self.accelerator.wait_for_everyone()
+            torch.distributed.barrier(group=self._group.pg)
 
     @property
     def tokenizer_name(self) -> str:

@@ -6,7 +6,8 @@ holds static buffers for everything `loop.step` reads (the block's logits rows, 
 the counts, the row counters, positions, seeds, the step index) and captures `loop.step` on
 them; per step the loop copies the inputs in, replays, and copies the block's tokens out.
 
-* One graph per (device, batch, block length, vocab, logits dtype, CFG, sampling options),
+* One graph per (device, batch, block length, vocab, logits dtype, CFG, the sampling options
+  that change the step: `SamplingConfig.step_key`),
   kept in a small cache across `generate` calls.
 * The first replay of a new graph is checked against the same step run eagerly on the same
   inputs, bit for bit; a mismatch or any error while capturing gives a one-line warning and
@@ -91,7 +92,7 @@ class GraphedStep:
             return step_fn(backend, self.xb, cand, self.lg, self.un, self.blk, self.row_step,
                            None if threshold_mode else self.k, config=config, suppress=suppress,
                            defer=defer, no_defer=no_defer, checker=self.checker,
-                           step_index=self.step_index)
+                           step_index=self.step_index)[:3]      # (x0, confidence, keep): no editing here
 
         self.body = body
         self.graph = None
@@ -154,8 +155,9 @@ class GraphedStep:
 def graphed_step(step_fn, backend, logits, uncond, *, config, suppress, defer, mask_id: int,
                  prompt_length: int, B: int, C: int):
     """The cached `GraphedStep` for this shape and configuration, or None (run eagerly)."""
-    key = (str(logits.device), B, C, logits.shape[-1], logits.dtype, uncond is not None,
-           config.temperature, config.remasking, config.cfg_scale, config.threshold, config.threshold_rule,
+    # the shapes, the config's step options (every field declared with step=True: a new one
+    # cannot be left out) and the ids resolved against the model
+    key = (str(logits.device), B, C, logits.shape[-1], logits.dtype, uncond is not None, config.step_key(),
            None if suppress is None else tuple(suppress.tolist()),
            None if defer is None else tuple(defer.tolist()), mask_id, prompt_length)
     g = _CACHE.get(key)

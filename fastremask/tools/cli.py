@@ -23,17 +23,19 @@ working), never a traceback unless ``--debug`` or ``FASTREMASK_DEBUG=1`` asks fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 
 from fastremask.models.family import checkpoint_families   # no torch either
-from fastremask.sampler.names import BACKENDS, CACHE_MODES, REMASKING, THRESHOLD_RULES   # no torch: --help stays fast
+from fastremask.tools.options import add_config_arguments, config_kwargs, options   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "add_generate_arguments", "config_from_args", "check_output_dir",
-           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped"]
+           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped", "Terminated"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
@@ -55,6 +57,11 @@ class WriteError(Exception):
     exit status 1."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how a batch scheduler or ``kill`` stops a job), raised where the command is, as
+    Ctrl-C raises KeyboardInterrupt: the same clean stop and message, exit status 143."""
+
+
 class Stopped(Exception):
     """The run stopped after it had started writing results: ``where`` says how far it got;
     ``__cause__`` is what stopped it (an error, or a KeyboardInterrupt)."""
@@ -74,24 +81,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fastremask: error: {message} (see '{self.prog} --help')\n")
 
 
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-
-
-def _schedule(s: str):
-    if s in ("uniform", "pyramid"):
-        return s
-    try:
-        return _int_list(s)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"--schedule must be uniform, pyramid or comma-separated per-step counts (e.g. 1,2,3), got {s!r}"
-        ) from None
-
-
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH_OR_ID", default=None,
@@ -107,7 +96,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "(with --trust-remote-code; transformers 4.46-4.57)")
     m.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    m.add_argument("--mask-id", type=int, default=None, help="mask token id (default: from the checkpoint)")
+    add_config_arguments(m, ["mask_id"], helps=dict(mask_id="mask token id (default: from the checkpoint)"))
     m.add_argument("--pad-id", type=int, default=None, help="left-padding id for batches (default: tokenizer's)")
     m.add_argument("--eos-id", type=int, default=None, help="EOS id for --logits-eos-inf (default: checkpoint's)")
     m.add_argument("--eot-id", type=int, default=None, help="EoT id for --confidence-eos-eot-inf")
@@ -136,40 +125,21 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw the denoising (position x step, coloured by commit step) to FILE; "
                         "with several prompts FILE-<n>.png per prompt")
 
-    s = p.add_argument_group("sampling (fastremask.generate's options)")
-    s.add_argument("--steps", type=int, default=None,
-                   help="model-call budget (default: gen-length, one token per step)")
-    s.add_argument("--gen-length", type=int, default=None,
-                   help="tokens to generate (default: the demo task's answer length, else 128)")
-    s.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
-    s.add_argument("--temperature", type=float, default=0.0)
-    s.add_argument("--cfg-scale", type=float, default=0.0)
-    s.add_argument("--remasking", choices=REMASKING, default="low_confidence")
-    s.add_argument("--schedule", type=_schedule, default="uniform",
-                   help="uniform | pyramid | comma-separated per-step counts (default uniform)")
-    s.add_argument("--factor", type=int, default=1, help="pyramid dilation: step i keeps i // factor + 1")
-    s.add_argument("--threshold", type=float, default=None,
-                   help="keep every candidate with confidence >= this each step (at least one); with "
-                        "--threshold-rule factor|eb, that rule's parameter")
-    s.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="fixed",
-                   help="fixed (confidence >= threshold) | factor (Fast-dLLM's, threshold = f) | eb "
-                        "(EB-sampler's, threshold = gamma); docs/decoding.md")
-    s.add_argument("--cache", choices=CACHE_MODES, default=None,
-                   help="block KV cache (prefix | dual): faster, approximate; docs/cache.md (default: none, exact)")
-    s.add_argument("--stop-at-eos", action="store_true",
-                   help="fill a row with EOS once its finished blocks end in EOS; stop when all rows are done")
+    s = p.add_argument_group("sampling (fastremask.generate's options: SamplingConfig's fields)")
+    add_config_arguments(s, [n for n in options() if n != "mask_id"], defaults=_CLI_DEFAULTS, helps=_CLI_HELPS)
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the first prompt; prompt n (from 0; file line n + 1) uses seed + n unless "
                         "its line has one")
-    s.add_argument("--backend", choices=BACKENDS, default="auto")
-    s.add_argument("--logits-window", action="store_true",
-                   help="run the output head on the current block only (less memory; not in the bit-equality promise)")
-    s.add_argument("--logits-eos-inf", action="store_true", help="never generate the model's EOS")
-    s.add_argument("--confidence-eos-eot-inf", action="store_true",
-                   help="keep EOS/EoT predictions only after every other position of the block")
-    s.add_argument("--suppress-tokens", type=_int_list, default=None, metavar="IDS", help="ids never generated")
-    s.add_argument("--defer-tokens", type=_int_list, default=None, metavar="IDS",
-                   help="ids kept only after every other position of the block")
+
+
+# the command's own defaults and help of the options derived from SamplingConfig (None: derived
+# from --gen-length or the demo task in config_from_args)
+_CLI_DEFAULTS = dict(steps=None, gen_length=None, block_length=None)
+_CLI_HELPS = dict(
+    steps="model-call budget (default: gen-length, one token per step)",
+    gen_length="tokens to generate (default: the demo task's answer length, else 128)",
+    block_length="semi-autoregressive block (default: gen-length)",
+)
 
 
 # ----------------------------------------------------------------------------- checks shared by the commands
@@ -203,22 +173,21 @@ def config_from_args(args, adapter=None, task=None):
     """
     from fastremask.sampler.config import SamplingConfig, check_int
 
-    gen_length = args.gen_length
+    kw = config_kwargs(args)
+    gen_length = kw["gen_length"]
     if gen_length is None:
         gen_length = task.answer_length if task is not None else 128
-    check_int("gen_length", gen_length, 1)   # before the defaults derived from it
-    suppress = list(args.suppress_tokens or [])
-    if adapter is not None:
-        suppress += list(getattr(adapter.tokenizer, "unused_ids", None) or [])
-    return SamplingConfig(
-        steps=gen_length if args.steps is None else args.steps, gen_length=gen_length,
-        block_length=gen_length if args.block_length is None else args.block_length,
-        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-        schedule=args.schedule, factor=args.factor, threshold=args.threshold,
-        threshold_rule=args.threshold_rule, suppress_tokens=suppress, defer_tokens=args.defer_tokens,
-        backend=args.backend, logits_window=args.logits_window, cache=args.cache,
-        stop_at_eos=args.stop_at_eos)
+    try:
+        check_int("gen_length", gen_length, 1)   # before the defaults derived from it
+        kw["gen_length"] = gen_length
+        for name in ("steps", "block_length"):
+            kw[name] = gen_length if kw[name] is None else kw[name]
+        if adapter is not None:
+            kw["suppress_tokens"] = [*(kw["suppress_tokens"] or ()),
+                                     *(getattr(adapter.tokenizer, "unused_ids", None) or ())]
+        return SamplingConfig(**kw)
+    except (TypeError, ValueError) as e:     # generate's message for the same value
+        raise CliError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- main
@@ -321,7 +290,8 @@ def _debug_wanted(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fastremask ARGV``; returns the exit status (0 done, 1 some prompts-file lines had
-    errors or the work failed, 2 a bad option or input, 130 interrupted by Ctrl-C)."""
+    errors or the work failed, 2 a bad option or input, 130 interrupted by Ctrl-C, 143 by
+    SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv)
@@ -331,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    with _sigterm_stops():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """``args.run(args)``, every way it can end turned into one line and a status."""
     try:
         return int(args.run(args) or 0)
     except Stopped as s:
@@ -341,22 +317,47 @@ def main(argv: list[str] | None = None) -> int:
         if _debug_wanted(args) and cause is not None and not isinstance(cause, KeyboardInterrupt):
             traceback.print_exception(cause)
         if isinstance(cause, KeyboardInterrupt) or cause is None:
-            print(f"fastremask: interrupted; {s.where}", file=sys.stderr)
-            return 130
+            word, code = _interrupted(cause)
+            print(f"fastremask: {word}; {s.where}", file=sys.stderr)
+            return code
         msg, code = describe_error(cause)
         print(f"fastremask: error: {msg}; {s.where}", file=sys.stderr)
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if _debug_wanted(args):
             traceback.print_exc()
-        print("fastremask: interrupted (before any result was written)", file=sys.stderr)
-        return 130
+        word, code = _interrupted(e)
+        print(f"fastremask: {word} (before any result was written)", file=sys.stderr)
+        return code
     except Exception as e:                  # noqa: BLE001 - one line, never a traceback
         if _debug_wanted(args):
             traceback.print_exc()
         msg, code = describe_error(e)
         print(f"fastremask: error: {msg}", file=sys.stderr)
         return code
+
+
+def _interrupted(e) -> tuple[str, int]:
+    return ("interrupted (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """While a command runs, SIGTERM raises `Terminated` (once: a second one while the command
+    stops is ignored); the handler before is restored after. Off the main thread: nothing."""
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        before, installed = signal.signal(signal.SIGTERM, on_term), True
+    except ValueError:                      # signals are the main thread's
+        before, installed = None, False
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

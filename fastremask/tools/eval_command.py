@@ -23,6 +23,7 @@ from fastremask.evaluation.evaluate import DEFAULT_FACTORS, DEFAULT_RULES, FAMIL
 from fastremask.evaluation.tasks import Task, get_task
 from fastremask.sampler.config import SamplingConfig
 from fastremask.sampler.devices import check_device
+from fastremask.tools.options import add_config_arguments, config_kwargs
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -55,14 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--examples", type=int, default=200, help="test examples per point (default 200)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: 1 for the perm task, whose answers are not "
-                             "unique, else 0)")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="semi-autoregressive blocks (default: one block of the answer)")
-    parser.add_argument("--cache", choices=("prefix", "dual"), default=None,
-                        help="block KV cache for every point (docs/cache.md; default: none, exact)")
+    # the sampling options the points share, derived from SamplingConfig's fields (each point
+    # sets its own steps, schedule, factor and remasking)
+    add_config_arguments(parser, ["temperature", "backend", "block_length", "cache"],
+                         defaults=dict(temperature=None, backend="torch", block_length=None), helps=dict(
+                             temperature="sampling temperature (default: 1 for the perm task, whose answers "
+                                         "are not unique, else 0)",
+                             block_length="semi-autoregressive blocks (default: one block of the answer)",
+                             cache="block KV cache for every point (docs/cache.md; default: none, exact)"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None,
@@ -121,6 +122,40 @@ def run(args: argparse.Namespace) -> int:
     """``fastremask eval``: print the table; with ``--out``, write table, CSV, JSON and PNG."""
     _check_args(args)
     task = _task_arg(args.task)
+    group = _group(args)                    # None: one process (the default)
+    try:
+        return _run(args, task, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _group(args):
+    """Under a launcher (``torchrun``, ``accelerate launch``: ``WORLD_SIZE`` > 1) the process
+    group, after every rank's options were compared (a ValueError naming the rank and the
+    option); None for one process, without importing ``torch.distributed``."""
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+        return None
+    from fastremask.evaluation.distributed import Group, launch_from_env
+
+    group = Group(launch_from_env())
+    mine = {k: repr(v) for k, v in sorted(vars(args).items()) if k not in ("run", "quiet", "debug")
+            and not callable(v)}
+    everyone = group.gather(mine)
+    for r, theirs in enumerate(everyone[1:], start=1):
+        diff = next((k for k in sorted(set(mine) | set(theirs)) if everyone[0].get(k) != theirs.get(k)), None)
+        if diff is not None:
+            group.close()
+            raise ValueError(f"rank {r} was started with other options than rank 0 (--{diff.replace('_', '-')}: "
+                             f"{theirs.get(diff)} there, {everyone[0].get(diff)} on rank 0); every rank must run "
+                             "the same command")
+    args.device = group.launch.device(args.device)     # cuda -> cuda:LOCAL_RANK
+    if group.rank != 0:
+        args.quiet = True                                # rank 0 prints and writes
+    return group
+
+
+def _run(args, task, group) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -135,15 +170,20 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature is None:
         args.temperature = 1.0 if task.name == "perm" else 0.0
     # what the points share
-    config = SamplingConfig(temperature=args.temperature, backend=args.backend, cache=args.cache)
+    try:                                    # a bad value: generate's message, exit 2
+        config = SamplingConfig(**config_kwargs(args, ["temperature", "backend", "cache"]))
+    except TypeError as e:
+        raise ValueError(str(e)) from None
     say = None if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
     rows = evaluate(
         model, task, schedules=args.schedules, remasking=args.remasking, nfe_grid=args.nfe,
         n_examples=args.examples, seed=args.seed, factors=args.factors, batch_size=args.batch_size,
-        config=config, block_length=args.block_length, progress=say,
+        config=config, block_length=args.block_length, progress=say, share=group,
     )
     seconds = time.perf_counter() - t0
+    if group is not None and group.rank != 0:
+        return 0
     table = format_table(rows)
     model_name = args.model or "demo model (fastremask/data)"
     print(table, end="")
