@@ -206,3 +206,29 @@ def test_the_record_says_what_the_model_declares(tmp_path):
     finally:
         unregister("nocache")
         unregister("blocky")
+
+
+def families_table() -> str:
+    """The families table of docs/architecture.md, written from the registry."""
+    def ids(f):
+        return " / ".join("—" if i is None else str(i) for i in (f.mask_id, f.eos_id, f.eot_id))
+
+    rows = ["| family | `model_type` | native forward (types it reads) | mask / EOS / EoT ids | logits shift | "
+            "attention | block length | cache |",
+            "|---|---|---|---|---|---|---|---|"]
+    for f in FAMILIES.values():
+        types = ", ".join(f"`{t}`" for t in f.model_types) or "—"
+        if f.native:
+            native = f"`{f.native.split(':')[1]}` ({', '.join(f'`{t}`' for t in f.native_types)})"
+        else:
+            native = "own loader" if f.loader else "—"
+        rows.append(f"| `{f.name}` | {types} | {native} | {ids(f)} | {f.logits_shift} | {f.attention} | "
+                    f"{f.block_length or '—'} | {'yes' if f.cache else 'no'} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_docs_table_is_the_registry():
+    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                            "architecture.md"), encoding="utf-8").read()
+    table = families_table()
+    assert table in doc, "docs/architecture.md's families table differs from the records; it should read:\n" + table
