@@ -133,7 +133,8 @@ def test_demo_vocabulary_ships_with_the_checkpoint(demo):
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
-    return {"llada": testing.save_llada_checkpoint(root / "llada"), "dream": testing.save_dream_checkpoint(root / "dream")}
+    return {"llada": testing.save_llada_checkpoint(root / "llada"), "dream": testing.save_dream_checkpoint(root / "dream"),
+            "sdar": testing.save_sdar_checkpoint(root / "sdar"), "llada2": testing.save_llada2_checkpoint(root / "llada2")}
 
 
 @pytest.fixture
@@ -160,6 +161,12 @@ def copy(published, tmp_path):
     ("llada", "multi_query_attention", "false", "true or false, got 'false'"),
     ("llada", "max_sequence_length", "4096", "a positive integer, got '4096'"),
     ("dream", "max_position_embeddings", -1, "a positive integer, got -1"),
+    ("sdar", "use_sliding_window", "false", "true or false, got 'false'"),
+    ("sdar", "rms_norm_eps", "1e-6", "a positive number, got '1e-6'"),
+    ("sdar", "max_position_embeddings", "40960", "a positive integer, got '40960'"),
+    ("llada2", "max_position_embeddings", 0, "a positive integer, got 0"),
+    ("llada2", "rms_norm_eps", -1e-5, "a positive number, got -1e-05"),
+    ("sdar", "mask_token_id", "151669", "a non-negative integer token id, got '151669'"),
 ])
 def test_native_fields(copy, family, field, value, want):
     folder = copy(family)

@@ -105,6 +105,7 @@ def llada2_config(raw: dict, path: str) -> NativeConfig:
                                       or scaling.get("rope_type", scaling.get("type")) != "default"):
         raise _error(f"{path}: field 'rope_scaling' is {scaling!r}; the native LLaDA2 supports plain rotary "
                      "embeddings only (LLaDA2: null)")
+    c.field("max_position_embeddings", required=False)      # read by generate's length check
     c.rope_theta = float(c.field("rope_theta", float, default=10000.0))
     c.eps = float(c.field("rms_norm_eps", float, default=1e-5))
     c.tied = c.field("tie_word_embeddings", bool, default=False)

@@ -73,7 +73,8 @@ def sdar_config(raw: dict, path: str) -> NativeConfig:
                                       or scaling.get("rope_type", scaling.get("type")) != "default"):
         raise _error(f"{path}: field 'rope_scaling' is {scaling!r}; the native SDAR supports plain rotary "
                      "embeddings only (SDAR: null)")
-    if raw.get("use_sliding_window"):
+    c.field("max_position_embeddings", required=False)      # read by generate's length check
+    if c.field("use_sliding_window", bool, default=False):
         raise _error(f"{path}: field 'use_sliding_window' is true; the native SDAR supports full windows only "
                      "(SDAR: false)")
     c.rope_theta = float(c.field("rope_theta", float, default=10000.0))
