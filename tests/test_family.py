@@ -173,3 +173,29 @@ def test_one_dtype_table(tmp_path):
     assert DTYPES["bf16"] is torch.bfloat16
     with pytest.raises(ModelLoadError, match=r"unknown dtype 'int8'; expected auto, float32, fp32, float, "):
         models.load(p, device="cpu", dtype="int8")
+
+
+class NoCacheLLaDA(LLaDAModel):
+    family = "nocache"
+
+
+def test_the_record_says_what_the_model_declares(tmp_path):
+    """``cache`` (native forwards), ``attention`` and ``block_length`` are read from the record."""
+    from fastremask import generate
+
+    register(Family(name="nocache", model_types=("no-cache-llada",), native=f"{__name__}:NoCacheLLaDA",
+                    embedding="model.transformer.wte.weight", cache=False))
+    register(Family(name="blocky", attention="block_causal", block_length=4))
+    try:
+        p = testing.save_llada_checkpoint(tmp_path / "m", model_type="no-cache-llada")
+        a = models.load(p, device="cpu")
+        assert type(a.model) is NoCacheLLaDA and not a.supports_cache and a.attention == "full"
+        with pytest.raises(ValueError, match="cache='prefix' needs a model with cached_logits"):
+            generate(a, torch.tensor([[a.mask_id - 1, a.mask_id - 2]]), steps=2, gen_length=2, block_length=2, mask_id=a.mask_id,
+                     cache="prefix")
+        assert models.load(testing.save_llada_checkpoint(tmp_path / "l"), device="cpu").supports_cache
+        b = models.wrap(lambda x, attention_mask: x, family="blocky", mask_id=0)
+        assert (b.attention, b.block_length) == ("block_causal", 4)
+    finally:
+        unregister("nocache")
+        unregister("blocky")

@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from fastremask.sampler.config import SamplingConfig
-from fastremask.evaluation.tasks import Task, get_task, wilson_interval
+from fastremask.evaluation.tasks import Task, demo_task, wilson_interval
+from fastremask.models.demo import demo_dir
 
 __all__ = [
     "Point",
@@ -374,17 +375,13 @@ def write_results(rows: list[Row], out: str, meta: dict, title: str = "", answer
     plot(rows, out + ".png", title=title, answer_length=answer_length)
 
 
-def _demo_dir() -> str:
-    return DATA_DIR
-
-
 def load_model(path: str | None = None, device: str | None = None):
     """A `fastremask.models.tiny.TinyMaskedLM` checkpoint folder (default: the shipped demo model,
     ``fastremask/data``) -> ``(model, task or None)``; the task comes from the folder's
     ``demo.json`` when it has one."""
     from fastremask.models.tiny import TinyMaskedLM
 
-    path = path or _demo_dir()
+    path = path or demo_dir() or DATA_DIR
     cfg_path = os.path.join(path, "config.json")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{path} is a file, not a model folder")
@@ -397,9 +394,4 @@ def load_model(path: str | None = None, device: str | None = None):
     except Exception as e:  # noqa: BLE001 - json's, safetensors' and torch's errors differ
         raise ValueError(f"cannot load the tiny checkpoint {path}: {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0]}") from e
-    task = None
-    meta = os.path.join(path, "demo.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            task = get_task(json.load(f)["task"])
-    return model, task
+    return model, demo_task(path)

@@ -137,11 +137,29 @@ class Adapter:
         return out if isinstance(out, torch.Tensor) else out.logits
 
     @property
+    def record(self):
+        """This adapter's family record (`fastremask.models.family.Family`), or None for a name
+        no longer registered."""
+        return FAMILIES.get(self.family)
+
+    @property
     def logits_shift(self) -> int:
         """The family's ``logits_shift`` (`fastremask.models.family`): 1 when the wrapped
         model's output at ``i - 1`` scores the token at ``i`` (Dream), undone here."""
-        record = FAMILIES.get(self.family)
+        record = self.record
         return record.logits_shift if record is not None else 0
+
+    @property
+    def attention(self) -> str:
+        """The family's attention kind: ``"full"`` or ``"block_causal"``."""
+        record = self.record
+        return record.attention if record is not None else "full"
+
+    @property
+    def block_length(self) -> int | None:
+        """The block length the family was trained with (block-causal families), else None."""
+        record = self.record
+        return record.block_length if record is not None else None
 
     def _forward(self, x, attention_mask):
         logits = self._raw(x, attention_mask)
@@ -345,6 +363,12 @@ class NativeAdapter(Adapter):
     @property
     def logits_shift(self) -> int:
         return 0                                 # the native model applies its family's shift
+
+    @property
+    def supports_cache(self) -> bool:
+        """The family record's ``cache`` (what the native forward implements)."""
+        record = self.record
+        return bool(record is not None and record.cache) and super().supports_cache
 
     def _raw(self, x, attention_mask):
         return self.model(x, attention_mask).logits

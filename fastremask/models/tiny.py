@@ -310,13 +310,13 @@ def check_config(raw: dict, path: str) -> TinyConfig:
     if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
         raise ModelLoadError(f"{path}: field 'model_type' is {raw['model_type']!r}, not {MODEL_TYPE!r}")
     d = TinyConfig()
-    kw = {n: check_field(raw, path, n, default=getattr(d, n))
+    kw = {n: check_field(raw, path, n, default=getattr(d, n), null=False)
           for n in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")}
-    kw["d_ff"] = check_field(raw, path, "d_ff", default=None)
-    kw["eps"] = float(check_field(raw, path, "eps", float, default=d.eps))
+    kw["d_ff"] = check_field(raw, path, "d_ff", default=None)                 # null: 4 * d_model
+    kw["eps"] = float(check_field(raw, path, "eps", float, default=d.eps, null=False))
     kw["seed"] = check_field(raw, path, "seed", positive=False, below=2**63, below_name="the seed limit",
-                             default=d.seed)
-    kw["mask_id"] = check_field(raw, path, "mask_id", positive=False, below=kw["vocab_size"], default=None)
+                             default=d.seed, null=False)
+    kw["mask_id"] = check_field(raw, path, "mask_id", positive=False, below=kw["vocab_size"], default=None)  # null: vocab_size - 1
     if kw["d_model"] % kw["n_heads"]:
         raise ModelLoadError(f"{path}: field 'd_model' ({kw['d_model']}) is not a multiple of "
                              f"'n_heads' ({kw['n_heads']})")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from fastremask.sampler.names import (BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_FLOORS,
-                                     THRESHOLD_RULES)
+                                     THRESHOLD_RULES, TRUNCATION_ORDERS)
 from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "Option", "option", "options", "check_options", "BACKENDS",
@@ -300,6 +300,15 @@ class SamplingConfig:
     temperature: float = option(0.0, "sampling temperature: 0 is greedy, T > 0 draws from softmax(logits / T)",
                                 _parse_real, step=True)
     cfg_scale: float = option(0.0, "classifier-free guidance scale (0: off)", _parse_real, step=True)
+    top_k: Optional[int] = option(None, "at T > 0, draw only from the top_k most likely tokens (None: off); "
+                                        "numerics.md §4a", _none_or(_parse_int), step=True, metavar="K")
+    top_p: float = option(1.0, "at T > 0, draw only from the smallest most-likely set whose mass exceeds "
+                               "top_p, in (0, 1] (1: off)", _parse_real, step=True, metavar="P")
+    min_p: float = option(0.0, "at T > 0, draw only from tokens with p >= min_p * p_max, in [0, 1) (0: off)",
+                          _parse_real, step=True, metavar="P")
+    truncation_order: str = option("top_k_first", "top_k_first (LLaDA2's and HF's order) | top_p_first "
+                                                  "(Dream's): which of top-k and top-p cuts first",
+                                   _parse_name, step=True, choices=TRUNCATION_ORDERS)
     remasking: str = option("low_confidence", "the confidence that ranks the candidates", _parse_name,
                             step=True, choices=REMASKING)
     mask_id: Optional[int] = option(None, "mask token id (default: the model's)", _none_or(_parse_int),
@@ -370,6 +379,14 @@ class SamplingConfig:
         if self.temperature > 0:
             tempered_scales(float(self.temperature))   # 1/T must be a finite fp32 (§4)
         put("cfg_scale", check_real("cfg_scale", self.cfg_scale, 0.0))
+        from fastremask.sampler.contract import check_truncation   # top-k / top-p / min-p (§4a)
+        t = check_truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
+        put("top_k", t.top_k), put("top_p", t.top_p), put("min_p", t.min_p)
+        if t.active and self.temperature == 0:
+            on = ", ".join(f"{n}={v!r}" for n, v in (("top_k", t.top_k), ("top_p", t.top_p), ("min_p", t.min_p))
+                           if v != {"top_k": None, "top_p": 1.0, "min_p": 0.0}[n])
+            raise ValueError(f"{on} needs temperature > 0: at temperature=0 the token is the argmax, which "
+                             "every truncation keeps, so it would change nothing (numerics.md §4a)")
         if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
         if self.mask_id is not None:
@@ -431,6 +448,13 @@ class SamplingConfig:
     def editing(self) -> bool:
         """Token editing (LLaDA2.1) is on."""
         return self.edit_threshold is not None
+
+    @property
+    def truncation(self):
+        """The `fastremask.sampler.contract.Truncation` of ``top_k``, ``top_p``, ``min_p`` and
+        ``truncation_order`` (numerics.md §4a), as the backends take it."""
+        from fastremask.sampler.contract import Truncation
+        return Truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
 
     @property
     def num_blocks(self) -> int:

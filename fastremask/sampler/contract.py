@@ -7,15 +7,16 @@ specification (`fastremask.sampler.reference`), the ``torch`` backend (`fastrema
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import numbers
+from typing import NamedTuple, Optional
 
 import torch
 
-from fastremask.sampler.names import REMASKING
+from fastremask.sampler.names import REMASKING, TRUNCATION_ORDERS
 from fastremask.sampler.numerics import tempered_scales
 
-__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "check_sample_args", "row_steps", "same_bits",
-           "assert_bits_equal"]
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "Truncation", "NO_TRUNCATION", "check_truncation",
+           "check_sample_args", "row_steps", "same_bits", "assert_bits_equal"]
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STEP_LIMIT = 2**32          # a step counter is one 32-bit Philox counter word
@@ -33,6 +34,56 @@ class RowSample(NamedTuple):
     x0: torch.Tensor
     confidence: torch.Tensor
     invalid: torch.Tensor
+
+
+class Truncation(NamedTuple):
+    """Top-k, top-p and min-p (numerics.md §4a), as every backend's ``sample_rows`` takes them.
+
+    ``top_k`` None or an int >= 1; ``top_p`` in (0, 1] (1: off); ``min_p`` in [0, 1) (0: off);
+    ``order`` ``'top_k_first'`` (LLaDA2's and HF's order: top-p on the mass left after top-k) or
+    ``'top_p_first'`` (Dream's: top-p on the whole distribution, then top-k). Build it with
+    `check_truncation`, which checks the ranges."""
+
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    order: str = "top_k_first"
+
+    @property
+    def active(self) -> bool:
+        return self.top_k is not None or self.top_p < 1.0 or self.min_p > 0.0
+
+    @property
+    def top_p_first(self) -> bool:
+        return self.order == "top_p_first"
+
+
+NO_TRUNCATION = Truncation()
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_truncation(top_k=None, top_p=1.0, min_p=0.0, order: str = "top_k_first") -> Truncation:
+    """A checked `Truncation`: each bad value is one error naming the option and its range."""
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+            raise TypeError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be None (off) or an int >= 1, got {int(top_k)}")
+        top_k = int(top_k)
+    p = _real("top_p", top_p)
+    if not 0.0 < p <= 1.0:                       # also NaN
+        raise ValueError(f"top_p must lie in (0, 1] (1 is off), got {top_p!r}")
+    q = _real("min_p", min_p)
+    if not 0.0 <= q < 1.0:                       # also NaN
+        raise ValueError(f"min_p must lie in [0, 1) (0 is off), got {min_p!r}")
+    if not isinstance(order, str) or order not in TRUNCATION_ORDERS:
+        raise ValueError(f"unknown truncation_order {order!r}; expected one of {list(TRUNCATION_ORDERS)}")
+    return Truncation(top_k, p, q + 0.0, order)          # -0.0 -> 0.0
 
 
 def row_steps(steps, r: int, device) -> torch.Tensor:
@@ -53,8 +104,12 @@ def row_steps(steps, r: int, device) -> torch.Tensor:
     return torch.full((r,), step, dtype=torch.int64, device=device)
 
 
-def check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits) -> None:
+def check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits,
+                      truncation: Truncation = NO_TRUNCATION) -> None:
     """The argument checks of every backend's public `sample_rows` (the loop skips them)."""
+    if not isinstance(truncation, Truncation):
+        raise TypeError(f"truncation must be a contract.Truncation (check_truncation), got {truncation!r}")
+    check_truncation(*truncation)
     if remasking not in REMASKING:
         raise ValueError(f"unknown remasking {remasking!r}; expected one of {list(REMASKING)}")
     if not torch.is_tensor(logits) or logits.dim() != 2 or logits.dtype not in LOGIT_DTYPES:

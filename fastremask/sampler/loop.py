@@ -91,7 +91,7 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
         logits.view(-1, V), blk.rows, blk.seeds, blk.positions, row_step.index_select(0, blk.bi),
         temperature=config.temperature, remasking=config.remasking, cfg_scale=config.cfg_scale,
         uncond_logits=None if uncond is None else uncond.view(-1, V), suppress_tokens=suppress,
-        active=active.view(-1))
+        active=active.view(-1), truncation=config.truncation)
     x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
     ok = checker.note(sample.invalid, active, blk, step_index, logits, uncond)   # no bad row kept
     candidate = ok if editable is None else ok & cand
@@ -527,6 +527,10 @@ def generate(
     logits_eos_inf=False,
     confidence_eos_eot_inf=False,
     *,
+    top_k=None,
+    top_p=1.0,
+    min_p=0.0,
+    truncation_order="top_k_first",
     schedule="uniform",
     factor=1,
     threshold=None,
@@ -568,6 +572,14 @@ def generate(
     gen_length, block_length : answer length and semi-autoregressive block length
     temperature : sampling temperature: 0 is greedy, T > 0 draws from softmax(l / T) (numerics.md §4)
     cfg_scale : classifier-free guidance scale (0 = off)
+    top_k : at ``T > 0``, draw only from the ``top_k`` most likely tokens (None: off; ties at the
+        cut by lower index). top-k, top-p and min-p are an exact integer cut (numerics.md §4a)
+        and change nothing at ``T = 0``
+    top_p : at ``T > 0``, draw only from the smallest most-likely set whose mass exceeds
+        ``top_p``, in (0, 1] (1: off)
+    min_p : at ``T > 0``, draw only from the tokens with ``p >= min_p * p_max``, in [0, 1) (0: off)
+    truncation_order : 'top_k_first' (LLaDA2's and Hugging Face's: top-p on what top-k keeps) |
+        'top_p_first' (Dream's: top-p on the whole distribution, then top-k)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
     mask_id : the mask token id (LLaDA's 126336 by default, as in LLaDA's signature; None: the
         model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)

@@ -30,8 +30,8 @@ from fastremask.models.native.common import (INDEX_NAME, SINGLE_NAME, NativeConf
 from fastremask.models.native.dream import DreamModel, dream_config
 from fastremask.models.native.llada import LLaDAModel, llada_config
 
-__all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel",
-           "from_folder", "native_family", "native_record", "published_layout"]
+__all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel", "llada_config",
+           "dream_config", "from_folder", "native_family", "native_record", "published_layout"]
 
 
 def native_record(model_type) -> Optional[Family]:

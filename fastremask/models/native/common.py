@@ -192,7 +192,7 @@ def load_weights(model: nn.Module, folder: str, *, dtype: Optional[torch.dtype],
     if unexpected:
         raise _error(f"{source}: unexpected tensor {unexpected[0]!r}"
                      + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-                     + f"; its config.json does not describe these weights")
+                     + "; its config.json does not describe these weights")
     by_file: dict = {}
     for n in expected:
         by_file.setdefault(where[n], []).append(n)
