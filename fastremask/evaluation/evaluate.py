@@ -193,6 +193,7 @@ def evaluate(
     config: SamplingConfig | None = None,
     block_length: int | None = None,
     progress=None,
+    share=None,
 ) -> list[Row]:
     """Run every schedule family and remasking rule on the first ``n_examples`` test examples.
 
@@ -215,6 +216,10 @@ def evaluate(
     block_length : semi-autoregressive blocks (default: one block of the answer length); the
         NFE grid keeps the values that are multiples of the number of blocks.
     progress : optional ``callable(str)`` told about each finished point.
+    share : several processes (`fastremask.evaluation.distributed.Group`: ``rank``,
+        ``world_size``, ``sum``): rank ``r`` runs the examples from ``n * r // world_size`` to
+        ``n * (r + 1) // world_size`` (each with its own seed, as in one process) and the counts
+        are summed, so every rank returns the rows of one process (timings aside).
 
     Returns
     -------
@@ -244,27 +249,30 @@ def evaluate(
     points = plan(schedules, remasking, nfe_grid, factors, A)
     configs = [pt.config(A, config, C) for pt in points]  # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
+    rank, world = (0, 1) if share is None else (share.rank, share.world_size)
+    first, end = n_examples * rank // world, n_examples * (rank + 1) // world     # this rank's examples
     counter = CountCalls(model)
     rows = []
     for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
         counter.calls = 0
         n_batches = 0
-        ok, tok_ok = [], 0
-        for start in range(0, n_examples, batch_size):
-            batch = prompts[start:start + batch_size].to(model.device)
-            out = run(counter, batch, cfg, seed=seed + start)
+        correct, tok_ok = 0, 0
+        for start in range(first, end, batch_size):
+            batch = prompts[start:min(start + batch_size, end)].to(model.device)
+            out = run(counter, batch, cfg, seed=seed + start)     # example i: seed + i
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
-            ok.append(task.check(batch.cpu(), answers))
+            correct += int(task.check(batch.cpu(), answers).sum())
             tok_ok += int((answers == truth).sum())
             n_batches += 1
-        ok = torch.cat(ok)
-        correct = int(ok.sum())
+        calls = counter.calls
+        if share is not None:
+            correct, tok_ok, calls, n_batches = share.sum([correct, tok_ok, calls, n_batches])
         lo, hi = wilson_interval(correct, n_examples)
         row = Row(
             family=pt.family, setting=pt.label, remasking=pt.remasking,
-            nfe=counter.calls / n_batches, n=n_examples, correct=correct,
+            nfe=calls / n_batches, n=n_examples, correct=correct,
             accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
             token_accuracy=tok_ok / (n_examples * A) if task.unique_answers else float("nan"), seconds=time.perf_counter() - t0,
         )

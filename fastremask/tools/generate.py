@@ -40,8 +40,34 @@ def run(args) -> int:
     tokenized and checked, then one `fastremask.run` per batch, each result written as soon as
     its batch is done."""
     _check_options(args)                                   # no torch yet: options, paths
+    par = _parallel(args)                                  # None: one process (the default)
+    if par is None:
+        return _run(args, None)
+    try:
+        return _run(args, par)
+    except BaseException as e:
+        if par.sink is None:                               # stopped before the work was shared
+            par.fail(e)
+        raise
+
+
+def _parallel(args):
+    """The `fastremask.tools.distributed.Parallel` of this rank when a launcher (``torchrun``,
+    ``accelerate launch``) started several processes, or when ``--output``'s part folder holds
+    the lines of an interrupted parallel run; None otherwise (one process: nothing of it is
+    imported)."""
+    several = os.environ.get("WORLD_SIZE", "").strip() not in ("", "1")
+    if not several and not (args.output is not None and os.path.isdir(args.output + ".parts")):
+        return None
+    from fastremask.tools import distributed
+
+    return distributed.start(args)
+
+
+def _run(args, par) -> int:
     items = read_prompts_file(args.prompts_file, args.seed) if args.prompts_file is not None else None
-    done = read_done(args.output) if args.resume and os.path.exists(args.output) else None
+    done = read_done(args.output) if args.resume and os.path.exists(args.output) \
+        and (par is None or par.rank == 0) else None      # rank 0 writes --output; it knows what is done
     check_device(args.device)
     _check_backend(args)
     pre = config_from_args(args, None, _model_task(args))   # a bad sampling option fails before loading
@@ -61,7 +87,7 @@ def run(args) -> int:
     if done is not None:
         check_resume(args, items, done, config, made)
     out = Output(args.output, items, args.prompts_file if file_mode else None, done)
-    return _stream(args, adapter, task, description, config, items, out, made)
+    return _stream(args, adapter, task, description, config, items, out, made, par)
 
 
 def _check_options(args) -> None:
@@ -270,17 +296,21 @@ def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
 # ----------------------------------------------------------------------------- the run, streamed
 
 
-def _stream(args, adapter, task, model_name: str, config, items: list[Item], out: Output, run: dict) -> int:
+def _stream(args, adapter, task, model_name: str, config, items: list[Item], out: Output, run: dict,
+            par=None) -> int:
     """Generate ``--batch-size`` prompts at a time; after each batch write every result that is
     ready, in input order, each record with ``run`` (how it was made, `run_record`). Ctrl-C or an error: a `Stopped` saying how far it
-    got (its cause the interrupt or the error); the results written stay."""
+    got (its cause the interrupt or the error); the results written stay. With several
+    processes (``par``) this rank's share goes to its part file and rank 0 merges the ranks'
+    lines into ``out`` (`fastremask.tools.distributed`)."""
     from fastremask.sampler import loop
 
     want_trace = args.trace or bool(args.trace_png)
-    todo = [it for it in out.pending if it.error is None]
+    sink = out if par is None else par.begin(out)          # where this rank's results go
+    todo = [it for it in sink.pending if it.error is None]
     batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     _check_padding(adapter, batches)
-    out.open()
+    sink.open()
     calls = _calls_per_run(config)
     bar = None
     if not args.no_progress and todo:
@@ -291,7 +321,7 @@ def _stream(args, adapter, task, model_name: str, config, items: list[Item], out
     many = len(items) > 1
     try:
         try:
-            _write_ready(args, adapter, task, model_name, out, many, run)
+            _write_ready(args, adapter, task, model_name, sink, many, run)
             for batch in batches:
                 ids, mask = adapter.pad([it.ids for it in batch])
                 x, trace = loop.run(adapter, ids, config, attention_mask=mask, seed=[it.seed for it in batch],
@@ -302,14 +332,20 @@ def _stream(args, adapter, task, model_name: str, config, items: list[Item], out
                     it.tokens = answers[b].tolist()
                     it.text = adapter.decode(it.tokens, skip_special_tokens=not args.keep_special_tokens)
                     it.trace = (trace, b) if want_trace else None
-                _write_ready(args, adapter, task, model_name, out, many, run)
+                _write_ready(args, adapter, task, model_name, sink, many, run)
+                if par is not None:
+                    par.merge(out)
+            if par is not None:
+                par.finish(out)                            # rank 0: every rank's lines merged
         finally:
             if bar is not None:
                 bar.close()
     except (Exception, KeyboardInterrupt) as e:
-        raise Stopped(out.where()) from e
+        raise Stopped(out.where() if par is None else par.stopped(out, e)) from e
     finally:
         out.close()
+    if par is not None and par.rank != 0:
+        return 0                                           # rank 0 reports
     errors = out.errors + out.previous_errors
     if errors:
         where = "" if args.output is None else f' and as {{"line", "error"}} records in {args.output}'
