@@ -45,7 +45,6 @@ def max_positions(config) -> tuple[str, int] | None:
     return None
 
 
-
 def _dtype_kwarg(dtype) -> dict:
     import transformers
 
