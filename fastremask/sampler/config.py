@@ -316,7 +316,7 @@ class SamplingConfig:
     logits_eos_inf: bool = option(False, "never generate the model's EOS", _parse_bool, step=True)
     confidence_eos_eot_inf: bool = option(
         False, "keep EOS/EoT predictions only after every other position of the block", _parse_bool, step=True)
-    schedule: object = option("uniform", "uniform | pyramid | comma-separated per-step counts",
+    schedule: object = option("uniform", "uniform | pyramid | dream | comma-separated per-step counts",
                               _parse_schedule, metavar="SCHEDULE")
     factor: int = option(1, "pyramid dilation: step i keeps i // factor + 1", _parse_int)
     threshold: Optional[float] = option(
