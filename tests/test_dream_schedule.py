@@ -65,3 +65,55 @@ def test_generate_with_dreams_schedule_equals_dreams_sampler_at_t0(gen_length, s
                        temperature=0.0, remasking="low_confidence", mask_id=MASK, schedule="dream",
                        backend=backend)
         assert torch.equal(got, want), backend
+
+
+# --------------------------------------------------------------------------- alg_temp
+
+
+from fastremask.sampler import numerics as nx  # noqa: E402
+
+
+def test_gumbel_key_top1_follows_softmax_of_confidence_over_alg_temp():
+    """Dream's alg_temp position choice as Gumbel-top-k: the position with the largest key is
+    distributed as softmax(confidence / alg_temp). 30,000 fixed seeds (deterministic), chi-square
+    at p = 0.001 (4 degrees of freedom); -inf (not a candidate) is never chosen."""
+    c = torch.tensor([0.9, 0.5, 0.45, 0.1, -0.3, float("-inf")])
+    a, n = 0.4, 30_000
+    C = len(c)
+    seeds = torch.arange(n).repeat_interleave(C) * 31 + 7
+    pos = torch.arange(C).repeat(n)
+    keys = nx.gumbel_key(c.repeat(n), a, seeds, pos, 3).view(n, C)
+    counts = torch.bincount(keys.argmax(1), minlength=C).double()
+    assert counts[-1] == 0
+    e = torch.softmax(c[:-1].double() / a, 0) * n
+    chi2 = float(((counts[:-1] - e) ** 2 / e).sum())
+    assert chi2 < 18.47, chi2
+
+
+def test_alg_temp_same_tokens_on_every_backend_and_batch_invariant():
+    from test_batch_invariance import _check_rows_alone, _batch
+    kw = dict(steps=6, gen_length=6, block_length=3, temperature=0.0, alg_temp=0.3)
+    for backend in ("torch", "reference"):
+        _check_rows_alone([2, 4, 3], 5, kw, backend)
+    rows, ids, am = _batch([2, 4], 9)
+    want = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", **kw)
+    plain = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", **{**kw, "alg_temp": 0.0})
+    assert not torch.equal(want, plain)                   # the draw of positions changes the order here
+    assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="torch", **kw), want)
+    try:
+        from fastremask.kernels.numerics import interpreting
+    except ImportError:
+        return
+    if interpreting():
+        assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="triton", **kw), want)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(alg_temp=-1.0), r"alg_temp must be a finite number >= 0.0"),
+    (dict(alg_temp=0.5, threshold=0.5), r"alg_temp=0.5 .* no threshold mode"),
+    (dict(alg_temp=0.5, remasking="random"), r"remasking='random' has no confidence"),
+    (dict(alg_temp=1e-40), r"alg_temp=1e-40 is too small"),
+])
+def test_bad_alg_temp_names_the_option(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        generate(MODEL, torch.tensor([[1, 2]]), steps=2, gen_length=2, block_length=2, mask_id=MASK, **kw)
