@@ -331,3 +331,17 @@ def test_generate_refuses_bad_truncation_naming_the_option(kw, msg):
     with pytest.raises(ValueError, match=msg):
         generate(MODEL, torch.tensor([[1, 2]]), steps=2, gen_length=2, block_length=2,
                  **{"temperature": 1.0, "mask_id": MASK, **kw})
+
+
+from test_graphs import _pair, _same, fake_graphs  # noqa: E402,F401 (the fixture, shared)
+
+
+@pytest.mark.interpreter
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_captured_step_with_truncation_equals_eager(fake_graphs):  # noqa: F811
+    """The step with truncation through the CUDA-graph path (its capture replaced by a plain
+    call on the static buffers, as in test_graphs.py): the cut's torch ops run inside the
+    captured function, and the result equals the eager step bit for bit; one capture reused."""
+    _same(*_pair(steps=4, gen_length=4, block_length=2, temperature=0.8, top_k=5, top_p=0.9,
+                 truncation_order="top_p_first"))
+    assert len(fake_graphs) == 1

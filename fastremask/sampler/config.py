@@ -306,6 +306,9 @@ class SamplingConfig:
                                "top_p, in (0, 1] (1: off)", _parse_real, step=True, metavar="P")
     min_p: float = option(0.0, "at T > 0, draw only from tokens with p >= min_p * p_max, in [0, 1) (0: off)",
                           _parse_real, step=True, metavar="P")
+    alg_temp: float = option(0.0, "Dream's position choice: > 0 draws each step's positions without replacement "
+                                  "from softmax(confidence / alg_temp) instead of the top ones (schedule mode; 0: off)",
+                             _parse_real, step=True, metavar="T")
     truncation_order: str = option("top_k_first", "top_k_first (LLaDA2's and HF's order) | top_p_first "
                                                   "(Dream's): which of top-k and top-p cuts first",
                                    _parse_name, step=True, choices=TRUNCATION_ORDERS)
@@ -316,7 +319,7 @@ class SamplingConfig:
     logits_eos_inf: bool = option(False, "never generate the model's EOS", _parse_bool, step=True)
     confidence_eos_eot_inf: bool = option(
         False, "keep EOS/EoT predictions only after every other position of the block", _parse_bool, step=True)
-    schedule: object = option("uniform", "uniform | pyramid | comma-separated per-step counts",
+    schedule: object = option("uniform", "uniform | pyramid | dream | comma-separated per-step counts",
                               _parse_schedule, metavar="SCHEDULE")
     factor: int = option(1, "pyramid dilation: step i keeps i // factor + 1", _parse_int)
     threshold: Optional[float] = option(
@@ -382,6 +385,16 @@ class SamplingConfig:
         from fastremask.sampler.contract import check_truncation   # top-k / top-p / min-p (§4a)
         t = check_truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
         put("top_k", t.top_k), put("top_p", t.top_p), put("min_p", t.min_p)
+        put("alg_temp", check_real("alg_temp", self.alg_temp, 0.0))
+        if self.alg_temp > 0:
+            if self.threshold is not None:
+                raise ValueError(f"alg_temp={self.alg_temp} draws a schedule's count of positions; it has no "
+                                 "threshold mode (use threshold=None, or alg_temp=0)")
+            if self.remasking == "random":
+                raise ValueError(f"alg_temp={self.alg_temp} samples positions by confidence; remasking='random' "
+                                 "has no confidence to sample by (use alg_temp=0)")
+            if self.alg_temp < 1e-30:                # confidence / alg_temp must stay finite in fp32
+                raise ValueError(f"alg_temp={self.alg_temp!r} is too small: use 0 (off) or at least 1e-30")
         if t.active and self.temperature == 0:
             on = ", ".join(f"{n}={v!r}" for n, v in (("top_k", t.top_k), ("top_p", t.top_p), ("min_p", t.min_p))
                            if v != {"top_k": None, "top_p": 1.0, "min_p": 0.0}[n])

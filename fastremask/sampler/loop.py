@@ -28,6 +28,7 @@ from fastremask.sampler.threads import calling_thread
 from fastremask.sampler.config import SamplingConfig, SpecialIds, options, row_seeds
 from fastremask.sampler.names import LLADA_MASK
 from fastremask.sampler import errors, graphs
+from fastremask.sampler import numerics as nx
 from fastremask.sampler.model_call import (ModelCall, block_call, cache_call, call_model, check_cache_support,
                                            sampling_suppress, window_call)
 from fastremask.sampler import block as _block
@@ -104,13 +105,17 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     if floor_k is not None:       # strict comparison: c >= next fp32 above t  <=>  c > t
         t32 = torch.tensor(threshold, dtype=torch.float32)
         threshold = float(torch.nextafter(t32, torch.tensor(float("inf"))))
+    rank = conf          # Dream's alg_temp > 0 (schedule mode only): the top k of confidence / alg_temp + Gumbel noise
+    if config.alg_temp > 0:
+        rank = nx.gumbel_key(sample.confidence, config.alg_temp, blk.seeds, blk.positions,
+                             row_step.index_select(0, blk.bi)).view(B, C)
     if backend.fused_write:
-        keep = backend.select(conf, candidate, deferred, k, threshold, rule=config.threshold_rule,
+        keep = backend.select(rank, candidate, deferred, k, threshold, rule=config.threshold_rule,
                               x=x, x0=x0, start=blk.start)
         if floor_k is not None:
             keep = keep | backend.select(conf, candidate, deferred, floor_k, None, x=x, x0=x0, start=blk.start)
     else:
-        keep = backend.select(conf, candidate, deferred, k, threshold, rule=config.threshold_rule)
+        keep = backend.select(rank, candidate, deferred, k, threshold, rule=config.threshold_rule)
         if floor_k is not None:
             keep = keep | backend.select(conf, candidate, deferred, floor_k, None)
         torch.where(keep, x0, blk.x, out=blk.x)
@@ -531,6 +536,7 @@ def generate(
     top_p=1.0,
     min_p=0.0,
     truncation_order="top_k_first",
+    alg_temp=0.0,
     schedule="uniform",
     factor=1,
     threshold=None,
@@ -578,6 +584,9 @@ def generate(
     top_p : at ``T > 0``, draw only from the smallest most-likely set whose mass exceeds
         ``top_p``, in (0, 1] (1: off)
     min_p : at ``T > 0``, draw only from the tokens with ``p >= min_p * p_max``, in [0, 1) (0: off)
+    alg_temp : Dream's position choice: ``> 0`` keeps each step's count of positions drawn without
+        replacement from ``softmax(confidence / alg_temp)`` (Gumbel-top-k with counter-based
+        noise, `numerics.gumbel_key`) instead of the most confident; schedule mode only
     truncation_order : 'top_k_first' (LLaDA2's and Hugging Face's: top-p on what top-k keeps) |
         'top_p_first' (Dream's: top-p on the whole distribution, then top-k)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'

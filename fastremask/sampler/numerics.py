@@ -22,7 +22,7 @@ __all__ = [
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
     "remask_uniform", "TOP_P_BITS", "top_p_bound", "min_p_bound", "mass_bound", "kept_counts",
-    "truncate_sorted",
+    "truncate_sorted", "STREAM_POSITION", "gumbel_key",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
@@ -30,6 +30,7 @@ FIXED_BITS = 40       # fixed-point scale of the softmax sums
 FIXED = 1 << FIXED_BITS
 STREAM_SAMPLE = 0     # counter word c3: which stream a number belongs to
 STREAM_REMASK = 1
+STREAM_POSITION = 2   # Dream's alg_temp position choice (gumbel_key)
 MAX63 = (1 << 63) - 1   # draws are 63-bit integers in [0, MAX63]
 
 MASK32 = 0xFFFFFFFF
@@ -436,3 +437,16 @@ def truncate_sorted(l: torch.Tensor, scale: float, top_k, top_p: float, min_p: f
     n = kept_counts(l_s, l_s[:, 0], scale, top_k, top_p, min_p, top_p_first)
     last = (n - 1).clamp_min(0)[:, None]
     return l_s.gather(-1, last).squeeze(-1), idx.gather(-1, last).squeeze(-1)
+
+
+def gumbel_key(confidence: torch.Tensor, alg_temp: float, seeds: torch.Tensor, positions: torch.Tensor,
+               steps) -> torch.Tensor:
+    """fp32 [R]: `confidence / alg_temp + g`, `g = -log(-log(u))` a Gumbel draw from
+    `u = uniform24(philox(seed, 0, position, step, STREAM_POSITION)[0])` (§1-§3: own `log`, one
+    rounding per operation; `alg_temp` rounded to fp32). Keeping the `k` largest keys draws `k`
+    positions without replacement from `softmax(confidence / alg_temp)` (the Gumbel-top-k trick,
+    up to `u`'s 23 bits): Dream's `alg_temp > 0` position choice. `-inf` stays `-inf`."""
+    r0, _, _, _ = philox(seeds, 0, positions, _as_i64(steps, seeds.device), STREAM_POSITION)
+    g = log(log(uniform24(r0)).neg_()).neg_()
+    a = torch.tensor(round_f32(float(alg_temp)), dtype=torch.float32, device=confidence.device)
+    return (confidence / a).add_(g)

@@ -15,6 +15,11 @@ schedules:
   takes the fewest steps that unmask all of it; ``steps`` is a budget (a ValueError names both
   numbers when the pyramid needs more). See docs/schedules.md for how this differs from the
   step count in the post that proposed it (`post_steps`, `post_outcome`).
+* ``dream()``: Dream's ``diffusion_generate`` counts (its ``maskgit_plus`` / ``topk_margin`` /
+  ``entropy`` algorithms): timesteps ``t = linspace(1, eps, steps + 1)`` (fp32, ``eps = 1e-3``),
+  step ``i < steps - 1`` keeps ``int(n_i * (1 - t[i + 1] / t[i]))`` of the ``n_i`` still masked
+  (fp32 arithmetic, as Dream's tensors), the last step the rest. Dream's ``alg="origin"``
+  unmasks each position with probability ``1 - s / t`` instead: a random count, not a schedule.
 * a list of ints: those counts, for every block (they must sum to its masked count).
 * a callable ``fn(n_masked, steps) -> sequence of ints``, checked like a list.
 
@@ -40,6 +45,8 @@ __all__ = [
     "FromCallable",
     "uniform",
     "pyramid",
+    "Dream",
+    "dream",
     "resolve",
     "counts",
     "pyramid_steps",
@@ -225,6 +232,37 @@ class FromCallable(Schedule):
         return _check_counts(f"schedule {name}({n}, {steps})", self.fn(n, steps), n, steps)
 
 
+@dataclass(frozen=True)
+class Dream(Schedule):
+    """Dream's per-step counts (``diffusion_generate``, non-``origin`` algorithms), read in two
+    published copies of its ``generation_utils.py``: ``timesteps = torch.linspace(1, eps, steps +
+    1)`` and, at step ``i`` with ``n_i`` positions still masked, ``int(n_i * (1 - s / t))`` for
+    ``t, s = timesteps[i], timesteps[i + 1]`` (fp32 tensors; ``n_i`` as Dream's
+    ``mask_index.sum() / batch``, an fp32 value, for one row), all the rest at the last step.
+    Computed with the same torch ops on the CPU, so the counts are Dream's. Steps that keep 0
+    are skipped by ``generate`` (Dream calls the model for them; they change nothing at ``T = 0``)."""
+
+    eps: float = 1e-3
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        t = torch.linspace(1, self.eps, steps + 1)
+        out, left = [], n
+        for i in range(steps):
+            if i < steps - 1:
+                n_i = torch.tensor(left) / 1            # Dream's mask_index.sum() / batch: fp32
+                k = int(n_i * (1 - t[i + 1] / t[i]))    # <= n_i: s / t >= 0
+            else:
+                k = left
+            out.append(k)
+            left -= k
+        return out
+
+
+def dream(eps: float = 1e-3) -> Dream:
+    """Dream's timestep schedule (`Dream`)."""
+    return Dream(float(eps))
+
+
 def uniform() -> Uniform:
     """LLaDA's schedule (`Uniform`)."""
     return Uniform()
@@ -235,7 +273,7 @@ def pyramid(factor: int = 1) -> Pyramid:
     return Pyramid(factor)
 
 
-_NAMES = {"uniform": Uniform, "pyramid": Pyramid}
+_NAMES = {"uniform": Uniform, "pyramid": Pyramid, "dream": Dream}
 
 
 def resolve(schedule="uniform", factor: int = 1) -> Schedule:
@@ -253,6 +291,8 @@ def resolve(schedule="uniform", factor: int = 1) -> Schedule:
         raise ValueError(f"factor={factor} applies to schedule='pyramid' only, got schedule={schedule!r}")
     if schedule is uniform:
         return Uniform()
+    if schedule is dream:
+        return Dream()
     if isinstance(schedule, str):
         if schedule not in _NAMES:
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(_NAMES)}, a list or a callable")
