@@ -351,10 +351,10 @@ class DreamAdapter(Adapter):
 
 
 class NativeAdapter(Adapter):
-    """A native LLaDA or Dream model (`fastremask.models.native`): logits as it returns them
-    (the native Dream applies Dream's shift and positions itself, so nothing is shifted here),
-    its own `window_logits` and ``cached_logits``. ``family`` is the model's (``"llada"`` or
-    ``"dream"``)."""
+    """A native model (`fastremask.models.native`): logits as it returns them (the native Dream
+    applies Dream's shift and positions itself, so nothing is shifted here), its own
+    `window_logits` and ``cached_logits``, and for the block-causal families (SDAR, LLaDA2) the
+    protocol of `fastremask.sampler.block`. ``family`` is the model's record name."""
 
     def __init__(self, model, tokenizer=None, **kwargs):
         kwargs.setdefault("family", model.family)
@@ -382,6 +382,27 @@ class NativeAdapter(Adapter):
         on those rows only)."""
         with torch.no_grad():
             return self.model.window_logits(input_ids, attention_mask, start, length)
+
+    # --- the block-causal protocol (fastremask.sampler.block): SDAR, LLaDA2
+
+    @property
+    def attention(self) -> str:
+        """``"full"`` or ``"block_causal"``: the model's family record's."""
+        return self.model.attention
+
+    @property
+    def block_length(self):
+        """The block length a block-causal model was trained with (None for a full one)."""
+        return self.model.block_length
+
+    @property
+    def token_editing(self) -> bool:
+        return getattr(self.model, "token_editing", False)
+
+    def block_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
+        """The native model's `block_logits` (`fastremask.sampler.block`), without autograd."""
+        with torch.no_grad():
+            return self.model.block_logits(input_ids, attention_mask, **kwargs)
 
 
 def detect_family(model_type: str | None, *, name: str = "the model") -> str:
