@@ -307,6 +307,9 @@ class FastRemaskLM(_LMBase):
             gen_length = self.gen_length or int(gen_kwargs.get("max_gen_toks", 256))
             key = (task, doc_id if doc_id is not None else i)
             r = repeats[key] = repeats.get(key, -1) + 1
+            k = getattr(req, "repeats", None)
+            if isinstance(k, int) and k >= 1:
+                r %= k      # lm_eval pads a rank's share with copies of its last request: the same answers
             seed = request_seed(self.seed, task, key[1], r)
             jobs.append((i, context, until, gen_length, seed))
         out: list[str | None] = [None] * len(jobs)
