@@ -271,25 +271,30 @@ def test_package_import_does_not_import_triton():
 def test_cpu_step_runs_on_the_calling_thread_and_the_model_keeps_its_threads(monkeypatch):
     """The step (many small ops) runs at one intra-op thread; the model call keeps the user's
     thread count (benchmarks/results/threads-probe-2vcpu.md)."""
-    from fastremask.sampler import fast
+    import dataclasses
+
+    from fastremask.sampler import backends
 
     seen = {"model": [], "sample": []}
-    inner = fast._sample_rows_active
 
-    def spy(*a, **kw):
-        seen["sample"].append(torch.get_num_threads())
-        return inner(*a, **kw)
+    def spy_on(backend):          # what the loop is handed, watched (the registry's hook)
+        inner = backend.sample_rows
+
+        def spy(*a, **kw):
+            seen["sample"].append(torch.get_num_threads())
+            return inner(*a, **kw)
+        return dataclasses.replace(backend, sample_rows=spy)
 
     class Model(ToyLM):
         def forward(self, x, attention_mask=None):
             seen["model"].append(torch.get_num_threads())
             return super().forward(x, attention_mask)
 
-    monkeypatch.setattr(fast, "_sample_rows_active", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        generate(Model(vocab=11), torch.tensor([[1, 2]]), None, 4, 4, 2, mask_id=10, seed=0, backend="torch")
+        with backends.hooked(spy_on):
+            generate(Model(vocab=11), torch.tensor([[1, 2]]), None, 4, 4, 2, mask_id=10, seed=0, backend="torch")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -2,7 +2,7 @@
 
     prompt -> x = [prompt | masks] -> for each block, for each step:
         model(x) -> logits -> backend.sample_rows -> x0, confidence
-                           -> backend.select      -> keep;  x[keep] = x0[keep]
+                           -> backend.select      -> keep;  x[keep] = x0[keep] (select writes it)
 
 ``fastremask.generate(model, prompt, ...)`` takes LLaDA's ``generate`` arguments in LLaDA's
 order with LLaDA's defaults, builds a `SamplingConfig` from them and calls `run`; the
@@ -79,12 +79,8 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
     candidate = checker.note(sample.invalid, cand, blk, step_index, logits, uncond)   # no bad row kept
     deferred = no_defer if defer is None else candidate & torch.isin(x0, defer)
-    if backend.fused_write:
-        keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule,
-                              x=x, x0=x0, start=blk.start)
-    else:
-        keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule)
-        torch.where(keep, x0, blk.x, out=blk.x)
+    keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule,
+                          x=x, x0=x0, start=blk.start)          # every backend writes the kept tokens
     return x0, conf, keep
 
 
@@ -223,7 +219,7 @@ class _Steps:
         self.defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
         self.user_suppress, self.suppress, self.V = ids.suppress, None, None
         self.checker = errors.checker_for(device)(P, config.cfg_scale)
-        self.use_graph = config.cuda_graph and backend.fused_write and graphs.available(device)
+        self.use_graph = config.cuda_graph and backend.capturable and graphs.available(device)
         self.graph, self.graph_block = None, None
 
     def check_vocab(self, logits) -> None:
