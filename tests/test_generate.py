@@ -1,6 +1,7 @@
 """The whole loop: `torch` backend bit-equal to the reference, and what `generate` promises."""
 import pytest
 import torch
+from toy_models import ToyLM
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastremask
@@ -11,32 +12,6 @@ from fastremask.models.tiny import tiny_model
 from fastremask.sampler.contract import assert_bits_equal
 
 THRESHOLDS = {"low_confidence": 0.3, "margin": 0.2, "random": 0.6, "entropy": -1.5}
-
-
-class ToyLM(torch.nn.Module):
-    """Row-wise, elementwise-only logits: bit-identical for a row alone or in any batch.
-
-    logits[b, i] = E[x[b, i]] + 0.5 * E[x[b, i - 1]] + Pos[i] (with a learned-free table);
-    enough structure that the tokens depend on the context and the step.
-    """
-
-    def __init__(self, vocab=11, dtype=torch.float32, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.E = torch.randn(vocab, vocab, generator=g) * 2
-        self.Pos = torch.randn(64, vocab, generator=g)
-        self.out_dtype = dtype
-        self.calls = 0
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, x, attention_mask=None):
-        self.calls += 1
-        e = self.E[x]                                              # [B, L, V]
-        prev = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], 1)
-        return (e + prev * 0.5 + self.Pos[: x.shape[1]]).to(self.out_dtype)
 
 
 def _prompt(B, P, vocab, mask_id, seed):

@@ -154,26 +154,6 @@ def plan(families, remasking, nfe_grid, factors, answer_length: int) -> list[Poi
     return points
 
 
-class CountCalls:
-    """Wraps a model and counts its calls (forward, and ``cached_logits`` under a cache);
-    everything else is passed through (also used by benchmarks/cache_speed.py)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-    def cached_logits(self, *args, **kwargs):          # generate(..., cache=...) calls this instead
-        self.calls += 1
-        return self.model.cached_logits(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
 @torch.no_grad()
 def evaluate(
     model,
@@ -243,16 +223,16 @@ def evaluate(
     points = plan(schedules, remasking, nfe_grid, factors, A)
     configs = [pt.config(A, config, C) for pt in points]  # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
-    counter = CountCalls(model)
     rows = []
     for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
-        counter.calls = 0
+        calls = 0                      # the trace's count (`ModelCall`): the one count of model calls
         n_batches = 0
         ok, tok_ok = [], 0
         for start in range(0, n_examples, batch_size):
             batch = prompts[start:start + batch_size].to(model.device)
-            out = run(counter, batch, cfg, seed=seed + start)
+            out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)
+            calls += trace.model_calls
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
             ok.append(task.check(batch.cpu(), answers))
@@ -263,7 +243,7 @@ def evaluate(
         lo, hi = wilson_interval(correct, n_examples)
         row = Row(
             family=pt.family, setting=pt.label, remasking=pt.remasking,
-            nfe=counter.calls / n_batches, n=n_examples, correct=correct,
+            nfe=calls / n_batches, n=n_examples, correct=correct,
             accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
             token_accuracy=tok_ok / (n_examples * A) if task.unique_answers else float("nan"), seconds=time.perf_counter() - t0,
         )

@@ -205,6 +205,7 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
                       cfg_scale=config.cfg_scale, mask_id=ids.mask_id)
     trace = Trace(P, config.gen_length, config.block_length)
     _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback)
+    trace.model_calls, trace.positions = calls.calls, calls.positions
     return (x, trace) if return_trace else x
 
 
