@@ -17,6 +17,8 @@
 #    beside the measured roofline;
 # 10. benchmarks/cache_speed.py on the LLaDA-8B shape (native model, random bf16 weights built on
 #    the GPU): generate end to end, cache None/prefix/dual against LLaDA's sampler restated.
+# 11. benchmarks/truncation_gpu.py: top-p 0.95 + top-k 50 (issue 19) bit-equal to the reference,
+#    timed against the plain call, the cut alone, the published sort-based code and FlashInfer.
 # Each step has its own timeout and its failure does not stop the others; a step that would
 # start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
 # work folder that is packed into $OUT/logs.tgz at the end, so that the few files the GPU tool
@@ -73,6 +75,7 @@ step test_kernels 60 python -m pytest tests/test_kernels.py -q -p no:cacheprovid
 step profile 60 fastremask profile --model llada-8b --backend triton --prompt-length 128 --gen-length 64 --block-length 32 --steps 64 --out "$LOGS/trace.json"
 step aot 35 python -m fastremask.kernels.aot --quick --json "$LOGS/aot.json"
 # the static count with this machine's triton: the predicted times to set beside bench's measured ones
+step truncation 60 python benchmarks/truncation_gpu.py --rows 256 --out "$OUT"
 step cost 90 python -m fastremask.kernels.cost --arch 90 --json "$OUT/kernel_cost.json" --md "$OUT/kernel_cost.md"
 
 echo "total $(( $(date +%s) - T0 ))s" | tee -a "$SUMMARY"

@@ -88,23 +88,25 @@ class Result:
         return not self.error and not self.forbidden and self.local_bytes == 0
 
 
-def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62) -> Spec:
+def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62,
+              trunc: bool = False) -> Spec:
     """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool (True: T = 1)
-    or the temperature (T != 1 is the tempered variant, a second exp per entry)."""
+    or the temperature (T != 1 is the tempered variant, a second exp per entry); `trunc`: with
+    top-k / top-p / min-p (numerics.md §4a; only at T > 0)."""
     temperature = float(noise)                       # True is 1.0, False 0.0
     noise, tempered = temperature != 0.0, temperature not in (0.0, 1.0)
     sig = {
         "p_logits": _LOGIT_TYPES[dtype], "p_uncond": _LOGIT_TYPES[dtype], "p_rows": "*i64",
         "p_seeds": "*i64", "p_pos": "*i64", "p_steps": "*i64", "p_active": "*i1", "p_suppress": "*i64",
         "p_pf": "*fp32", "p_pi": "*i64", "p_count": "*i32", "p_x0": "*i64", "p_conf": "*fp32",
-        "p_invalid": "*i1", "stride_l": "i32", "stride_u": "i32", "V": "i32",
+        "p_invalid": "*i1", "p_lcut": "*fp32", "p_icut": "*i64", "stride_l": "i32", "stride_u": "i32", "V": "i32",
         "n_chunks": "i32", "chunks_per_prog": "i32", "n_suppress": "i32",
         "tau": "fp32", "c_t": "fp32", "cfg_s1": "fp32",
     }
     const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "TEMPERED": tempered,
              "RULE": _RULES[rule],
-             "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode()}
-    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise) + int(tempered)},{rule}]"
+             "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode(), "TRUNC": bool(trunc) and noise}
+    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise) + int(tempered)},{rule}{',trunc' if trunc else ''}]"
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
     warps = _row_launch_config(1, n_chunks, None, None)[2]   # the warps generate launches with
     return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
@@ -133,11 +135,13 @@ def specialisations(quick: bool = False) -> list[Spec]:
     if quick:
         rows = [_row_spec("bf16", True, 0.7, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
                 _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random"),
-                _row_spec("bf16", False, False, "entropy")]
+                _row_spec("bf16", False, False, "entropy"), _row_spec("bf16", False, 0.7, "low_confidence", trunc=True)]
         selects = [_select_spec(True, True), _select_spec(False, False, block_c=512)]
         return rows + selects
     rows = [_row_spec(d, c, n, r) for d, c, n, r in
             itertools.product(_LOGIT_TYPES, (False, True), (False, True, 0.7), _RULES)]
+    rows += [_row_spec(d, False, n, r, trunc=True) for d, n, r in
+             itertools.product(_LOGIT_TYPES, (True, 0.7), ("low_confidence", "random"))]
     selects = [_select_spec(t, w, c) for t, w in itertools.product((False, True), repeat=2)
                for c in (32, 512)]
     return rows + selects

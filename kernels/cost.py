@@ -84,10 +84,10 @@ class Case:
     logits_per_iter: int | None = None   # vocab entries one main-loop iteration handles
 
 
-def _row_case(dtype: str, temperature: float, rule: str, cfg: bool) -> Case:
-    spec = aot._row_spec(dtype, cfg, temperature, rule)
+def _row_case(dtype: str, temperature: float, rule: str, cfg: bool, trunc: bool = False) -> Case:
+    spec = aot._row_spec(dtype, cfg, temperature, rule, trunc=trunc)
     t = "0" if temperature == 0 else ("1" if temperature == 1 else "other")
-    name = f"sample_rows[{dtype},T={t},{rule},cfg={int(cfg)}]"
+    name = f"sample_rows[{dtype},T={t},{rule},cfg={int(cfg)}{',trunc' if trunc else ''}]"
     return Case(name, "sample_rows", spec, dtype, temperature, rule, cfg, aot.row_logits_per_iter(spec))
 
 
@@ -101,6 +101,10 @@ def cases(subset: str = "all") -> list[Case]:
         return rows
     rows = [_row_case(d, t, r, c) for d in ("bf16", "fp16", "fp32") for t in TEMPERATURES for r in RULES
             for c in (False, True)]
+    # top-k / top-p / min-p (numerics.md §4a): the kernel's share (the cut is computed before the
+    # launch by torch ops: `kernels.sample.truncation_cut`, not counted here)
+    rows += [_row_case(d, t, r, False, trunc=True) for d in ("bf16", "fp32") for t in (1.0, 0.7)
+             for r in ("low_confidence", "random")]
     others = [Case(s.name, s.name.split("[")[0], s) for s in aot.specialisations()
               if not s.name.startswith("sample_rows")]
     return rows + others

@@ -24,8 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales
-from fastremask.sampler.contract import REMASKING, RowSample, check_sample_args   # shared by every backend
+from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales, truncate_sorted
+from fastremask.sampler.contract import (NO_TRUNCATION, REMASKING, RowSample, Truncation,   # shared by
+                                         check_sample_args)                                  # every backend
+from fastremask.sampler.reference import prepare_logits
 
 from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_a_term, fixed_pow2,
                        fixed_ratio, fixed_term, interpreting, log, neg, remask_uniform, to_f32)
@@ -114,8 +116,9 @@ def _sub_logits(p_l, p_u, p_suppress, base, V, n_suppress, cfg_s1, SUB: tl.const
 
 
 @triton.jit
-def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, CHUNK: tl.constexpr, SUB: tl.constexpr,
-                 HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
+def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut, CHUNK: tl.constexpr,
+                 SUB: tl.constexpr, HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr,
+                 NEED_T: tl.constexpr, TRUNC: tl.constexpr):
     """m_c (NaN as NaN), S_c, A_c and the tempered sum of chunk `c` with suppression, from
     memory in SUB-entry pieces: the same max and the same integer sums (any order) as the chunk
     loop's."""
@@ -133,16 +136,26 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, CHUNK: tl.
     if NEED_S or NEED_T:
         k = 0
         while (k < CHUNK) & (k < n_v):
-            b_l, _ = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
+            b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, SUB, HAS_CFG)
             if NEED_S:
                 y = fixed_pow2((b_l - m_s) * _LOG2E)
                 s_c += tl.sum(y.to(tl.int64), 0)
                 if NEED_A:
                     a_c += tl.sum(fixed_a_term(y, b_l - m_s), 0)
             if NEED_T:
-                t_c += tl.sum(fixed_pow2((b_l - m_s) * c_t).to(tl.int64), 0)
+                w = fixed_pow2((b_l - m_s) * c_t).to(tl.int64)
+                if TRUNC:
+                    w = tl.where(_kept(b_l, o_v, l_cut, i_cut), w, 0)
+                t_c += tl.sum(w, 0)
             k += SUB
     return m_c, s_c, a_c, t_c
+
+
+@triton.jit
+def _kept(b_l, o_v, l_cut, i_cut):
+    """numerics.md §4a: the entries the truncation keeps, from the row's last kept token
+    `(l_cut, i_cut)`: a higher logit, or the same logit at an index not above `i_cut`."""
+    return (b_l > l_cut) | ((b_l == l_cut) & (o_v <= i_cut))
 
 
 @triton.jit
@@ -174,9 +187,10 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.con
 
 
 @triton.jit
-def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t,
+def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t, l_cut, i_cut,
            CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr, NEED_S: tl.constexpr,
-           NEED_A: tl.constexpr, NEED_T: tl.constexpr, MAX_MODE: tl.constexpr):
+           NEED_A: tl.constexpr, NEED_T: tl.constexpr, TEMPERED: tl.constexpr, TRUNC: tl.constexpr,
+           MAX_MODE: tl.constexpr):
     """One chunk's partials (§5, and with `NEED_T` §4's tempered sum), stored at `o_p` of each
     plane. A NaN max is stored as +inf; what the rest computes for such a chunk is never used.
 
@@ -191,8 +205,15 @@ def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t,
         tl.store(p_pi + o_p, s_c)
         if NEED_A:
             tl.store(p_pi + plane + o_p, a_c)
-    if NEED_T:       # T != 1: the tempered weights (§4), a second fixed_pow2 per entry
-        tl.store(p_pi + 2 * plane + o_p, tl.sum(fixed_pow2((b_l - m_s) * c_t).to(tl.int64), 0))
+    if NEED_T:       # the draw's own sum: T != 1, the tempered weights (§4), or with truncation (§4a) the kept ones
+        if TEMPERED:     # a second fixed_pow2 per entry
+            y_t = fixed_pow2((b_l - m_s) * c_t)
+        else:            # T == 1: S_c's terms (the same expression: computed once)
+            y_t = fixed_pow2((b_l - m_s) * _LOG2E)
+        if TRUNC:        # int32 indices within the chunk (i_cut clamped to it): no 64-bit compare per entry
+            i_rel = tl.minimum(tl.maximum(i_cut - c * CHUNK, -1), CHUNK).to(tl.int32)
+            y_t = tl.where(_kept(b_l, tl.arange(0, CHUNK), l_cut, i_rel), y_t, 0.0)   # trunc(0.0) = 0
+        tl.store(p_pi + 2 * plane + o_p, tl.sum(y_t.to(tl.int64), 0))
     tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
 
 
@@ -204,15 +225,18 @@ def _sum2(a, b, c, d):
 @triton.jit(do_not_specialize=["chunks_per_prog", "n_suppress"])   # no recompiles per step
 def _sample_rows_kernel(
     p_logits, p_uncond, p_rows, p_seeds, p_pos, p_steps, p_active, p_suppress, p_pf, p_pi,
-    p_count, p_x0, p_conf, p_invalid,
+    p_count, p_x0, p_conf, p_invalid, p_lcut, p_icut,
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, tau, c_t, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
     TEMPERED: tl.constexpr, RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
+    TRUNC: tl.constexpr = False,
 ):
-    # S_c for the confidence, or at T = 1 for the draw (the tempered weights are S_c's terms)
-    NEED_S: tl.constexpr = (RULE != 3) or (NOISE and not TEMPERED)
+    # S_c for the confidence, or at T = 1 for the draw (the tempered weights are S_c's terms);
+    # with truncation (TRUNC, numerics.md §4a: the row's last kept token at p_lcut / p_icut,
+    # computed before the launch) the draw has its own sum of the kept weights at every T > 0.
+    NEED_S: tl.constexpr = (RULE != 3) or (NOISE and not TEMPERED and not TRUNC)
     NEED_A: tl.constexpr = RULE == 2
-    NEED_T: tl.constexpr = NOISE and TEMPERED
+    NEED_T: tl.constexpr = NOISE and (TEMPERED or TRUNC)
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
     act = True
@@ -230,6 +254,11 @@ def _sample_rows_kernel(
         p_u = p_l
         if HAS_CFG:
             p_u = p_uncond + row * stride_u
+        l_cut = 0.0
+        i_cut = tl.zeros((), tl.int64)
+        if TRUNC:
+            l_cut = tl.load(p_lcut + i_r)
+            i_cut = tl.load(p_icut + i_r)
         c = i_s * chunks_per_prog
         c_hi = tl.minimum(c + chunks_per_prog, n_chunks)
         c_full = tl.minimum(c_hi, V // CHUNK)                        # chunks without entries past V
@@ -237,12 +266,12 @@ def _sample_rows_kernel(
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
-            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
-                   CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, MAX_MODE)
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut,
+                   CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
-            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t,
-                   CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, MAX_MODE)
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut,
+                   CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
         # stores come before the counter's release (the barrier), the counter's acquire before
@@ -252,20 +281,22 @@ def _sample_rows_kernel(
         if ticket == tl.num_programs(1) - 1:
             tl.store(p_count + i_r, 0)                               # ready for the next launch
             _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, RULE, BLOCK_C, NOISE, NEED_S, NEED_T,
-                    HAS_CFG, CHUNK)
+                    p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, l_cut, i_cut, RULE, BLOCK_C, NOISE,
+                    NEED_S, NEED_T, HAS_CFG, CHUNK, TRUNC)
 
 
 @triton.jit
-def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, c_t,
+def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, c_t, l_cut, i_cut,
                        CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr,
-                       NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr):
+                       NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr,
+                       TRUNC: tl.constexpr):
     """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
 
     For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
     stays and its terms (the same `fixed_pow2` of the same fp32 difference as in the chunk loop)
-    are subtracted from `S_c`, `A_c` and the tempered sum: exact integers. Otherwise (it is the
-    max, or NaN) chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
+    are subtracted from `S_c`, `A_c` and the tempered sum (from the kept sum with `TRUNC` only
+    when the chunk loop counted it: its logit as read passes the cut): exact integers. Otherwise
+    (it is the max, or NaN) chunk `c` is recomputed with every suppressed id set to -inf in the tile."""
     o_c = tl.arange(0, BLOCK_C)
     o_b = tl.arange(0, 128)
     redo = o_c < 0                                                   # chunks to recompute
@@ -291,14 +322,17 @@ def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, 
                         if NEED_A:
                             b_a = tl.where(at, b_a - fixed_a_term(y, l_s - m_c), b_a)
                     if NEED_T:
-                        b_t = tl.where(at, b_t - fixed_pow2((l_s - m_c) * c_t).to(tl.int64), b_t)
+                        w = fixed_pow2((l_s - m_c) * c_t).to(tl.int64)
+                        if TRUNC:
+                            w = tl.where(_kept(l_s, v, l_cut, i_cut), w, 0)
+                        b_t = tl.where(at, b_t - w, b_t)
                 else:
                     redo = redo | at
         j += 1
     while tl.max(redo.to(tl.int32), 0) > 0:
         c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
-        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, CHUNK, _SUB,
-                                          HAS_CFG, NEED_S, NEED_A, NEED_T)
+        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut,
+                                          CHUNK, _SUB, HAS_CFG, NEED_S, NEED_A, NEED_T, TRUNC)
         at = o_c == c
         b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
         b_s = tl.where(at, s_c, b_s)
@@ -310,7 +344,8 @@ def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, 
 
 @triton.jit
 def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_suppress, V, n_suppress,
-                cfg_s1, tau, c_t, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr):
+                cfg_s1, tau, c_t, l_cut, i_cut, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr, CHUNK: tl.constexpr,
+                TRUNC: tl.constexpr):
     """x0 at T > 0 (numerics.md §4): the chunk by inverse CDF over its row weights `W_c` (from
     the chunks' tempered sums `b_t`), then the entry by inverse CDF over that one chunk's weights,
     recomputed from memory as the chunk loop computes them. Always in [0, V)."""
@@ -334,6 +369,8 @@ def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_
     while (k < CHUNK) & (k < n_v) & (acc <= u):
         b_l, o_v = _sub_logits(p_l, p_u, p_suppress, c * CHUNK + k, V, n_suppress, cfg_s1, _SUB, HAS_CFG)
         w = fixed_pow2((b_l - m_s) * c_t).to(tl.int64)
+        if TRUNC:                                                    # §4a: the dropped tokens weigh 0
+            w = tl.where(_kept(b_l, o_v, l_cut, i_cut), w, 0)
         x0 = tl.minimum(x0, tl.min(tl.where(tl.cumsum(w, 0) + acc > u, o_v, x0), 0))
         acc += tl.sum(w, 0)
         k += _SUB
@@ -342,9 +379,9 @@ def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_
 
 @triton.jit(noinline=True)   # its own function: the chunk loop is compiled as without it
 def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
-            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, RULE: tl.constexpr, BLOCK_C: tl.constexpr,
-            NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr, HAS_CFG: tl.constexpr,
-            CHUNK: tl.constexpr):
+            p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, l_cut, i_cut, RULE: tl.constexpr,
+            BLOCK_C: tl.constexpr, NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr,
+            HAS_CFG: tl.constexpr, CHUNK: tl.constexpr, TRUNC: tl.constexpr):
     """The exact finish of one active row from its chunk partials (numerics.md §4-6)."""
     o_c = tl.arange(0, BLOCK_C)
     m_c = o_c < n_chunks
@@ -360,7 +397,8 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
     if NEED_T:
         b_t = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
     b_m, b_s, b_a, b_t = _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
-                                            c_t, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T)
+                                            c_t, l_cut, i_cut, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T,
+                                            TRUNC)
     m = tl.max(b_m, 0)
     invalid = (m == float("inf")) | (m == float("-inf"))              # NaN / +inf, or no finite logit
     # The first chunk holding the row max (chunks are in vocab order).
@@ -390,7 +428,7 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
                 k += _SUB
     if NOISE:
         x0 = _draw_token(i_r, b_m, b_s if not NEED_T else b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u,
-                         p_suppress, V, n_suppress, cfg_s1, tau, c_t, BLOCK_C, HAS_CFG, CHUNK)
+                         p_suppress, V, n_suppress, cfg_s1, tau, c_t, l_cut, i_cut, BLOCK_C, HAS_CFG, CHUNK, TRUNC)
         l_x0 = _one_logit(p_l, p_u, x0, cfg_s1, HAS_CFG)             # never a suppressed id (weight 0)
     else:            # T == 0: the first maximum
         x0 = c_top.to(tl.int64) * CHUNK + i_top
@@ -475,8 +513,22 @@ def _counters(device: torch.device, r: int) -> torch.Tensor:
     return buf
 
 
+def truncation_cut(logits, rows, c_t: float, truncation: Truncation, cfg_scale=0.0, uncond_logits=None,
+                   suppress_tokens=None):
+    """(l_cut fp32 [R], i_cut int64 [R]): each row's last kept token under `truncation`
+    (numerics.md §4a, `numerics.truncate_sorted`), by torch ops on the logits' device before
+    the launch: the prepared rows (§7), one stable sort per row, the exact integer cut. No host
+    synchronisation (capturable in a CUDA graph). Passes over the row: the gather and
+    preparation, the sort, and the element-wise weights, prefix sums and counts of
+    `kept_counts` on the sorted row."""
+    l = prepare_logits(logits.index_select(0, rows), cfg_scale=cfg_scale,
+                       uncond_logits=None if uncond_logits is None else uncond_logits.index_select(0, rows),
+                       suppress_tokens=suppress_tokens)
+    return truncate_sorted(l, c_t, truncation.top_k, truncation.top_p, truncation.min_p, truncation.top_p_first)
+
+
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                 uncond_logits=None, suppress_tokens=None, active=None, out=None,
+                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION, out=None,
                  chunks_per_prog=None, num_warps=None) -> RowSample:
     """The launcher: allocates and launches, checks nothing (`sample_rows` checks; the loop calls
     this with what it built). Index tensors int64 ``[R]`` contiguous on the logits' device,
@@ -498,15 +550,20 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
     pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
     n_sup = 0 if suppress_tokens is None else suppress_tokens.numel()
+    trunc = noise and truncation.active
+    l_cut, i_cut = out.confidence, rows                            # unread without truncation
+    if trunc:
+        l_cut, i_cut = truncation_cut(logits, rows, c_t, truncation, cfg_scale, uncond_logits,
+                                      suppress_tokens if n_sup else None)
     _sample_rows_kernel[(r, n_splits)](
         logits, uncond_logits if has_cfg else logits, rows, seeds, positions, steps,
         active if active is not None else rows, suppress_tokens if n_sup else rows, pf, pi,
-        _counters(device, r), out.x0, out.confidence, out.invalid,
+        _counters(device, r), out.x0, out.confidence, out.invalid, l_cut, i_cut,
         logits.stride(0), uncond_logits.stride(0) if has_cfg else 0, v, n_chunks, cpp,
         n_sup, tau, c_t, round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
         CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, TEMPERED=tau != 1.0,
         RULE=rule,
-        BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), num_warps=warps, **LAUNCH_OPTIONS)
+        BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), TRUNC=trunc, num_warps=warps, **LAUNCH_OPTIONS)
     return out
 
 
@@ -514,8 +571,8 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
                 positions: torch.Tensor, steps, *, temperature: float, remasking: str,
                 cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
                 suppress_tokens=None, active: torch.Tensor | None = None,
-                out: RowSample | None = None, chunks_per_prog: int | None = None,
-                num_warps: int | None = None) -> RowSample:
+                truncation: Truncation = NO_TRUNCATION, out: RowSample | None = None,
+                chunks_per_prog: int | None = None, num_warps: int | None = None) -> RowSample:
     """Sampled token and confidence of logits rows, bit-equal to `reference.sample_rows`.
 
     Parameters
@@ -543,6 +600,10 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         Rows where False are skipped and return `x0 = -1`, `confidence = -inf`, `invalid = False`.
     out : RowSample, optional
         Preallocated outputs (int64, fp32, bool, each [R]) to write into.
+    truncation : contract.Truncation, optional
+        Top-k / top-p / min-p (numerics.md §4a; `contract.check_truncation`): at T > 0 the token
+        is drawn from the kept tokens only. The cut is computed before the launch
+        (`truncation_cut`); the kernel masks the dropped tokens in its sums and in the draw.
     chunks_per_prog, num_warps : int, optional
         Launch tuning (vocab chunks per program, warps of the row kernel). Results do not depend
         on them.
@@ -556,7 +617,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active)            # the same checks and messages on every backend
+                              active=active, truncation=truncation)   # the same checks on every backend
     device = logits.device
     if device.type != "cuda" and not interpreting():   # this backend's own limits
         raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
@@ -572,4 +633,4 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                         remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                         suppress_tokens=_suppress_tensor(suppress_tokens, device), active=active,
-                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps)
+                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation)

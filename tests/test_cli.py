@@ -2,6 +2,7 @@
 checkpoints; JSONL in and out; the trace and its picture; clear errors for bad inputs."""
 from fastremask import DATA_DIR
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -250,6 +251,22 @@ def test_shipped_demo_trace_prints_prompt_and_exact_verdict(monkeypatch, capsys)
         answer = lines[-2].removeprefix("Final output: ")
         ok = task.check(torch.tensor([tasks.encode(prompt)]), torch.tensor([tasks.encode(answer)]))[0]
         assert lines[-1] == f"Correct: {'yes' if ok else 'no'} (task {task.name}, checked exactly)"
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DATA_DIR, "config.json")), reason="no demo checkpoint")
+def test_copy_of_the_demo_folder_is_a_model_like_the_shipped_one(tmp_path, monkeypatch, capsys):
+    """``--model`` on a copy of fastremask/data reads its demo.json: the task's prompt and answer
+    length by default, the exact verdict, the same trace as the shipped demo model."""
+    copy = tmp_path / "demo copy"
+    shutil.copytree(DATA_DIR, copy)
+    rc, out, err = run(capsys, "--model", str(copy), "--trace", "--device", "cpu")
+    assert rc == 0, err
+    assert out.splitlines()[-1].startswith("Correct: ")
+    monkeypatch.setattr(gen_cmd, "_demo_dir", lambda: DATA_DIR)
+    rc, shipped, err = run(capsys, "--trace", "--device", "cpu")
+    assert rc == 0 and out == shipped, err
+    assert json.load(open(os.path.join(DATA_DIR, "demo.json")))["command"].startswith(
+        "python -m fastremask.evaluation.train ")                       # the module that exists
 
 
 # ----------------------------------------------------------------------------- one SamplingConfig

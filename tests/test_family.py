@@ -21,10 +21,10 @@ from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 
 def test_builtin_records():
-    assert list(FAMILIES) == ["llada", "dream", "tiny", "callable"]
+    assert list(FAMILIES) == ["llada", "dream", "sdar", "llada2", "tiny", "callable"]
     # the model_type table the loader used to hold, now derived from the records
     assert models.MODEL_TYPES == {"llada": "llada", "lladamoe": "llada", "llada_moe": "llada", "dream": "dream",
-                                  "fastremask-tiny": "tiny"}
+                                  "sdar": "sdar", "llada2_moe": "llada2", "fastremask-tiny": "tiny"}
     assert family_for("Dream") is FAMILIES["dream"] and family_for("LLaDA") is FAMILIES["llada"]
     assert family_for("gpt2") is None and family_for(None) is None
     llada, dream = FAMILIES["llada"], FAMILIES["dream"]
@@ -35,9 +35,16 @@ def test_builtin_records():
     assert (llada.logits_shift, dream.logits_shift) == (0, 1)
     assert llada.native_types == ("llada",) and dream.native_types == ("dream",)     # LLaDA-MoE: transformers
     assert llada.native_class() is LLaDAModel and dream.adapter_class() is models.DreamAdapter
-    assert all(f.attention == "full" for f in FAMILIES.values())
-    assert checkpoint_families() == ("llada", "dream", "tiny")
-    with pytest.raises(ValueError, match=r"unknown family 'gpt'; expected one of llada, dream, tiny, callable"):
+    assert all(FAMILIES[f].attention == "full" for f in ("llada", "dream", "tiny", "callable"))
+    # the block-diffusion families (issue 22): block-causal, no shift, their trained blocks and ids
+    sdar, llada2 = FAMILIES["sdar"], FAMILIES["llada2"]
+    assert (sdar.attention, sdar.block_length, sdar.logits_shift, sdar.mask_id) == ("block_causal", 4, 0, 151669)
+    assert (llada2.attention, llada2.block_length, llada2.logits_shift) == ("block_causal", 32, 0)
+    assert (llada2.mask_id, llada2.eos_id) == (156895, 156892)
+    assert family_for("llada2_moe") is llada2 and family_for("SDAR") is sdar
+    assert checkpoint_families() == ("llada", "dream", "sdar", "llada2", "tiny")
+    with pytest.raises(ValueError, match=r"unknown family 'gpt'; expected one of llada, dream, sdar, llada2, tiny, "
+                                         r"callable"):
         get_family("gpt")
 
 
@@ -131,7 +138,7 @@ def test_wrap_takes_any_registered_family(my_family):
 
     a = models.wrap(f, family="myllada", mask_id=4)
     assert type(a) is models.Adapter and a.family == "myllada" and a.logits_shift == 0
-    with pytest.raises(ModelLoadError, match="unknown family 'nope'; expected one of llada, dream, tiny, callable, myllada"):
+    with pytest.raises(ModelLoadError, match="unknown family 'nope'; expected one of llada, dream, sdar, llada2, tiny, callable, myllada"):
         models.wrap(f, family="nope", mask_id=4)
 
 
@@ -160,7 +167,7 @@ def test_cli_family_choices_are_the_records():
             "print('torch' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.stdout.strip().endswith("False")               # the registry is read without torch
-    assert "--family {llada,dream,tiny}" in p.stdout
+    assert "--family {llada,dream,sdar,llada2,tiny}" in p.stdout
 
 
 def test_one_dtype_table(tmp_path):
@@ -173,3 +180,29 @@ def test_one_dtype_table(tmp_path):
     assert DTYPES["bf16"] is torch.bfloat16
     with pytest.raises(ModelLoadError, match=r"unknown dtype 'int8'; expected auto, float32, fp32, float, "):
         models.load(p, device="cpu", dtype="int8")
+
+
+class NoCacheLLaDA(LLaDAModel):
+    family = "nocache"
+
+
+def test_the_record_says_what_the_model_declares(tmp_path):
+    """``cache`` (native forwards), ``attention`` and ``block_length`` are read from the record."""
+    from fastremask import generate
+
+    register(Family(name="nocache", model_types=("no-cache-llada",), native=f"{__name__}:NoCacheLLaDA",
+                    embedding="model.transformer.wte.weight", cache=False))
+    register(Family(name="blocky", attention="block_causal", block_length=4))
+    try:
+        p = testing.save_llada_checkpoint(tmp_path / "m", model_type="no-cache-llada")
+        a = models.load(p, device="cpu")
+        assert type(a.model) is NoCacheLLaDA and not a.supports_cache and a.attention == "full"
+        with pytest.raises(ValueError, match="cache='prefix' needs a model with cached_logits"):
+            generate(a, torch.tensor([[a.mask_id - 1, a.mask_id - 2]]), steps=2, gen_length=2, block_length=2, mask_id=a.mask_id,
+                     cache="prefix")
+        assert models.load(testing.save_llada_checkpoint(tmp_path / "l"), device="cpu").supports_cache
+        b = models.wrap(lambda x, attention_mask: x, family="blocky", mask_id=0)
+        assert (b.attention, b.block_length) == ("block_causal", 4)
+    finally:
+        unregister("nocache")
+        unregister("blocky")

@@ -122,9 +122,12 @@ def test_step_key_has_every_step_option():
         if opt.step:
             changed = {"temperature": 0.5, "cfg_scale": 1.0, "remasking": "random", "mask_id": 3,
                        "logits_eos_inf": True, "confidence_eos_eot_inf": True, "threshold": 0.5,
-                       "suppress_tokens": [1], "defer_tokens": [1], "backend": "torch"}.get(name)
+                       "suppress_tokens": [1], "defer_tokens": [1], "backend": "torch",
+                       "top_k": 5, "top_p": 0.9, "min_p": 0.1, "truncation_order": "top_p_first"}.get(name)
             if name == "threshold_rule":
                 a, b = SamplingConfig(threshold=0.5), SamplingConfig(threshold=0.5, threshold_rule="factor")
+            elif name in ("top_k", "top_p", "min_p", "truncation_order"):   # truncation needs T > 0
+                a, b = SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, **{name: changed})
             else:
                 a, b = SamplingConfig(), SamplingConfig(**{name: changed})
             assert a.step_key() != b.step_key(), name

@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from fastremask.sampler.config import SamplingConfig
-from fastremask.evaluation.tasks import Task, get_task, wilson_interval
+from fastremask.evaluation.tasks import Task, demo_task, wilson_interval
+from fastremask.models.demo import demo_dir
 
 __all__ = [
     "Point",
@@ -172,6 +173,7 @@ def evaluate(
     config: SamplingConfig | None = None,
     block_length: int | None = None,
     progress=None,
+    share=None,
 ) -> list[Row]:
     """Run every schedule family and remasking rule on the first ``n_examples`` test examples.
 
@@ -194,6 +196,10 @@ def evaluate(
     block_length : semi-autoregressive blocks (default: one block of the answer length); the
         NFE grid keeps the values that are multiples of the number of blocks.
     progress : optional ``callable(str)`` told about each finished point.
+    share : several processes (`fastremask.evaluation.distributed.Group`: ``rank``,
+        ``world_size``, ``sum``): rank ``r`` runs the examples from ``n * r // world_size`` to
+        ``n * (r + 1) // world_size`` (each with its own seed, as in one process) and the counts
+        are summed, so every rank returns the rows of one process (timings aside).
 
     Returns
     -------
@@ -223,23 +229,25 @@ def evaluate(
     points = plan(schedules, remasking, nfe_grid, factors, A)
     configs = [pt.config(A, config, C) for pt in points]  # every option checked before any model call
     prompts, _ = task.test_set(n_examples)
+    rank, world = (0, 1) if share is None else (share.rank, share.world_size)
+    first, end = n_examples * rank // world, n_examples * (rank + 1) // world     # this rank's examples
     rows = []
     for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
         calls = 0                      # the trace's count (`ModelCall`): the one count of model calls
         n_batches = 0
-        ok, tok_ok = [], 0
-        for start in range(0, n_examples, batch_size):
-            batch = prompts[start:start + batch_size].to(model.device)
-            out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)
+        correct, tok_ok = 0, 0
+        for start in range(first, end, batch_size):
+            batch = prompts[start:min(start + batch_size, end)].to(model.device)
+            out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)     # example i: seed + i
             calls += trace.model_calls
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
-            ok.append(task.check(batch.cpu(), answers))
+            correct += int(task.check(batch.cpu(), answers).sum())
             tok_ok += int((answers == truth).sum())
             n_batches += 1
-        ok = torch.cat(ok)
-        correct = int(ok.sum())
+        if share is not None:
+            correct, tok_ok, calls, n_batches = share.sum([correct, tok_ok, calls, n_batches])
         lo, hi = wilson_interval(correct, n_examples)
         row = Row(
             family=pt.family, setting=pt.label, remasking=pt.remasking,
@@ -354,17 +362,13 @@ def write_results(rows: list[Row], out: str, meta: dict, title: str = "", answer
     plot(rows, out + ".png", title=title, answer_length=answer_length)
 
 
-def _demo_dir() -> str:
-    return DATA_DIR
-
-
 def load_model(path: str | None = None, device: str | None = None):
     """A `fastremask.models.tiny.TinyMaskedLM` checkpoint folder (default: the shipped demo model,
     ``fastremask/data``) -> ``(model, task or None)``; the task comes from the folder's
     ``demo.json`` when it has one."""
     from fastremask.models.tiny import TinyMaskedLM
 
-    path = path or _demo_dir()
+    path = path or demo_dir() or DATA_DIR
     cfg_path = os.path.join(path, "config.json")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{path} is a file, not a model folder")
@@ -377,9 +381,4 @@ def load_model(path: str | None = None, device: str | None = None):
     except Exception as e:  # noqa: BLE001 - json's, safetensors' and torch's errors differ
         raise ValueError(f"cannot load the tiny checkpoint {path}: {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0]}") from e
-    task = None
-    meta = os.path.join(path, "demo.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            task = get_task(json.load(f)["task"])
-    return model, task
+    return model, demo_task(path)

@@ -35,8 +35,10 @@ What is implemented:
 * ``loglikelihood_rolling``: raises `NotImplementedError` (perplexity tasks need an exact
   likelihood a masked diffusion model does not give).
 
-Data parallel: under ``accelerate launch`` (more than one process) the model goes to the
-process's device and reports ``rank``/``world_size``; lm_eval's evaluator then gives each
+Data parallel: under ``accelerate launch`` or ``torchrun`` (more than one process; docs/scale.md)
+the model goes to the process's device and reports ``rank``/``world_size`` (with
+``accelerate`` installed, through its ``accelerator``, lm_eval's convention; else through
+``torch.distributed``); lm_eval's evaluator then gives each
 rank every ``world_size``-th document and gathers the results, so ``generate_until`` only sees
 its own share. `shard` does the same split for callers that drive the model directly.
 
@@ -174,18 +176,7 @@ class FastRemaskLM(_LMBase):
         from fastremask import models
 
         options = SamplingConfig.parse_strings(options)    # an unknown name: ValueError here
-        self.accelerator = None
-        try:
-            import accelerate
-
-            state = accelerate.PartialState()
-            if state.num_processes > 1:
-                self.accelerator = accelerate.Accelerator()
-                self._rank = state.process_index
-                self._world_size = state.num_processes
-                device = str(state.device)
-        except ImportError:
-            pass
+        device = self._join_ranks(device)
         if (pretrained is None) == (model is None):
             raise ValueError("give exactly one of pretrained= (a checkpoint) and model= (a loaded model)")
         mask_id = options.get("mask_id")
@@ -216,20 +207,60 @@ class FastRemaskLM(_LMBase):
     def device(self) -> torch.device:
         return self.adapter.device
 
+    def _join_ranks(self, device: str | None) -> str | None:
+        """Under a launcher (``WORLD_SIZE`` > 1) join the other processes, as lm-eval's own
+        models do: through ``accelerate`` when it is installed (``accelerator``; lm-eval's
+        convention), else through ``torch.distributed`` (a ``gloo`` group,
+        `fastremask.evaluation.distributed`); ``rank``/``world_size`` from it, and the device
+        this rank's (``cuda`` -> ``cuda:LOCAL_RANK``). One process: nothing is imported.
+        The device to load the model on."""
+        import os
+
+        self.accelerator, self._group = None, None
+        if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+            return device
+        from fastremask.evaluation.distributed import Group, launch_from_env
+
+        launch = launch_from_env()                       # a launcher without its variables: ValueError
+        try:
+            import accelerate
+        except ImportError:
+            accelerate = None
+        if accelerate is not None:
+            self.accelerator = accelerate.Accelerator(cpu=device == "cpu")
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            if device is None or device == "cuda":
+                device = str(self.accelerator.device)
+        else:
+            self._rank, self._world_size = launch.rank, launch.world_size
+            if device is None and torch.cuda.is_available():
+                device = "cuda"
+            device = launch.device(device)
+        self._group = Group(launch)                       # objects and counts go through gloo
+        return device
+
     # lm_eval's evaluator synchronises ranks through these (no-ops in one process)
     def all_gather(self, tensor):
-        return tensor if self.world_size <= 1 else self.accelerator.gather(tensor)
+        """Every rank's ``tensor`` concatenated along dim 0, in rank order, on this rank's device."""
+        if self.world_size <= 1:
+            return tensor
+        if self.accelerator is not None:
+            return self.accelerator.gather(tensor)
+        local = tensor.detach().cpu().contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, local, group=self._group.pg)
+        return torch.cat(parts).to(tensor.device)
 
     def gather_object(self, obj, dst: int = 0):
         if self.world_size <= 1:
             return [obj]
         result = [None] * self.world_size if self.rank == dst else None
-        torch.distributed.gather_object(obj, result, dst=dst)
+        torch.distributed.gather_object(obj, result, dst=dst, group=self._group.pg)
         return result
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            self.accelerator.wait_for_everyone()
+            torch.distributed.barrier(group=self._group.pg)
 
     @property
     def tokenizer_name(self) -> str:

@@ -21,6 +21,7 @@ disjoint by construction (and ``check_disjoint`` verifies it).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "Sorting",
     "Permutation",
     "get_task",
+    "demo_task",
     "TASKS",
     "wilson_interval",
 ]
@@ -293,6 +295,21 @@ def get_task(spec: str) -> Task:
     except ValueError:
         raise ValueError(f"task size must be an int, got {arg!r} in {spec!r}") from None
     return Addition(digits=n) if name == "add" else TASKS[name](length=n)
+
+
+def demo_task(folder) -> Task | None:
+    """The task a checkpoint folder's ``demo.json`` names (`fastremask.models.demo.read_demo`,
+    which checks the file), or None when it has none. A name `get_task` does not know is a
+    ValueError naming the file."""
+    from fastremask.models.demo import DEMO_FILE, read_demo
+
+    meta = read_demo(folder)
+    if meta is None or meta.get("task") is None:
+        return None
+    try:
+        return get_task(meta["task"])
+    except ValueError as e:
+        raise ValueError(f"{os.path.join(os.fspath(folder), DEMO_FILE)}: field 'task': {e}") from None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -137,11 +137,29 @@ class Adapter:
         return out if isinstance(out, torch.Tensor) else out.logits
 
     @property
+    def record(self):
+        """This adapter's family record (`fastremask.models.family.Family`), or None for a name
+        no longer registered."""
+        return FAMILIES.get(self.family)
+
+    @property
     def logits_shift(self) -> int:
         """The family's ``logits_shift`` (`fastremask.models.family`): 1 when the wrapped
         model's output at ``i - 1`` scores the token at ``i`` (Dream), undone here."""
-        record = FAMILIES.get(self.family)
+        record = self.record
         return record.logits_shift if record is not None else 0
+
+    @property
+    def attention(self) -> str:
+        """The family's attention kind: ``"full"`` or ``"block_causal"``."""
+        record = self.record
+        return record.attention if record is not None else "full"
+
+    @property
+    def block_length(self) -> int | None:
+        """The block length the family was trained with (block-causal families), else None."""
+        record = self.record
+        return record.block_length if record is not None else None
 
     def _forward(self, x, attention_mask):
         logits = self._raw(x, attention_mask)
@@ -333,10 +351,10 @@ class DreamAdapter(Adapter):
 
 
 class NativeAdapter(Adapter):
-    """A native LLaDA or Dream model (`fastremask.models.native`): logits as it returns them
-    (the native Dream applies Dream's shift and positions itself, so nothing is shifted here),
-    its own `window_logits` and ``cached_logits``. ``family`` is the model's (``"llada"`` or
-    ``"dream"``)."""
+    """A native model (`fastremask.models.native`): logits as it returns them (the native Dream
+    applies Dream's shift and positions itself, so nothing is shifted here), its own
+    `window_logits` and ``cached_logits``, and for the block-causal families (SDAR, LLaDA2) the
+    protocol of `fastremask.sampler.block`. ``family`` is the model's record name."""
 
     def __init__(self, model, tokenizer=None, **kwargs):
         kwargs.setdefault("family", model.family)
@@ -345,6 +363,12 @@ class NativeAdapter(Adapter):
     @property
     def logits_shift(self) -> int:
         return 0                                 # the native model applies its family's shift
+
+    @property
+    def supports_cache(self) -> bool:
+        """The family record's ``cache`` (what the native forward implements)."""
+        record = self.record
+        return bool(record is not None and record.cache) and super().supports_cache
 
     def _raw(self, x, attention_mask):
         return self.model(x, attention_mask).logits
@@ -358,6 +382,27 @@ class NativeAdapter(Adapter):
         on those rows only)."""
         with torch.no_grad():
             return self.model.window_logits(input_ids, attention_mask, start, length)
+
+    # --- the block-causal protocol (fastremask.sampler.block): SDAR, LLaDA2
+
+    @property
+    def attention(self) -> str:
+        """``"full"`` or ``"block_causal"``: the model's family record's."""
+        return self.model.attention
+
+    @property
+    def block_length(self):
+        """The block length a block-causal model was trained with (None for a full one)."""
+        return self.model.block_length
+
+    @property
+    def token_editing(self) -> bool:
+        return getattr(self.model, "token_editing", False)
+
+    def block_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
+        """The native model's `block_logits` (`fastremask.sampler.block`), without autograd."""
+        with torch.no_grad():
+            return self.model.block_logits(input_ids, attention_mask, **kwargs)
 
 
 def detect_family(model_type: str | None, *, name: str = "the model") -> str:

@@ -17,15 +17,15 @@ MISSING = object()
 
 
 def check_field(raw: dict, path: str, name: str, kind=int, *, default=MISSING, positive: bool = True,
-                below: int | None = None, below_name: str | None = None):
-    """``raw[name]`` checked, or ``default`` when it is absent or null (a missing field without
-    a default is an error).
+                below: int | None = None, below_name: str | None = None, null: bool = True):
+    """``raw[name]`` checked, or ``default`` when it is absent, or null where ``null`` allows it
+    (a missing field without a default is an error).
 
     ``kind``: ``int`` (not a bool; positive unless ``positive=False``, then non-negative; below
     ``below`` when given, e.g. an id inside a vocabulary named ``below_name``), ``float`` (an int
     or a float, finite, positive unless told), ``bool``, or any type for `isinstance`.
     """
-    if name not in raw or raw[name] is None:
+    if name not in raw or (raw[name] is None and null):
         if default is MISSING:
             raise ModelLoadError(f"{path}: field {name!r} is missing (needed to build the model)")
         return default
@@ -35,7 +35,8 @@ def check_field(raw: dict, path: str, name: str, kind=int, *, default=MISSING, p
         want = "a positive integer" if positive else "a non-negative integer"
         if ok and below is not None and v >= below:
             ok = False
-            want = f"an id inside the vocabulary (0..{below - 1}, {below_name or 'vocab_size'} {below})"
+            what = "an id inside the vocabulary" if below_name in (None, "vocab_size") else "an integer"
+            want = f"{what}: 0..{below - 1} ({below_name or 'vocab_size'} {below})"
     elif kind is float:
         ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
               and (v > 0 or not positive))

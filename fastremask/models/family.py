@@ -14,7 +14,7 @@ use (`Family.native_class`, `Family.adapter_class`).
 >>> family_for("Dream").name, family_for("Dream").logits_shift
 ('dream', 1)
 >>> [name for name in FAMILIES]
-['llada', 'dream', 'tiny', 'callable']
+['llada', 'dream', 'sdar', 'llada2', 'tiny', 'callable']
 """
 from __future__ import annotations
 
@@ -231,6 +231,30 @@ register(Family(
     mask_id=151666, eos_id=151643, eot_id=151645,
     embedding="model.embed_tokens.weight",
     logits_shift=1, attention="full", cache=True,
+))
+# The block-diffusion families (issue 22): block-causal attention, no shift, the exact block
+# cache (fastremask.sampler.block; `cache` is about the approximate KV caches, which their
+# native forwards also take). SDAR's ids from its published config.json (mask_token_id 151669)
+# and Qwen3's tokenizer; LLaDA2's from the published generate (mask_id 156895, eos_id 156892).
+register(Family(
+    name="sdar", display="SDAR",
+    model_types=("sdar",),
+    architectures=("SDARForCausalLM",),
+    native="fastremask.models.native.sdar:SDARModel",
+    adapter="fastremask.models.adapters:Adapter",
+    mask_id=151669, eos_id=151643, eot_id=151645,
+    embedding="model.embed_tokens.weight",
+    logits_shift=0, attention="block_causal", block_length=4, cache=True,
+))
+register(Family(
+    name="llada2", display="LLaDA2",
+    model_types=("llada2_moe",),
+    architectures=("LLaDA2MoeModelLM",),
+    native="fastremask.models.native.llada2:LLaDA2Model",
+    adapter="fastremask.models.adapters:Adapter",
+    mask_id=156895, eos_id=156892,
+    embedding="model.word_embeddings.weight",
+    logits_shift=0, attention="block_causal", block_length=32, cache=True,
 ))
 register(Family(
     name="tiny", display="tiny",

@@ -38,6 +38,12 @@ __all__ = [
     "save_dream_checkpoint",
     "llada_state",
     "dream_state",
+    "sdar_tokenizer",
+    "llada2_tokenizer",
+    "save_sdar_checkpoint",
+    "save_llada2_checkpoint",
+    "sdar_state",
+    "llada2_state",
 ]
 
 WORDS = (
@@ -80,6 +86,29 @@ def llada_tokenizer(*, mask_token: bool = True):
         specials.append("<|mdm_mask|>")
     return _word_tokenizer(specials, LLADA_CHAT_TEMPLATE, bos_token="<|startoftext|>",
                            eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+LLADA2_CHAT_TEMPLATE = (
+    "{% for m in messages %}<role>{{ {'user': 'HUMAN', 'assistant': 'ASSISTANT', 'system': 'SYSTEM'}[m['role']] }}"
+    "</role>{{ m['content'] }}<|role_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<role>ASSISTANT</role>{% endif %}"
+)
+
+
+def sdar_tokenizer():
+    """SDAR's (Qwen3's) special tokens: ``<|endoftext|>`` (EOS, pad), ``<|im_start|>``,
+    ``<|im_end|>`` (EoT) and ``<|MASK|>`` (SDAR's mask token, declared as ``mask_token``)."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"]
+    return _word_tokenizer(specials, DREAM_CHAT_TEMPLATE, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                           pad_token="<|endoftext|>", mask_token="<|MASK|>")
+
+
+def llada2_tokenizer():
+    """LLaDA2's (Ling's) special tokens: ``<|endoftext|>`` (EOS, pad), ``<|role_end|>`` (end of a
+    turn), ``<role>``/``</role>`` for the chat template and ``<|mask|>`` (the mask token)."""
+    specials = ["<|endoftext|>", "<|role_end|>", "<role>", "</role>", "<|mask|>"]
+    return _word_tokenizer(specials, LLADA2_CHAT_TEMPLATE, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                           pad_token="<|endoftext|>", mask_token="<|mask|>")
 
 
 def dream_tokenizer(*, mask_token: bool = True):
@@ -189,6 +218,16 @@ DREAM_AUTO_MAP = {
     "AutoConfig": "configuration_dream.DreamConfig",
     "AutoModel": "modeling_dream.DreamModel",
 }
+SDAR_AUTO_MAP = {
+    "AutoConfig": "configuration_sdar.SDARConfig",
+    "AutoModel": "modeling_sdar.SDARModel",
+    "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+}
+LLADA2_AUTO_MAP = {
+    "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+    "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+    "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
+}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -223,6 +262,47 @@ def _dream_config(tok, dtype, overrides: dict) -> dict:
         "pad_token_id": tok.pad_token_id, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0,
         "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": _DTYPE_NAMES[dtype],
         "transformers_version": "4.46.2", "use_cache": False, "use_sliding_window": False, "vocab_size": len(tok),
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _sdar_config(tok, dtype, overrides: dict) -> dict:
+    """SDAR-1.7B-Chat's config.json fields, shapes shrunk (head_dim 8 while hidden/heads is 4,
+    as SDAR's head_dim 128 differs from 2048 / 16)."""
+    cfg = {
+        "architectures": ["SDARForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "attn_implementation": "flex_attention", "auto_map": dict(SDAR_AUTO_MAP), "block_size": 4,
+        "bos_token_id": tok.bos_token_id, "debug": False, "eos_token_id": tok.eos_token_id, "ep_size": 1,
+        "fuse_cross_entropy": True, "head_dim": 8, "hidden_act": "silu", "hidden_size": 32,
+        "initializer_range": 0.02, "intermediate_size": 64, "mask_token_id": tok.mask_token_id,
+        "max_position_embeddings": 32768, "max_window_layers": 28, "micro_forward": False, "model_type": "sdar",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 1000000, "skip_checkpoint": False, "sliding_window": None,
+        "tie_word_embeddings": False, "torch_dtype": _DTYPE_NAMES[dtype], "transformers_version": "4.52.4",
+        "use_cache": False, "use_deepep": False, "use_sliding_window": False, "vocab_size": len(tok),
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _llada2_config(tok, dtype, overrides: dict) -> dict:
+    """LLaDA2.0-mini's config.json fields (``llada2_moe``), shapes shrunk: 8 experts in 4 groups
+    (2 chosen), top-2, one shared expert, the first layer dense."""
+    cfg = {
+        "architectures": ["LLaDA2MoeModelLM"], "attention_dropout": 0.0, "auto_map": dict(LLADA2_AUTO_MAP),
+        "embedding_dropout": 0.0, "eos_token_id": tok.eos_token_id, "first_k_dense_replace": 1, "head_dim": 8,
+        "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
+        "max_position_embeddings": 32768, "max_window_layers": 20, "model_type": "llada2_moe",
+        "moe_intermediate_size": 16, "moe_router_enable_expert_bias": True, "n_group": 4, "norm_head": False,
+        "norm_topk_prob": True, "num_attention_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
+        "num_hidden_layers": 3, "num_key_value_heads": 2, "num_shared_experts": 1, "output_dropout": 0.0,
+        "output_router_logits": False, "pad_token_id": tok.pad_token_id, "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 600000, "routed_scaling_factor": 2.5,
+        "router_dtype": "fp32", "score_function": "sigmoid", "tie_word_embeddings": False, "topk_group": 2,
+        "torch_dtype": _DTYPE_NAMES[dtype], "transformers_version": "4.52.3", "use_bias": False,
+        "use_cache": False, "use_qk_norm": True, "use_qkv_bias": False, "use_rmsnorm": True,
+        "use_sliding_window": False, "vocab_size": len(tok),
     }
     cfg.update(overrides)
     return cfg
@@ -307,6 +387,92 @@ def dream_state(cfg: dict, seed: int = 0) -> dict:
     return st
 
 
+def _head_dim(cfg, hidden, heads):
+    return cfg.get("head_dim") or hidden // heads
+
+
+def sdar_state(cfg: dict, seed: int = 0) -> dict:
+    """Random weights for an SDAR ``config.json`` dict, under the published (Qwen3) names (fp32).
+    Norm weights (also ``q_norm``/``k_norm``) are ``1 + 0.1 N(0, 1)``."""
+    g = torch.Generator().manual_seed(seed)
+    d, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    hd = _head_dim(cfg, d, H)
+    kv = (cfg.get("num_key_value_heads") or H) * hd
+    hidden, V, bias = cfg["intermediate_size"], cfg["vocab_size"], cfg.get("attention_bias", False)
+    st = {"model.embed_tokens.weight": _random(g, (V, d), 1.0)}
+
+    def lin(name, out, inp, b):
+        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
+        if b:
+            st[name + ".bias"] = _random(g, (out,), 0.1)
+
+    for i in range(L):
+        p = f"model.layers.{i}."
+        st[p + "input_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        lin(p + "self_attn.q_proj", H * hd, d, bias)
+        lin(p + "self_attn.k_proj", kv, d, bias)
+        lin(p + "self_attn.v_proj", kv, d, bias)
+        lin(p + "self_attn.o_proj", d, H * hd, bias)
+        st[p + "self_attn.q_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
+        st[p + "self_attn.k_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
+        st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        lin(p + "mlp.gate_proj", hidden, d, False)
+        lin(p + "mlp.up_proj", hidden, d, False)
+        lin(p + "mlp.down_proj", d, hidden, False)
+    st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
+    if not cfg.get("tie_word_embeddings", False):
+        st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)
+    return st
+
+
+def llada2_state(cfg: dict, seed: int = 0) -> dict:
+    """Random weights for a LLaDA2 (``llada2_moe``) ``config.json`` dict, under the published
+    names (fp32): ``model.word_embeddings``, ``model.layers.N.attention.{query_key_value,
+    query_layernorm, key_layernorm, dense}``, dense ``mlp.{gate,up,down}_proj`` in the first
+    ``first_k_dense_replace`` layers, else ``mlp.gate.{weight, expert_bias}``,
+    ``mlp.experts.E.*`` and ``mlp.shared_experts.*``; ``model.norm``, ``lm_head``. The router's
+    ``expert_bias`` is ``0.1 N(0, 1)``, so a bias applied in the wrong place shows in the routing."""
+    g = torch.Generator().manual_seed(seed)
+    d, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    hd = _head_dim(cfg, d, H)
+    kv = cfg.get("num_key_value_heads") or H
+    V, E = cfg["vocab_size"], cfg["num_experts"]
+    st = {"model.word_embeddings.weight": _random(g, (V, d), 1.0)}
+
+    def lin(name, out, inp, b=False):
+        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
+        if b:
+            st[name + ".bias"] = _random(g, (out,), 0.1)
+
+    def mlp(p, hidden):
+        lin(p + "gate_proj", hidden, d)
+        lin(p + "up_proj", hidden, d)
+        lin(p + "down_proj", d, hidden)
+
+    for i in range(L):
+        p = f"model.layers.{i}."
+        st[p + "input_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        lin(p + "attention.query_key_value", (H + 2 * kv) * hd, d, cfg.get("use_qkv_bias", False))
+        if cfg.get("use_qk_norm", True):
+            st[p + "attention.query_layernorm.weight"] = 1.0 + _random(g, (hd,), 0.1)
+            st[p + "attention.key_layernorm.weight"] = 1.0 + _random(g, (hd,), 0.1)
+        lin(p + "attention.dense", d, H * hd, cfg.get("use_bias", True))
+        st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        if i < cfg.get("first_k_dense_replace", 0):
+            mlp(p + "mlp.", cfg["intermediate_size"])
+            continue
+        st[p + "mlp.gate.weight"] = _random(g, (E, d), 1.0 / d ** 0.5)
+        st[p + "mlp.gate.expert_bias"] = _random(g, (E,), 0.1)
+        for e in range(E):
+            mlp(p + f"mlp.experts.{e}.", cfg["moe_intermediate_size"])
+        if cfg.get("num_shared_experts"):
+            mlp(p + "mlp.shared_experts.", cfg["moe_intermediate_size"] * cfg["num_shared_experts"])
+    st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
+    if not cfg.get("tie_word_embeddings", False):
+        st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)
+    return st
+
+
 def _write_weights(folder: str, state: dict, shards: int, dtype) -> None:
     """``model.safetensors``, or ``shards`` files ``model-0000k-of-0000n.safetensors`` (tensors in
     order, split evenly) and ``model.safetensors.index.json``, as `transformers` writes them."""
@@ -375,3 +541,38 @@ def save_dream_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch
     tok = dream_tokenizer()
     cfg = _dream_config(tok, dtype, config_overrides)
     return _save_published(folder, cfg, dream_state(cfg, seed), tok, shards, dtype)
+
+
+def save_sdar_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0,
+                         **config_overrides) -> str:
+    """A tiny random SDAR checkpoint in the published layout in ``folder``; returns the folder.
+
+    ``config.json`` has SDAR-1.7B-Chat's fields (``model_type "sdar"``, ``architectures
+    ["SDARForCausalLM"]``, the published ``auto_map``, ``block_size`` 4, ``head_dim``,
+    ``rope_theta`` 1e6, ``mask_token_id`` ...) with hidden_size 32, 4 heads of 8 (2 key/value
+    heads), 2 layers, intermediate 64 and the tokenizer's vocabulary (``<|MASK|>`` the mask);
+    ``config_overrides`` replace fields (``tie_word_embeddings=True``, ``attention_bias=True``,
+    ``block_size=8``, ...). Weights under the published names (``model.embed_tokens.weight``,
+    ``model.layers.N.self_attn.q_norm.weight``, ``lm_head.weight``, ...) in ``dtype``, in
+    ``shards`` files (with ``model.safetensors.index.json`` when more than one).
+    """
+    tok = sdar_tokenizer()
+    cfg = _sdar_config(tok, dtype, config_overrides)
+    return _save_published(folder, cfg, sdar_state(cfg, seed), tok, shards, dtype)
+
+
+def save_llada2_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0,
+                           **config_overrides) -> str:
+    """A tiny random LLaDA2 (MoE) checkpoint in the published layout in ``folder``; returns it.
+
+    ``config.json`` has LLaDA2.0-mini's fields (``model_type "llada2_moe"``, ``architectures
+    ["LLaDA2MoeModelLM"]``, the published ``auto_map``, ``partial_rotary_factor`` 0.5,
+    ``rope_theta`` 600000, sigmoid router with expert bias, ``routed_scaling_factor`` 2.5,
+    ``first_k_dense_replace`` 1 ...) with hidden_size 32, 4 heads of 8 (2 key/value heads), 3
+    layers (the first dense), 8 experts of 16 in 4 groups (``topk_group`` 2), top-2, one shared
+    expert, and the tokenizer's vocabulary (``<|mask|>`` the mask); ``config_overrides`` replace
+    fields. Weights under the published names in ``dtype``, in ``shards`` files.
+    """
+    tok = llada2_tokenizer()
+    cfg = _llada2_config(tok, dtype, config_overrides)
+    return _save_published(folder, cfg, llada2_state(cfg, seed), tok, shards, dtype)

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import KVCache, attend
+from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask
 
 __all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model", "load_folder", "check_config"]
 
@@ -42,6 +43,9 @@ class TinyConfig:
     """Shape and seed of a `TinyMaskedLM`.
 
     ``mask_id`` ``None`` means ``vocab_size - 1``; ``d_ff`` ``None`` means ``4 * d_model``.
+    ``attention``: ``"full"`` (bidirectional, the default) or ``"block_causal"`` (a block-diffusion
+    model: bidirectional inside blocks of ``block_length`` from position 0, causal across them;
+    `fastremask.sampler.block`).
     """
 
     vocab_size: int = 128
@@ -53,6 +57,8 @@ class TinyConfig:
     seed: int = 0
     d_ff: int | None = None
     eps: float = 1e-5
+    attention: str = "full"
+    block_length: int | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -81,6 +87,16 @@ class TinyConfig:
             self.d_ff = 4 * self.d_model
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ValueError(f"TinyConfig.seed must be an int in [0, 2**63), got {self.seed!r}")
+        if self.attention not in ("full", BLOCK_CAUSAL):
+            raise ValueError(f"TinyConfig.attention must be 'full' or {BLOCK_CAUSAL!r}, got {self.attention!r}")
+        if self.attention == BLOCK_CAUSAL:
+            c = self.block_length
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ValueError(f"TinyConfig.block_length must be a positive int for attention="
+                                 f"{BLOCK_CAUSAL!r}, got {c!r}")
+        elif self.block_length is not None:
+            raise ValueError("TinyConfig.block_length is for attention='block_causal' only, "
+                             f"got block_length={self.block_length!r} with attention={self.attention!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,11 +128,15 @@ class _Block(nn.Module):
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, h: torch.Tensor, key_ok: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0, q0: int = 0) -> torch.Tensor:
+                layer: int = 0, q0: int = 0, block_cache: BlockCache | None = None) -> torch.Tensor:
         B, L, D = h.shape                       # L: the query positions q0:q0 + L
         q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
-        # [B, H, L, Dh]; key_ok [B, 1, 1, L_all]: True = may be attended to; no causal mask
-        a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_ok, cache, layer, q0)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if block_cache is not None:             # the exact block cache: keys/values 0:L as views
+            k, v = block_cache.update(layer, k, v)
+        # [B, H, L, Dh]; key_ok [B, 1, 1, L_all] (True = may be attended to; no causal mask), or
+        # a block-causal model's [B, 1, L, L_all]
+        a = attend(q, k, v, key_ok, cache, layer, q0)
         h = h + self.proj(a.transpose(1, 2).reshape(B, L, D))
         return h + self.down(F.gelu(self.up(self.norm2(h))))
 
@@ -170,6 +190,16 @@ class TinyMaskedLM(nn.Module):
     def mask_id(self) -> int:
         return self.config.mask_id
 
+    @property
+    def attention(self) -> str:
+        """``"full"`` or ``"block_causal"`` (`fastremask.sampler.block`)."""
+        return self.config.attention
+
+    @property
+    def block_length(self) -> int | None:
+        """The block length a block-causal model was trained with (None for a full one)."""
+        return self.config.block_length
+
     def get_output_embeddings(self) -> nn.Linear:
         """The output head (as Hugging Face models name it); `fastremask.models.window_logits`
         restricts it to the current block's positions."""
@@ -197,6 +227,9 @@ class TinyMaskedLM(nn.Module):
         return positions, ok[:, None, None, :]  # [B, 1, 1, L]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TinyOutput:
+        if self.config.attention == BLOCK_CAUSAL:
+            return TinyOutput(logits=self.block_logits(input_ids, attention_mask,
+                                                       block_length=self.config.block_length))
         positions, key_ok = self._positions(input_ids, attention_mask)
         h = self.embed(input_ids) + self.pos(positions)
         for block in self.blocks:
@@ -214,6 +247,32 @@ class TinyMaskedLM(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, key_ok, cache, i, q0)
         return self.head(self.norm(h[:, o0 - q0:o1 - q0]))
+
+    def block_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, block_length: int,
+                     cache: BlockCache | None = None, start: int = 0, commit: int = 0,
+                     logits_from: int | None = None) -> torch.Tensor:
+        """The block-causal protocol (`fastremask.sampler.block`): columns ``start:L`` run against
+        the cache's final keys of ``0:start`` (``cache=None``: the whole window, ``start=0``),
+        blocks of ``block_length`` from each row's position 0; logits ``[B, L - logits_from, V]``."""
+        if self.config.attention != BLOCK_CAUSAL:
+            raise ValueError("block_logits needs a block-causal model (TinyConfig.attention='block_causal')")
+        positions, _ = self._positions(input_ids, attention_mask)
+        B, L = input_ids.shape
+        logits_from = start if logits_from is None else logits_from
+        if cache is None:
+            if start != 0:
+                raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
+        else:
+            cache.begin(start, L, commit)
+        if not start <= logits_from < L:
+            raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+        mask = block_causal_mask(attention_mask, B, L, block_length, start, input_ids.device)
+        h = self.embed(input_ids[:, start:]) + self.pos(positions[:, start:])
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, layer=i, block_cache=cache)
+        if cache is not None:
+            cache.commit(commit)
+        return self.head(self.norm(h[:, logits_from - start:]))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
@@ -251,13 +310,13 @@ def check_config(raw: dict, path: str) -> TinyConfig:
     if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
         raise ModelLoadError(f"{path}: field 'model_type' is {raw['model_type']!r}, not {MODEL_TYPE!r}")
     d = TinyConfig()
-    kw = {n: check_field(raw, path, n, default=getattr(d, n))
+    kw = {n: check_field(raw, path, n, default=getattr(d, n), null=False)
           for n in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len")}
-    kw["d_ff"] = check_field(raw, path, "d_ff", default=None)
-    kw["eps"] = float(check_field(raw, path, "eps", float, default=d.eps))
+    kw["d_ff"] = check_field(raw, path, "d_ff", default=None)                 # null: 4 * d_model
+    kw["eps"] = float(check_field(raw, path, "eps", float, default=d.eps, null=False))
     kw["seed"] = check_field(raw, path, "seed", positive=False, below=2**63, below_name="the seed limit",
-                             default=d.seed)
-    kw["mask_id"] = check_field(raw, path, "mask_id", positive=False, below=kw["vocab_size"], default=None)
+                             default=d.seed, null=False)
+    kw["mask_id"] = check_field(raw, path, "mask_id", positive=False, below=kw["vocab_size"], default=None)  # null: vocab_size - 1
     if kw["d_model"] % kw["n_heads"]:
         raise ModelLoadError(f"{path}: field 'd_model' ({kw['d_model']}) is not a multiple of "
                              f"'n_heads' ({kw['n_heads']})")

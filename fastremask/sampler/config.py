@@ -25,7 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from fastremask.sampler.names import BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_RULES
+from fastremask.sampler.names import (BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_FLOORS,
+                                     THRESHOLD_RULES, TRUNCATION_ORDERS)
 from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "Option", "option", "options", "check_options", "BACKENDS",
@@ -299,6 +300,15 @@ class SamplingConfig:
     temperature: float = option(0.0, "sampling temperature: 0 is greedy, T > 0 draws from softmax(logits / T)",
                                 _parse_real, step=True)
     cfg_scale: float = option(0.0, "classifier-free guidance scale (0: off)", _parse_real, step=True)
+    top_k: Optional[int] = option(None, "at T > 0, draw only from the top_k most likely tokens (None: off); "
+                                        "numerics.md §4a", _none_or(_parse_int), step=True, metavar="K")
+    top_p: float = option(1.0, "at T > 0, draw only from the smallest most-likely set whose mass exceeds "
+                               "top_p, in (0, 1] (1: off)", _parse_real, step=True, metavar="P")
+    min_p: float = option(0.0, "at T > 0, draw only from tokens with p >= min_p * p_max, in [0, 1) (0: off)",
+                          _parse_real, step=True, metavar="P")
+    truncation_order: str = option("top_k_first", "top_k_first (LLaDA2's and HF's order) | top_p_first "
+                                                  "(Dream's): which of top-k and top-p cuts first",
+                                   _parse_name, step=True, choices=TRUNCATION_ORDERS)
     remasking: str = option("low_confidence", "the confidence that ranks the candidates", _parse_name,
                             step=True, choices=REMASKING)
     mask_id: Optional[int] = option(None, "mask token id (default: the model's)", _none_or(_parse_int),
@@ -326,10 +336,26 @@ class SamplingConfig:
         _parse_bool)
     cuda_graph: bool = option(True, "capture the sampling step in a CUDA graph on CUDA (the same bits)",
                               _parse_bool, tokens=False)
-    cache: Optional[str] = option(None, "block KV cache (prefix | dual): faster, approximate; docs/cache.md "
-                                        "(default: none, exact)", _none_or(_parse_name), choices=CACHE_MODES)
+    cache: Optional[str] = option(None, "block KV cache: prefix | dual (faster, approximate), block (block-causal "
+                                        "models: exact); docs/cache.md (default: none)", _none_or(_parse_name),
+                                  choices=CACHE_MODES)
     stop_at_eos: bool = option(False, "fill a row with EOS once its finished blocks end in EOS; stop when "
                                       "all rows are done", _parse_bool)
+    threshold_floor: str = option(
+        "one", "the fewest a threshold step keeps: one (confidence >= threshold, at least one) | schedule "
+               "(LLaDA2's and SDAR's dynamic rule: confidence > threshold, at least the schedule's count)",
+        _parse_name, choices=THRESHOLD_FLOORS)      # (steps with it run eagerly: no CUDA graph)
+    minimal_topk: int = option(1, "LLaDA2's cap: at most gen_length // minimal_topk steps per block", _parse_int)
+    eos_early_stop: bool = option(False, "block-causal models: a row whose answer holds an EOS with no mask "
+                                         "before it is done, EOS after it (LLaDA2's rule)", _parse_bool)
+    edit_threshold: Optional[float] = option(
+        None, "token editing (LLaDA2.1): a decoded token of the current block takes the sampled one when its "
+              "probability is > this, in [0, 1) (default: off)", _none_or(_parse_real))
+    max_post_edit_steps: int = option(16, "token editing: steps of a block after its last mask", _parse_int)
+    penalty_lambda: float = option(0.0, "token editing: lower the logit of the previous position's token by "
+                                        "this (SGLang's penalty_lambda)", _parse_real)
+    force_editing: bool = option(False, "allow edit_threshold on a family not trained for token editing",
+                                 _parse_bool)
     plan: object = field(init=False, repr=False, compare=False)   # a schedule.Schedule
 
     def __post_init__(self):
@@ -353,11 +379,20 @@ class SamplingConfig:
         if self.temperature > 0:
             tempered_scales(float(self.temperature))   # 1/T must be a finite fp32 (§4)
         put("cfg_scale", check_real("cfg_scale", self.cfg_scale, 0.0))
+        from fastremask.sampler.contract import check_truncation   # top-k / top-p / min-p (§4a)
+        t = check_truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
+        put("top_k", t.top_k), put("top_p", t.top_p), put("min_p", t.min_p)
+        if t.active and self.temperature == 0:
+            on = ", ".join(f"{n}={v!r}" for n, v in (("top_k", t.top_k), ("top_p", t.top_p), ("min_p", t.min_p))
+                           if v != {"top_k": None, "top_p": 1.0, "min_p": 0.0}[n])
+            raise ValueError(f"{on} needs temperature > 0: at temperature=0 the token is the argmax, which "
+                             "every truncation keeps, so it would change nothing (numerics.md §4a)")
         if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
         if self.mask_id is not None:
             put("mask_id", check_int("mask_id", self.mask_id, 0, SEED_LIMIT))
-        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph", "stop_at_eos"):
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph", "stop_at_eos",
+                     "eos_early_stop", "force_editing"):
             check_bool(name, getattr(self, name))
         put("suppress_tokens", check_token_ids("suppress_tokens", self.suppress_tokens))
         put("defer_tokens", check_token_ids("defer_tokens", self.defer_tokens))
@@ -369,17 +404,57 @@ class SamplingConfig:
             raise ValueError(f"unknown threshold_rule {self.threshold_rule!r}; expected one of {list(THRESHOLD_RULES)}")
         if self.threshold_rule != "fixed" and self.threshold is None:
             raise ValueError(f"threshold_rule={self.threshold_rule!r} needs a threshold (its parameter)")
+        self._check_block_options()
         plan = _schedule.resolve(self.schedule, self.factor)
         put("plan", plan)
         if self.threshold is not None:
             put("threshold", _check_threshold(check_real("threshold", self.threshold), self.remasking,
                                                     self.threshold_rule))
-        else:
+        if self.threshold is None or self.threshold_floor == "schedule":
             if steps % self.num_blocks:
                 raise ValueError(
                     f"steps={steps} must be a multiple of the number of blocks "
                     f"(gen_length / block_length = {self.num_blocks})")
             plan(block_length, self.steps_per_block)  # raises now if the schedule cannot use steps
+
+    def _check_block_options(self) -> None:
+        """The block-diffusion options (docs/decoding.md, "Block diffusion")."""
+        put = lambda name, v: object.__setattr__(self, name, v)   # noqa: E731 (frozen)
+        if not isinstance(self.threshold_floor, str) or self.threshold_floor not in THRESHOLD_FLOORS:
+            raise ValueError(f"unknown threshold_floor {self.threshold_floor!r}; expected one of {list(THRESHOLD_FLOORS)}")
+        if self.threshold_floor == "schedule" and (self.threshold is None or self.threshold_rule != "fixed"):
+            raise ValueError("threshold_floor='schedule' (LLaDA2's and SDAR's dynamic rule) needs a threshold "
+                             f"with threshold_rule='fixed', got threshold={self.threshold!r}, "
+                             f"threshold_rule={self.threshold_rule!r}")
+        put("minimal_topk", check_int("minimal_topk", self.minimal_topk, 1))
+        put("max_post_edit_steps", check_int("max_post_edit_steps", self.max_post_edit_steps, 0))
+        put("penalty_lambda", check_real("penalty_lambda", self.penalty_lambda, 0.0))
+        if self.edit_threshold is not None:
+            t = check_real("edit_threshold", self.edit_threshold)
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"edit_threshold={self.edit_threshold!r} is outside [0, 1): it compares the "
+                                 "probability of the sampled token (1 or more would never edit)")
+            put("edit_threshold", t)
+            if self.threshold is None:
+                raise ValueError("edit_threshold (token editing) needs threshold decoding: set threshold, "
+                                 "e.g. threshold=0.7 (LLaDA2.1's Q mode)")
+            if self.remasking != "low_confidence":
+                raise ValueError(f"edit_threshold compares the sampled token's probability: it needs "
+                                 f"remasking='low_confidence', got {self.remasking!r}")
+        elif self.penalty_lambda:
+            raise ValueError(f"penalty_lambda={self.penalty_lambda} is part of token editing: set edit_threshold")
+
+    @property
+    def editing(self) -> bool:
+        """Token editing (LLaDA2.1) is on."""
+        return self.edit_threshold is not None
+
+    @property
+    def truncation(self):
+        """The `fastremask.sampler.contract.Truncation` of ``top_k``, ``top_p``, ``min_p`` and
+        ``truncation_order`` (numerics.md §4a), as the backends take it."""
+        from fastremask.sampler.contract import Truncation
+        return Truncation(self.top_k, self.top_p, self.min_p, self.truncation_order)
 
     @property
     def num_blocks(self) -> int:
@@ -392,8 +467,10 @@ class SamplingConfig:
 
     @property
     def steps_per_block(self) -> int:
-        """The per-block budget: ``steps // num_blocks`` (threshold mode: unused)."""
-        return self.steps // self.num_blocks
+        """The per-block budget: ``steps // num_blocks`` (threshold mode: unused unless
+        ``threshold_floor='schedule'``), at most ``gen_length // minimal_topk`` (LLaDA2's cap)."""
+        spb = self.steps // self.num_blocks
+        return spb if self.minimal_topk == 1 else max(1, min(spb, self.gen_length // self.minimal_topk))
 
     def replace(self, **changes) -> "SamplingConfig":
         """A copy with ``changes`` applied, validated again."""
@@ -472,6 +549,13 @@ class SamplingConfig:
         """Schedule mode: the per-step counts of one block (every row's block starts fully
         masked, so all rows share them); threshold mode: None."""
         if self.threshold is not None:
+            return None
+        return self.plan(self.block_length, self.steps_per_block)
+
+    def floor_counts(self) -> Optional[list]:
+        """``threshold_floor='schedule'``: the schedule's per-step counts, the fewest each
+        threshold step keeps (LLaDA2, SDAR's ``low_confidence_dynamic``); otherwise None."""
+        if self.threshold is None or self.threshold_floor != "schedule":
             return None
         return self.plan(self.block_length, self.steps_per_block)
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from fastremask.sampler.names import REMASKING, THRESHOLD_RULES
+from fastremask.sampler.names import REMASKING, THRESHOLD_RULES, TRUNCATION_ORDERS
 from fastremask.sampler.numerics import tempered_scales
 
-__all__ = ["REMASKING", "LOGIT_DTYPES", "RULES", "EB_GAMMA_LIMIT", "RowSample", "Backend", "check_sample_args",
-           "check_select_args", "check_rule", "write_kept", "row_steps", "same_bits", "assert_bits_equal"]
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RULES", "EB_GAMMA_LIMIT", "RowSample", "Truncation", "NO_TRUNCATION",
+           "check_truncation", "Backend", "check_sample_args", "check_select_args", "check_rule", "write_kept",
+           "row_steps", "same_bits", "assert_bits_equal"]
 
 RULES = THRESHOLD_RULES          # the one list of rule names (names.py, read by the CLI too)
 EB_GAMMA_LIMIT = 32.0            # 'eb' takes gamma in [0, 32) nats (so no sum can overflow)
@@ -39,6 +40,56 @@ class RowSample(NamedTuple):
     x0: torch.Tensor
     confidence: torch.Tensor
     invalid: torch.Tensor
+
+
+class Truncation(NamedTuple):
+    """Top-k, top-p and min-p (numerics.md §4a), as every backend's ``sample_rows`` takes them.
+
+    ``top_k`` None or an int >= 1; ``top_p`` in (0, 1] (1: off); ``min_p`` in [0, 1) (0: off);
+    ``order`` ``'top_k_first'`` (LLaDA2's and HF's order: top-p on the mass left after top-k) or
+    ``'top_p_first'`` (Dream's: top-p on the whole distribution, then top-k). Build it with
+    `check_truncation`, which checks the ranges."""
+
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    order: str = "top_k_first"
+
+    @property
+    def active(self) -> bool:
+        return self.top_k is not None or self.top_p < 1.0 or self.min_p > 0.0
+
+    @property
+    def top_p_first(self) -> bool:
+        return self.order == "top_p_first"
+
+
+NO_TRUNCATION = Truncation()
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_truncation(top_k=None, top_p=1.0, min_p=0.0, order: str = "top_k_first") -> Truncation:
+    """A checked `Truncation`: each bad value is one error naming the option and its range."""
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+            raise TypeError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be None (off) or an int >= 1, got {int(top_k)}")
+        top_k = int(top_k)
+    p = _real("top_p", top_p)
+    if not 0.0 < p <= 1.0:                       # also NaN
+        raise ValueError(f"top_p must lie in (0, 1] (1 is off), got {top_p!r}")
+    q = _real("min_p", min_p)
+    if not 0.0 <= q < 1.0:                       # also NaN
+        raise ValueError(f"min_p must lie in [0, 1) (0 is off), got {min_p!r}")
+    if not isinstance(order, str) or order not in TRUNCATION_ORDERS:
+        raise ValueError(f"unknown truncation_order {order!r}; expected one of {list(TRUNCATION_ORDERS)}")
+    return Truncation(top_k, p, q + 0.0, order)          # -0.0 -> 0.0
 
 
 def row_steps(steps, r: int, device) -> torch.Tensor:
@@ -66,7 +117,8 @@ class Backend:
     their argument checks (the loop builds valid arguments once per block):
 
     * ``sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking,
-      cfg_scale=0.0, uncond_logits=None, suppress_tokens=None, active=None) -> RowSample``;
+      cfg_scale=0.0, uncond_logits=None, suppress_tokens=None, active=None,
+      truncation=NO_TRUNCATION) -> RowSample``;
     * ``select(confidence, candidate, deferred, k, threshold=None, *, rule='fixed', x=None,
       x0=None, start=0, out=None) -> keep``: with ``x`` and ``x0`` it also writes the kept
       ``x0[b, i]`` into ``x[b, start + i]`` in place (`write_kept`); ``out``: a preallocated
@@ -82,12 +134,6 @@ class Backend:
     capturable: bool = False
 
 
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    return float(value)
-
-
 def _index(name: str, t, r: int, device) -> None:
     if not torch.is_tensor(t):
         raise TypeError(f"{name} must be an int64 tensor of shape [{r}], got {type(t).__name__}")
@@ -100,7 +146,8 @@ def _index(name: str, t, r: int, device) -> None:
 
 
 def check_sample_args(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                      uncond_logits=None, suppress_tokens=None, active=None) -> torch.Tensor:
+                      uncond_logits=None, suppress_tokens=None, active=None,
+                      truncation: Truncation = NO_TRUNCATION) -> torch.Tensor:
     """The argument checks of every backend's public `sample_rows` (the loop skips them): the
     same exception type and message on every backend. Returns ``steps`` as an int64 ``[R]``
     tensor (`row_steps`)."""
@@ -111,6 +158,9 @@ def check_sample_args(logits, rows, seeds, positions, steps, *, temperature, rem
         raise TypeError(f"logits must be fp32, bf16 or fp16, got {logits.dtype}")
     if remasking not in REMASKING:
         raise ValueError(f"unknown remasking {remasking!r}; expected one of {list(REMASKING)}")
+    if not isinstance(truncation, Truncation):
+        raise TypeError(f"truncation must be a contract.Truncation (check_truncation), got {truncation!r}")
+    check_truncation(*truncation)
     t = _real("temperature", temperature)
     if not (t >= 0.0 and math.isfinite(t)):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")

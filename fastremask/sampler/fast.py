@@ -24,7 +24,8 @@ import torch
 
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.threads import calling_thread   # the loop scopes its whole step alike
-from fastremask.sampler.contract import Backend, RowSample, check_sample_args, check_select_args, write_kept
+from fastremask.sampler.contract import (NO_TRUNCATION, Backend, RowSample, check_sample_args, check_select_args,
+                                         write_kept)
 from fastremask.sampler.reference import prepare_logits
 from fastremask.sampler.rules import ranks, rule_keep
 
@@ -106,6 +107,7 @@ def sample_rows(
     uncond_logits: Optional[torch.Tensor] = None,
     suppress_tokens: Optional[torch.Tensor] = None,
     active: Optional[torch.Tensor] = None,
+    truncation=NO_TRUNCATION,
     piece_width: Optional[int] = None,
 ) -> RowSample:
     """Same contract and result as `fastremask.sampler.reference.sample_rows`.
@@ -115,7 +117,7 @@ def sample_rows(
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active)
+                              active=active, truncation=truncation)
     if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
         raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
     if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
@@ -123,11 +125,21 @@ def sample_rows(
     with calling_thread(logits.device):
         return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
-                            suppress_tokens=suppress_tokens, active=active, piece_width=piece_width)
+                            suppress_tokens=suppress_tokens, active=active, truncation=truncation,
+                            piece_width=piece_width)
+
+
+def _kept(x: torch.Tensor, cut, v0: int) -> torch.Tensor:
+    """bool like ``x`` [r, n]: the columns ``v0 ..`` of fp32 logits ``x`` kept by the truncation
+    whose last kept token per row is ``cut = (l_cut [r], i_cut [r])`` (`nx.truncate_sorted`)."""
+    l_cut, i_cut = cut[0][:, None], cut[1][:, None]
+    cols = torch.arange(v0, v0 + x.shape[-1], device=x.device)
+    return (x > l_cut) | ((x == l_cut) & (cols <= i_cut))
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                 uncond_logits=None, suppress_tokens=None, active=None, piece_width=None) -> RowSample:
+                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION,
+                 piece_width=None) -> RowSample:
     """`sample_rows` without its checks (the loop's call): ``rows``, ``seeds``, ``positions``,
     ``steps`` int64 ``[R]`` on the logits' device."""
     device = logits.device
@@ -142,9 +154,18 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         if not suppress_tokens.numel():
             suppress_tokens = None
     simple = uncond_logits is None and suppress_tokens is None
+    # §4a: the last kept token of each row, from one sort of the whole prepared rows
+    cut = None
+    if noisy and truncation.active:
+        full = prepare_logits(logits.index_select(0, rows), cfg_scale=cfg_scale,
+                              uncond_logits=None if uncond_logits is None else uncond_logits.index_select(0, rows),
+                              suppress_tokens=suppress_tokens)
+        cut = nx.truncate_sorted(full, c_t, truncation.top_k, truncation.top_p, truncation.min_p,
+                                 truncation.top_p_first)
+        del full
     # As the kernel's flags: S_c for the confidence, or at T = 1 for the draw (its weights are
-    # S_c's terms); at T != 1 the draw's own tempered sums.
-    tempered = noisy and tau != 1.0
+    # S_c's terms); at T != 1, or with truncation, the draw's own (kept) tempered sums.
+    tempered = noisy and (tau != 1.0 or cut is not None)
     need_s = remasking != "random" or (noisy and not tempered)
 
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
@@ -199,9 +220,11 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
             plain = need_s and remasking != "entropy"    # S_c still to sum (entropy's came above)
             if not (tempered or plain):
                 continue
+            drop = None if cut is None else ~_kept(x, (cut[0][g0:g1], cut[1][g0:g1]), v0).view_as(x3)
             x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
             if tempered:                             # the weights of (l - m_c) * c (§4); it consumes
-                st_l.append(_fixed_sums(tmp[2].copy_(x3) if plain else x3, c_tau, *tmp[:2]))   # d
+                dt = tmp[2].copy_(x3) if plain else x3   # d; the tokens §4a drops weigh 0
+                st_l.append(_fixed_sums(dt if drop is None else dt.masked_fill_(drop, NEG_INF), c_tau, *tmp[:2]))
             if plain:
                 s_l.append(_fixed_sums(x3, log2e, *tmp[:2]))
         m_rows.append(torch.cat(m_l, -1))
@@ -219,7 +242,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     if noisy:
         s_t = torch.cat(st_rows, 0).to(torch.int64) if tempered else s_c
         best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
-                                             positions, steps, m_c, s_t, ~invalid, tau, c_t, cw)
+                                             positions, steps, m_c, s_t, ~invalid, tau, c_t, cw, cut)
     else:
         best_logit, j = m_c.max(-1)                              # first chunk holding the row max
         best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
@@ -248,9 +271,10 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
 
 
 def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, positions, steps, m_c,
-                s_t, ok, tau, scale, cw):
+                s_t, ok, tau, scale, cw, cut=None):
     """(x0, its logit) [R] at T > 0 (numerics.md §4, `reference._draw_token`): the chunk by its
-    row weight, then the entry within it from the one chunk's logits, read again."""
+    row weight, then the entry within it from the one chunk's logits, read again (with ``cut``,
+    the tokens §4a drops as -inf: weight 0)."""
     device = m_c.device
     W = nx.chunk_weights(m_c, s_t, m_c.amax(-1), tau)                        # [R, n_chunks]
     c = nx.draw_index(W, ok, seeds, positions, steps, 0)
@@ -262,13 +286,24 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
                        uncond_logits=None if uncond_logits is None else uncond_logits[at])
     out = ~inside if suppress_tokens is None else ~inside | torch.isin(cols, suppress_tokens)
     l = l.masked_fill_(out, NEG_INF)
+    if cut is not None:          # the kept tokens of these columns (cols are per row here)
+        l_cut, i_cut = cut[0][:, None], cut[1][:, None]
+        kept = (l > l_cut) | ((l == l_cut) & (cols <= i_cut))
+        # the chunk max m_c stays that of every logit: compute the weights against it
+        m_here = l.amax(-1, keepdim=True)
+        m_here = torch.where(m_here == NEG_INF, 0.0, m_here)
+        d = (l - m_here).masked_fill_(~kept, NEG_INF)
+        w = nx.fixed_pow2(d * torch.tensor(scale, dtype=torch.float32, device=device)).to(torch.int64)
+        i = nx.draw_index(w, ok, seeds, positions, steps, 1)
+        return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)
     w = nx.token_weights(l, scale)[0][:, 0, :cw]                            # [R, cw]
     i = nx.draw_index(w, ok, seeds, positions, steps, 1)
     return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)
 
 
 def _sample_rows_active(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                        uncond_logits=None, suppress_tokens=None, active=None) -> RowSample:
+                        uncond_logits=None, suppress_tokens=None, active=None,
+                        truncation=NO_TRUNCATION) -> RowSample:
     """The loop's entry point: `_sample_rows` on the ``active`` rows only, outputs over all rows.
 
     The loop passes every position of the block with an ``active`` mask (one shape for every
@@ -276,7 +311,7 @@ def _sample_rows_active(logits, rows, seeds, positions, steps, *, temperature, r
     nothing on a CPU (this backend's device; ``'auto'`` picks ``triton`` on CUDA).
     """
     kw = dict(temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
-              suppress_tokens=suppress_tokens)
+              suppress_tokens=suppress_tokens, truncation=truncation)
     if active is None:
         return _sample_rows(logits, rows, seeds, positions, steps, **kw)
     idx = active.nonzero().squeeze(1)

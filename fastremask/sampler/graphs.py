@@ -92,7 +92,7 @@ class GraphedStep:
             return step_fn(backend, self.xb, cand, self.lg, self.un, self.blk, self.row_step,
                            None if threshold_mode else self.k, config=config, suppress=suppress,
                            defer=defer, no_defer=no_defer, checker=self.checker,
-                           step_index=self.step_index)
+                           step_index=self.step_index)[:3]      # (x0, confidence, keep): no editing here
 
         self.body = body
         self.graph = None

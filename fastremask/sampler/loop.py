@@ -28,8 +28,9 @@ from fastremask.sampler.threads import calling_thread
 from fastremask.sampler.config import SamplingConfig, SpecialIds, options, row_seeds
 from fastremask.sampler.names import LLADA_MASK
 from fastremask.sampler import errors, graphs
-from fastremask.sampler.model_call import (ModelCall, cache_call, call_model, check_cache_support,
+from fastremask.sampler.model_call import (ModelCall, block_call, cache_call, call_model, check_cache_support,
                                            sampling_suppress, window_call)
+from fastremask.sampler import block as _block
 from fastremask.sampler.protocol import KVCache, check_window_support
 from fastremask.sampler.trace import Trace, TraceStep
 
@@ -46,11 +47,20 @@ class Block:
     a captured step holds it as a tensor, `fastremask.sampler.graphs`).
     """
 
-    def __init__(self, x, start: int, C: int, P: int, config: SamplingConfig, bi, seeds, j, kv=None):
+    def __init__(self, x, start: int, C: int, P: int, config: SamplingConfig, bi, seeds, j, kv=None,
+                 layout=None):
         L = x.shape[1]
         self.start, self.origin = start, start
         self.x = x[:, start:start + C]                     # [B, C], a view: written in place
         self.bi, self.seeds = bi, seeds
+        if layout is not None:          # block-causal: each row's answer starts at its own column
+            col = j + start                  # the row's answer and the published tail, not filler
+            self.answer = (col >= layout.gen_start.index_select(0, bi)) & (col < layout.row_end.index_select(0, bi))
+            self.positions = (j + start - layout.gen_start.index_select(0, bi)).clamp_min(0)
+            self.rows = bi * C + j
+            self.call = block_call(kv, start, C)
+            return
+        self.answer = None
         self.positions = j + (start - P)
         self.rows = bi * C + j if config.block_logits else bi * L + (j + start)
         if config.cache is not None:
@@ -61,27 +71,47 @@ class Block:
 
 def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Tensor,
          uncond: Optional[torch.Tensor], blk: Block, row_step: torch.Tensor, k: Optional[torch.Tensor],
-         *, config: SamplingConfig, suppress, defer, no_defer, checker, step_index: int) -> tuple:
+         *, config: SamplingConfig, suppress, defer, no_defer, checker, step_index: int,
+         floor_k: Optional[torch.Tensor] = None, editable: Optional[torch.Tensor] = None) -> tuple:
     """One denoising step of block ``blk``: writes the kept tokens into ``x`` in place.
 
     ``cand`` ``[B, C]`` bool: the block's still-masked positions (``x[:, block] == mask_id``);
     ``row_step`` ``[B]`` int64: each row's step counter (its RNG counter); ``k`` ``[B]``:
-    the schedule's counts (None in threshold mode). Returns ``(x0, confidence, keep)``, each
-    ``[B, C]``.
+    the schedule's counts (None in threshold mode). ``floor_k`` ``[B]``: with
+    ``threshold_floor='schedule'``, the fewest the step keeps (the threshold compares strictly,
+    as LLaDA2 and SDAR do). ``editable`` ``[B, C]`` bool: token editing (LLaDA2.1): decoded
+    answer positions of the block, sampled as rows too; one whose token differs from its
+    ``x0`` with confidence ``> edit_threshold`` takes ``x0``. Returns ``(x0, confidence, keep,
+    edit)``, each ``[B, C]`` (``edit`` None without editing).
     """
     B, C = cand.shape
     V = logits.shape[-1]
+    active = cand if editable is None else cand | editable
     sample = backend.sample_rows(
         logits.view(-1, V), blk.rows, blk.seeds, blk.positions, row_step.index_select(0, blk.bi),
         temperature=config.temperature, remasking=config.remasking, cfg_scale=config.cfg_scale,
         uncond_logits=None if uncond is None else uncond.view(-1, V), suppress_tokens=suppress,
-        active=cand.view(-1))
+        active=active.view(-1), truncation=config.truncation)
     x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
-    candidate = checker.note(sample.invalid, cand, blk, step_index, logits, uncond)   # no bad row kept
+    ok = checker.note(sample.invalid, active, blk, step_index, logits, uncond)   # no bad row kept
+    candidate = ok if editable is None else ok & cand
     deferred = no_defer if defer is None else candidate & torch.isin(x0, defer)
-    keep = backend.select(conf, candidate, deferred, k, config.threshold, rule=config.threshold_rule,
-                          x=x, x0=x0, start=blk.start)          # every backend writes the kept tokens
-    return x0, conf, keep
+    edit = None
+    if editable is not None:      # before the write: compared with the tokens the model saw
+        et = torch.tensor(config.edit_threshold, dtype=torch.float32, device=conf.device)
+        edit = ok & editable & (conf > et) & (x0 != blk.x)
+    threshold = config.threshold
+    if floor_k is not None:       # strict comparison: c >= next fp32 above t  <=>  c > t
+        t32 = torch.tensor(threshold, dtype=torch.float32)
+        threshold = float(torch.nextafter(t32, torch.tensor(float("inf"))))
+    # every backend's select writes the kept tokens into x itself: no branch on the backend
+    keep = backend.select(conf, candidate, deferred, k, threshold, rule=config.threshold_rule,
+                          x=x, x0=x0, start=blk.start)
+    if floor_k is not None:
+        keep = keep | backend.select(conf, candidate, deferred, floor_k, None, x=x, x0=x0, start=blk.start)
+    if edit is not None:
+        torch.where(edit, x0, blk.x, out=blk.x)
+    return x0, conf, keep, edit
 
 
 def _positive_int(v):
@@ -193,12 +223,16 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
     B, P = prompt.shape
     seeds = torch.tensor(row_seeds(seed, B), dtype=torch.int64, device=device)
     backend = get_backend(config.backend, device)
-    if config.cache is not None:
+    if config.cache is not None and not _block.is_block_causal(model):
         check_cache_support(model, config.cache)       # clear errors before any model call
-    elif config.logits_window:
+    elif config.logits_window and not _block.is_block_causal(model):
         check_window_support(model)
     if config.stop_at_eos:
         _check_eos(model, ids.eos)
+    if _block.is_block_causal(model):
+        return _run_block_causal(model, prompt, attention_mask, config, ids, seeds, backend,
+                                 return_trace, callback)
+    _check_not_block_options(model, config)
     x = torch.full((B, P + config.gen_length), ids.mask_id, dtype=torch.int64, device=device)
     x[:, :P] = prompt
     calls = ModelCall(model, attention_mask, prompt_length=P, gen_length=config.gen_length,
@@ -207,6 +241,63 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
     _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback)
     trace.model_calls, trace.positions = calls.calls, calls.positions
     return (x, trace) if return_trace else x
+
+
+def _check_not_block_options(model, config: SamplingConfig) -> None:
+    """Options only a block-causal model has: clear errors before any model call."""
+    name = type(model).__name__
+    if config.cache == "block":
+        raise ValueError(f"cache='block' (the exact block cache) needs a block-causal model (LLaDA2, SDAR); "
+                         f"{name} attends bidirectionally: use cache=None, 'prefix' or 'dual'")
+    if config.eos_early_stop:
+        raise ValueError(f"eos_early_stop is LLaDA2's block-diffusion stop; {name} is not block-causal: "
+                         "use stop_at_eos")
+    if config.editing:
+        raise ValueError(f"edit_threshold (token editing) needs a block-diffusion family trained for it "
+                         f"(LLaDA2.1); {name} is not block-causal")
+
+
+def _run_block_causal(model, prompt, attention_mask, config: SamplingConfig, ids: SpecialIds, seeds,
+                      backend, return_trace: bool, callback):
+    """`run` for a block-causal model (`fastremask.sampler.block`): the rows' blocks as the
+    published generates cut them, the full-window recompute or the exact block cache."""
+    import warnings
+
+    _block.check_block_model(model)
+    name = type(model).__name__
+    if config.cache not in (None, "block"):
+        raise ValueError(f"cache={config.cache!r} is Fast-dLLM's approximation for bidirectional models; "
+                         f"{name} is block-causal: use cache='block' (exact) or None")
+    if config.cfg_scale > 0:
+        raise ValueError(f"cfg_scale={config.cfg_scale}: classifier-free guidance is not supported for "
+                         f"block-causal models ({name})")
+    if config.stop_at_eos:
+        raise ValueError("stop_at_eos is for bidirectional models; a block-causal model stops with "
+                         "eos_early_stop=True (LLaDA2's rule)")
+    if config.editing and not config.force_editing and not _block.supports_editing(model):
+        raise ValueError(f"edit_threshold={config.edit_threshold}: {name} was not trained for token "
+                         "editing (LLaDA2.1 is); pass force_editing=True to edit anyway")
+    if config.eos_early_stop:
+        _check_eos(model, ids.eos)
+    trained = _block.trained_block_length(model)
+    if trained is not None and trained != config.block_length:
+        warnings.warn(f"block_length={config.block_length} differs from the block length {name} was "
+                      f"trained with ({trained}); its tokens may be poor", stacklevel=3)
+    B, P = prompt.shape
+    layout = _block.BlockLayout(prompt, attention_mask, config.gen_length, config.block_length, ids.mask_id)
+    limit = _block.max_positions(model)
+    if limit is not None and layout.longest > limit:
+        raise ValueError(
+            f"prompt of {layout.longest_prompt} tokens + gen_length={config.gen_length}, in blocks of "
+            f"block_length={config.block_length}, needs {layout.longest} positions; {name} has {limit}")
+    x = layout.x0.clone()
+    calls = ModelCall(model, layout.attention_mask, prompt_length=layout.L, gen_length=0,
+                      cfg_scale=0.0, mask_id=ids.mask_id)
+    trace = Trace(P, config.gen_length, config.block_length)
+    _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback, layout)
+    trace.model_calls, trace.positions = calls.calls, calls.positions
+    out = layout.answer(x, prompt)
+    return (out, trace) if return_trace else out
 
 
 class _Steps:
@@ -233,14 +324,16 @@ class _Steps:
         elif V != self.V:
             raise ValueError(f"model logits changed vocabulary size from {self.V} to {V}")
 
-    def __call__(self, x, blk: Block, cand, logits, uncond, row_step, k, step_index: int, record: bool):
-        out = self._replay(blk, logits, uncond, row_step, k, step_index, record) if self.use_graph else None
+    def __call__(self, x, blk: Block, cand, logits, uncond, row_step, k, step_index: int, record: bool,
+                 floor_k=None, editable=None):
+        graph = self.use_graph and floor_k is None and editable is None
+        out = self._replay(blk, logits, uncond, row_step, k, step_index, record) if graph else None
         if out is None:
             with calling_thread(x.device):       # a CPU step is many small ops: no thread pool
-                out = step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
-                           suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
-                           checker=self.checker, step_index=step_index)
-        return out
+                return step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
+                            suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
+                            checker=self.checker, step_index=step_index, floor_k=floor_k, editable=editable)
+        return tuple(out) + (None,)
 
     def _replay(self, blk, logits, uncond, row_step, k, step_index: int, record: bool):
         """The step from the cached CUDA graph, or None (then it runs eagerly, from now on)."""
@@ -263,53 +356,137 @@ class _Steps:
         return tuple(t.clone() for t in out) if record else out
 
 
-def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, trace, callback) -> None:
-    """The loop over blocks and steps (`run`'s body); ``x`` is filled in place."""
+def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, trace, callback,
+            layout=None) -> None:
+    """The loop over blocks and steps (`run`'s body); ``x`` is filled in place. ``layout``: a
+    block-causal model's `fastremask.sampler.block.BlockLayout` (its blocks, each row's answer
+    start, the exact cache), else None."""
     B, L = x.shape
-    C, P = config.block_length, L - config.gen_length
+    C = config.block_length
+    P = L - config.gen_length if layout is None else layout.P
+    num_blocks = config.num_blocks if layout is None else layout.num_blocks
     device = x.device
     counts = config.block_counts()                           # schedule mode: one list for all rows
     k_cols = None
     if counts is not None:
         k_cols = torch.tensor(counts, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+    floor = config.floor_counts()                            # threshold_floor='schedule'
+    floor_cols = None
+    if floor is not None:
+        floor_cols = torch.tensor(floor, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+        zero_k = torch.zeros(B, dtype=torch.int64, device=device)
+    editing = config.editing
+    max_steps = len(counts) if counts is not None else max(C, len(floor or ())) + (
+        config.max_post_edit_steps if editing else 0)
     bi = torch.arange(B, device=device).repeat_interleave(C)                     # [B * C]
     j = torch.arange(C, device=device).repeat(B)
     seeds_r = seeds.index_select(0, bi)
     row_step = torch.zeros(B, dtype=torch.int64, device=device)
     steps = _Steps(backend, config, ids, B, C, P, device)
+    if layout is not None:
+        steps.use_graph = False          # block-causal steps run eagerly (not captured yet)
     record = trace is not None or callback is not None
     kv = None
-    if config.cache is not None:
+    if layout is not None:
+        kv = _block.BlockCache(layout.L) if config.cache == "block" else None
+    elif config.cache is not None:
         kv = KVCache()
     global_step = 0
-    for b in range(config.num_blocks):
-        blk = Block(x, P + b * C, C, P, config, bi, seeds_r, j, kv)
-        for i in range(len(counts) if counts is not None else C):
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)     # eos_early_stop: rows done
+    for b in range(num_blocks):
+        start = P + b * C if layout is None else layout.block_start(b)
+        blk = Block(x, start, C, P, config, bi, seeds_r, j, kv, layout)
+        if editing:
+            answer = blk.answer.view(B, C)
+            finished = stopped | ~answer.any(1)         # done at EOS, or only filler in this block
+            post = torch.zeros(B, dtype=torch.int64, device=device)
+        for i in range(max_steps):
             if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
-                row_step += 1
+                row_step += 1 if layout is None else (blk.x == ids.mask_id).any(1)
                 global_step += 1
                 continue
             cand = blk.x == ids.mask_id                                   # [B, C]
-            if counts is None:                                        # threshold mode's one sync
-                busy = cand.any(1)                                    # [B] rows with masks left
+            editable = None
+            if counts is None or layout is not None:    # threshold mode's (block-causal: every) one sync
+                # [B] rows with masks left; a block-causal row's first block is partly prompt, so
+                # even in schedule mode a row can finish early: it stops there, as alone
+                busy = cand.any(1)
+                if editing:      # SGLang's JointThreshold: post-edit steps once the block is unmasked
+                    post += ~busy & ~finished
+                    finished |= post > config.max_post_edit_steps
+                    busy = ~finished
+                    editable = answer & ~cand & busy[:, None]
                 if steps.checker.block_done(busy):
                     break
             logits, uncond = calls(x, blk.call)
             steps.check_vocab(logits)
+            if editing and config.penalty_lambda:
+                logits = _repeat_penalty(logits, blk.x, config.penalty_lambda)
             rs = row_step.clone() if record else row_step
-            x0, conf, keep = steps(x, blk, cand, logits, uncond, row_step,
-                                   None if k_cols is None else k_cols[i], global_step, record)
-            row_step += 1 if counts is not None else busy
+            before = blk.x.clone() if editing and record else None
+            fk = None
+            if floor_cols is not None:
+                fk = floor_cols[i] if i < len(floor_cols) else zero_k
+            x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
+                                         None if k_cols is None else k_cols[i], global_step, record,
+                                         floor_k=fk, editable=editable)
+            row_step += 1 if counts is not None and layout is None else busy
+            if editing:
+                finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
             if record:
-                rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep)
+                rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep,
+                                edit=edit, before=before,
+                                offset=None if layout is None else blk.start - layout.gen_start)
                 if trace is not None:
                     trace.steps.append(rec)
                 if callback is not None:
                     callback(rec)
             global_step += 1
+            if layout is not None and config.eos_early_stop and not editing:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+                if bool(stopped.all()):
+                    steps.checker.check()
+                    return
         steps.checker.check()                                 # schedule mode's one sync per block
+        if layout is not None:
+            if config.eos_early_stop and b + 1 < num_blocks:
+                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+                if trace is not None:
+                    trace.stops.append((b, stopped.clone()))
+                if bool(stopped.all()):
+                    return
+            continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
+
+
+def _repeat_penalty(logits, xb, lam: float):
+    """LLaDA2.1's repetition penalty (SGLang's ``penalty_lambda``): the logit, at block position
+    ``j >= 1``, of the token now at ``j - 1`` is lowered by ``lam``. Applied to the logits, so
+    every backend samples the same."""
+    logits = logits.clone()
+    B, C, V = logits.shape
+    if C > 1:
+        idx = xb[:, :-1].clamp(0, V - 1).unsqueeze(-1)
+        pen = torch.where(xb[:, :-1] < V, -lam, 0.0).to(logits.dtype).unsqueeze(-1)
+        logits[:, 1:].scatter_add_(2, idx, pen)
+    return logits
+
+
+def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
+    """LLaDA2's ``eos_early_stop``, per row: a row whose answer so far holds an EOS with no mask
+    before its first EOS is done (its answer ends there); everything after that EOS is set to EOS,
+    so the row has nothing left to sample. Returns the rows done ``[B]`` bool."""
+    B = x.shape[0]
+    cols = torch.arange(x.shape[1], device=x.device)
+    in_answer = (cols >= layout.gen_start[:, None]) & (cols < end)
+    is_eos = (x == eos) & in_answer
+    first = torch.where(is_eos, cols, x.shape[1]).amin(1)                 # [B] first EOS column
+    before = in_answer & (cols < first[:, None])
+    done = is_eos.any(1) & ~((x == mask_id) & before).any(1)
+    after = (cols > first[:, None]) & (cols < layout.row_end[:, None]) & done[:, None]
+    x.masked_fill_(after, eos)
+    return done
 
 
 def _check_eos(model, eos) -> None:
@@ -347,6 +524,10 @@ def generate(
     logits_eos_inf=False,
     confidence_eos_eot_inf=False,
     *,
+    top_k=None,
+    top_p=1.0,
+    min_p=0.0,
+    truncation_order="top_k_first",
     schedule="uniform",
     factor=1,
     threshold=None,
@@ -361,6 +542,13 @@ def generate(
     cuda_graph=True,
     cache=None,
     stop_at_eos=False,
+    threshold_floor="one",
+    minimal_topk=1,
+    eos_early_stop=False,
+    edit_threshold=None,
+    max_post_edit_steps=16,
+    penalty_lambda=0.0,
+    force_editing=False,
 ):
     """Fill ``gen_length`` masked positions after ``prompt`` with a masked diffusion LM.
 
@@ -381,6 +569,14 @@ def generate(
     gen_length, block_length : answer length and semi-autoregressive block length
     temperature : sampling temperature: 0 is greedy, T > 0 draws from softmax(l / T) (numerics.md §4)
     cfg_scale : classifier-free guidance scale (0 = off)
+    top_k : at ``T > 0``, draw only from the ``top_k`` most likely tokens (None: off; ties at the
+        cut by lower index). top-k, top-p and min-p are an exact integer cut (numerics.md §4a)
+        and change nothing at ``T = 0``
+    top_p : at ``T > 0``, draw only from the smallest most-likely set whose mass exceeds
+        ``top_p``, in (0, 1] (1: off)
+    min_p : at ``T > 0``, draw only from the tokens with ``p >= min_p * p_max``, in [0, 1) (0: off)
+    truncation_order : 'top_k_first' (LLaDA2's and Hugging Face's: top-p on what top-k keeps) |
+        'top_p_first' (Dream's: top-p on the whole distribution, then top-k)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
     mask_id : the mask token id (LLaDA's 126336 by default, as in LLaDA's signature; None: the
         model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)
@@ -410,6 +606,19 @@ def generate(
         ``cached_logits`` (the native LLaDA and Dream, the tiny model)
     stop_at_eos : once a row's finished blocks end in EOS (its answer is over), fill the rest of
         the row with EOS; stop when every row is done (fewer model calls for instruct models)
+
+    Block diffusion (a block-causal model: LLaDA2.x, SDAR; docs/decoding.md, "Block diffusion"):
+    the blocks are cut from each row's position 0, ``cache='block'`` is the exact block cache.
+
+    threshold_floor : 'one' (a threshold step keeps at least one) | 'schedule' (LLaDA2's and
+        SDAR's ``low_confidence_dynamic``: confidence > threshold, at least the schedule's count)
+    minimal_topk : LLaDA2's cap, at most ``gen_length // minimal_topk`` steps per block
+    eos_early_stop : a row whose answer holds an EOS with no mask before it is done (LLaDA2)
+    edit_threshold : token editing (LLaDA2.1; None: off): a decoded token of the current block
+        takes the sampled token when its probability is > edit_threshold
+    max_post_edit_steps : token editing: steps of a block after its last mask
+    penalty_lambda : token editing: lower the logit of the previous position's token
+    force_editing : allow editing on a family not trained for it
 
     Returns
     -------

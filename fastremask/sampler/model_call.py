@@ -12,7 +12,7 @@ import torch
 from fastremask.sampler.contract import LOGIT_DTYPES
 from fastremask.sampler.protocol import window_logits
 
-__all__ = ["call_model", "window_call", "cache_call", "check_cache_support", "ModelCall", "sampling_suppress"]
+__all__ = ["call_model", "window_call", "cache_call", "block_call", "check_cache_support", "ModelCall", "sampling_suppress"]
 
 
 def _check_logits(logits, x: torch.Tensor, length: int, what: str, span: str = "") -> torch.Tensor:
@@ -80,6 +80,26 @@ def cache_call(kv, mode: str, start: int, length: int) -> Callable:
         return _check_logits(logits, x, length, "cached logits", f"positions {start}:{end} of ")
 
     call.query = None
+    return call
+
+
+def block_call(cache, start: int, length: int) -> Callable:
+    """``call(model, x, attention_mask) -> logits [B, length, V]`` for the block ``start:start +
+    length`` of a block-causal model (`fastremask.sampler.block`): the window ``0:start + length``
+    with blocks of ``length``; ``cache=None`` runs the whole window (the published generate's
+    recompute), a `BlockCache` runs ``cache.length:end`` and commits every column before the block."""
+    end = start + length
+
+    def call(model, x, attention_mask):
+        xs = x[:, :end]
+        am = None if attention_mask is None else attention_mask[:, :end]
+        if cache is None:
+            logits = model.block_logits(xs, am, block_length=length, logits_from=start)
+        else:
+            logits = model.block_logits(xs, am, block_length=length, cache=cache, start=cache.length,
+                                        commit=start, logits_from=start)
+        return _check_logits(logits, x, length, "block logits", f"positions {start}:{end} of ")
+
     return call
 
 

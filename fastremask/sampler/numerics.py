@@ -11,6 +11,7 @@ negative and `>>` is a logical shift; products of two words are split so no int6
 """
 from __future__ import annotations
 
+import math
 import struct
 
 import torch
@@ -20,7 +21,8 @@ __all__ = [
     "philox", "uniform24", "exp", "log",
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
-    "remask_uniform",
+    "remask_uniform", "TOP_P_BITS", "top_p_bound", "min_p_bound", "mass_bound", "kept_counts",
+    "truncate_sorted",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
@@ -241,10 +243,11 @@ def combine_chunks(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor):
     return m.squeeze(-1), z, b
 
 
-def fixed_term(l: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """t(l) = trunc(fixed_pow2((l - m) * LOG2E)) as int64 (fp32 `l`, `m` broadcastable): the
-    term of `S_c` for `l` against `m`; exactly 2**40 at `l == m`."""
-    return fixed_pow2((l - m) * LOG2E).to(torch.int64)
+def fixed_term(l: torch.Tensor, m: torch.Tensor, scale: float = LOG2E) -> torch.Tensor:
+    """t(l) = trunc(fixed_pow2((l - m) * scale)) as int64 (fp32 `l`, `m` broadcastable): the
+    term of `S_c` for `l` against `m` (`scale = LOG2E`; the tempered `s_T` of `tempered_scales`
+    for the truncation weights, §4a); exactly 2**40 at `l == m`, 0 at `l == -inf`."""
+    return fixed_pow2((l - m) * torch.tensor(scale, dtype=torch.float32, device=l.device)).to(torch.int64)
 
 
 def fixed_ratio(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -353,3 +356,83 @@ def remask_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch
     """The `random` remasking confidence [R] fp32: counter (0, position, step, STREAM_REMASK)."""
     r0, _, _, _ = philox(seeds, 0, positions, steps, STREAM_REMASK)
     return uniform24(r0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4a. Truncation: top-k, top-p, min-p on the exact integer weights
+# ---------------------------------------------------------------------------------------------
+
+TOP_P_BITS = 62            # top_p as the integer P = ceil(top_p * 2**62) (exactly p for p >= 2**-10)
+
+
+def top_p_bound(top_p: float) -> int:
+    """`P = ceil(top_p * 2**62)` for `top_p` in (0, 1] (a power-of-two scaling: exact in fp64;
+    `P * 2**-62 == top_p` for every `top_p >= 2**-10`, above it by less than `2**-62` below)."""
+    return math.ceil(float(top_p) * 2.0**TOP_P_BITS)
+
+
+def min_p_bound(min_p: float) -> int:
+    """`M = ceil(min_p * 2**40)` for `min_p` in [0, 1): for an integer weight `g`,
+    `g >= min_p * 2**40` exactly when `g >= M`."""
+    return math.ceil(float(min_p) * 2.0**FIXED_BITS)
+
+
+def mass_bound(p_bound: int, total: torch.Tensor) -> torch.Tensor:
+    """int64: `floor(P * total / 2**62)` for int64 `total` in [0, 2**63) and `P = p_bound <= 2**62`
+    (the 126-bit product in `_mul63`'s limbs). For an integer `E`, `E <= (P / 2**62) * total`
+    exactly when `E <= mass_bound(P, total)`."""
+    hi, lo = _mul63(torch.full_like(total, p_bound), total)     # P * total = hi * 2**63 + lo
+    return hi * 2 + (lo >> TOP_P_BITS)
+
+
+def kept_counts(l_sorted: torch.Tensor, m: torch.Tensor, scale: float, top_k, top_p: float, min_p: float,
+                top_p_first: bool) -> torch.Tensor:
+    """int64 [R]: how many leading tokens of each row the truncation keeps (numerics.md §4a).
+
+    `l_sorted` [R, V] fp32: each row's logits in the order of §4a (descending, ties by lower
+    index; `-inf` last); `m` [R] the row max; `scale` the weights' `s` (`s_T` at `T > 0`,
+    `LOG2E` at `T = 0`). With `g_i = trunc(fixed_pow2((l_i - m) * s))` (int64, 0 at `-inf`) and
+    `n` the number of finite logits:
+
+    * top-k: `n <- min(n, top_k)`;
+    * top-p: with `G = sum_{i < n} g_i` (the mass of what is kept so far) and `E_i = sum_{j < i}
+      g_j`, `n <- #{i < n : E_i <= floor(P * G / 2**62)}` (`P = top_p_bound(top_p)`; `E` grows
+      with `i`, so that is a prefix);
+    * `top_p_first` (Dream) applies top-p before top-k, else top-k first (LLaDA2, HF);
+    * min-p last: `n <- min(n, the length of the leading run with g_i >= min_p_bound(min_p))`.
+
+    Each rule keeps rank 0 (its `E = 0`, its `g = 2**40`), so `n >= 1` for a row with a finite
+    logit. A rule that is off (`top_k` None, `top_p == 1`, `min_p == 0`) leaves `n` alone.
+    """
+    R, V = l_sorted.shape
+    n = (l_sorted > float("-inf")).sum(-1)
+    g = fixed_term(l_sorted, m[:, None], scale)                   # [R, V] int64
+    rank = torch.arange(V, device=l_sorted.device)
+
+    def cut_k(n):
+        return n if top_k is None else n.clamp_max(int(top_k))
+
+    def cut_p(n):
+        if float(top_p) >= 1.0:
+            return n
+        base = rank < n[:, None]
+        gb = torch.where(base, g, 0)
+        excl = gb.cumsum(-1) - gb
+        return (base & (excl <= mass_bound(top_p_bound(top_p), gb.sum(-1, keepdim=True)))).sum(-1)
+
+    n = cut_k(cut_p(n)) if top_p_first else cut_p(cut_k(n))
+    if float(min_p) > 0.0:
+        run = (g >= min_p_bound(min_p)).to(torch.int64).cummin(-1).values.sum(-1)
+        n = torch.minimum(n, run)
+    return n
+
+
+def truncate_sorted(l: torch.Tensor, scale: float, top_k, top_p: float, min_p: float, top_p_first: bool):
+    """The kept set of fp32 rows `l` [R, V] (§4a) as its last kept token per row:
+    `(l_cut fp32 [R], i_cut int64 [R])`. Token `v` is kept exactly when `l_v > l_cut` or
+    (`l_v == l_cut` and `v <= i_cut`). One stable sort per row (descending: equal logits keep
+    index order, `-0.0 == +0.0`). A row without a finite logit (invalid) gets its rank-0 token."""
+    l_s, idx = torch.sort(l, dim=-1, descending=True, stable=True)
+    n = kept_counts(l_s, l_s[:, 0], scale, top_k, top_p, min_p, top_p_first)
+    last = (n - 1).clamp_min(0)[:, None]
+    return l_s.gather(-1, last).squeeze(-1), idx.gather(-1, last).squeeze(-1)

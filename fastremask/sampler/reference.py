@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import numerics as nx
-from fastremask.sampler.contract import (EB_GAMMA_LIMIT, RULES, Backend, RowSample, check_sample_args,
-                                         check_select_args, write_kept)
+from fastremask.sampler.contract import (EB_GAMMA_LIMIT, NO_TRUNCATION, RULES, Backend, RowSample, Truncation,
+                                         check_sample_args, check_select_args, write_kept)
 
-__all__ = ["prepare_logits", "invalid_rows", "sample_rows", "select", "RULES", "factor_bound",
+__all__ = ["prepare_logits", "invalid_rows", "kept_tokens", "sample_rows", "select", "RULES", "factor_bound",
            "eb_bound", "factor_error", "eb_entropy"]
 
 NEG_INF = float("-inf")
@@ -62,12 +62,29 @@ def invalid_rows(l: torch.Tensor) -> torch.Tensor:
     return torch.isnan(l).any(-1) | (l == float("inf")).any(-1) | (l == NEG_INF).all(-1)
 
 
-def _draw_token(l, ok, seeds, positions, steps, tau, scale) -> torch.Tensor:
+def kept_tokens(l: torch.Tensor, scale: float, truncation: Truncation) -> torch.Tensor:
+    """numerics.md §4a: ``[R, V]`` bool, the tokens of fp32 rows ``l`` that top-k / top-p / min-p
+    keep. The row sorted by logit (descending; equal logits in index order, `torch.sort`'s
+    stable sort), the count of leading tokens kept from the exact integer weights
+    (`nx.kept_counts`), the first that many of the sorted row scattered back. ``scale``: the
+    weights' ``s`` (`nx.tempered_scales` at ``T > 0``, ``LOG2E`` at ``T = 0``)."""
+    l_s, idx = torch.sort(l, dim=-1, descending=True, stable=True)
+    n = nx.kept_counts(l_s, l_s[:, 0], scale, truncation.top_k, truncation.top_p, truncation.min_p,
+                       truncation.top_p_first)
+    kept_sorted = torch.arange(l.shape[-1], device=l.device) < n[:, None]
+    return torch.zeros_like(kept_sorted).scatter(-1, idx, kept_sorted)
+
+
+def _draw_token(l, ok, seeds, positions, steps, tau, scale, kept=None) -> torch.Tensor:
     """numerics.md §4 at T > 0: ``x0`` [R] drawn with probability ``(W_c / sum W) * (w_v / S_c)``,
     ``w`` the tempered weights of chunk ``c`` (`nx.token_weights`), ``S_c`` their sum and ``W_c``
     the chunk's weight in the row (`nx.chunk_weights`); two exact uniform integers, one per stage.
-    ``ok``: the valid rows; ``tau, scale``: `nx.tempered_scales` of the temperature."""
+    ``ok``: the valid rows; ``tau, scale``: `nx.tempered_scales` of the temperature; ``kept``
+    (§4a, or None for all): the weights of the other tokens are 0."""
     w, m_c = nx.token_weights(l, scale)                                      # [R, n_c, CHUNK]
+    if kept is not None:
+        pad = w.shape[1] * nx.CHUNK - l.shape[-1]
+        w = w * torch.nn.functional.pad(kept, (0, pad)).view_as(w)
     s_c = w.sum(-1)
     W = nx.chunk_weights(m_c, s_c, m_c.amax(-1), tau)                        # [R, n_c]
     c = nx.draw_index(W, ok, seeds, positions, steps, 0)                    # stage 0: the chunk
@@ -93,6 +110,7 @@ def sample_rows(
     uncond_logits: Optional[torch.Tensor] = None,
     suppress_tokens: Optional[torch.Tensor] = None,
     active: Optional[torch.Tensor] = None,
+    truncation: Truncation = NO_TRUNCATION,
 ) -> RowSample:
     """Sample a token and its confidence for each of the rows ``logits[rows]``.
 
@@ -108,6 +126,8 @@ def sample_rows(
     cfg_scale, uncond_logits : classifier-free guidance (`prepare_logits`)
     suppress_tokens : [S] int64 token ids that are never sampled
     active : [R] bool or None; inactive rows are skipped (``x0 = -1``, ``confidence = -inf``)
+    truncation : top-k / top-p / min-p (`contract.Truncation`, §4a): at T > 0 the token is drawn
+        from the kept tokens only; at T == 0 it changes nothing (the argmax is always kept)
 
     Returns
     -------
@@ -115,7 +135,7 @@ def sample_rows(
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active)
+                              active=active, truncation=truncation)
     R, V = rows.numel(), logits.shape[1]
     device = logits.device
     if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
@@ -135,7 +155,9 @@ def sample_rows(
         x0 = torch.where(l == l.amax(dim=-1, keepdim=True), vocab, V).amin(dim=-1)
         x0 = x0.clamp_max(V - 1)      # an all-NaN row has no maximum; it is invalid anyway
     else:
-        x0 = _draw_token(l, ~bad, seeds, positions, steps, *nx.tempered_scales(temperature))
+        tau, scale = nx.tempered_scales(temperature)
+        kept = kept_tokens(l, scale, truncation) if truncation.active else None   # §4a
+        x0 = _draw_token(l, ~bad, seeds, positions, steps, tau, scale, kept)
 
     # §5 exact softmax sums over fixed chunks: row max m, Z and B scaled by 2**40
     m, Z, B = nx.combine_chunks(*nx.chunk_sums(l))                             # [R] each

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
+
 import torch
 
 __all__ = ["Trace", "TraceStep"]
@@ -22,6 +24,10 @@ class TraceStep:
     the batch); ``block``: block index; ``start``: index in ``x`` of the block's first position;
     ``candidate``: masked before the step; ``x0``: sampled token (-1 where not a candidate);
     ``confidence``: its confidence (-inf where not a candidate); ``keep``: kept this step.
+    Token editing (block-causal models, ``edit_threshold``): ``edit`` ``[B, C]`` bool, decoded
+    positions replaced this step by their ``x0``; ``before`` ``[B, C]``: the block's tokens before
+    the step. ``offset`` ``[B]`` int64 (block-causal models): the answer position of the block's
+    first column, per row (each row's answer starts at its own column); None: ``start - P``.
     """
 
     step: int
@@ -32,6 +38,9 @@ class TraceStep:
     x0: torch.Tensor
     confidence: torch.Tensor
     keep: torch.Tensor
+    edit: Optional[torch.Tensor] = None
+    before: Optional[torch.Tensor] = None
+    offset: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -53,7 +62,19 @@ class Trace:
         out = []
         for s in self.steps:
             js = torch.nonzero(s.keep[row]).flatten().tolist()
-            off = s.start - self.prompt_length
+            off = s.start - self.prompt_length if s.offset is None else int(s.offset[row])
             for j in js:
                 out.append((int(s.row_step[row]), off + j, int(s.x0[row, j]), float(s.confidence[row, j])))
+        return out
+
+    def edits(self, row: int = 0) -> list:
+        """Token editing: ``[(step, position, old token, new token), ...]`` for batch row ``row``,
+        in order; ``step`` is the row's own step counter, ``position`` counts within the answer."""
+        out = []
+        for s in self.steps:
+            if s.edit is None:
+                continue
+            off = s.start - self.prompt_length if s.offset is None else int(s.offset[row])
+            for j in torch.nonzero(s.edit[row]).flatten().tolist():
+                out.append((int(s.row_step[row]), off + j, int(s.before[row, j]), int(s.x0[row, j])))
         return out

@@ -23,9 +23,11 @@ working), never a traceback unless ``--debug`` or ``FASTREMASK_DEBUG=1`` asks fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 
@@ -33,7 +35,7 @@ from fastremask.models.family import checkpoint_families   # no torch either
 from fastremask.tools.options import add_config_arguments, config_kwargs, options   # no torch: --help stays fast
 
 __all__ = ["main", "build_parser", "add_generate_arguments", "config_from_args", "check_output_dir",
-           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped"]
+           "EXTERNAL_COMMANDS", "CliError", "WriteError", "Stopped", "Terminated"]
 
 # subcommands provided by other modules: name -> (module, help); each module exposes
 # add_arguments(parser) and run(args) -> int, and is imported only when its command runs
@@ -53,6 +55,11 @@ class CliError(Exception):
 class WriteError(Exception):
     """Writing the results failed while working (a full disk, ...): one line naming the file,
     exit status 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how a batch scheduler or ``kill`` stops a job), raised where the command is, as
+    Ctrl-C raises KeyboardInterrupt: the same clean stop and message, exit status 143."""
 
 
 class Stopped(Exception):
@@ -283,7 +290,8 @@ def _debug_wanted(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fastremask ARGV``; returns the exit status (0 done, 1 some prompts-file lines had
-    errors or the work failed, 2 a bad option or input, 130 interrupted by Ctrl-C)."""
+    errors or the work failed, 2 a bad option or input, 130 interrupted by Ctrl-C, 143 by
+    SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv)
@@ -293,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    with _sigterm_stops():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """``args.run(args)``, every way it can end turned into one line and a status."""
     try:
         return int(args.run(args) or 0)
     except Stopped as s:
@@ -303,22 +317,47 @@ def main(argv: list[str] | None = None) -> int:
         if _debug_wanted(args) and cause is not None and not isinstance(cause, KeyboardInterrupt):
             traceback.print_exception(cause)
         if isinstance(cause, KeyboardInterrupt) or cause is None:
-            print(f"fastremask: interrupted; {s.where}", file=sys.stderr)
-            return 130
+            word, code = _interrupted(cause)
+            print(f"fastremask: {word}; {s.where}", file=sys.stderr)
+            return code
         msg, code = describe_error(cause)
         print(f"fastremask: error: {msg}; {s.where}", file=sys.stderr)
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if _debug_wanted(args):
             traceback.print_exc()
-        print("fastremask: interrupted (before any result was written)", file=sys.stderr)
-        return 130
+        word, code = _interrupted(e)
+        print(f"fastremask: {word} (before any result was written)", file=sys.stderr)
+        return code
     except Exception as e:                  # noqa: BLE001 - one line, never a traceback
         if _debug_wanted(args):
             traceback.print_exc()
         msg, code = describe_error(e)
         print(f"fastremask: error: {msg}", file=sys.stderr)
         return code
+
+
+def _interrupted(e) -> tuple[str, int]:
+    return ("interrupted (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """While a command runs, SIGTERM raises `Terminated` (once: a second one while the command
+    stops is ignored); the handler before is restored after. Off the main thread: nothing."""
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        before, installed = signal.signal(signal.SIGTERM, on_term), True
+    except ValueError:                      # signals are the main thread's
+        before, installed = None, False
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,40 @@ def run(args: argparse.Namespace) -> int:
     """``fastremask eval``: print the table; with ``--out``, write table, CSV, JSON and PNG."""
     _check_args(args)
     task = _task_arg(args.task)
+    group = _group(args)                    # None: one process (the default)
+    try:
+        return _run(args, task, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _group(args):
+    """Under a launcher (``torchrun``, ``accelerate launch``: ``WORLD_SIZE`` > 1) the process
+    group, after every rank's options were compared (a ValueError naming the rank and the
+    option); None for one process, without importing ``torch.distributed``."""
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+        return None
+    from fastremask.evaluation.distributed import Group, launch_from_env
+
+    group = Group(launch_from_env())
+    mine = {k: repr(v) for k, v in sorted(vars(args).items()) if k not in ("run", "quiet", "debug")
+            and not callable(v)}
+    everyone = group.gather(mine)
+    for r, theirs in enumerate(everyone[1:], start=1):
+        diff = next((k for k in sorted(set(mine) | set(theirs)) if everyone[0].get(k) != theirs.get(k)), None)
+        if diff is not None:
+            group.close()
+            raise ValueError(f"rank {r} was started with other options than rank 0 (--{diff.replace('_', '-')}: "
+                             f"{theirs.get(diff)} there, {everyone[0].get(diff)} on rank 0); every rank must run "
+                             "the same command")
+    args.device = group.launch.device(args.device)     # cuda -> cuda:LOCAL_RANK
+    if group.rank != 0:
+        args.quiet = True                                # rank 0 prints and writes
+    return group
+
+
+def _run(args, task, group) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -145,9 +179,11 @@ def run(args: argparse.Namespace) -> int:
     rows = evaluate(
         model, task, schedules=args.schedules, remasking=args.remasking, nfe_grid=args.nfe,
         n_examples=args.examples, seed=args.seed, factors=args.factors, batch_size=args.batch_size,
-        config=config, block_length=args.block_length, progress=say,
+        config=config, block_length=args.block_length, progress=say, share=group,
     )
     seconds = time.perf_counter() - t0
+    if group is not None and group.rank != 0:
+        return 0
     table = format_table(rows)
     model_name = args.model or "demo model (fastremask/data)"
     print(table, end="")

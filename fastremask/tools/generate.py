@@ -15,11 +15,12 @@ import json
 import os
 import sys
 
-from fastremask import DATA_DIR
+from fastremask.models.demo import demo_dir     # no torch
 from fastremask.sampler.devices import check_device
 from fastremask.sampler.names import SEED_LIMIT
 from fastremask.tools.cli import CliError, Stopped, add_generate_arguments, check_output_dir, config_from_args
 from fastremask.tools.records import Item, Output, line_seed, read_done, read_prompts_file
+from fastremask.tools.resume import RUN_KEY, check_resume, recorded_model, run_record
 
 __all__ = ["add_arguments", "run", "DEFAULT_PROMPT"]
 
@@ -39,15 +40,41 @@ def run(args) -> int:
     tokenized and checked, then one `fastremask.run` per batch, each result written as soon as
     its batch is done."""
     _check_options(args)                                   # no torch yet: options, paths
+    par = _parallel(args)                                  # None: one process (the default)
+    if par is None:
+        return _run(args, None)
+    try:
+        return _run(args, par)
+    except BaseException as e:
+        if par.sink is None:                               # stopped before the work was shared
+            par.fail(e)
+        raise
+
+
+def _parallel(args):
+    """The `fastremask.tools.distributed.Parallel` of this rank when a launcher (``torchrun``,
+    ``accelerate launch``) started several processes, or when ``--output``'s part folder holds
+    the lines of an interrupted parallel run; None otherwise (one process: nothing of it is
+    imported)."""
+    several = os.environ.get("WORLD_SIZE", "").strip() not in ("", "1")
+    if not several and not (args.output is not None and os.path.isdir(args.output + ".parts")):
+        return None
+    from fastremask.tools import distributed
+
+    return distributed.start(args)
+
+
+def _run(args, par) -> int:
     items = read_prompts_file(args.prompts_file, args.seed) if args.prompts_file is not None else None
-    done = read_done(args.output) if args.resume and os.path.exists(args.output) else None
+    done = read_done(args.output) if args.resume and os.path.exists(args.output) \
+        and (par is None or par.rank == 0) else None      # rank 0 writes --output; it knows what is done
     check_device(args.device)
     _check_backend(args)
-    task = _demo_task(_demo_dir()) if args.model is None and _demo_dir() is not None else None
-    pre = config_from_args(args, None, task)               # a bad sampling option fails before loading
+    pre = config_from_args(args, None, _model_task(args))   # a bad sampling option fails before loading
+    name, device = recorded_model(args, _demo_dir()), _device_type(args)
     if done is not None:
-        _check_resume(args, items, done, pre, tokenized=False)
-    adapter, task, model_name = _load_model(args)
+        check_resume(args, items, done, pre, run_record(args, pre, name, device), tokenized=False)
+    adapter, task, description = _load_model(args)
     config = config_from_args(args, adapter, task)
     _special_ids(adapter, config)
     _check_model_ids(args, adapter)
@@ -56,10 +83,11 @@ def run(args) -> int:
         prompts = args.prompt or [_default_prompt(adapter, task)]
         items = [Item(line=i, record={"prompt": p}, seed=line_seed(args.seed, i)) for i, p in enumerate(prompts)]
     _tokenize(args, adapter, config, items, file_mode)
+    made = run_record(args, config, name, device)
     if done is not None:
-        _check_resume(args, items, done, config)
+        check_resume(args, items, done, config, made)
     out = Output(args.output, items, args.prompts_file if file_mode else None, done)
-    return _stream(args, adapter, task, model_name, config, items, out)
+    return _stream(args, adapter, task, description, config, items, out, made, par)
 
 
 def _check_options(args) -> None:
@@ -105,16 +133,23 @@ def _check_backend(args) -> None:
     demo and built-in models)."""
     if args.backend != "triton":
         return
-    import torch
-
     from fastremask.sampler.backends import triton_unavailable
 
-    device = args.device or ("cuda" if args.model is not None and torch.cuda.is_available() else "cpu")
-    why = triton_unavailable(device)
+    why = triton_unavailable(_device_type(args))
     if why is not None:
         raise CliError(f"--backend triton needs a CUDA device (--device cuda), or TRITON_INTERPRET=1 in the "
                        f"environment (Triton's CPU interpreter, for small tests); {why}"
                        "; use --backend torch (same results)")
+
+
+def _device_type(args) -> str:
+    """The type of the device the model will be on: ``--device``'s, else CUDA where there is one
+    for ``--model`` (`fastremask.models.load`'s default), the CPU for the demo and built-in models."""
+    import torch
+
+    if args.device is not None:
+        return torch.device(args.device).type
+    return "cuda" if args.model is not None and torch.cuda.is_available() else "cpu"
 
 
 def _check_int_option(option: str, value, minimum: int, maximum: int | None = None) -> None:
@@ -129,24 +164,25 @@ def _check_int_option(option: str, value, minimum: int, maximum: int | None = No
 # ----------------------------------------------------------------------------- the model
 
 
-def _demo_dir() -> str | None:
-    """``fastremask/data`` when it holds a checkpoint (``config.json``)."""
-    d = DATA_DIR
-    return d if os.path.isfile(os.path.join(d, "config.json")) else None
+_demo_dir = demo_dir        # fastremask/data when it holds a checkpoint (tests point it elsewhere)
 
 
 def _demo_task(folder: str):
     """The task named by ``folder/demo.json`` (None without one)."""
-    meta = os.path.join(folder, "demo.json")
-    if not os.path.isfile(meta):
-        return None
-    from fastremask.evaluation.tasks import get_task
+    from fastremask.evaluation.tasks import demo_task
 
     try:
-        with open(meta, encoding="utf-8") as f:
-            return get_task(json.load(f)["task"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CliError(f"{meta}: cannot read the demo task ({type(e).__name__}: {e})") from None
+        return demo_task(folder)
+    except ValueError as e:                      # ModelLoadError included: the file is named
+        raise CliError(str(e)) from None
+
+
+def _model_task(args):
+    """The task of the model's folder (``--model`` a local folder, else the demo model) named
+    by its ``demo.json``: it gives the default prompt and ``--gen-length`` and the verdict of
+    ``--trace``, so a copy of ``fastremask/data`` is a model like the shipped one. None without."""
+    folder = args.model if args.model is not None else _demo_dir()
+    return _demo_task(folder) if folder is not None and os.path.isdir(folder) else None
 
 
 def _load_model(args):
@@ -158,7 +194,7 @@ def _load_model(args):
         adapter = models.load(args.model, family=args.family, dtype=args.dtype, device=args.device,
                               trust_remote_code=args.trust_remote_code,
                               native=False if args.no_native else None, **ids)
-        return adapter, None, args.model
+        return adapter, _model_task(args), args.model
     demo = _demo_dir()
     if demo is not None:
         task = _demo_task(demo)
@@ -257,54 +293,24 @@ def _prompt_error(args, adapter, config, it: Item, V, max_len) -> str | None:
     return None
 
 
-def _check_resume(args, items: list[Item], done: dict, config, tokenized: bool = True) -> None:
-    """The records already in ``--output`` are this run's first lines: same lines, prompts,
-    seeds, answer length, in input order. Before the prompts are ``tokenized`` (before the
-    model is loaded) the records of errors are not compared (a line's error may come from the
-    tokenizer)."""
-    recs = done["records"]
-    first = [it.line for it in items[:len(recs)]]
-    if sorted(recs) != first:
-        extra = sorted(set(recs) - {it.line for it in items})
-        what = (f"line {extra[0]}, which {args.prompts_file} does not have" if extra
-                else f"lines {sorted(recs)[:3]}... that are not the first {len(recs)} of {args.prompts_file}")
-        raise CliError(f"--resume: {args.output} holds {what}; is it this file's output? (--force starts over)")
-    for it in items[:len(recs)]:
-        rec = recs[it.line]
-        if not tokenized and "error" in rec:
-            continue
-        why = None
-        if it.error is not None:
-            if "error" not in rec:
-                why = f"it has a result there and an error now ({it.error})"
-        elif "error" in rec:
-            why = "it was an error there and is a prompt now"
-        elif rec.get("prompt") != it.record["prompt"]:
-            why = "the prompt differs"
-        elif rec.get("seed") != it.seed:
-            why = f"seed {rec.get('seed')!r} there, {it.seed} now (--seed?)"
-        elif not isinstance(rec.get("tokens"), list) or len(rec["tokens"]) != config.gen_length:
-            n = len(rec["tokens"]) if isinstance(rec.get("tokens"), list) else "no"
-            why = f"{n} tokens there, --gen-length {config.gen_length} now"
-        if why is not None:
-            raise CliError(f"--resume: the record of line {it.line} in {args.output} does not match "
-                           f"{args.prompts_file}:{it.line}: {why}; --force starts over")
-
-
 # ----------------------------------------------------------------------------- the run, streamed
 
 
-def _stream(args, adapter, task, model_name: str, config, items: list[Item], out: Output) -> int:
-    """Generate ``--batch-size`` prompts at a time; after each batch write (and flush) every
-    result that is ready, in input order. Ctrl-C or an error: a `Stopped` saying how far it
-    got (its cause the interrupt or the error); the results written stay."""
+def _stream(args, adapter, task, model_name: str, config, items: list[Item], out: Output, run: dict,
+            par=None) -> int:
+    """Generate ``--batch-size`` prompts at a time; after each batch write every result that is
+    ready, in input order, each record with ``run`` (how it was made, `run_record`). Ctrl-C or an error: a `Stopped` saying how far it
+    got (its cause the interrupt or the error); the results written stay. With several
+    processes (``par``) this rank's share goes to its part file and rank 0 merges the ranks'
+    lines into ``out`` (`fastremask.tools.distributed`)."""
     from fastremask.sampler import loop
 
     want_trace = args.trace or bool(args.trace_png)
-    todo = [it for it in out.pending if it.error is None]
+    sink = out if par is None else par.begin(out)          # where this rank's results go
+    todo = [it for it in sink.pending if it.error is None]
     batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     _check_padding(adapter, batches)
-    out.open()
+    sink.open()
     calls = _calls_per_run(config)
     bar = None
     if not args.no_progress and todo:
@@ -315,7 +321,7 @@ def _stream(args, adapter, task, model_name: str, config, items: list[Item], out
     many = len(items) > 1
     try:
         try:
-            _write_ready(args, adapter, task, model_name, out, many)
+            _write_ready(args, adapter, task, model_name, sink, many, run)
             for batch in batches:
                 ids, mask = adapter.pad([it.ids for it in batch])
                 x, trace = loop.run(adapter, ids, config, attention_mask=mask, seed=[it.seed for it in batch],
@@ -326,14 +332,20 @@ def _stream(args, adapter, task, model_name: str, config, items: list[Item], out
                     it.tokens = answers[b].tolist()
                     it.text = adapter.decode(it.tokens, skip_special_tokens=not args.keep_special_tokens)
                     it.trace = (trace, b) if want_trace else None
-                _write_ready(args, adapter, task, model_name, out, many)
+                _write_ready(args, adapter, task, model_name, sink, many, run)
+                if par is not None:
+                    par.merge(out)
+            if par is not None:
+                par.finish(out)                            # rank 0: every rank's lines merged
         finally:
             if bar is not None:
                 bar.close()
     except (Exception, KeyboardInterrupt) as e:
-        raise Stopped(out.where()) from e
+        raise Stopped(out.where() if par is None else par.stopped(out, e)) from e
     finally:
         out.close()
+    if par is not None and par.rank != 0:
+        return 0                                           # rank 0 reports
     errors = out.errors + out.previous_errors
     if errors:
         where = "" if args.output is None else f' and as {{"line", "error"}} records in {args.output}'
@@ -365,7 +377,7 @@ def _check_padding(adapter, batches) -> None:
             raise CliError(str(e)) from None
 
 
-def _write_ready(args, adapter, task, model_name: str, out: Output, many: bool) -> None:
+def _write_ready(args, adapter, task, model_name: str, out: Output, many: bool, run: dict) -> None:
     """Write every pending item that is ready (an error, or generated), in input order."""
     wrote = False
     while (it := out.next_item) is not None and (it.error is not None or it.tokens is not None):
@@ -383,7 +395,7 @@ def _write_ready(args, adapter, task, model_name: str, out: Output, many: bool) 
                            title=f"{model_name}: {it.record['prompt'][:60]!r}")
                 print(f"fastremask: wrote {path}", file=sys.stderr)
             if out.source is not None:
-                _write_record(out, args, adapter, it)
+                _write_record(out, args, adapter, it, run)
             else:
                 _write_text(out, args, adapter, task, it, many)
         it.trace = None                       # written: let the batch's trace go
@@ -393,8 +405,9 @@ def _write_ready(args, adapter, task, model_name: str, out: Output, many: bool) 
         out.sync()
 
 
-def _write_record(out, args, adapter, it: Item) -> None:
-    """One JSONL line: the input's fields plus ``line``, ``seed``, ``output``, ``tokens`` (``trace``)."""
+def _write_record(out, args, adapter, it: Item, run: dict) -> None:
+    """One JSONL line: the input's fields plus ``line``, ``seed``, ``output``, ``tokens``
+    (``trace``) and ``run`` under `RUN_KEY` (how the tokens were made, for ``--resume``)."""
     from fastremask.tools.trace import kept_by_step
 
     rec = dict(it.record)
@@ -403,6 +416,7 @@ def _write_record(out, args, adapter, it: Item) -> None:
         trace, b = it.trace
         rec["trace"] = [[step, [[pos, adapter.token_str(t)] for pos, t in kept]]
                         for step, kept in kept_by_step(trace, b)]
+    rec[RUN_KEY] = run
     out.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 

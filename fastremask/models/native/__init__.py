@@ -1,7 +1,8 @@
-"""Native forward passes for LLaDA and Dream: the published checkpoints without their code.
+"""Native forward passes for LLaDA, Dream, SDAR and LLaDA2: the published checkpoints without their code.
 
 `fastremask.models.load` uses these for ``config.json`` ``model_type`` ``llada`` (LLaDA-8B
-Base/Instruct, LLaDA-1.5; not ``lladamoe``) and ``Dream`` (Dream-v0 7B), whatever the installed
+Base/Instruct, LLaDA-1.5; not ``lladamoe``), ``Dream`` (Dream-v0 7B), ``sdar`` (SDAR / TraDo,
+dense) and ``llada2_moe`` (LLaDA2.0/2.1 mini and flash), whatever the installed
 `transformers` version, and needs no ``trust_remote_code``. The models read ``config.json`` and
 the safetensors weights (``model.safetensors``, or shards listed in
 ``model.safetensors.index.json``) under the published weight names, in fp32/bf16/fp16 on CPU or
@@ -12,7 +13,9 @@ CUDA, and present the interface `fastremask.generate` calls::
     model.cached_logits(input_ids, attention_mask, cache, query=(q0, q1), out=(o0, o1))
     model.device, model.dtype, model.config.vocab_size
 
-The last is the block KV-cache protocol of `fastremask.models.kv`. Which model type each
+The last is the block KV-cache protocol of `fastremask.models.kv`. The block-diffusion models
+(SDAR, LLaDA2) attend block-causally and implement `fastremask.sampler.block`'s
+``block_logits`` (the exact block cache) as well. Which model type each
 class reads, its published embedding name and its logits shift (Dream's right shift, applied
 inside the model by `NativeModel`) are the family records' (`fastremask.models.family`).
 
@@ -29,9 +32,12 @@ from fastremask.models.native.common import (INDEX_NAME, SINGLE_NAME, NativeConf
                                              _error, load_weights, parse_dtype, read_config, weight_names)
 from fastremask.models.native.dream import DreamModel, dream_config
 from fastremask.models.native.llada import LLaDAModel, llada_config
+from fastremask.models.native.llada2 import LLaDA2Model, llada2_config
+from fastremask.models.native.sdar import SDARModel, sdar_config
 
-__all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel",
-           "from_folder", "native_family", "native_record", "published_layout"]
+__all__ = ["NativeConfig", "NativeModel", "NativeOutput", "LLaDAModel", "DreamModel", "SDARModel", "LLaDA2Model",
+           "llada_config", "dream_config", "sdar_config", "llada2_config", "from_folder", "native_family",
+           "native_record", "published_layout"]
 
 
 def native_record(model_type) -> Optional[Family]:
@@ -81,10 +87,12 @@ def from_folder(folder, *, dtype="auto", device="cpu", raw: Optional[dict] = Non
         raise _error(f"{cfg_path}: field 'model_type' is {mt!r}; the native models are {natives}")
     cls = record.native_class()
     config = cls.check_config(raw, cfg_path)
+    cls.check_checkpoint(config, weight_names(folder) or set())
     tdtype = parse_dtype(dtype, raw, cfg_path)
     model = cls(config, device="meta")
     load_weights(model, folder, dtype=tdtype, device=device, ignore=cls.ignored_weights(config))
     model.requires_grad_(False)
+    model.prepare()
     return model.eval()
 
 

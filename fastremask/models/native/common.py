@@ -21,6 +21,7 @@ from fastremask.models.dtypes import DTYPES, dtype_by_name, unknown_dtype
 from fastremask.models.family import get_family
 from fastremask.models.kv import KVCache, attend
 from fastremask.models.shift import shifted_rows
+from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask, block_positions
 from fastremask.sampler.protocol import ModelLoadError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RMSNorm",
     "Rotary",
     "apply_rotary",
+    "apply_partial_rotary",
     "read_config",
     "weight_names",
     "load_weights",
@@ -192,7 +194,7 @@ def load_weights(model: nn.Module, folder: str, *, dtype: Optional[torch.dtype],
     if unexpected:
         raise _error(f"{source}: unexpected tensor {unexpected[0]!r}"
                      + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-                     + f"; its config.json does not describe these weights")
+                     + "; its config.json does not describe these weights")
     by_file: dict = {}
     for n in expected:
         by_file.setdefault(where[n], []).append(n)
@@ -286,6 +288,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` on the first ``cos.shape[-1]`` entries of the head, the rest passed through
+    (``partial_rotary_factor < 1``, LLaDA2); the whole head when the tables cover it."""
+    rd = cos.shape[-1]
+    if rd == x.shape[-1]:
+        return apply_rotary(x, cos, sin)
+    return torch.cat([apply_rotary(x[..., :rd], cos, sin), x[..., rd:]], dim=-1)
+
+
 def attention(holder: nn.Module, names: tuple, n_heads: int, n_kv: int, rope_fp32: bool, h, cos, sin,
               key_ok, cache: Optional[KVCache], layer: int, q0: int) -> torch.Tensor:
     """Bidirectional grouped-query attention with rotary positions and the block KV cache.
@@ -354,14 +365,28 @@ class NativeModel(nn.Module):
         """The family record's ``logits_shift`` (1: the output at ``i - 1`` scores ``i``, Dream)."""
         return get_family(self.family).logits_shift
 
+    @classmethod
+    def check_checkpoint(cls, config: NativeConfig, names) -> None:
+        """Checks of the checkpoint's weight names (a set, read from the index or the file's
+        header) against the config, before any tensor is read (LLaDA2: the expert count)."""
+
     @property
     def family_name(self) -> str:
         return get_family(self.family).display
 
+    @property
+    def attention(self) -> str:
+        """The family record's attention kind: ``"full"`` or ``"block_causal"`` (SDAR, LLaDA2;
+        `fastremask.sampler.block`)."""
+        return get_family(self.family).attention
+
     def __init__(self, config: NativeConfig):
         super().__init__()
         self.config = config
+        # the trained block of a block-causal model: its config's (SDAR's block_size), else the record's
+        self.block_length = getattr(config, "block_length", None) or get_family(self.family).block_length
         self._mask_memo = None
+        self._block_memo = None
 
     # --- parts (subclasses)
 
@@ -379,8 +404,12 @@ class NativeModel(nn.Module):
 
     def _uses_mask_positions(self) -> bool:
         """True: rotary positions count real tokens only (``cumsum(mask) - 1``, Dream's
-        generate); False: absolute positions ``0 .. L - 1`` (LLaDA)."""
-        return False
+        generate, and the block models, whose blocks are counted from the first real token);
+        False: absolute positions ``0 .. L - 1`` (LLaDA)."""
+        return self.attention == BLOCK_CAUSAL
+
+    def prepare(self) -> None:
+        """Called once after the weights are loaded (the MoE stacks its experts here)."""
 
     # --- properties generate reads
 
@@ -421,15 +450,63 @@ class NativeModel(nn.Module):
         self._mask_memo = (attention_mask, attention_mask._version, positions, key_ok)
         return positions, key_ok
 
+    def _block(self, block_length) -> int:
+        bl = self.block_length if block_length is None else block_length
+        if not isinstance(bl, int) or isinstance(bl, bool) or bl < 1:
+            raise ValueError(f"block_length must be a positive integer, got {bl!r}")
+        return bl
+
+    def _masks(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], block_length=None,
+               start: int = 0):
+        """``(positions, attention mask)``: `_inputs` for full attention (the mask's rows are all
+        positions); for block-causal attention the positions of
+        `fastremask.sampler.block.block_positions` (None for ``0 .. L - 1`` without a mask) and the
+        rows ``start:L`` of its `block_causal_mask`, ``[B or 1, 1, L - start, L]``, built on the
+        device without a host synchronisation (the block loop hands a new mask slice at every
+        call; the last one is remembered)."""
+        if self.attention != BLOCK_CAUSAL:
+            return self._inputs(input_ids, attention_mask)
+        bl = self._block(block_length)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            self._inputs(input_ids, None)                          # its error
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or tuple(attention_mask.shape) != tuple(input_ids.shape)):
+            self._inputs(input_ids, attention_mask)                # its error
+        B, L = input_ids.shape
+        dev = input_ids.device
+        key = (attention_mask, None if attention_mask is None else attention_mask._version, L, bl, start, dev)
+        memo = self._block_memo
+        if memo is not None and memo[0][0] is key[0] and memo[0][1:] == key[1:]:
+            return memo[1], memo[2]
+        if attention_mask is not None:
+            m = attention_mask.to(device=dev)
+            positions = block_positions(m, B, L, dev)
+            mask = block_causal_mask(m, B, L, bl, start, dev)
+        else:
+            positions, mask = None, block_causal_mask(None, 1, L, bl, start, dev)
+        self._block_memo = (key, positions, mask)
+        return positions, mask
+
+    @staticmethod
+    def _query_rows(key_ok, q0: int, q1: int, rows_from: int = 0):
+        """The rows of positions ``q0:q1`` of a ``[B, 1, Lq, L]`` mask whose first row is position
+        ``rows_from`` (a ``[B, 1, 1, L]`` key mask as it is)."""
+        if key_ok is None or key_ok.shape[2] == 1:
+            return key_ok
+        return key_ok[:, :, q0 - rows_from:q1 - rows_from]
+
     def _rope(self, positions, q0: int, q1: int, device):
         if positions is None:
             return self.rotary.arange(q0, q1, device)
         return self.rotary(positions[:, q0:q1], positions.shape[1])    # positions < L
 
-    def _run(self, input_ids, positions, key_ok, q0: int, q1: int, cache: Optional[KVCache] = None):
-        """Hidden states (before the final norm) of positions ``q0:q1``."""
+    def _run(self, input_ids, positions, key_ok, q0: int, q1: int, cache: Optional[KVCache] = None,
+             rows_from: int = 0):
+        """Hidden states (before the final norm) of positions ``q0:q1``; ``key_ok``'s first row is
+        position ``rows_from``."""
         h = self._embed(input_ids[:, q0:q1])
         cos, sin = self._rope(positions, q0, q1, input_ids.device)
+        key_ok = self._query_rows(key_ok, q0, q1, rows_from)
         for i, layer in enumerate(self._layers()):
             h = layer(h, cos, sin, key_ok, cache, i, q0)
         return h
@@ -441,29 +518,49 @@ class NativeModel(nn.Module):
 
     # --- the three entry points
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **_) -> NativeOutput:
-        positions, key_ok = self._inputs(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+                block_length: Optional[int] = None, **_) -> NativeOutput:
+        """Logits ``[B, L, V]`` of the whole window (block-causal models: blocks of
+        ``block_length``, default the trained one)."""
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
         L = input_ids.shape[1]
         h = self._run(input_ids, positions, key_ok, 0, L)
         return NativeOutput(logits=self._head(self._final_norm(self._rows(h, 0, 0, L))))
 
     def window_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                      start: int, length: int) -> torch.Tensor:
+                      start: int, length: int, *, block_length: Optional[int] = None) -> torch.Tensor:
         """``[B, length, V]``: the logits of positions ``start:start + length``; the body runs on
-        the whole sequence, the final norm and the output head on those rows only."""
+        the whole sequence (block-causal models: only up to the last column the window can see,
+        as the published LLaDA2 generate cuts its window at the current block's end), the final
+        norm and the output head on those rows only."""
         L = input_ids.shape[1]
         if not (0 <= start and 1 <= length and start + length <= L):
             raise ValueError(f"window {start}:{start + length} is outside a sequence of length {L}")
-        positions, key_ok = self._inputs(input_ids, attention_mask)
-        h = self._run(input_ids, positions, key_ok, 0, L)
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
+        end = L
+        if self.attention == BLOCK_CAUSAL:
+            # the keys any window row sees: a prefix of the columns (block ids never decrease)
+            if positions is None:
+                bl = self._block(block_length)
+                end = -(-(start + length) // bl) * bl
+            else:
+                seen = key_ok[:, 0, start:start + length].any(1)                         # [B, L]
+                end = int((seen * torch.arange(1, L + 1, device=seen.device)).amax())   # one sync
+            end = min(max(end, start + length), L)
+            if end < L:
+                input_ids = input_ids[:, :end]
+                positions = positions[:, :end] if positions is not None else None
+                key_ok = key_ok[:, :, :end, :end]
+        h = self._run(input_ids, positions, key_ok, 0, end)
         return self._head(self._final_norm(self._rows(h, 0, start, start + length)))
 
     def cached_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], cache: KVCache,
-                      *, query: tuple, out: tuple) -> torch.Tensor:
+                      *, query: tuple, out: tuple, block_length: Optional[int] = None) -> torch.Tensor:
         """The block-cache protocol (`fastremask.models.kv`): hidden states for positions
         ``query`` only (Dream: from ``q0 - 1``, for its shift), every other position's keys and
-        values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``."""
-        positions, key_ok = self._inputs(input_ids, attention_mask)
+        values from ``cache``; logits ``[B, o1 - o0, V]`` of positions ``out``. Block-causal
+        models attend with their block-causal mask (the query's rows)."""
+        positions, key_ok = self._masks(input_ids, attention_mask, block_length)
         refresh = cache.check(tuple(input_ids.shape), tuple(query), tuple(out))
         (q0, q1), (o0, o1) = query, out
         if self.shift and not refresh and q0 > 0:
@@ -471,5 +568,43 @@ class NativeModel(nn.Module):
         h = self._run(input_ids, positions, key_ok, q0, q1, cache)
         return self._head(self._final_norm(self._rows(h, q0, o0, o1)))
 
+    def block_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], *,
+                     block_length: Optional[int] = None, cache: Optional[BlockCache] = None, start: int = 0,
+                     commit: int = 0, logits_from: Optional[int] = None) -> torch.Tensor:
+        """The block-causal protocol (`fastremask.sampler.block`): columns ``start:L`` run against
+        the cache's final keys and values of ``0:start`` (``cache=None``: the whole window,
+        ``start=0``), their own keys written into the cache's preallocated buffers, ``0:commit``
+        final afterwards; logits ``[B, L - logits_from, V]`` (``logits_from`` default ``start``)."""
+        if self.attention != BLOCK_CAUSAL:
+            raise ValueError(f"block_logits needs a block-causal model; {self.family_name} attends fully")
+        B, L = input_ids.shape
+        logits_from = start if logits_from is None else logits_from
+        if cache is None:
+            if start != 0:
+                raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
+        else:
+            cache.begin(start, L, commit)
+        if not start <= logits_from < L:
+            raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+        positions, mask = self._masks(input_ids, attention_mask, block_length, start)
+        h = self._run(input_ids, positions, mask, start, L, _BlockCacheView(cache) if cache is not None else None,
+                      rows_from=start)
+        if cache is not None:
+            cache.commit(commit)
+        return self._head(self._final_norm(h[:, logits_from - start:]))
+
     def extra_repr(self) -> str:
         return f"family={self.family!r}, path={self.config.path!r}"
+
+
+class _BlockCacheView:
+    """A `BlockCache` under the ``update(layer, k, v, q0)`` call `fastremask.models.kv.attend` makes
+    (the block cache knows its own start)."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: BlockCache):
+        self.cache = cache
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q0: int):
+        return self.cache.update(layer, k, v)

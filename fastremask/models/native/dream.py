@@ -44,6 +44,7 @@ def dream_config(raw: dict, path: str) -> NativeConfig:
     c.mlp_hidden = c.field("intermediate_size")
     c.embed_rows = c.field("vocab_size")
     c.kv_heads = c.field("num_key_value_heads", default=c.n_heads)
+    c.field("max_position_embeddings", required=False)      # read by generate's length check
     if c.d_model % c.n_heads:
         raise _error(f"{path}: field 'hidden_size' ({c.d_model}) is not a multiple of "
                      f"'num_attention_heads' ({c.n_heads})")

@@ -61,7 +61,8 @@ def llada_config(raw: dict, path: str) -> NativeConfig:
     c.head_dim = c.d_model // c.n_heads
     if c.head_dim % 2:
         raise _error(f"{path}: d_model / n_heads = {c.head_dim} is odd; rotary embeddings need an even head size")
-    if raw.get("multi_query_attention"):
+    c.field("max_sequence_length", required=False)          # read by generate's length check
+    if c.field("multi_query_attention", bool, default=False):
         c.kv_heads = 1
     else:
         c.kv_heads = c.field("n_kv_heads", default=c.n_heads)
