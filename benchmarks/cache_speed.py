@@ -136,27 +136,27 @@ def main(argv=None) -> int:
     steps = args.steps or args.gen
 
     import fastremask
-    from fastremask.evaluation.evaluate import CountCalls
     from fastremask.sampler import llada
 
     with tempfile.TemporaryDirectory() as folder:
-        model = CountCalls(build_model(args, folder))
+        model = build_model(args, folder)
         g = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, args.vocab - 2, (args.batch, args.prompt), generator=g).to(args.device)
         base = dict(steps=steps, gen_length=args.gen, block_length=args.block, mask_id=model.mask_id,
                     seed=0, backend=args.backend)
+        # each case returns its model calls: the trace's count (`ModelCall`); LLaDA's restated
+        # loop calls the model once per step
         cases = [("llada (restated)", lambda: llada.generate(model, prompt, None, steps, args.gen, args.block,
-                                                            mask_id=model.mask_id))]
+                                                            mask_id=model.mask_id) is not None and steps)]
         for cache in (None, "prefix", "dual"):
-            cases.append((f"fastremask cache={cache}", lambda c=cache: fastremask.generate(model, prompt, cache=c, **base)))
+            cases.append((f"fastremask cache={cache}", lambda c=cache: fastremask.generate(
+                model, prompt, cache=c, return_trace=True, **base)[1].model_calls))
         for cache in () if args.no_threshold else (None, "dual"):
-            cases.append((f"fastremask cache={cache} threshold={args.threshold}",
-                          lambda c=cache: fastremask.generate(model, prompt, cache=c, threshold=args.threshold, **base)))
+            cases.append((f"fastremask cache={cache} threshold={args.threshold}", lambda c=cache: fastremask.generate(
+                model, prompt, cache=c, threshold=args.threshold, return_trace=True, **base)[1].model_calls))
         rows = []
         for name, fn in cases:
-            model.calls = 0
-            fn()
-            calls = model.calls
+            calls = fn()
             med, times = time_case(fn, args.rounds, args.device)
             tok_s = args.batch * args.gen / med
             rows.append(dict(case=name, seconds=med, rounds=times, tokens_per_s=tok_s, model_calls=calls))

@@ -11,7 +11,7 @@ For each case (backend x batch x schedule/threshold mode x temperature) it repor
 * model calls per ``generate``;
 * aten ops dispatched per step (per model call), counted with a ``TorchDispatchMode`` that
   counts every ``func`` reaching ``__torch_dispatch__``; in total, and inside the backend's
-  ``sample_rows`` and ``select`` (found through `HOOKS` below and wrapped for the counting
+  ``sample_rows`` and ``select`` (wrapped through the backend registry for the counting
   round), so that ``loop = total - sample_rows - select``. A backend whose functions cannot
   be wrapped (missing attribute, or the loop never called the wrapper because it bound the
   function elsewhere) reports the total only;
@@ -53,19 +53,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-# Where the loop looks up each backend's functions at call time: label -> candidate (module,
-# attribute) pairs; the first whose module the warm-up round imported is wrapped. The first
-# pair is the layout of fastremask.sampler (the loop calls the unchecked entry points), the
-# second the older flat layout. Point these elsewhere when the loop's layout changes again.
-HOOKS = {
-    "torch": {"sample_rows": [("fastremask.sampler.fast", "_sample_rows_active"), ("fastremask.fast", "sample_rows")],
-              "select": [("fastremask.sampler.fast", "select"), ("fastremask.fast", "select")]},
-    "reference": {"sample_rows": [("fastremask.sampler.reference", "sample_rows"),
-                                  ("fastremask.reference", "sample_rows")],
-                  "select": [("fastremask.sampler.reference", "select"), ("fastremask.reference", "select")]},
-    "triton": {"sample_rows": [("fastremask.kernels.sample", "_sample_rows"), ("fastremask.kernels", "sample_rows")],
-               "select": [("fastremask.kernels.select", "_select"), ("fastremask.kernels", "select")]},
-}
+# The backend functions are wrapped through the registry (`fastremask.sampler.backends.hooked`):
+# while `hooked` below is active, the `Backend` object the loop is handed has its
+# ``sample_rows`` / ``select`` wrapped for the counting.
 LABELS = ("sample_rows", "select")
 VOCAB, PROMPT, GEN, SEED = 64, 16, 32, 0
 THRESHOLD = 0.07   # ~15% of the rows' top softmax probabilities (V=64, N(0,1)) are below it
@@ -116,22 +106,22 @@ def _wrap(fn, label: str, counter: OpCounter, calls: Counter):
 
 @contextlib.contextmanager
 def hooked(backend: str, counter: OpCounter):
-    """Wraps the backend's `HOOKS` entries for the duration; yields the per-label call counts.
-    Only modules already imported (by the warm-up round) are candidates."""
-    patched, calls = [], Counter()
-    try:
-        for label, candidates in HOOKS.get(backend, {}).items():
-            found = [(sys.modules[m], a) for m, a in candidates if hasattr(sys.modules.get(m), a)]
-            if not found:
-                continue
-            mod, attr = found[0]
-            fn = getattr(mod, attr)
-            setattr(mod, attr, _wrap(fn, label, counter, calls))
-            patched.append((mod, attr, fn))
+    """Wraps ``backend``'s ``sample_rows`` / ``select`` as the registry hands them to the loop,
+    for the duration; yields the per-label call counts."""
+    import dataclasses
+
+    from fastremask.sampler import backends
+
+    calls = Counter()
+
+    def wrap(b):
+        if b.name != backend:
+            return b
+        return dataclasses.replace(b, **{label: _wrap(getattr(b, label), label, counter, calls)
+                                         for label in LABELS})
+
+    with backends.hooked(wrap):
         yield calls
-    finally:
-        for mod, attr, fn in reversed(patched):
-            setattr(mod, attr, fn)
 
 
 def cases(backends, batches=(1, 8)):

@@ -42,7 +42,13 @@ if __name__ != "fastremask.kernels":
             _sys.modules.pop(__name__, None)
             raise
 else:
-    from .sample import RowSample, sample_rows
-    from .select import select
+    from fastremask.sampler.contract import Backend as _Backend
 
-    __all__ = ["sample_rows", "select", "RowSample"]
+    from .sample import RowSample, _sample_rows, sample_rows
+    from .select import _select_rules, select
+
+    # the backend object the loop is handed (`fastremask.sampler.backends`): the launchers,
+    # unchecked; no host sync in a step, so a CUDA graph can hold it
+    BACKEND = _Backend("triton", _sample_rows, _select_rules, capturable=True)
+
+    __all__ = ["sample_rows", "select", "RowSample", "BACKEND"]

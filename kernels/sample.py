@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales, truncate_sorted
-from fastremask.sampler.contract import (LOGIT_DTYPES, NO_TRUNCATION, REMASKING, RowSample, Truncation,   # shared by
-                                         check_truncation, row_steps)                                    # every backend
+from fastremask.sampler.contract import (NO_TRUNCATION, REMASKING, RowSample, Truncation,   # shared by
+                                         check_sample_args)                                  # every backend
 from fastremask.sampler.reference import prepare_logits
 
 from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_a_term, fixed_pow2,
@@ -453,33 +453,14 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
 # launcher
 # ---------------------------------------------------------------------------------------------
 
-def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, logits on {device}: put them on one device")
-
-
-def _index_tensor(name: str, t, r: int, device: torch.device) -> torch.Tensor:
-    if not torch.is_tensor(t):
-        raise TypeError(f"{name} must be an int64 tensor of shape [{r}], got {type(t).__name__}")
-    _check_device(name, t, device)
-    if t.shape != (r,):
-        raise ValueError(f"{name} must have shape [{r}] (one per row), got {list(t.shape)}")
-    if t.dtype != torch.int64:
-        raise TypeError(f"{name} must be int64, got {t.dtype}")
-    return t.contiguous()
-
-
-def _suppress_tensor(suppress_tokens, v: int, device: torch.device) -> torch.Tensor | None:
+def _suppress_tensor(suppress_tokens, device: torch.device) -> torch.Tensor | None:
+    """Checked ids (`check_sample_args`) as an int64 device tensor, or None for none."""
     if suppress_tokens is None:
         return None
     if torch.is_tensor(suppress_tokens):
-        _check_device("suppress_tokens", suppress_tokens, device)
         t = suppress_tokens.reshape(-1).to(torch.int64)
     else:
-        ids = [int(i) for i in suppress_tokens]
-        if any(i < 0 or i >= v for i in ids):
-            raise ValueError(f"suppress_tokens must lie in [0, {v}), got {ids}")
-        t = torch.tensor(ids, dtype=torch.int64, device=device)   # host -> device: pass a tensor to avoid
+        t = torch.tensor([int(i) for i in suppress_tokens], dtype=torch.int64, device=device)   # host -> device
     return t if t.numel() else None
 
 
@@ -547,8 +528,8 @@ def truncation_cut(logits, rows, c_t: float, truncation: Truncation, cfg_scale=0
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                 uncond_logits=None, suppress_tokens=None, active=None, out=None,
-                 chunks_per_prog=None, num_warps=None, truncation=NO_TRUNCATION) -> RowSample:
+                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION, out=None,
+                 chunks_per_prog=None, num_warps=None) -> RowSample:
     """The launcher: allocates and launches, checks nothing (`sample_rows` checks; the loop calls
     this with what it built). Index tensors int64 ``[R]`` contiguous on the logits' device,
     ``suppress_tokens`` an int64 device tensor or None, logits with unit vocab stride."""
@@ -590,8 +571,8 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
                 positions: torch.Tensor, steps, *, temperature: float, remasking: str,
                 cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
                 suppress_tokens=None, active: torch.Tensor | None = None,
-                out: RowSample | None = None, chunks_per_prog: int | None = None,
-                num_warps: int | None = None, truncation: Truncation = NO_TRUNCATION) -> RowSample:
+                truncation: Truncation = NO_TRUNCATION, out: RowSample | None = None,
+                chunks_per_prog: int | None = None, num_warps: int | None = None) -> RowSample:
     """Sampled token and confidence of logits rows, bit-equal to `reference.sample_rows`.
 
     Parameters
@@ -634,45 +615,22 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         finite logit, in that row after CFG and suppression; such rows get `x0 = -1`,
         `confidence = NaN`).
     """
-    if not torch.is_tensor(logits) or logits.dim() != 2:
-        raise ValueError("logits must be a tensor [N, V]")
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"logits must be fp32, bf16 or fp16, got {logits.dtype}")
+    steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
+                              cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
+                              active=active, truncation=truncation)   # the same checks on every backend
     device = logits.device
-    if device.type != "cuda" and not interpreting():
+    if device.type != "cuda" and not interpreting():   # this backend's own limits
         raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
                          "(or set TRITON_INTERPRET=1 before importing triton, for small tests)")
-    n, v = logits.shape
+    v = logits.shape[1]
     if not 1 <= v <= MAX_VOCAB:
         raise ValueError(f"vocab size {v} outside [1, {MAX_VOCAB}] supported by the triton kernels")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if not isinstance(truncation, Truncation):
-        raise TypeError(f"truncation must be a contract.Truncation (check_truncation), got {truncation!r}")
-    check_truncation(*truncation)
-    temperature = float(temperature)
-    if not (temperature >= 0.0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    r = rows.shape[0] if torch.is_tensor(rows) and rows.dim() == 1 else -1
-    rows = _index_tensor("rows", rows, r, device)
-    seeds = _index_tensor("seeds", seeds, r, device)
-    positions = _index_tensor("positions", positions, r, device)
-    steps = _index_tensor("steps", row_steps(steps, r, device), r, device)
-    if uncond_logits is not None:
-        if uncond_logits.shape != logits.shape or uncond_logits.dtype != logits.dtype:
-            raise ValueError(f"uncond_logits must match logits ({list(logits.shape)}, {logits.dtype}), "
-                             f"got {list(uncond_logits.shape)}, {uncond_logits.dtype}")
-        _check_device("uncond_logits", uncond_logits, device)
-        if uncond_logits.stride(1) != 1:
-            uncond_logits = uncond_logits.contiguous()
-    if active is not None:
-        _check_device("active", active, device)
-        if active.shape != (r,) or active.dtype != torch.bool:
-            raise ValueError(f"active must be bool [{r}], got {active.dtype} {list(active.shape)}")
-        active = active.contiguous()
+    logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    if uncond_logits is not None and uncond_logits.stride(1) != 1:
+        uncond_logits = uncond_logits.contiguous()
+    rows, seeds, positions, steps = (t.contiguous() for t in (rows, seeds, positions, steps))
+    active = active.contiguous() if active is not None else None
     return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                         remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
-                        suppress_tokens=_suppress_tensor(suppress_tokens, v, device), active=active,
+                        suppress_tokens=_suppress_tensor(suppress_tokens, device), active=active,
                         out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation)

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastremask.sampler.contract import check_select_args
 from fastremask.sampler.numerics import round_f32
 
 from .numerics import LAUNCH_OPTIONS, interpreting
@@ -63,7 +64,7 @@ def _select_kernel(
 
 
 def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Tensor,
-           k: torch.Tensor | None, threshold: float | None = None, *,
+           k: torch.Tensor | None, threshold: float | None = None, *, rule: str = "fixed",
            x: torch.Tensor | None = None, x0: torch.Tensor | None = None, start: int = 0,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Positions of each batch row that keep their sample, bit-equal to `reference.select`.
@@ -80,11 +81,16 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
         Schedule mode: how many to keep per row (capped at the candidates). Ignored when
         `threshold` is given (may be None then).
     threshold : float, optional
-        Threshold mode: keep every non-deferred candidate with confidence `>= threshold`
-        (compared in fp32); when there is none, the first by the ranking.
+        Threshold mode: the rule's parameter. ``'fixed'``: keep every non-deferred candidate
+        with confidence `>= threshold` (compared in fp32); when there is none, the first by the
+        ranking.
+    rule : {"fixed", "factor", "eb"}
+        How `threshold` picks (`reference.select`). Schedule mode and ``'fixed'`` run the kernel;
+        ``'factor'`` and ``'eb'`` run as torch ops on the same device (`fastremask.sampler.rules`:
+        one sort, an int64 prefix sum, no host sync).
     x : int64 [B, L], optional
         When given with `x0` (int64 [B, C]), the kept `x0[b, i]` are written to `x[b, start + i]`
-        **in place**, in the same kernel.
+        **in place** (by the kernel, in the same launch).
     start : int
         Column of `x` where the block begins.
     out : bool [B, C], optional
@@ -94,38 +100,28 @@ def select(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Te
     -------
     keep : bool [B, C]
     """
-    if not torch.is_tensor(confidence) or confidence.dim() != 2 or confidence.dtype != torch.float32:
-        raise ValueError("confidence must be an fp32 tensor [B, C]")
-    device = confidence.device
-    if device.type != "cuda" and not interpreting():
-        raise ValueError(f"the triton backend needs CUDA tensors, got confidence on {device}")
-    b, c = confidence.shape
-    for name, t in (("candidate", candidate), ("deferred", deferred)):
-        if not torch.is_tensor(t) or t.shape != (b, c) or t.dtype != torch.bool or t.device != device:
-            raise ValueError(f"{name} must be a bool tensor [{b}, {c}] on {device}")
-    threshold_mode = threshold is not None
-    if not threshold_mode:
-        if not torch.is_tensor(k) or k.shape != (b,) or k.dtype != torch.int64 or k.device != device:
-            raise ValueError(f"k must be an int64 tensor [{b}] on {device} (or give threshold)")
+    check_select_args(confidence, candidate, deferred, k, threshold, rule=rule, x=x, x0=x0, start=start,
+                      out=out)                    # the same checks and messages on every backend
+    if confidence.device.type != "cuda" and not interpreting():     # this backend's own limit
+        raise ValueError(f"the triton backend needs CUDA tensors, got confidence on {confidence.device}")
+    if threshold is None and k is not None:
         k = k.contiguous()                  # e.g. a column of the schedule's [B, S] table
-    write_x = x is not None
-    if write_x:
-        if x0 is None or x0.shape != (b, c) or x0.dtype != torch.int64 or x0.device != device:
-            raise ValueError(f"x0 must be an int64 tensor [{b}, {c}] on {device} when x is given")
-        if x.dim() != 2 or x.shape[0] != b or x.dtype != torch.int64 or x.device != device:
-            raise ValueError(f"x must be an int64 tensor [{b}, L] on {device}")
-        if x.stride(1) != 1:
-            raise ValueError("x must have unit stride along its length (it is written in place)")
-        start = int(start)
-        if not 0 <= start <= x.shape[1] - c:
-            raise ValueError(f"block [{start}, {start + c}) does not fit in x of length {x.shape[1]}")
-        if x0.stride(1) != 1:
-            x0 = x0.contiguous()
+    if x0 is not None and x0.stride(1) != 1:
+        x0 = x0.contiguous()
     confidence = confidence if confidence.stride(1) == 1 else confidence.contiguous()
     candidate = candidate if candidate.stride(1) == 1 else candidate.contiguous()
     deferred = deferred if deferred.stride(1) == 1 else deferred.contiguous()
-    if out is not None and (out.shape != (b, c) or out.dtype != torch.bool or out.device != device or out.stride(1) != 1):
-        raise ValueError(f"out must be a bool tensor [{b}, {c}] on {device} with unit last stride")
+    return _select_rules(confidence, candidate, deferred, k, threshold, rule=rule, x=x, x0=x0, start=int(start),
+                         out=out)
+
+
+def _select_rules(confidence, candidate, deferred, k, threshold=None, *, rule="fixed", x=None, x0=None, start=0,
+                  out=None):
+    """The backend's `select` without its checks (the loop's call): the kernel for schedule mode
+    and ``'fixed'``, `fastremask.sampler.rules.select_rule` for ``'factor'`` and ``'eb'``."""
+    if threshold is not None and rule != "fixed":
+        from fastremask.sampler.rules import select_rule
+        return select_rule(confidence, candidate, deferred, threshold, rule, x=x, x0=x0, start=start, out=out)
     return _select(confidence, candidate, deferred, k, threshold, x=x, x0=x0, start=start, out=out)
 
 

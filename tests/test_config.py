@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from toy_models import Counting
 
 from fastremask import SamplingConfig, generate, models, run
 from fastremask.sampler.config import SpecialIds
@@ -12,24 +13,6 @@ from fastremask.models.tiny import tiny_model
 
 MODEL = tiny_model(vocab_size=20, d_model=16, n_heads=2, n_layers=1)
 PROMPT = torch.tensor([[1, 2, 3], [4, 5, 6]])
-
-
-class Counting(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    @property
-    def device(self):
-        return self.model.device
-
-    @property
-    def mask_id(self):
-        return self.model.mask_id
-
-    def forward(self, x, attention_mask=None):
-        self.calls += 1
-        return self.model(x, attention_mask=attention_mask)
 
 
 @pytest.mark.parametrize("bad", [
@@ -72,8 +55,9 @@ def test_generate_and_run_give_the_same_bits():
 def test_model_calls_is_what_the_model_receives(kw):
     config = SamplingConfig(**kw)
     model = Counting(MODEL)
-    run(model, PROMPT, config, seed=0)
+    _, trace = run(model, PROMPT, config, seed=0, return_trace=True)
     assert model.calls == config.model_calls()
+    assert trace.model_calls == model.calls                   # the one count (ModelCall), checked
 
 
 def test_threshold_model_calls_is_an_upper_bound():

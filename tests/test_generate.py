@@ -1,6 +1,7 @@
 """The whole loop: `torch` backend bit-equal to the reference, and what `generate` promises."""
 import pytest
 import torch
+from toy_models import ToyLM
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastremask
@@ -11,32 +12,6 @@ from fastremask.models.tiny import tiny_model
 from fastremask.sampler.contract import assert_bits_equal
 
 THRESHOLDS = {"low_confidence": 0.3, "margin": 0.2, "random": 0.6, "entropy": -1.5}
-
-
-class ToyLM(torch.nn.Module):
-    """Row-wise, elementwise-only logits: bit-identical for a row alone or in any batch.
-
-    logits[b, i] = E[x[b, i]] + 0.5 * E[x[b, i - 1]] + Pos[i] (with a learned-free table);
-    enough structure that the tokens depend on the context and the step.
-    """
-
-    def __init__(self, vocab=11, dtype=torch.float32, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.E = torch.randn(vocab, vocab, generator=g) * 2
-        self.Pos = torch.randn(64, vocab, generator=g)
-        self.out_dtype = dtype
-        self.calls = 0
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, x, attention_mask=None):
-        self.calls += 1
-        e = self.E[x]                                              # [B, L, V]
-        prev = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], 1)
-        return (e + prev * 0.5 + self.Pos[: x.shape[1]]).to(self.out_dtype)
 
 
 def _prompt(B, P, vocab, mask_id, seed):
@@ -271,25 +246,30 @@ def test_package_import_does_not_import_triton():
 def test_cpu_step_runs_on_the_calling_thread_and_the_model_keeps_its_threads(monkeypatch):
     """The step (many small ops) runs at one intra-op thread; the model call keeps the user's
     thread count (benchmarks/results/threads-probe-2vcpu.md)."""
-    from fastremask.sampler import fast
+    import dataclasses
+
+    from fastremask.sampler import backends
 
     seen = {"model": [], "sample": []}
-    inner = fast._sample_rows_active
 
-    def spy(*a, **kw):
-        seen["sample"].append(torch.get_num_threads())
-        return inner(*a, **kw)
+    def spy_on(backend):          # what the loop is handed, watched (the registry's hook)
+        inner = backend.sample_rows
+
+        def spy(*a, **kw):
+            seen["sample"].append(torch.get_num_threads())
+            return inner(*a, **kw)
+        return dataclasses.replace(backend, sample_rows=spy)
 
     class Model(ToyLM):
         def forward(self, x, attention_mask=None):
             seen["model"].append(torch.get_num_threads())
             return super().forward(x, attention_mask)
 
-    monkeypatch.setattr(fast, "_sample_rows_active", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        generate(Model(vocab=11), torch.tensor([[1, 2]]), None, 4, 4, 2, mask_id=10, seed=0, backend="torch")
+        with backends.hooked(spy_on):
+            generate(Model(vocab=11), torch.tensor([[1, 2]]), None, 4, 4, 2, mask_id=10, seed=0, backend="torch")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -2,7 +2,7 @@
 
 * A brute-force restatement in plain Python (exact rationals, one row at a time, the paper's
   "largest n" read literally) against `reference.select`, the torch backend's `select` and the
-  triton backend's `select` (`backends.select_with_rules`), over hypothesis-drawn confidences
+  triton backend's `select` (`fastremask.kernels.select`, `rules.select_rule` for these rules), over hypothesis-drawn confidences
   with ties, -0.0/+0.0, subnormals, infinities, deferred candidates and rows without
   candidates; every backend gives the same positions, bit for bit.
 * The grid (2**-30) is exact where docs/decoding.md says: the same as exact arithmetic.
@@ -30,7 +30,8 @@ import fastremask
 from fastremask.sampler import fast
 from fastremask.sampler import reference as ref
 from fastremask.sampler import rules
-from fastremask.sampler.backends import select_with_rules, triton_backend
+from fastremask.sampler.backends import triton_backend
+from fastremask.sampler.rules import select_rule
 from fastremask.sampler.config import SamplingConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -251,7 +252,11 @@ def test_select_arguments():
     c = torch.zeros(1, 3)
     b = torch.ones(1, 3, dtype=torch.bool)
     k = torch.ones(1, dtype=torch.int64)
-    for sel in (ref.select, fast.select, lambda *a, **kw: select_with_rules(None, *a, **kw)):
+    sels = [ref.select, fast.select]
+    if _TRITON is not None:
+        from fastremask.kernels import select as triton_select     # the public function: rule= too
+        sels.append(triton_select)
+    for sel in sels:
         with pytest.raises(ValueError, match="unknown threshold rule"):
             sel(c, b, ~b, k, 0.5, rule="topk")
         with pytest.raises(ValueError, match="needs a threshold"):
@@ -306,7 +311,7 @@ def test_rules_path_has_no_host_sync():
     x0 = torch.ones(3, 16, dtype=torch.int64)
     for rule, c in (("factor", conf), ("eb", -conf)):
         with _Ops() as m:
-            select_with_rules(None, c, cand, dfr, None, 0.5, rule=rule, x=x, x0=x0, start=2)
+            select_rule(c, cand, dfr, 0.5, rule, x=x, x0=x0, start=2)
         assert not (m.ops & SYNCING), m.ops & SYNCING
         assert "aten.sort" in m.ops
 

@@ -155,26 +155,6 @@ def plan(families, remasking, nfe_grid, factors, answer_length: int) -> list[Poi
     return points
 
 
-class CountCalls:
-    """Wraps a model and counts its calls (forward, and ``cached_logits`` under a cache);
-    everything else is passed through (also used by benchmarks/cache_speed.py)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-    def cached_logits(self, *args, **kwargs):          # generate(..., cache=...) calls this instead
-        self.calls += 1
-        return self.model.cached_logits(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
 @torch.no_grad()
 def evaluate(
     model,
@@ -251,22 +231,21 @@ def evaluate(
     prompts, _ = task.test_set(n_examples)
     rank, world = (0, 1) if share is None else (share.rank, share.world_size)
     first, end = n_examples * rank // world, n_examples * (rank + 1) // world     # this rank's examples
-    counter = CountCalls(model)
     rows = []
     for pt, cfg in zip(points, configs):
         t0 = time.perf_counter()
-        counter.calls = 0
+        calls = 0                      # the trace's count (`ModelCall`): the one count of model calls
         n_batches = 0
         correct, tok_ok = 0, 0
         for start in range(first, end, batch_size):
             batch = prompts[start:min(start + batch_size, end)].to(model.device)
-            out = run(counter, batch, cfg, seed=seed + start)     # example i: seed + i
+            out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)     # example i: seed + i
+            calls += trace.model_calls
             answers = out[:, P:].cpu()
             truth = task.solve(batch.cpu())
             correct += int(task.check(batch.cpu(), answers).sum())
             tok_ok += int((answers == truth).sum())
             n_batches += 1
-        calls = counter.calls
         if share is not None:
             correct, tok_ok, calls, n_batches = share.sum([correct, tok_ok, calls, n_batches])
         lo, hi = wilson_interval(correct, n_examples)

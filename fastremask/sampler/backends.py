@@ -1,86 +1,70 @@
-"""The three backends behind one interface, and how ``backend='auto'`` picks one.
+"""The registry of the three backends, and how ``backend='auto'`` picks one.
 
-A `Backend` is a pair ``sample_rows``/``select`` with the contract of
-`fastremask.sampler.reference` (docs/architecture.md). The loop calls the unchecked entry points
-(the loop builds valid arguments once per block); the public functions of each backend check
-their arguments and then call the same code.
+Each backend exports one `Backend` object (`fastremask.sampler.contract.Backend`:
+``reference.BACKEND``, ``fast.BACKEND``, ``fastremask.kernels.BACKEND``) whose ``sample_rows``
+and ``select`` have the same signatures: the public functions' without their argument checks
+(the loop builds valid arguments once per block; the public functions share
+`fastremask.sampler.contract.check_sample_args` / `check_select_args`). Every ``select`` writes the
+kept tokens into ``x`` itself, so the loop has no branch on the backend.
+
+`hooks` lets a tool wrap what the registry hands out (`fastremask.tools.profile.Phases` names the
+phases this way): while a hook is registered, `get_backend` returns ``hook(backend)``.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import importlib
 import os
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from fastremask.sampler.config import BACKENDS
+from fastremask.sampler.contract import Backend
 from fastremask.sampler.threads import calling_thread   # re-exported (a leaf module: fast.py imports it too)
 
-__all__ = ["Backend", "get_backend", "triton_backend", "triton_unavailable", "select_with_rules", "BACKENDS", "calling_thread"]
+__all__ = ["Backend", "get_backend", "triton_backend", "triton_unavailable", "hooked", "BACKENDS",
+           "calling_thread"]
+
+_HOOKS: list = []       # callables Backend -> Backend, applied in order by `_hook`
 
 
-@dataclass(frozen=True)
-class Backend:
-    """``sample_rows(logits, rows, seeds, positions, steps, *, ..., active)`` and
-    ``select(confidence, candidate, deferred, k, threshold, *, rule='fixed')``, unchecked
-    (``rule``: the threshold rule, `fastremask.sampler.reference.select`).
+@contextlib.contextmanager
+def hooked(hook: Callable[[Backend], Backend]):
+    """``with hooked(hook):`` every backend the registry hands out is ``hook(backend)`` (for
+    tools that watch the steps: a profiler wraps ``sample_rows``/``select`` in its ranges)."""
+    _HOOKS.append(hook)
+    try:
+        yield hook
+    finally:
+        _HOOKS.remove(hook)
 
-    ``fused_write``: ``select`` also takes ``x=, x0=, start=`` and writes the kept tokens into
-    ``x`` in the same launch (the ``triton`` backend).
-    """
 
-    name: str
-    sample_rows: Callable
-    select: Callable
-    fused_write: bool = False
+def _hook(b: Backend) -> Backend:
+    for h in _HOOKS:
+        b = h(b)
+    return b
 
 
 def reference_backend() -> Backend:
     from fastremask.sampler import reference
-    return Backend("reference", reference.sample_rows, reference.select)
+    return _hook(reference.BACKEND)
 
 
 def torch_backend() -> Backend:
     from fastremask.sampler import fast
-    return Backend("torch", fast._sample_rows_active, fast.select)
+    return _hook(fast.BACKEND)
 
 
 def triton_backend() -> Optional[Backend]:
     """The Triton kernels, or None where triton does not import (its cause is kept for the error)."""
     global _triton_error
-    try:   # the modules: the package's `select` is the function
-        ks = importlib.import_module("fastremask.kernels.sample")
-        kl = importlib.import_module("fastremask.kernels.select")
+    try:
+        kernels = importlib.import_module("fastremask.kernels")
     except ImportError as e:
         _triton_error = e
         return None
-    select = functools.partial(select_with_rules, kl._select)
-    functools.update_wrapper(select, kl._select, assigned=())   # its attributes (e.g. a profiler's mark)
-    return Backend("triton", ks._sample_rows, select, fused_write=True)
-
-
-def select_with_rules(kernel_select: Callable, confidence, candidate, deferred, k, threshold=None, *,
-                      rule: str = "fixed", x=None, x0=None, start: int = 0, out=None):
-    """The ``triton`` backend's `select`: the kernel (``kernel_select``, `fastremask.kernels.select`'s
-    launcher) for schedule mode and the ``'fixed'`` rule; the ``'factor'`` and ``'eb'`` rules
-    (which the kernel does not have) as torch ops on the same device (`fastremask.sampler.rules`:
-    one sort, an int64 prefix sum; no host sync, capturable in a CUDA graph), with the kernel's
-    fused write: the kept ``x0[b, i]`` go to ``x[b, start + i]`` in place. Same bits as
-    `fastremask.sampler.reference.select` with ``rule=``."""
-    if rule == "fixed":
-        return kernel_select(confidence, candidate, deferred, k, threshold, x=x, x0=x0, start=start, out=out)
-    from fastremask.sampler import rules
-    rules.check_rule(rule, threshold)
-    rank = rules.ranks(confidence, candidate, deferred)
-    keep = rules.rule_keep(confidence, candidate, deferred, rank, threshold, rule)
-    if out is not None:
-        keep = out.copy_(keep)
-    if x is not None:
-        xs = x[:, start:start + confidence.shape[1]]                # a view: written in place
-        torch.where(keep, x0, xs, out=xs)
-    return keep
+    return _hook(kernels.BACKEND)
 
 
 _triton_error: Optional[BaseException] = None

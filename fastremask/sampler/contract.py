@@ -7,16 +7,22 @@ specification (`fastremask.sampler.reference`), the ``torch`` backend (`fastrema
 """
 from __future__ import annotations
 
+import math
 import numbers
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from fastremask.sampler.names import REMASKING, TRUNCATION_ORDERS
+from fastremask.sampler.names import REMASKING, THRESHOLD_RULES, TRUNCATION_ORDERS
 from fastremask.sampler.numerics import tempered_scales
 
-__all__ = ["REMASKING", "LOGIT_DTYPES", "RowSample", "Truncation", "NO_TRUNCATION", "check_truncation",
-           "check_sample_args", "row_steps", "same_bits", "assert_bits_equal"]
+__all__ = ["REMASKING", "LOGIT_DTYPES", "RULES", "EB_GAMMA_LIMIT", "RowSample", "Truncation", "NO_TRUNCATION",
+           "check_truncation", "Backend", "check_sample_args", "check_select_args", "check_rule", "write_kept",
+           "row_steps", "same_bits", "assert_bits_equal"]
+
+RULES = THRESHOLD_RULES          # the one list of rule names (names.py, read by the CLI too)
+EB_GAMMA_LIMIT = 32.0            # 'eb' takes gamma in [0, 32) nats (so no sum can overflow)
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STEP_LIMIT = 2**32          # a step counter is one 32-bit Philox counter word
@@ -104,26 +110,154 @@ def row_steps(steps, r: int, device) -> torch.Tensor:
     return torch.full((r,), step, dtype=torch.int64, device=device)
 
 
-def check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits,
-                      truncation: Truncation = NO_TRUNCATION) -> None:
-    """The argument checks of every backend's public `sample_rows` (the loop skips them)."""
+@dataclass(frozen=True)
+class Backend:
+    """What each backend exports (one object per backend; `fastremask.sampler.backends` hands it
+    to the loop). Both functions have the signatures of the public ones of every backend, without
+    their argument checks (the loop builds valid arguments once per block):
+
+    * ``sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking,
+      cfg_scale=0.0, uncond_logits=None, suppress_tokens=None, active=None,
+      truncation=NO_TRUNCATION) -> RowSample``;
+    * ``select(confidence, candidate, deferred, k, threshold=None, *, rule='fixed', x=None,
+      x0=None, start=0, out=None) -> keep``: with ``x`` and ``x0`` it also writes the kept
+      ``x0[b, i]`` into ``x[b, start + i]`` in place (`write_kept`); ``out``: a preallocated
+      ``keep``.
+
+    ``capturable``: its steps have no host synchronisation, so a CUDA graph can hold them (the
+    ``triton`` backend; the ``torch`` backend compacts the active rows with ``nonzero``).
+    """
+
+    name: str
+    sample_rows: Callable
+    select: Callable
+    capturable: bool = False
+
+
+def _index(name: str, t, r: int, device) -> None:
+    if not torch.is_tensor(t):
+        raise TypeError(f"{name} must be an int64 tensor of shape [{r}], got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, logits on {device}: put them on one device")
+    if t.shape != (r,):
+        raise ValueError(f"{name} must have shape [{r}] (one per row), got {list(t.shape)}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64, got {t.dtype}")
+
+
+def check_sample_args(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
+                      uncond_logits=None, suppress_tokens=None, active=None,
+                      truncation: Truncation = NO_TRUNCATION) -> torch.Tensor:
+    """The argument checks of every backend's public `sample_rows` (the loop skips them): the
+    same exception type and message on every backend. Returns ``steps`` as an int64 ``[R]``
+    tensor (`row_steps`)."""
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        got = f"shape {tuple(logits.shape)}" if torch.is_tensor(logits) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor [N, V], got {got}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits must be fp32, bf16 or fp16, got {logits.dtype}")
+    if remasking not in REMASKING:
+        raise ValueError(f"unknown remasking {remasking!r}; expected one of {list(REMASKING)}")
     if not isinstance(truncation, Truncation):
         raise TypeError(f"truncation must be a contract.Truncation (check_truncation), got {truncation!r}")
     check_truncation(*truncation)
-    if remasking not in REMASKING:
-        raise ValueError(f"unknown remasking {remasking!r}; expected one of {list(REMASKING)}")
-    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.dtype not in LOGIT_DTYPES:
-        got = f"{logits.dtype} {tuple(logits.shape)}" if torch.is_tensor(logits) else type(logits).__name__
-        raise TypeError(f"logits must be [N, V] fp32/bf16/fp16, got {got}")
-    if uncond_logits is not None and uncond_logits.shape != logits.shape:
-        raise ValueError(f"uncond_logits shape {tuple(uncond_logits.shape)} != logits shape {tuple(logits.shape)}")
-    if not all(torch.is_tensor(t) for t in (rows, seeds, positions)) or \
-            not (rows.shape == seeds.shape == positions.shape) or rows.dim() != 1:
-        raise ValueError("rows, seeds and positions must be 1-D tensors of one length")
-    if not float(temperature) >= 0.0 or float(temperature) == float("inf"):
+    t = _real("temperature", temperature)
+    if not (t >= 0.0 and math.isfinite(t)):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    if float(temperature) > 0.0:
-        tempered_scales(float(temperature))      # 1/T must be a finite fp32
+    if t > 0.0:
+        tempered_scales(t)      # 1/T must be a finite fp32
+    s = _real("cfg_scale", cfg_scale)
+    if not (s >= 0.0 and math.isfinite(s)):
+        raise ValueError(f"cfg_scale must be finite and >= 0, got {cfg_scale}")
+    device, v = logits.device, logits.shape[1]
+    r = rows.shape[0] if torch.is_tensor(rows) and rows.dim() == 1 else -1
+    for name, x in (("rows", rows), ("seeds", seeds), ("positions", positions)):
+        _index(name, x, r, device)
+    steps = row_steps(steps, r, device)
+    if uncond_logits is not None:
+        if not torch.is_tensor(uncond_logits) or uncond_logits.shape != logits.shape \
+                or uncond_logits.dtype != logits.dtype:
+            got = f"{list(uncond_logits.shape)}, {uncond_logits.dtype}" if torch.is_tensor(uncond_logits) \
+                else type(uncond_logits).__name__
+            raise ValueError(f"uncond_logits must match logits ({list(logits.shape)}, {logits.dtype}), got {got}")
+        if uncond_logits.device != device:
+            raise ValueError(f"uncond_logits is on {uncond_logits.device}, logits on {device}: put them on one device")
+    if active is not None:
+        if not torch.is_tensor(active) or active.shape != (r,) or active.dtype != torch.bool:
+            got = f"{active.dtype} {list(active.shape)}" if torch.is_tensor(active) else type(active).__name__
+            raise ValueError(f"active must be bool [{r}], got {got}")
+        if active.device != device:
+            raise ValueError(f"active is on {active.device}, logits on {device}: put them on one device")
+    if suppress_tokens is not None:
+        if torch.is_tensor(suppress_tokens):
+            if suppress_tokens.device != device:
+                raise ValueError(f"suppress_tokens is on {suppress_tokens.device}, logits on {device}: "
+                                 "put them on one device")
+            if suppress_tokens.dtype.is_floating_point or suppress_tokens.dtype == torch.bool:
+                raise TypeError(f"suppress_tokens must be int64 token ids, got {suppress_tokens.dtype}")
+            ids = suppress_tokens.reshape(-1).tolist()
+        else:
+            ids = [int(i) for i in suppress_tokens]
+        if any(i < 0 or i >= v for i in ids):
+            raise ValueError(f"suppress_tokens must lie in [0, {v}), got {ids}")
+    return steps
+
+
+def check_rule(rule: str, threshold) -> None:
+    """A known threshold rule, with a threshold where it needs one, in its range (no tensor read)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {list(RULES)}")
+    if threshold is None:
+        if rule != "fixed":
+            raise ValueError(f"threshold_rule={rule!r} needs a threshold (its parameter)")
+        return
+    t = _real("threshold", threshold)
+    if rule == "factor" and not t > 0.0:                        # also NaN
+        raise ValueError(f"threshold_rule='factor' needs f > 0, got {t!r}")
+    if rule == "eb" and not 0.0 <= t < EB_GAMMA_LIMIT:         # also NaN
+        raise ValueError(f"threshold_rule='eb' needs gamma in [0, {EB_GAMMA_LIMIT:g}) nats, got {t!r}")
+
+
+def check_select_args(confidence, candidate, deferred, k, threshold=None, *, rule="fixed", x=None, x0=None,
+                      start=0, out=None) -> None:
+    """The argument checks of every backend's public `select`: the same exception type and
+    message on every backend."""
+    if not torch.is_tensor(confidence) or confidence.dim() != 2 or confidence.dtype != torch.float32:
+        raise ValueError("confidence must be an fp32 tensor [B, C]")
+    device = confidence.device
+    b, c = confidence.shape
+    for name, t in (("candidate", candidate), ("deferred", deferred)):
+        if not torch.is_tensor(t) or t.shape != (b, c) or t.dtype != torch.bool or t.device != device:
+            raise ValueError(f"{name} must be a bool tensor [{b}, {c}] on {device}")
+    check_rule(rule, threshold)
+    if threshold is None and (not torch.is_tensor(k) or k.shape != (b,) or k.dtype != torch.int64
+                              or k.device != device):
+        raise ValueError(f"k must be an int64 tensor [{b}] on {device} (or give threshold)")
+    if x is not None or x0 is not None:
+        if not torch.is_tensor(x0) or x0.shape != (b, c) or x0.dtype != torch.int64 or x0.device != device:
+            raise ValueError(f"x0 must be an int64 tensor [{b}, {c}] on {device} when x is given")
+        if not torch.is_tensor(x) or x.dim() != 2 or x.shape[0] != b or x.dtype != torch.int64 or x.device != device:
+            raise ValueError(f"x must be an int64 tensor [{b}, L] on {device}")
+        if x.stride(1) != 1:
+            raise ValueError("x must have unit stride along its length (it is written in place)")
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral):
+            raise TypeError(f"start must be an int, got {start!r}")
+        if not 0 <= start <= x.shape[1] - c:
+            raise ValueError(f"block [{start}, {start + c}) does not fit in x of length {x.shape[1]}")
+    if out is not None and (not torch.is_tensor(out) or out.shape != (b, c) or out.dtype != torch.bool
+                            or out.device != device or out.stride(1) != 1):
+        raise ValueError(f"out must be a bool tensor [{b}, {c}] on {device} with unit last stride")
+
+
+def write_kept(keep: torch.Tensor, x, x0, start: int, out=None) -> torch.Tensor:
+    """``select``'s outputs from its ``keep``: ``out`` filled when given, and with ``x`` the kept
+    ``x0[b, i]`` written into ``x[b, start + i]`` in place."""
+    if out is not None:
+        keep = out.copy_(keep)
+    if x is not None:
+        xs = x[:, start:start + keep.shape[1]]                 # a view: written in place
+        torch.where(keep, x0, xs, out=xs)
+    return keep
 
 
 _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,

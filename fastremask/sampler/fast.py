@@ -24,9 +24,10 @@ import torch
 
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.threads import calling_thread   # the loop scopes its whole step alike
-from fastremask.sampler.contract import NO_TRUNCATION, RowSample, check_sample_args, row_steps
+from fastremask.sampler.contract import (NO_TRUNCATION, Backend, RowSample, check_sample_args, check_select_args,
+                                         write_kept)
 from fastremask.sampler.reference import prepare_logits
-from fastremask.sampler.rules import check_rule, ranks, rule_keep
+from fastremask.sampler.rules import ranks, rule_keep
 
 __all__ = ["sample_rows", "select", "PIECE_ELEMENTS"]
 
@@ -114,10 +115,13 @@ def sample_rows(
     ``piece_width`` (a multiple of ``CHUNK``; default from the block size) only bounds
     memory; it never changes a bit of the result (tested).
     """
-    check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits, truncation)
+    steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
+                              cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
+                              active=active, truncation=truncation)
     if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
         raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
-    steps = row_steps(steps, rows.numel(), logits.device)
+    if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
+        suppress_tokens = torch.tensor([int(i) for i in suppress_tokens], dtype=torch.int64, device=logits.device)
     with calling_thread(logits.device):
         return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
@@ -297,13 +301,17 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
     return c * cw + i, l.gather(-1, i[:, None]).squeeze(-1)
 
 
-def _sample_rows_active(logits, rows, seeds, positions, steps, *, active=None, **kw) -> RowSample:
+def _sample_rows_active(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
+                        uncond_logits=None, suppress_tokens=None, active=None,
+                        truncation=NO_TRUNCATION) -> RowSample:
     """The loop's entry point: `_sample_rows` on the ``active`` rows only, outputs over all rows.
 
     The loop passes every position of the block with an ``active`` mask (one shape for every
     backend); this backend computes only the active rows. ``nonzero`` synchronises, which costs
     nothing on a CPU (this backend's device; ``'auto'`` picks ``triton`` on CUDA).
     """
+    kw = dict(temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
+              suppress_tokens=suppress_tokens, truncation=truncation)
     if active is None:
         return _sample_rows(logits, rows, seeds, positions, steps, **kw)
     idx = active.nonzero().squeeze(1)
@@ -323,6 +331,10 @@ def select(
     threshold: Optional[float] = None,
     *,
     rule: str = "fixed",
+    x: Optional[torch.Tensor] = None,
+    x0: Optional[torch.Tensor] = None,
+    start: int = 0,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Same contract and result as `fastremask.sampler.reference.select`, by one sort per row.
 
@@ -330,12 +342,23 @@ def select(
     deferred, the confidence as an order-reversing integer, the position); the ``'factor'``
     and ``'eb'`` rules are `rules.rule_keep` on those ranks.
     """
-    check_rule(rule, threshold)
+    check_select_args(confidence, candidate, deferred, k, threshold, rule=rule, x=x, x0=x0, start=start, out=out)
+    return _select(confidence, candidate, deferred, k, threshold, rule=rule, x=x, x0=x0, start=start, out=out)
+
+
+def _select(confidence, candidate, deferred, k, threshold=None, *, rule="fixed", x=None, x0=None, start=0,
+            out=None) -> torch.Tensor:
+    """`select` without its checks (the loop's call)."""
     rank = ranks(confidence, candidate, deferred)
     if threshold is None:
-        return candidate & (rank < k.to(rank.device)[:, None])
-    if rule != "fixed":
-        return rule_keep(confidence, candidate, deferred, rank, threshold, rule)
-    t = torch.tensor(float(threshold), dtype=torch.float32, device=confidence.device)
-    keep = candidate & ~deferred & (confidence >= t)    # IEEE: -0.0 >= t exactly when 0.0 >= t
-    return keep | (~keep.any(-1, keepdim=True) & candidate & (rank == 0))
+        keep = candidate & (rank < k.to(rank.device)[:, None])
+    elif rule != "fixed":
+        keep = rule_keep(confidence, candidate, deferred, rank, threshold, rule)
+    else:
+        t = torch.tensor(float(threshold), dtype=torch.float32, device=confidence.device)
+        keep = candidate & ~deferred & (confidence >= t)    # IEEE: -0.0 >= t exactly when 0.0 >= t
+        keep = keep | (~keep.any(-1, keepdim=True) & candidate & (rank == 0))
+    return write_kept(keep, x, x0, start, out)
+
+
+BACKEND = Backend("torch", _sample_rows_active, _select)

@@ -2,7 +2,7 @@
 
     prompt -> x = [prompt | masks] -> for each block, for each step:
         model(x) -> logits -> backend.sample_rows -> x0, confidence
-                           -> backend.select      -> keep;  x[keep] = x0[keep]
+                           -> backend.select      -> keep;  x[keep] = x0[keep] (select writes it)
 
 ``fastremask.generate(model, prompt, ...)`` takes LLaDA's ``generate`` arguments in LLaDA's
 order with LLaDA's defaults, builds a `SamplingConfig` from them and calls `run`; the
@@ -109,16 +109,11 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     if config.alg_temp > 0:
         rank = nx.gumbel_key(sample.confidence, config.alg_temp, blk.seeds, blk.positions,
                              row_step.index_select(0, blk.bi)).view(B, C)
-    if backend.fused_write:
-        keep = backend.select(rank, candidate, deferred, k, threshold, rule=config.threshold_rule,
-                              x=x, x0=x0, start=blk.start)
-        if floor_k is not None:
-            keep = keep | backend.select(conf, candidate, deferred, floor_k, None, x=x, x0=x0, start=blk.start)
-    else:
-        keep = backend.select(rank, candidate, deferred, k, threshold, rule=config.threshold_rule)
-        if floor_k is not None:
-            keep = keep | backend.select(conf, candidate, deferred, floor_k, None)
-        torch.where(keep, x0, blk.x, out=blk.x)
+    # every backend's select writes the kept tokens into x itself: no branch on the backend
+    keep = backend.select(rank, candidate, deferred, k, threshold, rule=config.threshold_rule,
+                          x=x, x0=x0, start=blk.start)
+    if floor_k is not None:
+        keep = keep | backend.select(conf, candidate, deferred, floor_k, None, x=x, x0=x0, start=blk.start)
     if edit is not None:
         torch.where(edit, x0, blk.x, out=blk.x)
     return x0, conf, keep, edit
@@ -249,6 +244,7 @@ def run(model, prompt, config: SamplingConfig, *, attention_mask=None, seed=None
                       cfg_scale=config.cfg_scale, mask_id=ids.mask_id)
     trace = Trace(P, config.gen_length, config.block_length)
     _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback)
+    trace.model_calls, trace.positions = calls.calls, calls.positions
     return (x, trace) if return_trace else x
 
 
@@ -304,6 +300,7 @@ def _run_block_causal(model, prompt, attention_mask, config: SamplingConfig, ids
                       cfg_scale=0.0, mask_id=ids.mask_id)
     trace = Trace(P, config.gen_length, config.block_length)
     _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback, layout)
+    trace.model_calls, trace.positions = calls.calls, calls.positions
     out = layout.answer(x, prompt)
     return (out, trace) if return_trace else out
 
@@ -319,7 +316,7 @@ class _Steps:
         self.defer = torch.tensor(ids.defer, dtype=torch.int64, device=device) if ids.defer else None
         self.user_suppress, self.suppress, self.V = ids.suppress, None, None
         self.checker = errors.checker_for(device)(P, config.cfg_scale)
-        self.use_graph = config.cuda_graph and backend.fused_write and graphs.available(device)
+        self.use_graph = config.cuda_graph and backend.capturable and graphs.available(device)
         self.graph, self.graph_block = None, None
 
     def check_vocab(self, logits) -> None:

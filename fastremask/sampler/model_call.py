@@ -75,9 +75,11 @@ def cache_call(kv, mode: str, start: int, length: int) -> Callable:
         L = x.shape[1]
         query = (0, L) if fresh[0] else (start, L) if mode == "prefix" else (start, end)
         fresh[0] = False
+        call.query = query[1] - query[0]            # the positions this call computes, per row
         logits = model.cached_logits(x, attention_mask, kv, query=query, out=(start, end))
         return _check_logits(logits, x, length, "cached logits", f"positions {start}:{end} of ")
 
+    call.query = None
     return call
 
 
@@ -106,6 +108,12 @@ class ModelCall:
 
     CFG as LLaDA does it: one call on ``2B`` rows, the second half a copy of ``x`` with the
     whole prompt (padding included) replaced by ``mask_id``, the same attention mask twice.
+
+    The one count of model calls: ``calls`` (forward, window and cached calls alike, a CFG call
+    once) and ``positions``, the positions the model computed over all rows it was given (a
+    full or window call: rows x length; a cached call: rows x its query, the whole sequence
+    at a block's first step, then ``L - start`` (``prefix``) or the block (``dual``)). The
+    trace reports both (`fastremask.Trace.model_calls`, `Trace.positions`).
     """
 
     def __init__(self, model, attention_mask: Optional[torch.Tensor], *, prompt_length: int,
@@ -119,15 +127,22 @@ class ModelCall:
             if self.cfg:
                 am = torch.cat([am, am])
         self.attention_mask = am
+        self.calls = self.positions = 0
 
     def __call__(self, x: torch.Tensor, call: Callable = call_model):
+        rows = x.shape[0] * (2 if self.cfg else 1)
         if not self.cfg:
-            return call(self.model, x, self.attention_mask), None
-        un_x = x.clone()
-        un_x[:, :self.P] = self.mask_id
-        both = call(self.model, torch.cat([x, un_x]), self.attention_mask)
-        B = x.shape[0]
-        return both[:B], both[B:]
+            out = call(self.model, x, self.attention_mask), None
+        else:
+            un_x = x.clone()
+            un_x[:, :self.P] = self.mask_id
+            both = call(self.model, torch.cat([x, un_x]), self.attention_mask)
+            B = x.shape[0]
+            out = both[:B], both[B:]
+        query = getattr(call, "query", None)
+        self.calls += 1
+        self.positions += rows * (x.shape[1] if query is None else query)
+        return out
 
 
 def sampling_suppress(suppress_tokens, mask_id: int, vocab: int, device=None,

@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from fastremask.sampler import numerics as nx
-from fastremask.sampler.contract import NO_TRUNCATION, RowSample, Truncation, check_sample_args, row_steps
-from fastremask.sampler.names import THRESHOLD_RULES
+from fastremask.sampler.contract import (EB_GAMMA_LIMIT, NO_TRUNCATION, RULES, Backend, RowSample, Truncation,
+                                         check_sample_args, check_select_args, write_kept)
 
 __all__ = ["prepare_logits", "invalid_rows", "kept_tokens", "sample_rows", "select", "RULES", "factor_bound",
            "eb_bound", "factor_error", "eb_entropy"]
@@ -133,10 +133,13 @@ def sample_rows(
     -------
     RowSample(x0 [R] int64, confidence [R] fp32, invalid [R] bool)
     """
-    check_sample_args(logits, rows, seeds, positions, temperature, remasking, uncond_logits, truncation)
+    steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
+                              cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
+                              active=active, truncation=truncation)
     R, V = rows.numel(), logits.shape[1]
     device = logits.device
-    steps = row_steps(steps, R, device)
+    if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
+        suppress_tokens = torch.tensor([int(i) for i in suppress_tokens], dtype=torch.int64, device=device)
     if active is None:
         active = torch.ones(R, dtype=torch.bool, device=device)
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
@@ -186,9 +189,7 @@ def sample_rows(
 # numerics.md §8: selection, and the threshold rules (docs/decoding.md)
 # ---------------------------------------------------------------------------------------------
 
-RULES = THRESHOLD_RULES          # the one list of rule names (names.py, read by the CLI too)
 RULE_BITS = 30                   # the rules' fixed point: integers in units of 2**-30
-EB_GAMMA_LIMIT = 32.0            # 'eb' takes gamma in [0, 32) nats (so no sum can overflow)
 _ONE = 1 << RULE_BITS
 _F_CAP = 1 << 62                 # a factor above 2**32 is "no bound"; the products stay < 2**59
 
@@ -245,8 +246,12 @@ def select(
     threshold: Optional[float] = None,
     *,
     rule: str = "fixed",
+    x: Optional[torch.Tensor] = None,
+    x0: Optional[torch.Tensor] = None,
+    start: int = 0,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Which candidates keep their token this step.
+    """Which candidates keep their token this step (and, with ``x``, their tokens written).
 
     Parameters
     ----------
@@ -256,6 +261,9 @@ def select(
     k : [B] int64, the schedule's count for the row (unused in threshold mode)
     threshold : None (schedule mode) or a float: the rule's parameter (threshold mode)
     rule : ``'fixed'`` | ``'factor'`` | ``'eb'``, how ``threshold`` picks (threshold mode only)
+    x, x0, start : with ``x`` [B, L] int64 and ``x0`` [B, C] int64, the kept ``x0[b, i]`` are
+        written into ``x[b, start + i]`` **in place** (every backend's `select` does this)
+    out : [B, C] bool, optional; filled with ``keep``
 
     Returns
     -------
@@ -291,8 +299,12 @@ def select(
     only rounds errors and entropies below ``2**-7`` up, by less than ``2**-30``
     (docs/decoding.md).
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {list(RULES)}")
+    check_select_args(confidence, candidate, deferred, k, threshold, rule=rule, x=x, x0=x0, start=start, out=out)
+    return write_kept(_keep(confidence, candidate, deferred, k, threshold, rule), x, x0, start, out)
+
+
+def _keep(confidence, candidate, deferred, k, threshold, rule) -> torch.Tensor:
+    """`select`'s ``keep``, as its docstring states it."""
     B, C = confidence.shape
     deferred = deferred & candidate
     pos = torch.arange(C, device=confidence.device)
@@ -325,3 +337,6 @@ def select(
         holds = plain & (total - largest <= eb_bound(threshold))
     n_star = torch.where(holds, n, 0).amax(-1, keepdim=True)           # the largest n that holds
     return candidate & (rank < n_star.clamp_min(1))
+
+
+BACKEND = Backend("reference", sample_rows, select)   # the specification, checked, as a backend

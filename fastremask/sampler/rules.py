@@ -14,27 +14,28 @@ per row and a prefix sum, with no host synchronisation and no tensor built from 
   of additions does not matter).
 
 Used by the ``torch`` backend's `select` (`fastremask.sampler.fast`) and, for the rules its
-kernel does not have, by the ``triton`` backend (`fastremask.sampler.backends`), on the
+kernel does not have, by the ``triton`` backend (`select_rule`, from `fastremask.kernels.select`), on the
 device's tensors.
 """
 from __future__ import annotations
 
 import torch
 
-from fastremask.sampler.reference import (EB_GAMMA_LIMIT, RULE_BITS, RULES, eb_bound,
-                                          factor_bound)
+from fastremask.sampler.contract import check_rule, write_kept
+from fastremask.sampler.reference import EB_GAMMA_LIMIT, RULE_BITS, eb_bound, factor_bound
 
-__all__ = ["ranks", "rule_keep", "check_rule"]
+__all__ = ["ranks", "rule_keep", "select_rule", "check_rule"]
 
 _SCALE = float(1 << RULE_BITS)
 
 
-def check_rule(rule: str, threshold) -> None:
-    """A Python-side check (no tensor is read): a known rule, and a threshold where it needs one."""
-    if rule not in RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {list(RULES)}")
-    if threshold is None and rule != "fixed":
-        raise ValueError(f"threshold_rule={rule!r} needs a threshold (its parameter)")
+def select_rule(confidence, candidate, deferred, threshold, rule: str, *, x=None, x0=None, start: int = 0,
+                out=None) -> torch.Tensor:
+    """``select`` for the ``'factor'`` and ``'eb'`` rules (what the ``triton`` backend runs for
+    them: its kernel has schedule mode and ``'fixed'``), with `select`'s write into ``x`` and
+    ``out``; unchecked. Same bits as `fastremask.sampler.reference.select` with ``rule=``."""
+    rank = ranks(confidence, candidate, deferred)
+    return write_kept(rule_keep(confidence, candidate, deferred, rank, threshold, rule), x, x0, start, out)
 
 
 def ranks(confidence: torch.Tensor, candidate: torch.Tensor, deferred: torch.Tensor) -> torch.Tensor:

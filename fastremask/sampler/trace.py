@@ -52,6 +52,8 @@ class Trace:
     block_length: int
     steps: list = field(default_factory=list)
     stops: list = field(default_factory=list)   # stop_at_eos: (block, done [B] bool) after each block
+    model_calls: int = 0        # the model calls `run` made (`fastremask.sampler.model_call.ModelCall`)
+    positions: int = 0          # the positions they computed, over all rows (a cache computes fewer)
 
     def kept(self, row: int = 0) -> list:
         """``[(step, position, token, confidence), ...]`` for batch row ``row``, in the order

@@ -7,16 +7,16 @@ and NVTX ranges on CUDA so Nsight Systems shows them too). The command writes a 
 per-phase summary. docs/profiling.md shows how to run it under Nsight Systems / Compute.
 
 `Phases` is the piece the benchmarks reuse: it wraps a model and, while active, the
-backends' ``sample_rows`` / ``select``, and can also time each phase (synchronising on CUDA,
+backends' ``sample_rows`` / ``select`` (through the registry's hook), and can also time each phase (synchronising on CUDA,
 so use that only in a run of its own).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import os
-import sys
 import time
 from collections import defaultdict
 
@@ -25,18 +25,12 @@ import torch
 __all__ = ["add_arguments", "run", "Phases", "PhaseModel", "build_model", "PHASES"]
 
 PHASES = ("model", "sample", "select")
-# where the loops look these functions up at call time (`fastremask.sampler.backends` reads the backend
-# entry points from their modules on each `generate`), each with its phase; patched (and
-# restored) by `Phases`. Only the entry points are patched, not what they call, so a phase is
-# counted once per step. LLaDA's own loop fuses the two: its whole `llada_step` counts as
-# ``sample``.
-_PATCHES = {
-    "fastremask.sampler.reference": {"sample_rows": "sample", "select": "select"},
-    "fastremask.sampler.fast": {"_sample_rows_active": "sample", "select": "select"},
-    "fastremask.kernels.sample": {"_sample_rows": "sample"},
-    "fastremask.kernels.select": {"_select": "select"},
-    "fastremask.sampler.llada": {"llada_step": "sample"},
-}
+# The backends' steps are wrapped through the registry (`fastremask.sampler.backends.hooked`:
+# while `Phases` is active, every backend `get_backend` hands the loop has its `sample_rows` /
+# `select` in the ``sample`` / ``select`` phases). LLaDA's own loop (`fastremask.sampler.llada`,
+# the comparison, not a backend) fuses the two: its whole `llada_step` counts as ``sample``,
+# patched by name for the run.
+_LLADA = ("fastremask.sampler.llada", "llada_step")
 
 
 class _Range:
@@ -109,29 +103,27 @@ class Phases:
             torch.cuda.synchronize(self.device)
 
     def __enter__(self):
-        wrapped: dict = {}
-        for modname, names in _PATCHES.items():
-            mod = sys.modules.get(modname)
-            if mod is None:
-                try:
-                    mod = importlib.import_module(modname)
-                except Exception:  # noqa: BLE001 - a backend that is not there is not patched
-                    continue
-            for attr, phase in names.items():
-                fn = getattr(mod, attr, None)
-                if not callable(fn) or getattr(fn, "_fastremask_phase", False):
-                    continue
-                if id(fn) not in wrapped:
-                    wrapped[id(fn)] = self._wrap(fn, phase)
-                self._saved.append((mod, attr, fn))
-                setattr(mod, attr, wrapped[id(fn)])
+        from fastremask.sampler import backends
+
+        self._hook = backends.hooked(self._wrap_backend)
+        self._hook.__enter__()
+        mod = importlib.import_module(_LLADA[0])
+        fn = getattr(mod, _LLADA[1])
+        self._saved.append((mod, _LLADA[1], fn))
+        setattr(mod, _LLADA[1], self._wrap(fn, "sample"))
         return self
 
     def __exit__(self, *exc):
         for mod, attr, fn in reversed(self._saved):
             setattr(mod, attr, fn)
         self._saved.clear()
+        self._hook.__exit__(*exc)
         return False
+
+    def _wrap_backend(self, b):
+        """``b`` with its ``sample_rows`` / ``select`` in the ``sample`` / ``select`` phases."""
+        return dataclasses.replace(b, sample_rows=self._wrap(b.sample_rows, "sample"),
+                                   select=self._wrap(b.select, "select"))
 
     def _wrap(self, fn, phase: str):
         @functools.wraps(fn)
