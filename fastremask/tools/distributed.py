@@ -234,6 +234,7 @@ class Parallel:
         self.options = everyone[rank]["options"]
         self.part = os.path.join(self.folder, f"{self.run_id}-{rank}.jsonl")
         self.f = None
+        self.ended = False
         self.chunks: dict[int, str] = {}          # rank 0: finished lines not yet in --output
         self.peers: list[_Peer] = []
         self.share: list[Item] = []
@@ -379,8 +380,14 @@ class Parallel:
                 where += "; " + "; ".join(bad)
         return where
 
+    def stop_word(self, e: BaseException) -> None:
+        """This rank stopped after `begin` (its last word, unless it said one already)."""
+        self._end("stopped", _describe(e))
+        self.close()
+
     def _end(self, word: str, why: str | None) -> None:
-        if self.f is not None:
+        if self.f is not None and not self.ended:
+            self.ended = True
             try:
                 self.write_record({"end": word, "why": why})
             except OSError:

@@ -48,6 +48,8 @@ def run(args) -> int:
     except BaseException as e:
         if par.sink is None:                               # stopped before the work was shared
             par.fail(e)
+        else:
+            par.stop_word(e)                               # rank 0 names why this rank stopped
         raise
 
 
