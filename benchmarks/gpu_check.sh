@@ -19,6 +19,9 @@
 #    the GPU): generate end to end, cache None/prefix/dual against LLaDA's sampler restated.
 # 11. benchmarks/truncation_gpu.py: top-p 0.95 + top-k 50 (issue 19) bit-equal to the reference,
 #    timed against the plain call, the cut alone, the published sort-based code and FlashInfer.
+# 12. benchmarks/block_models_gpu.py: block diffusion (issue 22) on LLaDA2-mini's shape (the MoE
+#    built in memory, random bf16 weights), batch 1 and 8, block 32: tokens/s of the exact block
+#    cache against the published full-window recompute, and the share of a step outside the model.
 # Each step has its own timeout and its failure does not stop the others; a step that would
 # start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
 # work folder that is packed into $OUT/logs.tgz at the end, so that the few files the GPU tool
@@ -76,6 +79,7 @@ step profile 60 fastremask profile --model llada-8b --backend triton --prompt-le
 step aot 35 python -m fastremask.kernels.aot --quick --json "$LOGS/aot.json"
 # the static count with this machine's triton: the predicted times to set beside bench's measured ones
 step truncation 60 python benchmarks/truncation_gpu.py --rows 256 --out "$OUT"
+step block_models 240 python benchmarks/block_models_gpu.py --device cuda --json "$OUT/block_models.json"
 step cost 90 python -m fastremask.kernels.cost --arch 90 --json "$OUT/kernel_cost.json" --md "$OUT/kernel_cost.md"
 
 echo "total $(( $(date +%s) - T0 ))s" | tee -a "$SUMMARY"
