@@ -246,7 +246,8 @@ class FastRemaskLM(_LMBase):
             return tensor
         if self.accelerator is not None:
             return self.accelerator.gather(tensor)
-        local = tensor.detach().cpu().contiguous()
+        # a 0-dim tensor (lm-eval gathers its request counts) as one element, as accelerate does
+        local = torch.atleast_1d(tensor.detach().cpu()).contiguous()
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         torch.distributed.all_gather(parts, local, group=self._group.pg)
         return torch.cat(parts).to(tensor.device)
