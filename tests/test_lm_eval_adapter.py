@@ -307,3 +307,23 @@ def test_every_sampling_option_is_taken_never_ignored(tmp_path, capsys):
     assert out[0] == lm._decode(x[0, ids.shape[1]:].tolist(), [])
     with pytest.raises(ValueError, match=r"unknown sampling option 'threshold_rul'; did you mean 'threshold_rule'"):
         la.FastRemaskLM(model=m, threshold=1.0, threshold_rul="factor")
+
+
+def test_generate_until_block_diffusion_with_the_exact_cache(tmp_path):
+    """A block-causal checkpoint (SDAR's layout) through the adapter, cache='block': the same text
+    as generate by hand and as the full-window recompute (the cache is exact)."""
+    from fastremask.models.testing import save_sdar_checkpoint
+
+    path = save_sdar_checkpoint(tmp_path / "sdar")
+    kw = dict(pretrained=path, device="cpu", gen_length=8, steps=8, block_length=4, batch_size=2, seed=3,
+              threshold=0.9, threshold_floor="schedule")
+    reqs = [_req("hi i am", doc_id=0), _req("what", doc_id=1)]
+    lm = la.FastRemaskLM(cache="block", **kw)
+    out = lm.generate_until(reqs)
+    assert out == la.FastRemaskLM(**kw).generate_until(reqs)          # full-window recompute
+    a = lm.adapter
+    assert a.attention == "block_causal"
+    ids, mask = a.pad([a.tokenize("what")])
+    x = generate(a, ids, mask, steps=8, gen_length=8, block_length=4, mask_id=a.mask_id, cache="block",
+                 threshold=0.9, threshold_floor="schedule", seed=la.request_seed(3, "local", 1, 0))
+    assert out[1] == lm._decode(x[0, ids.shape[1]:].tolist(), [])
