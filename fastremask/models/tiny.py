@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import KVCache, attend
-from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask
+from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, begin_call, block_causal_mask
 
 __all__ = ["TinyConfig", "TinyOutput", "TinyMaskedLM", "tiny_model", "load_folder", "check_config"]
 
@@ -258,14 +258,7 @@ class TinyMaskedLM(nn.Module):
             raise ValueError("block_logits needs a block-causal model (TinyConfig.attention='block_causal')")
         positions, _ = self._positions(input_ids, attention_mask)
         B, L = input_ids.shape
-        logits_from = start if logits_from is None else logits_from
-        if cache is None:
-            if start != 0:
-                raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
-        else:
-            cache.begin(start, L, commit)
-        if not start <= logits_from < L:
-            raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+        logits_from = begin_call(cache, start, L, commit, logits_from)
         mask = block_causal_mask(attention_mask, B, L, block_length, start, input_ids.device)
         h = self.embed(input_ids[:, start:]) + self.pos(positions[:, start:])
         for i, block in enumerate(self.blocks):

@@ -45,7 +45,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BLOCK_CAUSAL", "BlockCache", "BlockLayout", "block_causal_mask", "block_positions",
+__all__ = ["BLOCK_CAUSAL", "BlockCache", "BlockLayout", "block_causal_mask", "block_positions", "begin_call",
            "is_block_causal", "trained_block_length", "check_block_model", "supports_editing", "max_positions"]
 
 BLOCK_CAUSAL = "block_causal"
@@ -105,6 +105,22 @@ def block_causal_mask(attention_mask: Optional[torch.Tensor], B: int, L: int, bl
     cols = torch.arange(L, device=device)
     ok = ok | (cols[None, :] == cols[start:, None])[None]
     return ok[:, None]
+
+
+def begin_call(cache: Optional["BlockCache"], start: int, L: int, commit: int,
+               logits_from: Optional[int]) -> int:
+    """A model's `block_logits` call, checked and begun the protocol's way (every model calls
+    this): ``start`` needs a cache, ``logits_from`` (default ``start``) lies in ``[start, L)``,
+    the cache is told the call (`BlockCache.begin`). Returns ``logits_from``."""
+    logits_from = start if logits_from is None else logits_from
+    if cache is None:
+        if start != 0:
+            raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
+    else:
+        cache.begin(start, L, commit)
+    if not start <= logits_from < L:
+        raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+    return logits_from
 
 
 class BlockCache:

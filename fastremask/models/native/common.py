@@ -21,7 +21,7 @@ from fastremask.models.dtypes import DTYPES, dtype_by_name, unknown_dtype
 from fastremask.models.family import get_family
 from fastremask.models.kv import KVCache, attend
 from fastremask.models.shift import shifted_rows
-from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, block_causal_mask, block_positions
+from fastremask.sampler.block import BLOCK_CAUSAL, BlockCache, begin_call, block_causal_mask, block_positions
 from fastremask.sampler.protocol import ModelLoadError
 
 __all__ = [
@@ -578,14 +578,7 @@ class NativeModel(nn.Module):
         if self.attention != BLOCK_CAUSAL:
             raise ValueError(f"block_logits needs a block-causal model; {self.family_name} attends fully")
         B, L = input_ids.shape
-        logits_from = start if logits_from is None else logits_from
-        if cache is None:
-            if start != 0:
-                raise ValueError(f"block_logits: start={start} needs a cache (cache=None runs the whole window)")
-        else:
-            cache.begin(start, L, commit)
-        if not start <= logits_from < L:
-            raise ValueError(f"block_logits: logits_from={logits_from} must lie in [{start}, {L})")
+        logits_from = begin_call(cache, start, L, commit, logits_from)
         positions, mask = self._masks(input_ids, attention_mask, block_length, start)
         h = self._run(input_ids, positions, mask, start, L, _BlockCacheView(cache) if cache is not None else None,
                       rows_from=start)
