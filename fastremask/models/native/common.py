@@ -355,10 +355,15 @@ class NativeModel(nn.Module):
     def check_config(raw: dict, path: str) -> NativeConfig:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # the output head's published weight name where a tied checkpoint may still carry it (the
+    # embedding then serves as the head); None where tied checkpoints have no head tensor
+    tied_head_weight: Optional[str] = None
+
     @classmethod
     def ignored_weights(cls, config: NativeConfig) -> tuple:
         """Name suffixes of tensors a checkpoint may carry that this model does not read."""
-        return _IGNORE
+        tied = (cls.tied_head_weight,) if config.tied and cls.tied_head_weight else ()
+        return _IGNORE + tied
 
     @property
     def shift(self) -> int:

@@ -98,9 +98,7 @@ class DreamModel(NativeModel):
     family = "dream"
     check_config = staticmethod(dream_config)
 
-    @classmethod
-    def ignored_weights(cls, config: NativeConfig) -> tuple:
-        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
+    tied_head_weight = "lm_head.weight"
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)

@@ -339,9 +339,7 @@ class LLaDA2Model(NativeModel):
     check_config = staticmethod(llada2_config)
     token_editing = True      # LLaDA2.1 was trained for token editing (2.0 shares its layout and type)
 
-    @classmethod
-    def ignored_weights(cls, config: NativeConfig) -> tuple:
-        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
+    tied_head_weight = "lm_head.weight"
 
     @classmethod
     def check_checkpoint(cls, config: NativeConfig, names) -> None:

@@ -126,9 +126,7 @@ class SDARModel(NativeModel):
     family = "sdar"
     check_config = staticmethod(sdar_config)
 
-    @classmethod
-    def ignored_weights(cls, config: NativeConfig) -> tuple:
-        return super().ignored_weights(config) + (("lm_head.weight",) if config.tied else ())
+    tied_head_weight = "lm_head.weight"
 
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
