@@ -9,9 +9,10 @@ __all__ = ["Counting", "ToyLM"]
 
 class Counting:
     """Wraps a model and counts what it receives, independently of fastremask's own count
-    (`fastremask.Trace.model_calls`, which the tests check against it): ``calls`` (forward and
-    ``cached_logits`` calls) and ``rows`` (the batch rows of each). Everything else (``device``,
-    ``mask_id``, ``config``, ``cached_logits``, ...) is the wrapped model's."""
+    (`fastremask.Trace.model_calls`, which the tests check against it): ``calls`` (forward,
+    ``cached_logits`` and ``block_logits`` calls) and ``rows`` (the batch rows of each).
+    Everything else (``device``, ``mask_id``, ``config``, ``attention``, ...) is the wrapped
+    model's."""
 
     def __init__(self, model):
         self.model, self.calls, self.rows = model, 0, []
@@ -26,8 +27,13 @@ class Counting:
         self.rows.append(x.shape[0])
         return self.model.cached_logits(x, *a, **kw)
 
+    def block_logits(self, x, *a, **kw):
+        self.calls += 1
+        self.rows.append(x.shape[0])
+        return self.model.block_logits(x, *a, **kw)
+
     def __getattr__(self, name):
-        if name == "cached_logits" or name.startswith("__"):
+        if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.model, name)
 
