@@ -10,12 +10,13 @@ __all__ = ["Counting", "ToyLM"]
 class Counting:
     """Wraps a model and counts what it receives, independently of fastremask's own count
     (`fastremask.Trace.model_calls`, which the tests check against it): ``calls`` (forward,
-    ``cached_logits`` and ``block_logits`` calls) and ``rows`` (the batch rows of each).
+    ``cached_logits`` and ``block_logits`` calls), ``rows`` (the batch rows of each) and
+    ``columns`` (of a ``block_logits`` call: the columns it runs, ``L - start``).
     Everything else (``device``, ``mask_id``, ``config``, ``attention``, ...) is the wrapped
     model's."""
 
     def __init__(self, model):
-        self.model, self.calls, self.rows = model, 0, []
+        self.model, self.calls, self.rows, self.columns = model, 0, [], []
 
     def __call__(self, x, attention_mask=None, **kw):
         self.calls += 1
@@ -30,6 +31,7 @@ class Counting:
     def block_logits(self, x, *a, **kw):
         self.calls += 1
         self.rows.append(x.shape[0])
+        self.columns.append(x.shape[1] - kw.get("start", 0))
         return self.model.block_logits(x, *a, **kw)
 
     def __getattr__(self, name):

@@ -117,12 +117,15 @@ def block_call(cache, start: int, length: int) -> Callable:
         xs = x[:, :end]
         am = None if attention_mask is None else attention_mask[:, :end]
         if cache is None:
+            call.query = end                        # the positions this call computes, per row
             logits = model.block_logits(xs, am, block_length=length, logits_from=start)
         else:
+            call.query = end - cache.length
             logits = model.block_logits(xs, am, block_length=length, cache=cache, start=cache.length,
                                         commit=start, logits_from=start)
         return _check_logits(logits, x, length, "block logits", f"positions {start}:{end} of ")
 
+    call.query = None
     return call
 
 
@@ -135,7 +138,9 @@ class ModelCall:
     The one count of model calls: ``calls`` (forward, window and cached calls alike, a CFG call
     once) and ``positions``, the positions the model computed over all rows it was given (a
     full or window call: rows x length; a cached call: rows x its query, the whole sequence
-    at a block's first step, then ``L - start`` (``prefix``) or the block (``dual``)). The
+    at a block's first step, then ``L - start`` (``prefix``) or the block (``dual``); a
+    block-causal call: rows x the columns it runs, the window ``0:end`` of the current block
+    when it recomputes, the columns after the cache's when it has one). The
     trace reports both (`fastremask.Trace.model_calls`, `Trace.positions`).
     """
 
