@@ -30,7 +30,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and benchmarks/ for block_timing
-from block_timing import cells, time_modes  # noqa: E402
+from block_timing import add_run_arguments, cells, time_modes  # noqa: E402
 
 SHAPES = {"sdar": 4, "llada2": 32}
 
@@ -38,15 +38,11 @@ SHAPES = {"sdar": 4, "llada2": 32}
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=list(SHAPES), nargs="*", default=list(SHAPES))
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=256)
+    add_run_arguments(ap)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="a tiny run (seconds)")
     args = ap.parse_args(argv)
     if args.quick:
         args.prompt, args.gen, args.d_model, args.heads, args.layers, args.vocab, args.rounds = 8, 32, 32, 2, 2, 64, 1

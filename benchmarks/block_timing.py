@@ -17,6 +17,15 @@ import torch
 MODES = (None, "block")
 
 
+def add_run_arguments(ap) -> None:
+    """The flags the CPU block benchmarks share: --prompt, --gen, --rounds, --threads, --quick."""
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a tiny run (seconds)")
+
+
 @dataclass
 class Mode:
     seconds: float                  # median of the timed rounds

@@ -34,7 +34,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and benchmarks/ for block_timing
-from block_timing import cells, time_modes  # noqa: E402
+from block_timing import add_run_arguments, cells, time_modes  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -52,11 +52,7 @@ def shapes(quick: bool) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=["sdar", "llada2"], nargs="*", default=["sdar", "llada2"])
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="a tiny run (seconds)")
+    add_run_arguments(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.prompt, args.gen, args.rounds = 8, 32, 1
