@@ -34,7 +34,7 @@ __all__ = ["add_arguments", "run", "benchmarks_dir", "format_table", "RandomLMCo
            "random_model", "random_block_model", "BLOCK_SIZES", "SUITES"]
 
 SUITES = {"step": "test_bench_step.py", "generate": "test_bench_generate.py",
-          "schedules": "test_bench_schedules.py"}
+          "schedules": "test_bench_schedules.py", "blocks": "test_bench_blocks.py"}
 
 
 # ---------------------------------------------------------------------------- the command
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny shapes, one round: checks that everything runs (seconds, not a measurement)")
     parser.add_argument("--set", dest="case_set", default=None, choices=["auto", "quick", "cpu", "gpu", "full"],
                         help="step shapes (benchmarks/cases.py); default auto: gpu with CUDA, cpu without")
-    parser.add_argument("--suites", default="step,generate,schedules",
+    parser.add_argument("--suites", default="step,generate,schedules,blocks",
                         help=f"comma-separated suites to run, of {','.join(SUITES)} (default: all)")
     parser.add_argument("--backends", default=None,
                         help="comma-separated backends: llada,reference,torch,triton (default: all that run here)")
@@ -235,6 +235,15 @@ def format_table(data: dict) -> str:
             rows.append((e["gen_tokens"], e["schedule"], e["model_calls"],
                          f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}", f"{e['gen_tokens'] / s['median']:.1f}"))
         out += ["", "schedules (tiny model)", _render(rows)]
+    if "blocks" in by_kind:
+        rows = [("case", "family", "cache", "s min/med/max", "tokens/s", "model calls", "positions run")]
+        for b in sorted(by_kind["blocks"], key=lambda b: (b["group"], b["extra_info"]["cache"] or "")):
+            e, s = b["extra_info"], b["stats"]
+            rows.append((e["case"], e["family"], e["cache"] or "none (recompute)",
+                         f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}", f"{e['gen_tokens'] / s['median']:.1f}",
+                         e["model_calls"], f"{e['positions']:,}"))
+        out += ["", "block-diffusion models (random SDAR / LLaDA2 shapes): exact block cache vs recompute",
+                _render(rows)]
     return "\n".join(out)
 
 
