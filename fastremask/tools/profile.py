@@ -244,6 +244,8 @@ def check_args(args) -> None:
         if v is not None and v < minimum:
             raise CliError(f"--{opt.replace('_', '-')} must be >= {minimum}, got {v}")
     check_device(args.device)
+    if args.size != "auto" and args.model not in ("sdar", "llada2"):
+        raise CliError(f"--size {args.size} is for --model sdar or llada2, not {args.model}")
     if not args.no_trace:
         check_output_dir(args.out, "--out")
 
