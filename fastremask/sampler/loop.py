@@ -611,7 +611,9 @@ def generate(
         model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)
     logits_eos_inf : suppress the model's EOS (``model.eos_id``; LLaDA's 126081 otherwise)
     confidence_eos_eot_inf : defer the model's EOS and EoT (LLaDA's 126081 and 126348 otherwise)
-    schedule : 'uniform' | 'pyramid' | list of per-step counts | callable(n, steps) | Schedule
+    schedule : 'uniform' | 'pyramid' | 'dream' | 'origin' (Dream's alg='origin': each position
+        unmasked by its own draw; every step calls the model) | list of per-step counts |
+        callable(n, steps) | Schedule
     factor : pyramid dilation (step i keeps ``i // factor + 1``)
     threshold : keep every candidate with confidence >= threshold each step (at least one);
         with another ``threshold_rule``, that rule's parameter

@@ -26,7 +26,7 @@ schedules:
 * a list of ints: those counts, for every block (they must sum to its masked count).
 * a callable ``fn(n_masked, steps) -> sequence of ints``, checked like a list.
 
-`resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``) into a `Schedule`;
+`resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``/``"dream"``/``"origin"``) into a `Schedule`;
 `counts` is the batched form (rows may have different ``n_masked``); `cost` says what a
 ``generate`` configuration costs in model calls (steps that keep 0 tokens are skipped by
 ``generate`` and not counted).
@@ -469,7 +469,9 @@ def cost(
     model: once per step whose count is > 0; steps that keep 0 tokens (uniform with
     ``steps // num_blocks > block_length``, zeros in an explicit list or a callable's result)
     are skipped and cost nothing. With CFG it is still one call per step, on ``2 * batch``
-    rows. Threshold mode is not covered (its step count depends on the logits).
+    rows. ``schedule='origin'``: every step calls the model (``steps`` calls, exact) and
+    ``sampled_rows`` is its expected value, rounded (`_origin_cost`). Threshold mode is not
+    covered (its step count depends on the logits).
     """
     gen_length = _int("gen_length", gen_length, 1)
     block_length = _int("block_length", block_length, 1)
