@@ -397,8 +397,8 @@ def test_origin_is_batch_invariant():
 def test_origin_calls_the_model_every_step_and_cost_says_so():
     """Every step calls the model, also one where no position transfers and one where the block
     has nothing left masked (as Dream's loop): ``model_calls`` is ``steps``, and
-    `cost`/`SamplingConfig.model_calls` say the same; the trace records the steps that had a
-    masked position (keep only where the draw transferred), each with its own step counter."""
+    `cost`/`SamplingConfig.model_calls` say the same; the trace has one record per call (the
+    progress bar's count), keep only where the draw transferred, each with its step counter."""
     kw = dict(steps=12, gen_length=8, block_length=4, schedule="origin")
     idle = done_early = False
     for seed in range(6):
@@ -406,12 +406,14 @@ def test_origin_calls_the_model_every_step_and_cost_says_so():
                             backend="torch", **kw)
         assert trace.model_calls == 12 == SamplingConfig(**kw).model_calls() == S.cost(8, 4, 12, "origin").model_calls
         assert not (x == MASK).any()
-        assert all(bool(s.candidate.any()) for s in trace.steps)
+        assert len(trace.steps) == 12
         assert sum(int(s.keep.sum()) for s in trace.steps) == 8
-        rs = [int(s.row_step) for s in trace.steps]
-        assert rs == [s.step for s in trace.steps] and all(0 <= r < 12 for r in rs)
-        idle |= any(int(s.keep.sum()) == 0 for s in trace.steps)    # a step that transferred nothing
-        done_early |= len(trace.steps) < 12                           # steps with nothing left masked
+        assert [int(s.row_step) for s in trace.steps] == [s.step for s in trace.steps] == list(range(12))
+        for s in trace.steps:
+            assert not (s.keep & ~s.candidate).any()
+            assert torch.equal(s.x0 == -1, ~s.candidate) and torch.equal(s.confidence == float("-inf"), ~s.candidate)
+        idle |= any(int(s.keep.sum()) == 0 and bool(s.candidate.any()) for s in trace.steps)  # none transferred
+        done_early |= any(not s.candidate.any() for s in trace.steps)                  # nothing left masked
     assert idle and done_early
 
 

@@ -436,10 +436,6 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                 if steps.checker.block_done(busy):
                     break
             logits, uncond = calls(x, blk.call)
-            if origin is not None and not bool(cand.any()):   # nothing masked: Dream still calls the
-                row_step += 1                                 # model; there is nothing to sample
-                global_step += 1
-                continue
             steps.check_vocab(logits)
             if editing and config.penalty_lambda:
                 logits = _repeat_penalty(logits, blk.x, config.penalty_lambda)
@@ -452,9 +448,12 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
                 u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
                 transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
-            x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
-                                         None if k_cols is None else k_cols[i], global_step, record,
-                                         floor_k=fk, editable=editable, transfer=transfer)
+            if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
+                x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
+            else:
+                x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
+                                             None if k_cols is None else k_cols[i], global_step, record,
+                                             floor_k=fk, editable=editable, transfer=transfer)
             row_step += 1 if scheduled and layout is None else busy
             if editing:
                 finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
@@ -483,6 +482,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
+
+
+def _nothing_to_sample(cand):
+    """A step's outputs when no position of the block is masked (``schedule='origin'`` calls the
+    model at every step, as Dream): no token (-1), no confidence (-inf), nothing kept."""
+    return (torch.full(cand.shape, -1, dtype=torch.int64, device=cand.device),
+            torch.full(cand.shape, float("-inf"), device=cand.device), torch.zeros_like(cand), None)
 
 
 def _repeat_penalty(logits, xb, lam: float):
