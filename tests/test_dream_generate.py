@@ -342,9 +342,9 @@ def test_chi2_check_can_fail():
 
 def test_transfer_uniform_is_torch_rands_grid_and_uniform():
     """[0, 1) on the grid k * 2**-24 (torch.rand's fp32 uniforms), its own stream: not the token's,
-    remask's or alg_temp's words for the same counter; P(u < p) over 200,000 counters is p."""
-    seeds = torch.arange(200_000) * 7919 + 3
-    pos = torch.arange(200_000) % 97
+    remask's or alg_temp's words for the same counter; P(u < p) over 50,000 counters is p."""
+    seeds = torch.arange(50_000) * 7919 + 3
+    pos = torch.arange(50_000) % 97
     u = nx.transfer_uniform(seeds, pos, 5)
     assert u.dtype == torch.float32 and float(u.min()) >= 0 and float(u.max()) < 1
     k = u.double() * 2**24
@@ -453,3 +453,38 @@ def test_bad_origin_eps_and_unrecordable_eps():
         SamplingConfig(schedule=S.origin(0.01)).to_dict()
     with pytest.raises(ValueError, match=r"schedule='origin' .* has no fixed per-step counts"):
         S.resolve("origin")(8, 4)
+
+
+def test_origin_with_cfg_cache_window_stop_and_blocks_same_on_backends():
+    """Origin composes with the loop's other options (CFG, the prefix cache, the logits window,
+    stop_at_eos, several blocks, T > 0 with truncation): the reference and torch backends agree,
+    the answer is complete, and each block's draws restart its p_i (steps per block)."""
+    from fastremask.models.tiny import tiny_model
+    m = tiny_model(vocab_size=24, d_model=16, n_layers=1, n_heads=2, max_len=32)
+    m.eos_id = 3                                                    # for stop_at_eos
+    prompt = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    base = dict(steps=6, gen_length=6, block_length=3, schedule="origin", mask_id=m.mask_id, seed=[2, 9])
+    for kw in (dict(cfg_scale=1.5), dict(cache="prefix"), dict(logits_window=True), dict(stop_at_eos=True),
+               dict(temperature=0.9, top_k=5, top_p=0.9, truncation_order="top_p_first")):
+        want, trace = generate(m, prompt, backend="reference", return_trace=True, **base, **kw)
+        assert torch.equal(generate(m, prompt, backend="torch", **base, **kw), want), kw
+        assert not (want == m.mask_id).any(), kw
+        if not kw.get("stop_at_eos"):
+            assert trace.model_calls == 6 == len(trace.steps), kw
+
+
+def test_origin_refuses_a_block_causal_model():
+    from fastremask.models.tiny import tiny_model
+    m = tiny_model(vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_len=32, attention="block_causal",
+                   block_length=4)
+    with pytest.raises(ValueError, match=r"schedule='origin' is Dream's sampler for bidirectional models; "
+                                         r"\w+ is block-causal"):
+        generate(m, torch.tensor([[1, 2]]), steps=4, gen_length=4, block_length=4, schedule="origin",
+                 mask_id=m.mask_id)
+
+
+def test_origin_from_strings_and_to_dict():
+    """The option's string forms (the command line's, lm-eval's ``--model_args``) read 'origin'."""
+    c = SamplingConfig.from_strings(schedule="origin", steps="8", gen_length="8", block_length="8")
+    assert c.origin and c.to_dict()["schedule"] == "origin" and c.model_calls() == 8
+    assert not SamplingConfig(schedule="dream").origin
