@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from fastremask import SamplingConfig, generate
+from fastremask.sampler.config import options
 from fastremask.sampler import numerics as nx
 from fastremask.sampler import schedule as S
 
@@ -55,11 +56,20 @@ DREAM_ALGS = {
     "topk_margin": dict(schedule="dream", remasking="margin"),
     "entropy": dict(schedule="dream", remasking="entropy"),
 }
+# With the confidence option (numerics.md §6a), Dream's own confidences: the rule's value on
+# sample_tokens' tempered, truncated distribution, so every T and truncation is Dream's.
+DREAM_CONFIDENCE = "confidence" in options()
+if DREAM_CONFIDENCE:
+    for _alg in ("maskgit_plus", "topk_margin", "entropy"):
+        DREAM_ALGS[_alg] = dict(DREAM_ALGS[_alg], confidence="dream")
+needs_dream_confidence = pytest.mark.skipif(not DREAM_CONFIDENCE, reason="no confidence='dream' option on this branch")
 
 
 def dream_keywords(alg, *, steps, max_new_tokens, eps=1e-3, alg_temp=None, temperature=0.0, top_p=None,
                    top_k=None):
     """Dream's ``diffusion_generate`` keywords -> ``generate``'s (the mapping of docs/models/dream.md)."""
+    if alg == "origin" and temperature == 0:
+        top_p = top_k = None        # Dream truncates before its argmax: nothing changes (no confidence)
     kw = dict(DREAM_ALGS[alg], steps=steps, gen_length=max_new_tokens, block_length=max_new_tokens,
               temperature=temperature, alg_temp=alg_temp or 0.0, top_k=top_k,
               top_p=1.0 if top_p is None else top_p, truncation_order="top_p_first")
@@ -248,6 +258,35 @@ def test_generate_equals_dreams_sampler_at_t0(alg, max_new_tokens, steps):
     for backend in ("reference", "torch"):
         got = generate(LM, prompt, mask_id=MASK, seed=seeds, backend=backend, **kw)
         assert torch.equal(got, want), (alg, backend)
+
+
+@needs_dream_confidence
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy", "origin"])
+@pytest.mark.parametrize("max_new_tokens,steps,top_p,top_k", [(8, 4, 0.9, None), (12, 5, None, 3), (10, 10, 0.8, 4)])
+def test_generate_equals_dreams_sampler_at_t0_with_truncation(alg, max_new_tokens, steps, top_p, top_k):
+    """Dream truncates at T = 0 too (top-p, top-k before its softmax): the confidences, so the
+    positions chosen, are those of the truncated distribution (``confidence='dream'``); the tokens
+    equal Dream's one for one (the oracle's confidences in fp64)."""
+    g = torch.Generator().manual_seed(max_new_tokens * 10 + steps)
+    prompt = torch.randint(0, MASK, (2, 4), generator=g)
+    seeds = [4, 77]
+    want = dream_generate(LM, prompt, alg=alg, steps=steps, max_new_tokens=max_new_tokens, mask_id=MASK,
+                          rand=fastremask_rand(seeds, 4), top_p=top_p, top_k=top_k, dtype=torch.float64)
+    kw = dream_keywords(alg, steps=steps, max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k)
+    for backend in ("reference", "torch"):
+        assert torch.equal(generate(LM, prompt, mask_id=MASK, seed=seeds, backend=backend, **kw), want), backend
+
+
+@needs_dream_confidence
+@pytest.mark.parametrize("alg,dream_kw", [
+    ("maskgit_plus", dict(temperature=0.7, top_p=0.9)),
+    ("topk_margin", dict(temperature=1.3, top_k=4)),
+    ("entropy", dict(temperature=2.0, top_p=0.8, top_k=4)),
+    ("maskgit_plus", dict(temperature=2.0, top_p=0.8, top_k=4)),
+])
+def test_generate_follows_dreams_law_with_dreams_confidence(alg, dream_kw):
+    """At any T and truncation, with ``confidence='dream'``: the law of Dream's loop."""
+    test_generate_follows_dreams_law_at_t_above_0(alg, dream_kw)
 
 
 def test_origin_on_triton_equals_dreams_sampler_and_torch():

@@ -22,7 +22,8 @@ __all__ = [
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
     "remask_uniform", "TOP_P_BITS", "top_p_bound", "min_p_bound", "mass_bound", "kept_counts",
-    "truncate_sorted", "STREAM_POSITION", "gumbel_key", "STREAM_TRANSFER", "transfer_uniform",
+    "truncate_sorted", "STREAM_POSITION", "gumbel_key",
+    "STREAM_TRANSFER", "transfer_uniform",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
