@@ -242,18 +242,20 @@ def _chi2_pvalue(counts: dict, law: dict, n: int) -> float:
 CASES = [(8, 4), (12, 12), (16, 5), (10, 3), (9, 9)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("alg", list(DREAM_ALGS))
 @pytest.mark.parametrize("max_new_tokens,steps", CASES)
-def test_generate_equals_dreams_sampler_at_t0(alg, max_new_tokens, steps):
+def test_generate_equals_dreams_sampler_at_t0(alg, max_new_tokens, steps, dtype):
     """At T = 0 the tokens are Dream's one for one: ``maskgit_plus``/``topk_margin``/``entropy``
-    (Dream's counts, positions by confidence; fp64 confidences in the oracle, so its ranking is
-    the exact one) and ``origin`` with the transfer uniforms of fastremask (its only randomness),
-    for a batch of two prompts with per-row seeds, on every backend."""
+    (Dream's counts, positions by confidence; the oracle's confidences in fp64, the exact
+    ranking, and in fp32 as Dream computes them: no near tie splits them here) and ``origin``
+    with the transfer uniforms of fastremask (its only randomness), for a batch of two prompts
+    with per-row seeds, on the reference and torch backends."""
     g = torch.Generator().manual_seed(max_new_tokens * 100 + steps)
     prompt = torch.randint(0, MASK, (2, 4), generator=g)
     seeds = [11, 5000 + steps]
     want = dream_generate(LM, prompt, alg=alg, steps=steps, max_new_tokens=max_new_tokens, mask_id=MASK,
-                          rand=fastremask_rand(seeds, 4), dtype=torch.float64)
+                          rand=fastremask_rand(seeds, 4), dtype=dtype)
     kw = dream_keywords(alg, steps=steps, max_new_tokens=max_new_tokens)
     for backend in ("reference", "torch"):
         got = generate(LM, prompt, mask_id=MASK, seed=seeds, backend=backend, **kw)
