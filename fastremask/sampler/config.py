@@ -612,8 +612,8 @@ class SamplingConfig:
 
     def model_calls(self) -> int:
         """Schedule mode: the model calls `run` makes (`fastremask.sampler.schedule.cost`: steps that
-        keep 0 are skipped; ``schedule='origin'``: every step); threshold mode: the most it can make (each step keeps at least one
-        per unfinished row)."""
+        keep 0 are skipped; ``schedule='origin'``: every step); threshold mode: the most it can
+        make (each step keeps at least one per unfinished row)."""
         from fastremask.sampler import schedule as _schedule
 
         if self.threshold is not None:

@@ -445,12 +445,12 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             if floor_cols is not None:
                 fk = floor_cols[i] if i < len(floor_cols) else zero_k
             transfer = None
-            if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
-                u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
-                transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
             if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
                 x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
             else:
+                if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
+                    u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
+                    transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
                 x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
                                              None if k_cols is None else k_cols[i], global_step, record,
                                              floor_k=fk, editable=editable, transfer=transfer)
