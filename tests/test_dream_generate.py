@@ -529,3 +529,29 @@ def test_origin_from_strings_and_to_dict():
     c = SamplingConfig.from_strings(schedule="origin", steps="8", gen_length="8", block_length="8")
     assert c.origin and c.to_dict()["schedule"] == "origin" and c.model_calls() == 8
     assert not SamplingConfig(schedule="dream").origin
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(A=st.integers(1, 9), blocks=st.sampled_from([1, 2, 3]), spb=st.integers(1, 7),
+       eps=st.sampled_from([1e-3, 0.05, 0.5]), batch=st.integers(1, 3), seed=st.integers(0, 2**62),
+       temperature=st.sampled_from([0.0, 1.0, 0.6]))
+def test_origin_keeps_exactly_the_transferred_positions(A, blocks, spb, eps, batch, seed, temperature):
+    """The rule, stated per step from the trace: a row keeps exactly its masked positions whose
+    uniform ``transfer_uniform(seed, position, step)`` is below the step's ``p_i`` of its block
+    (every one at a block's last step); every position ends unmasked; reference = torch."""
+    C = A
+    kw = dict(steps=blocks * spb, gen_length=blocks * C, block_length=C, temperature=temperature,
+              schedule=S.origin(eps), mask_id=MASK, seed=seed)
+    prompt = torch.arange(batch * 3).view(batch, 3) % MASK
+    x, trace = generate(MODEL, prompt, backend="torch", return_trace=True, **kw)
+    assert torch.equal(generate(MODEL, prompt, backend="reference", **kw), x)
+    assert not (x == MASK).any() and trace.model_calls == blocks * spb == len(trace.steps)
+    ps = S.origin(eps).probabilities(spb)
+    seeds = torch.tensor([seed + b for b in range(batch)])
+    for s in trace.steps:
+        pos = torch.arange(C) + (s.start - 3)
+        u = nx.transfer_uniform(seeds[:, None].expand(batch, C), pos.expand(batch, C), s.step)
+        assert torch.equal(s.keep, s.candidate & (u < torch.tensor(ps[s.step % spb]))), (s.step, ps)
