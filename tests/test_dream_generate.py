@@ -28,8 +28,7 @@ from fastremask.sampler.config import options
 from fastremask.sampler import numerics as nx
 from fastremask.sampler import schedule as S
 
-from test_batch_invariance import MASK, MODEL, VOCAB
-
+from test_batch_invariance import MASK, MODEL
 
 
 class NoMaskLM(torch.nn.Module):
@@ -160,27 +159,50 @@ def fastremask_rand(seeds, prompt_length):
     return rand
 
 
-def dream_law(model, prompt, *, alg, steps, max_new_tokens, eps=1e-3, temperature=1.0, top_p=None, top_k=None):
+def _choices(conf, k, alg_temp):
+    """``[(positions, probability)]``: the ``k`` positions Dream keeps given their confidences:
+    the top ``k`` (ties by the lower position), or with ``alg_temp`` drawn without replacement
+    from ``softmax(conf / alg_temp)`` (``torch.multinomial``: each ordered draw's chance is the
+    product of each pick's share of what is left)."""
+    m = len(conf)
+    if not alg_temp:
+        return [(tuple(sorted(range(m), key=lambda a: (-conf[a], a))[:k]), 1.0)]
+    w = torch.softmax(torch.tensor(conf, dtype=torch.float64) / alg_temp, 0).tolist()
+    out = {}
+    for order in itertools.permutations(range(m), k):
+        pr, left = 1.0, 1.0
+        for a in order:
+            pr, left = pr * w[a] / left, left - w[a]
+        key = tuple(sorted(order))
+        out[key] = out.get(key, 0.0) + pr
+    return list(out.items())
+
+
+def dream_law(model, prompt, *, alg, steps, max_new_tokens, eps=1e-3, alg_temp=None, temperature=1.0, top_p=None,
+              top_k=None):
     """The exact law of `dream_generate`'s answer for one prompt (float64 enumeration): ``{answer
     tuple: probability}``. ``origin``'s transfer chance is ``torch.rand``'s exactly: ``ceil(p *
-    2**24) / 2**24``; the other algorithms break confidence ties by the lower position."""
+    2**24) / 2**24``; the other algorithms keep `_choices` (ties by the lower position)."""
     P = prompt.shape[1]
     ts = torch.linspace(1, eps, steps + 1)
     law = {tuple(prompt[0].tolist()) + (MASK,) * max_new_tokens: 1.0}
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
         nxt = {}
+
+        def put(y, v):
+            nxt[y] = nxt.get(y, 0.0) + v
         for x, w in law.items():
             masked = [j for j in range(P, len(x)) if x[j] == MASK]
             if not masked:
-                nxt[x] = nxt.get(x, 0.0) + w
+                put(x, w)
                 continue
             logits = model(torch.tensor([x]))[0].double()
             probs = _dream_probs(logits[masked], temperature, top_p, top_k)
-            support = [torch.nonzero(p > 0).flatten().tolist() for p in probs]
-
-            def put(y, v):
-                nxt[y] = nxt.get(y, 0.0) + v
+            if temperature > 0:     # each position's (token, chance): a draw, or the argmax at T = 0
+                draws = [[(tok, float(p[tok])) for tok in torch.nonzero(p > 0).flatten().tolist()] for p in probs]
+            else:
+                draws = [[(int(p.argmax()), 1.0)] for p in probs]
             if alg == "origin":
                 p = float(1 - s / t) if i < steps - 1 else 1.0
                 q = math.ceil(p * 2**24) / 2**24
@@ -188,34 +210,32 @@ def dream_law(model, prompt, *, alg, steps, max_new_tokens, eps=1e-3, temperatur
                     wm = w * math.prod(q if m else 1 - q for m in moved)
                     if wm == 0:
                         continue
-                    opts = [support[a] if m else [MASK] for a, m in enumerate(moved)]
+                    opts = [draws[a] if m else [(MASK, 1.0)] for a, m in enumerate(moved)]
                     for toks in itertools.product(*opts):
-                        v = wm * math.prod(float(probs[a, tok]) for a, tok in enumerate(toks) if moved[a])
                         y = list(x)
                         for a, j in enumerate(masked):
-                            y[j] = toks[a]
-                        put(tuple(y), v)
+                            y[j] = toks[a][0]
+                        put(tuple(y), wm * math.prod(c for _, c in toks))
                 continue
             n = torch.tensor(len(masked)) / 1
             k = int(n * (1 - s / t)) if i < steps - 1 else int(n)
             if alg != "maskgit_plus":          # the confidence does not depend on the tokens drawn:
                 conf = _confidence(alg, probs, None).tolist()      # the tokens of the chosen only
-                order = sorted(range(len(masked)), key=lambda a: (-conf[a], a))[:k]
-                for toks in itertools.product(*(support[a] for a in order)):
-                    y = list(x)
-                    for a, tok in zip(order, toks):
-                        y[masked[a]] = tok
-                    put(tuple(y), w * math.prod(float(probs[a, tok]) for a, tok in zip(order, toks)))
+                for chosen, pc in _choices(conf, k, alg_temp):
+                    for toks in itertools.product(*(draws[a] for a in chosen)):
+                        y = list(x)
+                        for a, (tok, _) in zip(chosen, toks):
+                            y[masked[a]] = tok
+                        put(tuple(y), w * pc * math.prod(c for _, c in toks))
                 continue
-            for toks in itertools.product(*support):
-                x0 = torch.tensor(toks)
-                v = w * math.prod(float(probs[a, tok]) for a, tok in enumerate(toks))
-                conf = _confidence(alg, probs, x0).tolist()
-                order = sorted(range(len(masked)), key=lambda a: (-conf[a], a))[:k]
-                y = list(x)
-                for a in order:
-                    y[masked[a]] = toks[a]
-                put(tuple(y), v)
+            for toks in itertools.product(*draws):
+                x0 = torch.tensor([tok for tok, _ in toks])
+                v = w * math.prod(c for _, c in toks)
+                for chosen, pc in _choices(_confidence(alg, probs, x0).tolist(), k, alg_temp):
+                    y = list(x)
+                    for a in chosen:
+                        y[masked[a]] = toks[a][0]
+                    put(tuple(y), v * pc)
         law = nxt
     return {x[P:]: w for x, w in law.items()}
 
@@ -288,7 +308,7 @@ def test_generate_equals_dreams_sampler_at_t0_with_truncation(alg, max_new_token
 ])
 def test_generate_follows_dreams_law_with_dreams_confidence(alg, dream_kw):
     """At any T and truncation, with ``confidence='dream'``: the law of Dream's loop."""
-    test_generate_follows_dreams_law_at_t_above_0(alg, dream_kw)
+    _check_law(alg, dream_kw)
 
 
 def test_origin_on_triton_equals_dreams_sampler_and_torch():
@@ -360,12 +380,26 @@ def _samples(alg, prompt, steps, max_new_tokens, **dream_kw):
 def test_generate_follows_dreams_law_at_t_above_0(alg, dream_kw):
     """``generate`` with Dream's keywords mapped draws answers with the exact law of Dream's loop
     (enumerated): 4000 per-row seeds in one batch, chi-square at p > 0.001 (deterministic)."""
+    _check_law(alg, dream_kw)
+
+
+def _check_law(alg, dream_kw, steps=3, A=3):
     prompt = torch.tensor([[3, 7]])
-    steps, A = 3, 3
     law = dream_law(LM, prompt, alg=alg, steps=steps, max_new_tokens=A, **dream_kw)
     assert abs(sum(law.values()) - 1) < 1e-9
     p = _chi2_pvalue(_samples(alg, prompt, steps, A, **dream_kw), law, N)
     assert p > 1e-3, (alg, dream_kw, p)
+
+
+@pytest.mark.parametrize("alg,dream_kw,A", [
+    ("maskgit_plus", dict(temperature=1.0, alg_temp=0.5), 3),
+    ("topk_margin", dict(temperature=0.0, alg_temp=0.3), 5),      # T = 0: the positions are the draw
+    ("entropy", dict(temperature=0.0, alg_temp=1.0), 5),
+])
+def test_alg_temp_follows_dreams_law(alg, dream_kw, A):
+    """Dream's ``alg_temp``: the positions drawn without replacement from ``softmax(confidence /
+    alg_temp)`` (``torch.multinomial``); fastremask's Gumbel-top-k gives the same law."""
+    _check_law(alg, dream_kw, A=A)
 
 
 def test_chi2_check_can_fail():
