@@ -26,7 +26,7 @@ import triton.language as tl
 
 from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales, truncate_sorted
 from fastremask.sampler.contract import (NO_TRUNCATION, REMASKING, RowSample, Truncation,   # shared by
-                                         check_sample_args)                                  # every backend
+                                         check_sample_args, sampling_confidence)             # every backend
 from fastremask.sampler.reference import prepare_logits
 
 from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_a_term, fixed_pow2,
@@ -528,8 +528,8 @@ def truncation_cut(logits, rows, c_t: float, truncation: Truncation, cfg_scale=0
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION, out=None,
-                 chunks_per_prog=None, num_warps=None) -> RowSample:
+                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION,
+                 confidence="llada", out=None, chunks_per_prog=None, num_warps=None) -> RowSample:
     """The launcher: allocates and launches, checks nothing (`sample_rows` checks; the loop calls
     this with what it built). Index tensors int64 ``[R]`` contiguous on the logits' device,
     ``suppress_tokens`` an int64 device tensor or None, logits with unit vocab stride."""
@@ -541,6 +541,9 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
                         torch.empty(r, dtype=torch.bool, device=device))
     if r == 0:
         return out
+    if sampling_confidence(confidence, temperature, remasking):
+        raise ValueError(f"confidence={confidence!r} (numerics.md §6a) is not in the triton kernels yet; "
+                         "use backend='torch' or 'reference' (the same bits)")
     rule = _RULE[remasking]
     noise = float(temperature) != 0.0
     tau, c_t = tempered_scales(temperature) if noise else (1.0, LOG2E)
@@ -571,7 +574,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
                 positions: torch.Tensor, steps, *, temperature: float, remasking: str,
                 cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
                 suppress_tokens=None, active: torch.Tensor | None = None,
-                truncation: Truncation = NO_TRUNCATION, out: RowSample | None = None,
+                truncation: Truncation = NO_TRUNCATION, confidence: str = "llada", out: RowSample | None = None,
                 chunks_per_prog: int | None = None, num_warps: int | None = None) -> RowSample:
     """Sampled token and confidence of logits rows, bit-equal to `reference.sample_rows`.
 
@@ -617,7 +620,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active, truncation=truncation)   # the same checks on every backend
+                              active=active, truncation=truncation, confidence=confidence)   # every backend's checks
     device = logits.device
     if device.type != "cuda" and not interpreting():   # this backend's own limits
         raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
@@ -633,4 +636,5 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                         remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                         suppress_tokens=_suppress_tensor(suppress_tokens, device), active=active,
-                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation)
+                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation,
+                        confidence=confidence)
