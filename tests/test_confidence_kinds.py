@@ -389,28 +389,36 @@ def test_batch_invariance_of_a_row():
 
 def test_generate_with_each_kind_is_the_same_on_every_backend_and_batch_invariant():
     """`generate(confidence=...)`: the reference and torch backends (and triton under the
-    interpreter) give the same tokens, a row of a batch equals its prompt alone, and the kind
-    changes the tokens where it should (Dream's README call: T = 0.2, top_p = 0.95, entropy)."""
+    interpreter) give the same tokens and the same kept confidences (the trace), a row of a
+    batch equals its prompt alone, and the kind reaches the step: the kept confidences differ
+    from confidence='llada''s (Dream's README call: T = 0.2, top_p = 0.95, entropy; Dream at
+    T = 0 with top-k; LLaDA2's, threshold mode)."""
     from fastremask import generate
     from test_batch_invariance import MASK, MODEL, _batch, _check_rows_alone
-    kws = [dict(steps=6, gen_length=6, block_length=3, temperature=0.2, top_p=0.95, remasking="entropy",
+    kws = [dict(steps=4, gen_length=8, block_length=8, temperature=0.2, top_p=0.95, remasking="entropy",
                 truncation_order="top_p_first", confidence="dream"),
            dict(steps=6, gen_length=6, block_length=3, temperature=0.0, top_k=3, remasking="margin",
                 truncation_order="top_p_first", confidence="dream"),
            dict(steps=2, gen_length=6, block_length=3, temperature=0.9, top_k=4, top_p=0.9, threshold=0.5,
                 confidence="llada2", cfg_scale=1.0)]
+    try:
+        from fastremask.kernels.numerics import interpreting
+        backends = ("torch", "triton") if interpreting() else ("torch",)
+    except ImportError:
+        backends = ("torch",)
     for kw in kws:
         for backend in ("torch", "reference"):
             _check_rows_alone([2, 4, 3], 5, kw, backend)
         rows, ids, am = _batch([2, 4], 9)
-        want = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", **kw)
-        assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="torch", **kw), want)
-        try:
-            from fastremask.kernels.numerics import interpreting
-        except ImportError:
-            continue
-        if interpreting():
-            assert torch.equal(generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="triton", **kw), want)
+        want, trace = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", return_trace=True, **kw)
+        for backend in backends:
+            x, tr = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend=backend, return_trace=True, **kw)
+            assert torch.equal(x, want), backend
+            assert [tr.kept(b) for b in range(2)] == [trace.kept(b) for b in range(2)], backend
+        plain = {k: v for k, v in kw.items() if not (kw["temperature"] == 0 and k in ("top_k", "top_p"))}
+        x, tr = generate(MODEL, ids, am, mask_id=MASK, seed=3, backend="reference", return_trace=True,
+                         **{**plain, "confidence": "llada"})
+        assert [c for *_, c in tr.kept(0)] != [c for *_, c in trace.kept(0)]
 
 
 def test_confidence_option_is_declared_once_and_in_the_graph_key():
