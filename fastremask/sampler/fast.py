@@ -4,9 +4,10 @@
   ``CHUNK``s (numerics.md §5), so the temporaries stay near ``PIECE_ELEMENTS`` elements
   whatever the vocabulary; per piece it keeps the per-chunk maxima (and their first indices at
   ``T = 0``), the top-2 logits (for ``margin``), the per-chunk fixed-point sums and, at
-  ``T != 1``, the tempered weight sums. At ``T > 0`` the draw (§4) then reads the one chunk it
-  picks per row again. Because the sums are fixed per chunk, the result does not depend on the
-  piece width.
+  ``T != 1`` or with a truncation, the (kept) tempered weight sums, which a
+  ``confidence='dream'`` / ``'llada2'`` confidence (numerics.md §6a) reads too. At ``T > 0`` the
+  draw (§4) then reads the one chunk it picks per row again. Because the sums are fixed per
+  chunk, the result does not depend on the piece width.
 * `select` ranks by one sort of an int64 key per position instead of the reference's
   pairwise comparison; the ``'factor'`` and ``'eb'`` threshold rules are `rules.rule_keep`
   (element-wise, and one int64 prefix sum) on those ranks.
