@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from fastremask.sampler.names import (BACKENDS, CACHE_MODES, MAX_LENGTH, REMASKING, SEED_LIMIT, THRESHOLD_FLOORS,
-                                     THRESHOLD_RULES, TRUNCATION_ORDERS)
+                                     THRESHOLD_RULES, TRUNCATION_ORDERS, CONFIDENCE_KINDS)
 from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
 __all__ = ["SamplingConfig", "SpecialIds", "Option", "option", "options", "check_options", "BACKENDS",
@@ -314,6 +314,11 @@ class SamplingConfig:
                                    _parse_name, step=True, choices=TRUNCATION_ORDERS)
     remasking: str = option("low_confidence", "the confidence that ranks the candidates", _parse_name,
                             step=True, choices=REMASKING)
+    confidence: str = option(
+        "llada", "whose confidence the rule takes: llada (the untempered full softmax) | dream (Dream's "
+                 "sample_tokens: the tempered softmax after top-p/top-k, truncated at T = 0 too) | llada2 "
+                 "(LLaDA2's: the tempered, truncated softmax at T > 0, llada's at T = 0); numerics.md §6a",
+        _parse_name, step=True, choices=CONFIDENCE_KINDS)
     mask_id: Optional[int] = option(None, "mask token id (default: the model's)", _none_or(_parse_int),
                                     step=True, metavar="ID")
     logits_eos_inf: bool = option(False, "never generate the model's EOS", _parse_bool, step=True)
@@ -396,13 +401,16 @@ class SamplingConfig:
                                  "has no confidence to sample by (use alg_temp=0)")
             if self.alg_temp < 1e-30:                # confidence / alg_temp must stay finite in fp32
                 raise ValueError(f"alg_temp={self.alg_temp!r} is too small: use 0 (off) or at least 1e-30")
-        if t.active and self.temperature == 0:
+        from fastremask.sampler.contract import check_confidence    # whose confidence (§6a)
+        if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
+            raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
+        check_confidence(self.confidence, self.remasking)
+        if t.active and self.temperature == 0 and self.confidence != "dream":
             on = ", ".join(f"{n}={v!r}" for n, v in (("top_k", t.top_k), ("top_p", t.top_p), ("min_p", t.min_p))
                            if v != {"top_k": None, "top_p": 1.0, "min_p": 0.0}[n])
             raise ValueError(f"{on} needs temperature > 0: at temperature=0 the token is the argmax, which "
-                             "every truncation keeps, so it would change nothing (numerics.md §4a)")
-        if not isinstance(self.remasking, str) or self.remasking not in REMASKING:
-            raise ValueError(f"unknown remasking {self.remasking!r}; expected one of {list(REMASKING)}")
+                             "every truncation keeps, so it would change nothing (numerics.md §4a); only "
+                             "confidence='dream' truncates at temperature=0 (Dream's sample_tokens)")
         if self.mask_id is not None:
             put("mask_id", check_int("mask_id", self.mask_id, 0, SEED_LIMIT))
         for name in ("logits_eos_inf", "confidence_eos_eot_inf", "logits_window", "cuda_graph", "stop_at_eos",

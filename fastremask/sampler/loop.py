@@ -95,7 +95,7 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
         logits.view(-1, V), blk.rows, blk.seeds, blk.positions, row_step.index_select(0, blk.bi),
         temperature=config.temperature, remasking=config.remasking, cfg_scale=config.cfg_scale,
         uncond_logits=None if uncond is None else uncond.view(-1, V), suppress_tokens=suppress,
-        active=active.view(-1), truncation=config.truncation)
+        active=active.view(-1), truncation=config.truncation, confidence=config.confidence)
     x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
     ok = checker.note(sample.invalid, active, blk, step_index, logits, uncond)   # no bad row kept
     candidate = ok if editable is None else ok & cand
@@ -559,6 +559,7 @@ def generate(
     top_p=1.0,
     min_p=0.0,
     truncation_order="top_k_first",
+    confidence="llada",
     alg_temp=0.0,
     schedule="uniform",
     factor=1,
@@ -613,6 +614,10 @@ def generate(
     truncation_order : 'top_k_first' (LLaDA2's and Hugging Face's: top-p on what top-k keeps) |
         'top_p_first' (Dream's: top-p on the whole distribution, then top-k)
     remasking : 'low_confidence' | 'random' | 'margin' | 'entropy'
+    confidence : whose confidence the remasking rule takes (numerics.md §6a): 'llada' (the
+        untempered full softmax) | 'dream' (Dream's ``sample_tokens``: the tempered softmax after
+        top-p / top-k, truncated at ``T = 0`` too) | 'llada2' (LLaDA2's: the tempered, truncated
+        softmax at ``T > 0``, 'llada' at ``T = 0``; ``low_confidence`` only)
     mask_id : the mask token id (LLaDA's 126336 by default, as in LLaDA's signature; None: the
         model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)
     logits_eos_inf : suppress the model's EOS (``model.eos_id``; LLaDA's 126081 otherwise)
