@@ -14,8 +14,7 @@ fastremask's `transfer_uniform` so that the tokens can be compared one for one) 
 the categorical draw. `dream_law` enumerates the same semantics exactly (float64) for tiny
 answers, the law the chi-square tests compare ``generate``'s samples with.
 
-`DREAM_ALGS` is Dream's ``alg`` -> ``generate`` keywords: a new confidence kind (Dream's
-confidence on the tempered, truncated distribution) is one more entry there.
+`DREAM_ALGS` is Dream's ``alg`` -> ``generate`` keywords.
 """
 import itertools
 import math
@@ -24,7 +23,6 @@ import pytest
 import torch
 
 from fastremask import SamplingConfig, generate
-from fastremask.sampler.config import options
 from fastremask.sampler import numerics as nx
 from fastremask.sampler import schedule as S
 
@@ -46,22 +44,15 @@ class NoMaskLM(torch.nn.Module):
 
 LM = NoMaskLM()
 
-# Dream's `alg` -> fastremask's keywords (docs/models/dream.md). Today's confidences are LLaDA's
-# (the untempered full softmax): Dream's at T = 0 without truncation, and at T = 1 without
-# truncation (where tempering and truncation change nothing).
+# Dream's `alg` -> fastremask's keywords (docs/models/dream.md): the counted algorithms take
+# Dream's own confidences (confidence='dream', numerics.md §6a: the rule's value on sample_tokens'
+# tempered, truncated distribution), so every T and truncation is Dream's; origin ranks nothing.
 DREAM_ALGS = {
     "origin": dict(schedule="origin"),
-    "maskgit_plus": dict(schedule="dream", remasking="low_confidence"),
-    "topk_margin": dict(schedule="dream", remasking="margin"),
-    "entropy": dict(schedule="dream", remasking="entropy"),
+    "maskgit_plus": dict(schedule="dream", remasking="low_confidence", confidence="dream"),
+    "topk_margin": dict(schedule="dream", remasking="margin", confidence="dream"),
+    "entropy": dict(schedule="dream", remasking="entropy", confidence="dream"),
 }
-# With the confidence option (numerics.md §6a), Dream's own confidences: the rule's value on
-# sample_tokens' tempered, truncated distribution, so every T and truncation is Dream's.
-DREAM_CONFIDENCE = "confidence" in options()
-if DREAM_CONFIDENCE:
-    for _alg in ("maskgit_plus", "topk_margin", "entropy"):
-        DREAM_ALGS[_alg] = dict(DREAM_ALGS[_alg], confidence="dream")
-needs_dream_confidence = pytest.mark.skipif(not DREAM_CONFIDENCE, reason="no confidence='dream' option on this branch")
 
 
 def dream_keywords(alg, *, steps, max_new_tokens, eps=1e-3, alg_temp=None, temperature=0.0, top_p=None,
@@ -282,7 +273,6 @@ def test_generate_equals_dreams_sampler_at_t0(alg, max_new_tokens, steps, dtype)
         assert torch.equal(got, want), (alg, backend)
 
 
-@needs_dream_confidence
 @pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy", "origin"])
 @pytest.mark.parametrize("max_new_tokens,steps,top_p,top_k", [(8, 4, 0.9, None), (12, 5, None, 3), (10, 10, 0.8, 4)])
 def test_generate_equals_dreams_sampler_at_t0_with_truncation(alg, max_new_tokens, steps, top_p, top_k):
@@ -299,22 +289,10 @@ def test_generate_equals_dreams_sampler_at_t0_with_truncation(alg, max_new_token
         assert torch.equal(generate(LM, prompt, mask_id=MASK, seed=seeds, backend=backend, **kw), want), backend
 
 
-@needs_dream_confidence
-@pytest.mark.parametrize("alg,dream_kw", [
-    ("maskgit_plus", dict(temperature=0.7, top_p=0.9)),
-    ("topk_margin", dict(temperature=1.3, top_k=4)),
-    ("entropy", dict(temperature=2.0, top_p=0.8, top_k=4)),
-    ("maskgit_plus", dict(temperature=2.0, top_p=0.8, top_k=4)),
-])
-def test_generate_follows_dreams_law_with_dreams_confidence(alg, dream_kw):
-    """At any T and truncation, with ``confidence='dream'``: the law of Dream's loop."""
-    _check_law(alg, dream_kw)
-
-
 def test_origin_on_triton_equals_dreams_sampler_and_torch():
-    """The triton backend (the interpreter on a CPU: slow, so one small case): origin's tokens at
-    T = 0 equal the oracle's, and at T > 0 with truncation the torch backend's, a batch of two
-    rows with per-row seeds."""
+    """The triton backend (the interpreter on a CPU: slow, so small cases): origin's tokens at
+    T = 0 equal the oracle's, and at T > 0 with truncation (origin, and maskgit_plus with Dream's
+    confidence) the torch backend's, a batch of two rows with per-row seeds."""
     if "triton" not in _backends():
         pytest.skip("triton runs here only under TRITON_INTERPRET=1 (tests/conftest.py) or on a GPU")
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -323,9 +301,10 @@ def test_origin_on_triton_equals_dreams_sampler_and_torch():
                           rand=fastremask_rand(seeds, 3), dtype=torch.float64)
     kw = dream_keywords("origin", steps=3, max_new_tokens=5)
     assert torch.equal(generate(LM, prompt, mask_id=MASK, seed=seeds, backend="triton", **kw), want)
-    kw = dream_keywords("origin", steps=3, max_new_tokens=5, temperature=0.8, top_p=0.9, top_k=4)
-    assert torch.equal(generate(LM, prompt, mask_id=MASK, seed=seeds, backend="triton", **kw),
-                       generate(LM, prompt, mask_id=MASK, seed=seeds, backend="torch", **kw))
+    for alg in ("origin", "maskgit_plus"):        # and Dream's confidence on the truncated distribution
+        kw = dream_keywords(alg, steps=3, max_new_tokens=5, temperature=0.8, top_p=0.9, top_k=4)
+        assert torch.equal(generate(LM, prompt, mask_id=MASK, seed=seeds, backend="triton", **kw),
+                           generate(LM, prompt, mask_id=MASK, seed=seeds, backend="torch", **kw)), alg
 
 
 def _backends():
@@ -373,13 +352,18 @@ def _samples(alg, prompt, steps, max_new_tokens, **dream_kw):
     ("origin", dict(temperature=0.7, top_p=0.9)),                 # truncation: Dream's order, top-p first
     ("origin", dict(temperature=1.3, top_k=3)),
     ("origin", dict(temperature=2.0, top_p=0.8, top_k=4)),
-    ("maskgit_plus", dict(temperature=1.0)),                      # today's confidence is Dream's at T = 1
+    ("maskgit_plus", dict(temperature=1.0)),
     ("topk_margin", dict(temperature=1.0)),
     ("entropy", dict(temperature=1.0)),
+    ("maskgit_plus", dict(temperature=0.7, top_p=0.9)),           # Dream's confidence: tempered, truncated
+    ("topk_margin", dict(temperature=1.3, top_k=4)),
+    ("entropy", dict(temperature=2.0, top_p=0.8, top_k=4)),
+    ("maskgit_plus", dict(temperature=2.0, top_p=0.8, top_k=4)),
 ])
 def test_generate_follows_dreams_law_at_t_above_0(alg, dream_kw):
     """``generate`` with Dream's keywords mapped draws answers with the exact law of Dream's loop
-    (enumerated): 4000 per-row seeds in one batch, chi-square at p > 0.001 (deterministic)."""
+    (enumerated): 4000 per-row seeds in one batch, chi-square at p > 0.001 (deterministic); the
+    counted algorithms with ``confidence='dream'`` at any T and truncation."""
     _check_law(alg, dream_kw)
 
 
@@ -511,6 +495,7 @@ def test_origin_probabilities_and_cost():
     (dict(threshold=0.5), r"schedule='origin' .* no threshold mode: use threshold=None, got threshold=0.5"),
     (dict(alg_temp=0.5), r"alg_temp=0.5 draws positions by confidence; schedule='origin'"),
     (dict(remasking="margin"), r"remasking='margin' ranks the positions; schedule='origin'"),
+    (dict(confidence="dream"), r"confidence='dream' chooses the confidence .* schedule='origin'"),
     (dict(defer_tokens=[3]), r"defer_tokens / confidence_eos_eot_inf .* schedule='origin'"),
     (dict(confidence_eos_eot_inf=True), r"defer_tokens / confidence_eos_eot_inf .* schedule='origin'"),
     (dict(schedule=S.Origin(0.5), factor=2), r"factor=2 applies to schedule='pyramid' only"),

@@ -455,6 +455,10 @@ class SamplingConfig:
             raise ValueError(f"remasking={self.remasking!r} ranks the positions; schedule='origin' keeps every "
                              "position its draw transfers, so no ranking applies: use remasking='low_confidence' "
                              "(the default)")
+        if self.confidence != "llada":
+            raise ValueError(f"confidence={self.confidence!r} chooses the confidence that ranks the positions; "
+                             "schedule='origin' keeps every position its draw transfers, so no ranking applies: "
+                             "use confidence='llada' (the default)")
         if self.defer_tokens or self.confidence_eos_eot_inf:
             raise ValueError("defer_tokens / confidence_eos_eot_inf order the positions a step keeps; "
                              "schedule='origin' keeps every position its draw transfers: nothing can be deferred")
