@@ -16,7 +16,10 @@ checked equal; the model calls per answer are counted. Shapes (``--shape``):
 Modes: ``threshold 0.95`` (LLaDA2's default: ``threshold_floor='schedule'``, one step per
 position at most) and ``editing`` (LLaDA2.1's Q mode: threshold 0.7, edit_threshold 0.5,
 ``max_post_edit_steps`` 16, ``force_editing``: a random model was not trained for it). Each case
-runs once to warm up, then ``--rounds`` times; the median is reported.
+runs once to warm up, then ``--rounds`` times; the median is reported, and for the median
+round where its time went: the model's layers, its final norm and output head (the same work
+in both modes: the logits of the block only), and the rest (the sampler and the loop, also the
+same in both), with the bound these shared costs put on the end-to-end ratio.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ SHAPES = {"sdar": 4, "llada2": 32}
 
 
 class Counting(torch.nn.Module):
-    """The model, counting its calls."""
+    """The model, counting its calls and timing them: ``model_s`` the seconds inside
+    ``block_logits``, ``head_s`` those in its final norm and output head (forward hooks); the
+    rest of an answer's time is the sampler and the loop."""
 
     def __init__(self, model):
         super().__init__()
@@ -43,11 +48,31 @@ class Counting(torch.nn.Module):
         for name in ("attention", "block_length", "mask_id", "device", "config"):
             setattr(self, name, getattr(model, name))
         self.token_editing = False
+        self.model_s = self.head_s = 0.0
+        self._t = 0.0
+
+        def start(*_):
+            self._t = time.perf_counter()
+
+        def stop(*_):
+            self.head_s += time.perf_counter() - self._t
+
+        self._hooks = (model.norm.register_forward_pre_hook(start), model.head.register_forward_hook(stop))
+
+    def reset(self):
+        self.model_s = self.head_s = 0.0
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
 
     def block_logits(self, input_ids, *a, **kw):
         self.calls += 1
         self.columns += input_ids.shape[1] - kw.get("start", 0)     # positions run through the model
-        return self.inner.block_logits(input_ids, *a, **kw)
+        t = time.perf_counter()
+        out = self.inner.block_logits(input_ids, *a, **kw)
+        self.model_s += time.perf_counter() - t
+        return out
 
     def forward(self, *a, **kw):
         return self.inner(*a, **kw)
@@ -81,6 +106,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g)
+    split = []
     for shape in args.shape:
         C = SHAPES[shape]
         model = tiny_model(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
@@ -98,16 +124,31 @@ def main(argv=None):
                 m = Counting(model)
                 out = run(m, prompt, config, seed=0)                     # warm-up
                 calls, columns = m.calls, m.columns
-                times = []
+                times, parts = [], []
                 for _ in range(args.rounds):
+                    m.reset()
                     t = time.perf_counter()
                     run(m, prompt, config, seed=0)
                     times.append(time.perf_counter() - t)
-                res[cache] = (statistics.median(times), out, calls, columns)
-            (tr, a, calls_r, col_r), (tc, b, calls_c, col_c) = res[None], res["block"]
+                    # layers (the model's body), head (final norm + output head), the rest (sampler, loop)
+                    parts.append((m.model_s - m.head_s, m.head_s, times[-1] - m.model_s))
+                m.close()
+                mid = sorted(range(args.rounds), key=times.__getitem__)[args.rounds // 2]
+                res[cache] = (times[mid], out, calls, columns, parts[mid])
+            (tr, a, calls_r, col_r, pr), (tc, b, calls_c, col_c, pc) = res[None], res["block"]
             print(f"| {shape} | {C} | {mode} | {tr:.2f} | {tc:.2f} | **{tr / tc:.1f}x** | {calls_c} "
                   f"| {col_r:,} / {col_c:,} ({col_r / col_c:.0f}x) | {bool(torch.equal(a, b)) and calls_r == calls_c} |",
                   flush=True)
+            split.append(f"| {shape} | {C} | {mode} | {pr[0]:.2f} / {pr[1]:.2f} / {pr[2]:.2f} "
+                         f"| {pc[0]:.2f} / {pc[1]:.2f} / {pc[2]:.2f} | {pr[0] / pc[0]:.1f}x "
+                         f"| {tr / (pc[1] + pc[2]):.1f}x |")
+    print("\nWhere the time goes (the median round of each): seconds per answer in the model's layers / its "
+          "final norm and output head / the rest (the sampler and the loop); the layers' ratio; the bound on "
+          "the end-to-end ratio were the cache's layers free (recompute total / cache head + rest).")
+    print("| shape | block | mode | recompute: layers / head / rest | cache: layers / head / rest | layers ratio "
+          "| bound |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(split), flush=True)
 
 
 if __name__ == "__main__":
