@@ -649,6 +649,7 @@ def test_option_checks():
 def test_benchmark_runs_quick(capsys):
     """benchmarks/block_cache.py (docs/cache.md's numbers) still runs, and its tokens agree."""
     import importlib.util
+    import re
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "block_cache.py"
@@ -660,5 +661,10 @@ def test_benchmark_runs_quick(capsys):
         mod.main(["--quick", "--shape", "sdar"])
     finally:
         torch.set_num_threads(before)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| sdar")]
+    out = capsys.readouterr().out
+    results, split = out.split("Where the time goes")
+    rows = [line for line in results.splitlines() if line.startswith("| sdar")]
     assert len(rows) == 2 and all(r.endswith("| True |") for r in rows)
+    parts = [line for line in split.splitlines() if line.startswith("| sdar")]
+    three = r"[\d.]+ / [\d.]+ / [\d.]+"                                      # layers / head / rest
+    assert len(parts) == 2 and all(re.search(rf"\| {three} \| {three} \|", r) for r in parts)
