@@ -89,10 +89,12 @@ class Result:
 
 
 def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_chunks: int = 62,
-              trunc: bool = False) -> Spec:
+              trunc: bool = False, sampled: bool = False) -> Spec:
     """The row kernel as `generate` launches it (LLaDA's 62 chunks); `noise` is a bool (True: T = 1)
     or the temperature (T != 1 is the tempered variant, a second exp per entry); `trunc`: with
-    top-k / top-p / min-p (numerics.md §4a; only at T > 0)."""
+    top-k / top-p / min-p (numerics.md §4a; at T > 0, or with `sampled` at T = 0 too); `sampled`:
+    the confidence on the tempered, truncated distribution (§6a: ``confidence='dream'``, or
+    ``'llada2'`` at T > 0)."""
     temperature = float(noise)                       # True is 1.0, False 0.0
     noise, tempered = temperature != 0.0, temperature not in (0.0, 1.0)
     sig = {
@@ -105,8 +107,11 @@ def _row_spec(dtype: str, cfg: bool, noise, rule: str, active: bool = True, n_ch
     }
     const = {"CHUNK": CHUNK, "HAS_CFG": cfg, "HAS_ACTIVE": active, "NOISE": noise, "TEMPERED": tempered,
              "RULE": _RULES[rule],
-             "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode(), "TRUNC": bool(trunc) and noise}
-    name = f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise) + int(tempered)},{rule}{',trunc' if trunc else ''}]"
+             "BLOCK_C": _block_c(n_chunks), "MAX_MODE": max_mode(), "TRUNC": bool(trunc) and (noise or sampled)}
+    if sampled:                                      # absent otherwise: the earlier variants unchanged
+        const["SAMPLED"] = True
+    name = (f"sample_rows[{dtype},cfg={int(cfg)},noise={int(noise) + int(tempered)},{rule}"
+            f"{',trunc' if trunc else ''}{',sampled' if sampled else ''}]")
     aligned = tuple(k for k in sig if k.startswith("p_")) + ("stride_l", "stride_u", "V")
     warps = _row_launch_config(1, n_chunks, None, None)[2]   # the warps generate launches with
     return Spec(name, _sample_rows_kernel, sig, const, warps, aligned)
@@ -135,13 +140,18 @@ def specialisations(quick: bool = False) -> list[Spec]:
     if quick:
         rows = [_row_spec("bf16", True, 0.7, "entropy"), _row_spec("fp32", False, False, "low_confidence"),
                 _row_spec("fp16", True, False, "margin"), _row_spec("bf16", False, True, "random"),
-                _row_spec("bf16", False, False, "entropy"), _row_spec("bf16", False, 0.7, "low_confidence", trunc=True)]
+                _row_spec("bf16", False, False, "entropy"), _row_spec("bf16", False, 0.7, "low_confidence", trunc=True),
+                _row_spec("bf16", True, 0.7, "entropy", trunc=True, sampled=True),
+                _row_spec("fp32", False, False, "margin", trunc=True, sampled=True)]
         selects = [_select_spec(True, True), _select_spec(False, False, block_c=512)]
         return rows + selects
     rows = [_row_spec(d, c, n, r) for d, c, n, r in
             itertools.product(_LOGIT_TYPES, (False, True), (False, True, 0.7), _RULES)]
     rows += [_row_spec(d, False, n, r, trunc=True) for d, n, r in
              itertools.product(_LOGIT_TYPES, (True, 0.7), ("low_confidence", "random"))]
+    # the §6a confidences (confidence='dream' / 'llada2'), with truncation: the heaviest of them
+    rows += [_row_spec(d, False, n, r, trunc=True, sampled=True) for d, n, r in
+             itertools.product(_LOGIT_TYPES, (False, True, 0.7), ("low_confidence", "margin", "entropy"))]
     selects = [_select_spec(t, w, c) for t, w in itertools.product((False, True), repeat=2)
                for c in (32, 512)]
     return rows + selects

@@ -84,10 +84,11 @@ class Case:
     logits_per_iter: int | None = None   # vocab entries one main-loop iteration handles
 
 
-def _row_case(dtype: str, temperature: float, rule: str, cfg: bool, trunc: bool = False) -> Case:
-    spec = aot._row_spec(dtype, cfg, temperature, rule, trunc=trunc)
+def _row_case(dtype: str, temperature: float, rule: str, cfg: bool, trunc: bool = False,
+              sampled: bool = False) -> Case:
+    spec = aot._row_spec(dtype, cfg, temperature, rule, trunc=trunc, sampled=sampled)
     t = "0" if temperature == 0 else ("1" if temperature == 1 else "other")
-    name = f"sample_rows[{dtype},T={t},{rule},cfg={int(cfg)}{',trunc' if trunc else ''}]"
+    name = f"sample_rows[{dtype},T={t},{rule},cfg={int(cfg)}{',trunc' if trunc else ''}{',sampled' if sampled else ''}]"
     return Case(name, "sample_rows", spec, dtype, temperature, rule, cfg, aot.row_logits_per_iter(spec))
 
 
@@ -97,7 +98,8 @@ def cases(subset: str = "all") -> list[Case]:
     if subset == "quick":
         rows = [_row_case("bf16", t, r, False) for t in (0.0, 1.0) for r in RULES]
         rows += [_row_case("bf16", 0.0, "low_confidence", True), _row_case("fp32", 0.0, "low_confidence", False),
-                 _row_case("fp16", 0.0, "margin", True), _row_case("bf16", 0.7, "entropy", True)]
+                 _row_case("fp16", 0.0, "margin", True), _row_case("bf16", 0.7, "entropy", True),
+                 _row_case("bf16", 0.7, "entropy", False, trunc=True, sampled=True)]
         return rows
     rows = [_row_case(d, t, r, c) for d in ("bf16", "fp16", "fp32") for t in TEMPERATURES for r in RULES
             for c in (False, True)]
@@ -105,6 +107,10 @@ def cases(subset: str = "all") -> list[Case]:
     # launch by torch ops: `kernels.sample.truncation_cut`, not counted here)
     rows += [_row_case(d, t, r, False, trunc=True) for d in ("bf16", "fp32") for t in (1.0, 0.7)
              for r in ("low_confidence", "random")]
+    # the confidences on the tempered, truncated distribution (numerics.md §6a: confidence='dream',
+    # 'llada2' at T > 0): the SAMPLED flag, with truncation (at T = 0 too, as Dream cuts there)
+    rows += [_row_case(d, t, r, False, trunc=True, sampled=True) for d in ("bf16", "fp32") for t in TEMPERATURES
+             for r in ("low_confidence", "margin", "entropy")]
     others = [Case(s.name, s.name.split("[")[0], s) for s in aot.specialisations()
               if not s.name.startswith("sample_rows")]
     return rows + others

@@ -223,6 +223,18 @@ def chunk_weights(m_c, s_c, m, tau):
 
 
 @triton.jit
+def combine_kept_terms(m_c, s_c, a_c, m, tau):
+    """Per-chunk terms of `Z_T` and `B_T` (int64) of the tempered, truncated distribution
+    (numerics.md §6a) from the kept sums `S'_c`, `A'_c` given the row max `m`: `W_c` exactly as
+    `chunk_weights`, `trunc((A'_c + ((m - m_c) * tau) * S'_c) * f_c)` in fp64."""
+    live = m_c != float("-inf")                      # dead chunks add exactly 0
+    f = exp(tl.where(live, m_c - m, float("-inf")) * tau).to(tl.float64)
+    d = tl.where(live, m.to(tl.float64) - m_c.to(tl.float64), 0.0) * tau   # tau exact in fp64
+    s64 = s_c.to(tl.float64)                         # < 2**51: exact
+    return (s64 * f).to(tl.int64), ((a_c.to(tl.float64) + d * s64) * f).to(tl.int64)
+
+
+@triton.jit
 def combine_chunks(m_c, s_c, a_c):
     """(m, Z, B) of a row from its chunk partials along the last axis (pad with -inf, 0, 0)."""
     m = tl.max(m_c, axis=-1, keep_dims=True)

@@ -26,11 +26,11 @@ import triton.language as tl
 
 from fastremask.sampler.numerics import CHUNK, FIXED, LOG2E, round_f32, tempered_scales, truncate_sorted
 from fastremask.sampler.contract import (NO_TRUNCATION, REMASKING, RowSample, Truncation,   # shared by
-                                         check_sample_args)                                  # every backend
+                                         check_sample_args, sampling_confidence)             # every backend
 from fastremask.sampler.reference import prepare_logits
 
-from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_terms, draw_below, fixed_a_term, fixed_pow2,
-                       fixed_ratio, fixed_term, interpreting, log, neg, remask_uniform, to_f32)
+from .numerics import (LAUNCH_OPTIONS, chunk_weights, combine_kept_terms, combine_terms, draw_below, fixed_a_term,
+                       fixed_pow2, fixed_ratio, fixed_term, interpreting, log, neg, remask_uniform, to_f32)
 
 __all__ = ["RowSample", "sample_rows", "REMASKING", "MAX_VOCAB"]
 
@@ -116,12 +116,12 @@ def _sub_logits(p_l, p_u, p_suppress, base, V, n_suppress, cfg_s1, SUB: tl.const
 
 
 @triton.jit
-def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut, CHUNK: tl.constexpr,
+def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut, tau, CHUNK: tl.constexpr,
                  SUB: tl.constexpr, HAS_CFG: tl.constexpr, NEED_S: tl.constexpr, NEED_A: tl.constexpr,
-                 NEED_T: tl.constexpr, TRUNC: tl.constexpr):
+                 NEED_T: tl.constexpr, TRUNC: tl.constexpr, A_T: tl.constexpr = False):
     """m_c (NaN as NaN), S_c, A_c and the tempered sum of chunk `c` with suppression, from
     memory in SUB-entry pieces: the same max and the same integer sums (any order) as the chunk
-    loop's."""
+    loop's (`A_T`: A_c is the kept tempered A'_c of §6a)."""
     n_v = V - c * CHUNK                                              # entries past V are -inf: no piece
     m_c = float("-inf")
     k = 0
@@ -147,6 +147,11 @@ def _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_c
                 if TRUNC:
                     w = tl.where(_kept(b_l, o_v, l_cut, i_cut), w, 0)
                 t_c += tl.sum(w, 0)
+                if A_T:      # §6a: A'_c of the kept tokens, d in tempered nats
+                    y_t = fixed_pow2((b_l - m_s) * c_t)
+                    if TRUNC:
+                        y_t = tl.where(_kept(b_l, o_v, l_cut, i_cut), y_t, 0.0)
+                    a_c += tl.sum(fixed_a_term(y_t, (b_l - m_s) * tau), 0)
             k += SUB
     return m_c, s_c, a_c, t_c
 
@@ -187,10 +192,10 @@ def _sums(b_l, m_s, NEED_S: tl.constexpr, NEED_A: tl.constexpr, MAX_MODE: tl.con
 
 
 @triton.jit
-def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t, l_cut, i_cut,
+def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t, l_cut, i_cut, tau,
            CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, MASKED: tl.constexpr, NEED_S: tl.constexpr,
            NEED_A: tl.constexpr, NEED_T: tl.constexpr, TEMPERED: tl.constexpr, TRUNC: tl.constexpr,
-           MAX_MODE: tl.constexpr):
+           MAX_MODE: tl.constexpr, A_T: tl.constexpr = False):
     """One chunk's partials (§5, and with `NEED_T` §4's tempered sum), stored at `o_p` of each
     plane. A NaN max is stored as +inf; what the rest computes for such a chunk is never used.
 
@@ -214,6 +219,8 @@ def _chunk(p_l, p_u, c, V, cfg_s1, o_p, plane, p_pf, p_pi, c_t, l_cut, i_cut,
             i_rel = tl.minimum(tl.maximum(i_cut - c * CHUNK, -1), CHUNK).to(tl.int32)
             y_t = tl.where(_kept(b_l, tl.arange(0, CHUNK), l_cut, i_rel), y_t, 0.0)   # trunc(0.0) = 0
         tl.store(p_pi + 2 * plane + o_p, tl.sum(y_t.to(tl.int64), 0))
+        if A_T:          # §6a's entropy: A'_c of the kept weights, d in tempered nats, in A_c's plane
+            tl.store(p_pi + plane + o_p, tl.sum(fixed_a_term(y_t, (b_l - m_s) * tau), 0))
     tl.store(p_pf + o_p, tl.where(m_c == m_c, m_c, float("inf")))
 
 
@@ -229,14 +236,19 @@ def _sample_rows_kernel(
     stride_l, stride_u, V, n_chunks, chunks_per_prog, n_suppress, tau, c_t, cfg_s1,
     CHUNK: tl.constexpr, HAS_CFG: tl.constexpr, HAS_ACTIVE: tl.constexpr, NOISE: tl.constexpr,
     TEMPERED: tl.constexpr, RULE: tl.constexpr, BLOCK_C: tl.constexpr, MAX_MODE: tl.constexpr,
-    TRUNC: tl.constexpr = False,
+    TRUNC: tl.constexpr = False, SAMPLED: tl.constexpr = False,
 ):
     # S_c for the confidence, or at T = 1 for the draw (the tempered weights are S_c's terms);
     # with truncation (TRUNC, numerics.md §4a: the row's last kept token at p_lcut / p_icut,
     # computed before the launch) the draw has its own sum of the kept weights at every T > 0.
-    NEED_S: tl.constexpr = (RULE != 3) or (NOISE and not TEMPERED and not TRUNC)
+    # SAMPLED (§6a): the confidence is taken on that tempered, kept distribution too (at T = 0
+    # with s = LOG2E): the same kept sums S'_c (S_c itself at T = 0 or 1 without a cut), and
+    # for entropy A'_c beside them; LLaDA's S_c is then not needed.
+    WEIGHTS: tl.constexpr = NOISE or SAMPLED
+    NEED_S: tl.constexpr = (RULE != 3 and not SAMPLED) or (WEIGHTS and not TEMPERED and not TRUNC)
     NEED_A: tl.constexpr = RULE == 2
-    NEED_T: tl.constexpr = NOISE and (TEMPERED or TRUNC)
+    NEED_T: tl.constexpr = WEIGHTS and (TEMPERED or TRUNC)
+    A_T: tl.constexpr = SAMPLED and NEED_A and NEED_T
     i_r = tl.program_id(0)
     i_s = tl.program_id(1)
     act = True
@@ -266,12 +278,12 @@ def _sample_rows_kernel(
         # `while`, not `for c in range(c, c_hi)`: triton 3.6's interpreter cannot take tensor
         # bounds in range() with numpy >= 2.3 (it calls int() on a 1-element array).
         while c < c_full:
-            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut,
-                   CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE)
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut, tau,
+                   CHUNK, HAS_CFG, False, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE, A_T)
             c += 1
         if c < c_hi:                                                 # the last chunk, partly past V
-            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut,
-                   CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE)
+            _chunk(p_l, p_u, c, V, cfg_s1, o_r + c, plane, p_pf, p_pi, c_t, l_cut, i_cut, tau,
+                   CHUNK, HAS_CFG, True, NEED_S, NEED_A, NEED_T, TEMPERED, TRUNC, MAX_MODE, A_T)
         # The last of the row's programs to finish combines its partials (the combine reads them
         # in vocab order, so which program that is changes nothing). Every thread's partial
         # stores come before the counter's release (the barrier), the counter's acquire before
@@ -282,14 +294,14 @@ def _sample_rows_kernel(
             tl.store(p_count + i_r, 0)                               # ready for the next launch
             _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
                     p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, l_cut, i_cut, RULE, BLOCK_C, NOISE,
-                    NEED_S, NEED_T, HAS_CFG, CHUNK, TRUNC)
+                    NEED_S, NEED_T, HAS_CFG, CHUNK, TRUNC, SAMPLED, A_T)
 
 
 @triton.jit
-def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, c_t, l_cut, i_cut,
+def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1, c_t, l_cut, i_cut, tau,
                        CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, HAS_CFG: tl.constexpr,
                        NEED_S: tl.constexpr, NEED_A: tl.constexpr, NEED_T: tl.constexpr,
-                       TRUNC: tl.constexpr):
+                       TRUNC: tl.constexpr, A_T: tl.constexpr = False):
     """A row's chunk partials of the logits as read ([BLOCK_C] each) -> those after suppression.
 
     For each distinct suppressed id `v` in chunk `c`: when its logit lies below `m_c`, the max
@@ -326,13 +338,18 @@ def _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, 
                         if TRUNC:
                             w = tl.where(_kept(l_s, v, l_cut, i_cut), w, 0)
                         b_t = tl.where(at, b_t - w, b_t)
+                        if A_T:      # §6a: its A'_c term, where the chunk loop counted it
+                            y_t = fixed_pow2((l_s - m_c) * c_t)
+                            if TRUNC:
+                                y_t = tl.where(_kept(l_s, v, l_cut, i_cut), y_t, 0.0)
+                            b_a = tl.where(at, b_a - fixed_a_term(y_t, (l_s - m_c) * tau), b_a)
                 else:
                     redo = redo | at
         j += 1
     while tl.max(redo.to(tl.int32), 0) > 0:
         c = tl.min(tl.where(redo, o_c, BLOCK_C), 0)
-        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut,
-                                          CHUNK, _SUB, HAS_CFG, NEED_S, NEED_A, NEED_T, TRUNC)
+        m_c, s_c, a_c, t_c = _chunk_again(p_l, p_u, p_suppress, c, V, n_suppress, cfg_s1, c_t, l_cut, i_cut, tau,
+                                          CHUNK, _SUB, HAS_CFG, NEED_S, NEED_A, NEED_T, TRUNC, A_T)
         at = o_c == c
         b_m = tl.where(at, tl.where(m_c == m_c, m_c, float("inf")), b_m)
         b_s = tl.where(at, s_c, b_s)
@@ -381,8 +398,9 @@ def _draw_token(i_r, b_m, b_t, m, invalid, p_seeds, p_pos, p_steps, p_l, p_u, p_
 def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_invalid, n_chunks,
             p_l, p_u, p_suppress, V, n_suppress, cfg_s1, tau, c_t, l_cut, i_cut, RULE: tl.constexpr,
             BLOCK_C: tl.constexpr, NOISE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr,
-            HAS_CFG: tl.constexpr, CHUNK: tl.constexpr, TRUNC: tl.constexpr):
-    """The exact finish of one active row from its chunk partials (numerics.md §4-6)."""
+            HAS_CFG: tl.constexpr, CHUNK: tl.constexpr, TRUNC: tl.constexpr, SAMPLED: tl.constexpr = False,
+            A_T: tl.constexpr = False):
+    """The exact finish of one active row from its chunk partials (numerics.md §4-6, §6a)."""
     o_c = tl.arange(0, BLOCK_C)
     m_c = o_c < n_chunks
     o_p = i_r.to(tl.int64) * n_chunks + o_c
@@ -397,8 +415,8 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
     if NEED_T:
         b_t = tl.load(p_pi + 2 * plane + o_p, mask=m_c, other=0, cache_modifier=".cg")
     b_m, b_s, b_a, b_t = _suppress_partials(b_m, b_s, b_a, b_t, p_l, p_u, p_suppress, V, n_suppress, cfg_s1,
-                                            c_t, l_cut, i_cut, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2, NEED_T,
-                                            TRUNC)
+                                            c_t, l_cut, i_cut, tau, CHUNK, BLOCK_C, HAS_CFG, NEED_S, RULE == 2,
+                                            NEED_T, TRUNC, A_T)
     m = tl.max(b_m, 0)
     invalid = (m == float("inf")) | (m == float("-inf"))              # NaN / +inf, or no finite logit
     # The first chunk holding the row max (chunks are in vocab order).
@@ -435,6 +453,18 @@ def _finish(i_r, plane, p_pf, p_pi, p_seeds, p_pos, p_steps, p_x0, p_conf, p_inv
         l_x0 = m
     if RULE == 3:   # random
         conf = remask_uniform(tl.load(p_seeds + i_r), tl.load(p_pos + i_r), tl.load(p_steps + i_r))
+    elif SAMPLED:   # §6a: on the tempered, kept distribution, over the draw's own total Z_T
+        w_c, b_c = combine_kept_terms(b_m, b_t if NEED_T else b_s, b_a, m, tau)
+        z = tl.sum(w_c, 0)
+        if RULE == 0:   # p_T(x0)
+            conf = fixed_ratio(fixed_pow2((l_x0 - m) * c_t).to(tl.int64), z)
+        elif RULE == 1:  # p_T(top-1) - p_T(top-2): no second kept token when the cut is the first max
+            if TRUNC:
+                i_first = c_top.to(tl.int64) * CHUNK + i_top
+                l2 = tl.where((l_cut == m) & (i_cut == i_first), float("-inf"), l2)
+            conf = fixed_ratio(-fixed_pow2((l2 - m) * c_t).to(tl.int64) + _FIXED_I, z)
+        else:            # sum p_T log p_T
+            conf = neg(log(to_f32(z) * _INV_FIXED) + fixed_ratio(tl.sum(b_c, 0), z))
     else:
         z_c, b_c = combine_terms(b_m, b_s, b_a, m)                   # §5, per chunk, exact ints
         z = tl.sum(z_c, 0)                                           # Z, scaled by 2**40
@@ -528,8 +558,8 @@ def truncation_cut(logits, rows, c_t: float, truncation: Truncation, cfg_scale=0
 
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
-                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION, out=None,
-                 chunks_per_prog=None, num_warps=None) -> RowSample:
+                 uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION,
+                 confidence="llada", out=None, chunks_per_prog=None, num_warps=None) -> RowSample:
     """The launcher: allocates and launches, checks nothing (`sample_rows` checks; the loop calls
     this with what it built). Index tensors int64 ``[R]`` contiguous on the logits' device,
     ``suppress_tokens`` an int64 device tensor or None, logits with unit vocab stride."""
@@ -542,6 +572,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     if r == 0:
         return out
     rule = _RULE[remasking]
+    sampled = sampling_confidence(confidence, temperature, remasking)   # §6a: the SAMPLED flag
     noise = float(temperature) != 0.0
     tau, c_t = tempered_scales(temperature) if noise else (1.0, LOG2E)
     has_cfg = uncond_logits is not None
@@ -550,7 +581,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     pf = torch.empty((_N_F, r, n_chunks), dtype=torch.float32, device=device)
     pi = torch.empty((_N_I, r, n_chunks), dtype=torch.int64, device=device)
     n_sup = 0 if suppress_tokens is None else suppress_tokens.numel()
-    trunc = noise and truncation.active
+    trunc = (noise or sampled) and truncation.active             # §6a cuts at T = 0 too (s = LOG2E)
     l_cut, i_cut = out.confidence, rows                            # unread without truncation
     if trunc:
         l_cut, i_cut = truncation_cut(logits, rows, c_t, truncation, cfg_scale, uncond_logits,
@@ -563,7 +594,8 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         n_sup, tau, c_t, round_f32(float(cfg_scale) + 1.0),   # §7: s + 1 in fp32
         CHUNK=CHUNK, HAS_CFG=has_cfg, HAS_ACTIVE=active is not None, NOISE=noise, TEMPERED=tau != 1.0,
         RULE=rule,
-        BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), TRUNC=trunc, num_warps=warps, **LAUNCH_OPTIONS)
+        BLOCK_C=_block_c(n_chunks), MAX_MODE=max_mode(), TRUNC=trunc, SAMPLED=sampled, num_warps=warps,
+        **LAUNCH_OPTIONS)
     return out
 
 
@@ -571,7 +603,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
                 positions: torch.Tensor, steps, *, temperature: float, remasking: str,
                 cfg_scale: float = 0.0, uncond_logits: torch.Tensor | None = None,
                 suppress_tokens=None, active: torch.Tensor | None = None,
-                truncation: Truncation = NO_TRUNCATION, out: RowSample | None = None,
+                truncation: Truncation = NO_TRUNCATION, confidence: str = "llada", out: RowSample | None = None,
                 chunks_per_prog: int | None = None, num_warps: int | None = None) -> RowSample:
     """Sampled token and confidence of logits rows, bit-equal to `reference.sample_rows`.
 
@@ -617,7 +649,7 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active, truncation=truncation)   # the same checks on every backend
+                              active=active, truncation=truncation, confidence=confidence)   # every backend's checks
     device = logits.device
     if device.type != "cuda" and not interpreting():   # this backend's own limits
         raise ValueError(f"the triton backend needs CUDA tensors, got logits on {device} "
@@ -633,4 +665,5 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
     return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                         remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                         suppress_tokens=_suppress_tensor(suppress_tokens, device), active=active,
-                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation)
+                        out=out, chunks_per_prog=chunks_per_prog, num_warps=num_warps, truncation=truncation,
+                        confidence=confidence)

@@ -124,7 +124,7 @@ def test_step_key_has_every_step_option():
                        "logits_eos_inf": True, "confidence_eos_eot_inf": True, "threshold": 0.5,
                        "suppress_tokens": [1], "defer_tokens": [1], "backend": "torch",
                        "top_k": 5, "top_p": 0.9, "min_p": 0.1, "truncation_order": "top_p_first",
-                       "alg_temp": 0.5}.get(name)
+                       "alg_temp": 0.5, "confidence": "dream"}.get(name)
             if name == "threshold_rule":
                 a, b = SamplingConfig(threshold=0.5), SamplingConfig(threshold=0.5, threshold_rule="factor")
             elif name in ("top_k", "top_p", "min_p", "truncation_order"):   # truncation needs T > 0

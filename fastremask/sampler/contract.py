@@ -14,11 +14,11 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from fastremask.sampler.names import REMASKING, THRESHOLD_RULES, TRUNCATION_ORDERS
+from fastremask.sampler.names import CONFIDENCE_KINDS, REMASKING, THRESHOLD_RULES, TRUNCATION_ORDERS
 from fastremask.sampler.numerics import tempered_scales
 
 __all__ = ["REMASKING", "LOGIT_DTYPES", "RULES", "EB_GAMMA_LIMIT", "RowSample", "Truncation", "NO_TRUNCATION",
-           "check_truncation", "Backend", "check_sample_args", "check_select_args", "check_rule", "write_kept",
+           "check_truncation", "CONFIDENCE_KINDS", "check_confidence", "sampling_confidence", "Backend", "check_sample_args", "check_select_args", "check_rule", "write_kept",
            "row_steps", "same_bits", "assert_bits_equal"]
 
 RULES = THRESHOLD_RULES          # the one list of rule names (names.py, read by the CLI too)
@@ -92,6 +92,30 @@ def check_truncation(top_k=None, top_p=1.0, min_p=0.0, order: str = "top_k_first
     return Truncation(top_k, p, q + 0.0, order)          # -0.0 -> 0.0
 
 
+def check_confidence(kind, remasking: str) -> str:
+    """A known confidence kind (numerics.md §6a) that can serve ``remasking``: one error naming
+    the option and the value otherwise. Returns ``kind``."""
+    if not isinstance(kind, str) or kind not in CONFIDENCE_KINDS:
+        raise ValueError(f"unknown confidence {kind!r}; expected one of {list(CONFIDENCE_KINDS)}")
+    if kind == "dream" and remasking == "random":
+        raise ValueError("confidence='dream' scores a token by Dream's sampling distribution; remasking='random' "
+                         "has no confidence to take from it (use confidence='llada' with remasking='random')")
+    if kind == "llada2" and remasking != "low_confidence":
+        raise ValueError(f"confidence='llada2' is LLaDA2's probability of the sampled token: it needs "
+                         f"remasking='low_confidence', got remasking={remasking!r} (confidence='dream' "
+                         "gives margin and entropy on the tempered, truncated distribution)")
+    return kind
+
+
+def sampling_confidence(kind: str, temperature: float, remasking: str) -> bool:
+    """Whether the confidence is taken on the tempered, truncated distribution (numerics.md §6a)
+    rather than LLaDA's untempered full softmax (§6): ``'dream'`` at every temperature,
+    ``'llada2'`` at ``T > 0`` (LLaDA2 takes the full softmax at ``T = 0``); never for ``random``."""
+    if remasking == "random":
+        return False
+    return kind == "dream" or (kind == "llada2" and float(temperature) > 0.0)
+
+
 def row_steps(steps, r: int, device) -> torch.Tensor:
     """``steps`` (an int for every row, or one per row) as an int64 ``[r]`` tensor on ``device``.
 
@@ -118,7 +142,7 @@ class Backend:
 
     * ``sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking,
       cfg_scale=0.0, uncond_logits=None, suppress_tokens=None, active=None,
-      truncation=NO_TRUNCATION) -> RowSample``;
+      truncation=NO_TRUNCATION, confidence='llada') -> RowSample``;
     * ``select(confidence, candidate, deferred, k, threshold=None, *, rule='fixed', x=None,
       x0=None, start=0, out=None) -> keep``: with ``x`` and ``x0`` it also writes the kept
       ``x0[b, i]`` into ``x[b, start + i]`` in place (`write_kept`); ``out``: a preallocated
@@ -147,7 +171,7 @@ def _index(name: str, t, r: int, device) -> None:
 
 def check_sample_args(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
                       uncond_logits=None, suppress_tokens=None, active=None,
-                      truncation: Truncation = NO_TRUNCATION) -> torch.Tensor:
+                      truncation: Truncation = NO_TRUNCATION, confidence: str = "llada") -> torch.Tensor:
     """The argument checks of every backend's public `sample_rows` (the loop skips them): the
     same exception type and message on every backend. Returns ``steps`` as an int64 ``[R]``
     tensor (`row_steps`)."""
@@ -161,6 +185,7 @@ def check_sample_args(logits, rows, seeds, positions, steps, *, temperature, rem
     if not isinstance(truncation, Truncation):
         raise TypeError(f"truncation must be a contract.Truncation (check_truncation), got {truncation!r}")
     check_truncation(*truncation)
+    check_confidence(confidence, remasking)
     t = _real("temperature", temperature)
     if not (t >= 0.0 and math.isfinite(t)):
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")

@@ -4,9 +4,10 @@
   ``CHUNK``s (numerics.md §5), so the temporaries stay near ``PIECE_ELEMENTS`` elements
   whatever the vocabulary; per piece it keeps the per-chunk maxima (and their first indices at
   ``T = 0``), the top-2 logits (for ``margin``), the per-chunk fixed-point sums and, at
-  ``T != 1``, the tempered weight sums. At ``T > 0`` the draw (§4) then reads the one chunk it
-  picks per row again. Because the sums are fixed per chunk, the result does not depend on the
-  piece width.
+  ``T != 1`` or with a truncation, the (kept) tempered weight sums, which a
+  ``confidence='dream'`` / ``'llada2'`` confidence (numerics.md §6a) reads too. At ``T > 0`` the
+  draw (§4) then reads the one chunk it picks per row again. Because the sums are fixed per
+  chunk, the result does not depend on the piece width.
 * `select` ranks by one sort of an int64 key per position instead of the reference's
   pairwise comparison; the ``'factor'`` and ``'eb'`` threshold rules are `rules.rule_keep`
   (element-wise, and one int64 prefix sum) on those ranks.
@@ -25,7 +26,7 @@ import torch
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.threads import calling_thread   # the loop scopes its whole step alike
 from fastremask.sampler.contract import (NO_TRUNCATION, Backend, RowSample, check_sample_args, check_select_args,
-                                         write_kept)
+                                         sampling_confidence, write_kept)
 from fastremask.sampler.reference import prepare_logits
 from fastremask.sampler.rules import ranks, rule_keep
 
@@ -108,6 +109,7 @@ def sample_rows(
     suppress_tokens: Optional[torch.Tensor] = None,
     active: Optional[torch.Tensor] = None,
     truncation=NO_TRUNCATION,
+    confidence: str = "llada",
     piece_width: Optional[int] = None,
 ) -> RowSample:
     """Same contract and result as `fastremask.sampler.reference.sample_rows`.
@@ -117,7 +119,7 @@ def sample_rows(
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active, truncation=truncation)
+                              active=active, truncation=truncation, confidence=confidence)
     if piece_width is not None and (piece_width <= 0 or piece_width % nx.CHUNK):
         raise ValueError(f"piece_width must be a multiple of CHUNK={nx.CHUNK}, got {piece_width}")
     if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
@@ -126,7 +128,7 @@ def sample_rows(
         return _sample_rows(logits, rows, seeds, positions, steps, temperature=temperature,
                             remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
                             suppress_tokens=suppress_tokens, active=active, truncation=truncation,
-                            piece_width=piece_width)
+                            confidence=confidence, piece_width=piece_width)
 
 
 def _kept(x: torch.Tensor, cut, v0: int) -> torch.Tensor:
@@ -139,7 +141,7 @@ def _kept(x: torch.Tensor, cut, v0: int) -> torch.Tensor:
 
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
                  uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION,
-                 piece_width=None) -> RowSample:
+                 confidence="llada", piece_width=None) -> RowSample:
     """`sample_rows` without its checks (the loop's call): ``rows``, ``seeds``, ``positions``,
     ``steps`` int64 ``[R]`` on the logits' device."""
     device = logits.device
@@ -154,9 +156,11 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
         if not suppress_tokens.numel():
             suppress_tokens = None
     simple = uncond_logits is None and suppress_tokens is None
+    # §6a: the confidence on the tempered, truncated distribution (at T = 0: untempered, s = LOG2E)
+    sampled = sampling_confidence(confidence, temperature, remasking)
     # §4a: the last kept token of each row, from one sort of the whole prepared rows
     cut = None
-    if noisy and truncation.active:
+    if (noisy or sampled) and truncation.active:
         full = prepare_logits(logits.index_select(0, rows), cfg_scale=cfg_scale,
                               uncond_logits=None if uncond_logits is None else uncond_logits.index_select(0, rows),
                               suppress_tokens=suppress_tokens)
@@ -164,9 +168,14 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
                                  truncation.top_p_first)
         del full
     # As the kernel's flags: S_c for the confidence, or at T = 1 for the draw (its weights are
-    # S_c's terms); at T != 1, or with truncation, the draw's own (kept) tempered sums.
-    tempered = noisy and (tau != 1.0 or cut is not None)
-    need_s = remasking != "random" or (noisy and not tempered)
+    # S_c's terms); at T != 1, or with truncation, the draw's own (kept) tempered sums, which
+    # are also S'_c of a sampled confidence (§6a; at T = 0 with s = LOG2E). Without them (T = 0
+    # or 1, nothing cut) S'_c = S_c. A sampled entropy has its own sums (`nx.kept_sums`: S'_c, A'_c).
+    tempered = (noisy and tau != 1.0) or cut is not None
+    kept_entropy = sampled and remasking == "entropy"
+    need_s = (remasking != "random" and not sampled) or ((noisy or sampled) and not tempered)
+    if kept_entropy:
+        tempered = need_s = False
 
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
     n_buf = r_blk * W
@@ -201,12 +210,21 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
                 ))
             if n < nc * cw:
                 x[:, n:].fill_(NEG_INF)
+            cut_g = None if cut is None else (cut[0][g0:g1], cut[1][g0:g1])
             if remasking == "margin":
-                t2_l.append(x[:, :n].topk(min(2, n), dim=-1).values)
+                xm = x[:, :n]
+                if sampled and cut_g is not None:     # §6a: the top two *kept* logits
+                    xm = xm.masked_fill(~_kept(xm, cut_g, v0), NEG_INF)
+                t2_l.append(xm.topk(min(2, n), dim=-1).values)
             x3 = x.view(r, nc, cw)
             sz = x3.numel()
             tmp = [b[:sz].view_as(x3) for b in scratch]
-            if remasking == "entropy":
+            if kept_entropy:                         # §6a: S'_c, A'_c of the kept tokens
+                mc, sc, ac = nx.kept_sums(x, None if cut_g is None else _kept(x, cut_g, v0), c_t, tau)
+                st_l.append(sc), a_l.append(ac)
+                if not noisy:
+                    i_l.append(x3.argmax(-1))
+            elif remasking == "entropy":
                 mc, sc, ac = nx.chunk_sums(x)        # [r, nc * cw] (padded) -> [r, nc]
                 s_l.append(sc), a_l.append(ac)
                 if not noisy:
@@ -220,7 +238,7 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
             plain = need_s and remasking != "entropy"    # S_c still to sum (entropy's came above)
             if not (tempered or plain):
                 continue
-            drop = None if cut is None else ~_kept(x, (cut[0][g0:g1], cut[1][g0:g1]), v0).view_as(x3)
+            drop = None if cut_g is None else ~_kept(x, cut_g, v0).view_as(x3)
             x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
             if tempered:                             # the weights of (l - m_c) * c (§4); it consumes
                 dt = tmp[2].copy_(x3) if plain else x3   # d; the tokens §4a drops weigh 0
@@ -239,8 +257,8 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     bad = torch.isnan(m_c).any(-1) | (m_c == float("inf")).any(-1)   # max propagates NaN and +inf
     invalid = bad | ~(m_c != NEG_INF).any(-1)
     s_c = torch.cat(s_rows, 0).to(torch.int64) if s_rows else None
+    s_t = torch.cat(st_rows, 0).to(torch.int64) if st_rows else s_c   # the draw's S'_c (§4), §6a's
     if noisy:
-        s_t = torch.cat(st_rows, 0).to(torch.int64) if tempered else s_c
         best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
                                              positions, steps, m_c, s_t, ~invalid, tau, c_t, cw, cut)
     else:
@@ -249,6 +267,17 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
 
     if remasking == "random":
         confidence = nx.remask_uniform(seeds, positions, steps)
+    elif sampled:                                                # §6a, as `reference._sampled_confidence`
+        a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_t)
+        m, Z, B = nx.combine_kept(m_c, s_t, a_c, tau)            # Z_T: the draw's total
+        if remasking == "low_confidence":
+            confidence = nx.fixed_ratio(nx.fixed_term(best_logit, m, c_t), Z)
+        elif remasking == "margin":
+            top2 = torch.cat(t2_rows, 0)
+            confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m, c_t), Z)
+        else:
+            logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+            confidence = -(logZ + nx.fixed_ratio(B, Z))
     else:
         a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_c)
         m, Z, B = nx.combine_chunks(m_c, s_c, a_c)
@@ -303,7 +332,7 @@ def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, 
 
 def _sample_rows_active(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
                         uncond_logits=None, suppress_tokens=None, active=None,
-                        truncation=NO_TRUNCATION) -> RowSample:
+                        truncation=NO_TRUNCATION, confidence="llada") -> RowSample:
     """The loop's entry point: `_sample_rows` on the ``active`` rows only, outputs over all rows.
 
     The loop passes every position of the block with an ``active`` mask (one shape for every
@@ -311,7 +340,7 @@ def _sample_rows_active(logits, rows, seeds, positions, steps, *, temperature, r
     nothing on a CPU (this backend's device; ``'auto'`` picks ``triton`` on CUDA).
     """
     kw = dict(temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, uncond_logits=uncond_logits,
-              suppress_tokens=suppress_tokens, truncation=truncation)
+              suppress_tokens=suppress_tokens, truncation=truncation, confidence=confidence)
     if active is None:
         return _sample_rows(logits, rows, seeds, positions, steps, **kw)
     idx = active.nonzero().squeeze(1)

@@ -22,7 +22,8 @@ __all__ = [
     "chunk_sums", "combine_chunks", "fixed_term", "fixed_ratio", "to_f32", "round_f32",
     "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
     "remask_uniform", "TOP_P_BITS", "top_p_bound", "min_p_bound", "mass_bound", "kept_counts",
-    "truncate_sorted", "STREAM_POSITION", "gumbel_key",
+    "truncate_sorted", "STREAM_POSITION", "gumbel_key", "kept_sums", "combine_kept",
+    "STREAM_TRANSFER", "transfer_uniform",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
@@ -31,6 +32,7 @@ FIXED = 1 << FIXED_BITS
 STREAM_SAMPLE = 0     # counter word c3: which stream a number belongs to
 STREAM_REMASK = 1
 STREAM_POSITION = 2   # Dream's alg_temp position choice (gumbel_key)
+STREAM_TRANSFER = 3   # Dream's alg="origin" transfer draw (transfer_uniform)
 MAX63 = (1 << 63) - 1   # draws are 63-bit integers in [0, MAX63]
 
 MASK32 = 0xFFFFFFFF
@@ -293,6 +295,41 @@ def chunk_weights(m_c: torch.Tensor, s_c: torch.Tensor, m: torch.Tensor, tau: fl
     return (s_c.to(torch.float64) * f).to(torch.int64)
 
 
+def kept_sums(l: torch.Tensor, kept, scale: float, tau: float):
+    """Per-chunk sums of the tempered, truncated distribution (numerics.md §6a) of fp32 logits
+    `l` [..., V]: `m_c` [..., n_c] the max of *every* logit of the chunk (as §4's draw),
+    `S'_c = sum_{v kept} trunc(e_v)` and `A'_c = sum_{v kept} trunc(e_v * -max(d_v * tau, -104))`,
+    int64, with `d_v = l_v - m_c`, `e_v = fixed_pow2(d_v * scale)`. `kept` [..., V] bool (§4a) or
+    None for every token; `(tau, scale)` from `tempered_scales` at `T > 0`, `(1, LOG2E)` at `T = 0`.
+    `S'_c` is exactly the draw's kept weight sum (`token_weights` times the kept mask, summed); at
+    `tau == 1` with every token kept, `S'_c`, `A'_c` are exactly `chunk_sums`' `S_c`, `A_c`."""
+    m_c, d = _chunked(l)
+    if kept is not None:                          # a dropped token: d = -inf, weight 0
+        pad = d.shape[-2] * CHUNK - l.shape[-1]
+        d = d.masked_fill(~torch.nn.functional.pad(kept, (0, pad)).view_as(d), float("-inf"))
+    e = fixed_pow2(d * torch.tensor(scale, dtype=torch.float32, device=l.device))
+    dt = d * torch.tensor(tau, dtype=torch.float32, device=l.device)    # d in tempered nats (d at tau = 1)
+    t = e * dt.clamp_min(EXP_LO).neg_()           # -inf: e tiny, no inf * 0
+    return m_c, e.to(torch.int64).sum(dim=-1), t.to(torch.int64).sum(dim=-1)
+
+
+def combine_kept(m_c: torch.Tensor, s_c: torch.Tensor, a_c: torch.Tensor, tau: float):
+    """Row max `m` fp32, `Z_T` and `B_T` (int64, scaled by 2**40) of the tempered, truncated
+    distribution (numerics.md §6a) from `kept_sums`' chunks [..., n_c]:
+    `Z_T = sum_c W_c` (`chunk_weights`: exactly the total of §4's draw), and
+    `B_T = sum_c trunc((A'_c + ((m - m_c) * tau) * S'_c) * f_c)`, fp64 in that order, with
+    `f_c = exp((m_c - m) * tau)` (fp32, `chunk_weights`' factor). At `tau == 1` these are
+    `combine_chunks`' `Z`, `B` of the same sums, bit for bit."""
+    m = m_c.amax(dim=-1)
+    z = chunk_weights(m_c, s_c, m, tau).sum(dim=-1)
+    t = torch.tensor(tau, dtype=torch.float32, device=m_c.device)
+    live = m_c != float("-inf")                   # dead chunks (S'_c = A'_c = 0) add exactly 0
+    f = exp(torch.where(live, m_c - m.unsqueeze(-1), float("-inf")) * t).to(torch.float64)
+    d = torch.where(live, m.unsqueeze(-1).to(torch.float64) - m_c.to(torch.float64), 0.0) * float(tau)
+    b = (a_c.to(torch.float64) + d * s_c.to(torch.float64)).mul_(f).to(torch.int64).sum(dim=-1)
+    return m, z, b
+
+
 _LIMB = 21                 # draw_below's products in 21-bit limbs: no int64 overflow
 _LIMB_MASK = (1 << _LIMB) - 1
 
@@ -450,3 +487,14 @@ def gumbel_key(confidence: torch.Tensor, alg_temp: float, seeds: torch.Tensor, p
     g = log(log(uniform24(r0)).neg_()).neg_()
     a = torch.tensor(round_f32(float(alg_temp)), dtype=torch.float32, device=confidence.device)
     return (confidence / a).add_(g)
+
+
+def transfer_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch.Tensor:
+    """fp32 [R] in ``[0, 1)``: ``(r0 >> 8) * 2**-24`` with ``r0 = philox(seed, 0, position, step,
+    STREAM_TRANSFER)[0]``, the grid of ``torch.rand``'s fp32 uniforms (24 bits, ``k * 2**-24``;
+    exact). Dream's ``alg="origin"`` transfers a masked position when it is ``< p_transfer``
+    (`fastremask.sampler.schedule.Origin`; numerics.md §8), which then happens with probability
+    ``ceil(p * 2**24) / 2**24``, as with ``torch.rand(...) < p``. Computed by the loop in torch
+    ops on the logits' device for every backend (like `gumbel_key`), so it has no Triton twin."""
+    r0, _, _, _ = philox(seeds, 0, positions, _as_i64(steps, seeds.device), STREAM_TRANSFER)
+    return (r0 >> 8).to(torch.float32).mul_(TWO_M24)

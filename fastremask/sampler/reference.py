@@ -20,7 +20,7 @@ import torch
 
 from fastremask.sampler import numerics as nx
 from fastremask.sampler.contract import (EB_GAMMA_LIMIT, NO_TRUNCATION, RULES, Backend, RowSample, Truncation,
-                                         check_sample_args, check_select_args, write_kept)
+                                         check_sample_args, check_select_args, sampling_confidence, write_kept)
 
 __all__ = ["prepare_logits", "invalid_rows", "kept_tokens", "sample_rows", "select", "RULES", "factor_bound",
            "eb_bound", "factor_error", "eb_entropy"]
@@ -111,6 +111,7 @@ def sample_rows(
     suppress_tokens: Optional[torch.Tensor] = None,
     active: Optional[torch.Tensor] = None,
     truncation: Truncation = NO_TRUNCATION,
+    confidence: str = "llada",
 ) -> RowSample:
     """Sample a token and its confidence for each of the rows ``logits[rows]``.
 
@@ -127,7 +128,10 @@ def sample_rows(
     suppress_tokens : [S] int64 token ids that are never sampled
     active : [R] bool or None; inactive rows are skipped (``x0 = -1``, ``confidence = -inf``)
     truncation : top-k / top-p / min-p (`contract.Truncation`, §4a): at T > 0 the token is drawn
-        from the kept tokens only; at T == 0 it changes nothing (the argmax is always kept)
+        from the kept tokens only; at T == 0 it changes the token nothing (the argmax is always kept)
+    confidence : 'llada' | 'dream' | 'llada2': whose confidence the rule takes (§6a): LLaDA's
+        untempered full softmax; Dream's tempered, truncated softmax (truncated at T == 0 too);
+        LLaDA2's (Dream's at T > 0, LLaDA's at T == 0; ``low_confidence`` only)
 
     Returns
     -------
@@ -135,7 +139,7 @@ def sample_rows(
     """
     steps = check_sample_args(logits, rows, seeds, positions, steps, temperature=temperature, remasking=remasking,
                               cfg_scale=cfg_scale, uncond_logits=uncond_logits, suppress_tokens=suppress_tokens,
-                              active=active, truncation=truncation)
+                              active=active, truncation=truncation, confidence=confidence)
     R, V = rows.numel(), logits.shape[1]
     device = logits.device
     if suppress_tokens is not None and not torch.is_tensor(suppress_tokens):
@@ -159,6 +163,24 @@ def sample_rows(
         kept = kept_tokens(l, scale, truncation) if truncation.active else None   # §4a
         x0 = _draw_token(l, ~bad, seeds, positions, steps, tau, scale, kept)
 
+    # §6 / §6a the confidence of the chosen token, by rule, on LLaDA's or the sampled distribution
+    if sampling_confidence(confidence, temperature, remasking):
+        conf = _sampled_confidence(l, x0, remasking, temperature, truncation)
+    else:
+        conf = _llada_confidence(l, x0, remasking, seeds, positions, steps)
+
+    invalid = bad & active
+    x0 = torch.where(active & ~invalid, x0, -1)
+    conf = torch.where(active, conf, NEG_INF)
+    conf = torch.where(invalid, float("nan"), conf)
+    return RowSample(x0, conf.to(torch.float32), invalid)
+
+
+def _llada_confidence(l, x0, remasking, seeds, positions, steps) -> torch.Tensor:
+    """§6: the confidence [R] of token ``x0`` [R] of fp32 rows ``l`` [R, V] under LLaDA's
+    untempered full softmax."""
+    R, V = l.shape
+    device = l.device
     # §5 exact softmax sums over fixed chunks: row max m, Z and B scaled by 2**40
     m, Z, B = nx.combine_chunks(*nx.chunk_sums(l))                             # [R] each
 
@@ -177,12 +199,30 @@ def sample_rows(
         confidence = -(logZ + nx.fixed_ratio(B, Z))
     else:                                       # 'random': one uniform per position and step
         confidence = nx.remask_uniform(seeds, positions, steps)
+    return confidence
 
-    invalid = bad & active
-    x0 = torch.where(active & ~invalid, x0, -1)
-    confidence = torch.where(active, confidence, NEG_INF)
-    confidence = torch.where(invalid, float("nan"), confidence)
-    return RowSample(x0, confidence.to(torch.float32), invalid)
+
+def _sampled_confidence(l, x0, remasking, temperature, truncation) -> torch.Tensor:
+    """§6a: the confidence [R] of token ``x0`` [R] of fp32 rows ``l`` [R, V] under the tempered,
+    truncated distribution (Dream's ``sample_tokens``, LLaDA2's at T > 0): the kept set of §4a
+    (at T == 0 with ``s = LOG2E``), its weights against the row max over the kept mass ``Z_T``,
+    built exactly as §4's draw builds its total."""
+    R, V = l.shape
+    tau, scale = nx.tempered_scales(temperature) if float(temperature) > 0.0 else (1.0, nx.LOG2E)
+    kept = kept_tokens(l, scale, truncation) if truncation.active else None
+    m, Z, B = nx.combine_kept(*nx.kept_sums(l, kept, scale, tau), tau)       # [R] each
+    if remasking == "low_confidence":           # p_T(x0): Dream's maskgit_plus, LLaDA2's token_prob
+        l_x0 = l.gather(-1, x0[:, None]).squeeze(-1)
+        return nx.fixed_ratio(nx.fixed_term(l_x0, m, scale), Z)
+    if remasking == "margin":                   # p_T(top-1) - p_T(top-2): Dream's topk_margin
+        lk = l if kept is None else l.masked_fill(~kept, NEG_INF)
+        # the second kept token in §4a's order (= m if the max repeats and both are kept; -inf
+        # when only one token is kept, so the margin is p_T(top-1) = 1)
+        l2 = lk.topk(2, dim=-1).values[:, 1] if V >= 2 else torch.full((R,), NEG_INF, device=l.device)
+        return nx.fixed_ratio(nx.FIXED - nx.fixed_term(l2, m, scale), Z)
+    # entropy: sum p_T log p_T = -(log Z_T + E_T[(m - l) / T]), in nats: Dream's neg_entropy
+    logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+    return -(logZ + nx.fixed_ratio(B, Z))
 
 
 # ---------------------------------------------------------------------------------------------
