@@ -8,7 +8,8 @@ with ``attention="block_causal"``, `fastremask.models.tiny`; fp32): ``cache=None
 the whole window ``0:end of the current block`` at every step with the block-causal mask, as
 the published LLaDA2 ``generate`` does; ``cache="block"`` keeps the prompt's and every finished
 block's keys and values and runs the current block only (docs/cache.md). The tokens are
-checked equal; the model calls per answer are counted. Shapes (``--shape``):
+checked equal; the model calls per answer and the positions they ran are the trace's
+(`fastremask.Trace.model_calls`, `Trace.positions`; benchmarks/block_timing.py). Shapes (``--shape``):
 
 * ``sdar``: block 4, like SDAR / TraDo (by default d_model 256, 4 heads of 64, 4 layers, vocab 4096);
 * ``llada2``: block 32, like LLaDA2.x-mini (same state, block 32).
@@ -23,55 +24,31 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and benchmarks/ for block_timing
+from block_timing import add_run_arguments, cells, time_modes  # noqa: E402
 
 SHAPES = {"sdar": 4, "llada2": 32}
-
-
-class Counting(torch.nn.Module):
-    """The model, counting its calls."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.calls, self.columns = model, 0, 0
-        for name in ("attention", "block_length", "mask_id", "device", "config"):
-            setattr(self, name, getattr(model, name))
-        self.token_editing = False
-
-    def block_logits(self, input_ids, *a, **kw):
-        self.calls += 1
-        self.columns += input_ids.shape[1] - kw.get("start", 0)     # positions run through the model
-        return self.inner.block_logits(input_ids, *a, **kw)
-
-    def forward(self, *a, **kw):
-        return self.inner(*a, **kw)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=list(SHAPES), nargs="*", default=list(SHAPES))
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=256)
+    add_run_arguments(ap)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="a tiny run (seconds)")
     args = ap.parse_args(argv)
     if args.quick:
         args.prompt, args.gen, args.d_model, args.heads, args.layers, args.vocab, args.rounds = 8, 32, 32, 2, 2, 64, 1
     torch.set_num_threads(args.threads)
     from fastremask.models.tiny import tiny_model
     from fastremask.sampler.config import SamplingConfig
-    from fastremask.sampler.loop import run
 
     print(f"# block cache vs full-window recompute: {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {args.threads} thread(s); prompt {args.prompt}, gen {args.gen}, "
@@ -91,23 +68,10 @@ def main(argv=None):
                                         max_post_edit_steps=16, force_editing=True),
         }
         for mode, kw in modes.items():
-            res = {}
-            for cache in (None, "block"):
-                config = SamplingConfig(steps=args.gen, gen_length=args.gen, block_length=C,
-                                        mask_id=model.mask_id, cache=cache, backend="torch", **kw)
-                m = Counting(model)
-                out = run(m, prompt, config, seed=0)                     # warm-up
-                calls, columns = m.calls, m.columns
-                times = []
-                for _ in range(args.rounds):
-                    t = time.perf_counter()
-                    run(m, prompt, config, seed=0)
-                    times.append(time.perf_counter() - t)
-                res[cache] = (statistics.median(times), out, calls, columns)
-            (tr, a, calls_r, col_r), (tc, b, calls_c, col_c) = res[None], res["block"]
-            print(f"| {shape} | {C} | {mode} | {tr:.2f} | {tc:.2f} | **{tr / tc:.1f}x** | {calls_c} "
-                  f"| {col_r:,} / {col_c:,} ({col_r / col_c:.0f}x) | {bool(torch.equal(a, b)) and calls_r == calls_c} |",
-                  flush=True)
+            res = time_modes(model, prompt, lambda cache: SamplingConfig(
+                steps=args.gen, gen_length=args.gen, block_length=C, mask_id=model.mask_id, cache=cache,
+                backend="torch", **kw), args.rounds)
+            print(f"| {shape} | {C} | {mode} | {cells(res)}", flush=True)
 
 
 if __name__ == "__main__":

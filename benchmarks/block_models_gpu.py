@@ -6,7 +6,7 @@ published full-window recompute, batch 1 and 8, and the sampler's share of a ste
 
 The model is fastremask's native `LLaDA2Model` (the class `models.load` builds for
 `LLaDA2MoeModelLM`) with LLaDA2.0-mini's published `config.json` shape (inclusionAI/dFactory,
-`configs/model_configs/llada2_mini/config.json`: 20 layers, hidden 2048, 16 heads of 128 with 4
+`configs/model_configs/llada2_mini/config.json`; `fastremask.tools.bench.BLOCK_SIZES`: 20 layers, hidden 2048, 16 heads of 128 with 4
 key/value heads, the first layer dense (5120), then 256 experts of 512, top-8 in 4 of 8 groups,
 one shared expert, vocabulary 157,184), random weights built on the device in memory (16B
 parameters, 32 GB in bf16: no checkpoint is written). Mask id 156895, block 32.
@@ -14,7 +14,8 @@ parameters, 32 GB in bf16: no checkpoint is written). Mask id 156895, block 32.
 Per batch size and cache mode (`None`: the window ``0:end of the current block`` at every step,
 as the published `generate`; ``"block"``: the exact cache), one warm-up run, then ``--rounds``
 timed runs (synchronised), median; tokens/s = batch x gen / time; the tokens of the two modes
-are checked equal. One more instrumented run times each model call (synchronised before and
+are checked equal (benchmarks/block_timing.py; the model calls are the trace's). One more run
+times each model call (`fastremask.tools.profile.Phases(timing=True)`: synchronised before and
 after), so ``1 - model time / step time`` is the share of a step spent outside the model: the
 sampler, the loop and the host.
 """
@@ -24,95 +25,47 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and benchmarks/ for block_timing
+from block_timing import time_modes  # noqa: E402
 
-MINI = dict(num_hidden_layers=20, hidden_size=2048, intermediate_size=5120, moe_intermediate_size=512,
-            num_attention_heads=16, num_key_value_heads=4, head_dim=128, num_experts=256,
-            num_experts_per_tok=8, n_group=8, topk_group=4, num_shared_experts=1, first_k_dense_replace=1,
-            vocab_size=157184, max_position_embeddings=16384)
-MINI_IDS = dict(mask_id=156895, eos_id=156892)
-QUICK = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-             num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8, num_experts_per_tok=2,
-             n_group=4, topk_group=2, num_shared_experts=1, first_k_dense_replace=1)
+# the shape fields the JSON records (the model's config.json, `fastremask.tools.bench.BLOCK_SIZES`)
+SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "moe_intermediate_size",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok",
+                "n_group", "topk_group", "num_shared_experts", "first_k_dense_replace", "vocab_size")
 
 
-def build(shape: dict, device: str, dtype: torch.dtype):
-    """The native LLaDA2 with random weights made on ``device`` (no checkpoint on disk)."""
-    from fastremask.models import native, testing
+def build(size: str, device: str, dtype: torch.dtype):
+    """The native LLaDA2 with random weights made on ``device`` (no checkpoint on disk):
+    `fastremask.tools.bench.random_block_model` (``size`` "full": LLaDA2.0-mini's shape)."""
+    from fastremask.tools.bench import random_block_model
 
-    raw = testing._llada2_config(testing.llada2_tokenizer(), dtype, dict(shape))
-    model = native.LLaDA2Model(native.llada2_config(raw, "in memory"), device="meta")
-    model = model.to_empty(device=device).to(dtype)
-    g = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.fill_(1.0)                         # norms (and the router's expert bias: equal)
-            else:
-                p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5, generator=g)
-        model.rotary = model.rotary.to(device) if hasattr(model.rotary, "to") else model.rotary
-    model.prepare()
-    return model.requires_grad_(False).eval()
-
-
-class Timed(torch.nn.Module):
-    """Forwards the block protocol; optionally times each call (synchronised)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.seconds, self.calls, self.timing = model, 0.0, 0, False
-        for name in ("attention", "block_length", "device", "config"):
-            setattr(self, name, getattr(model, name))
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def block_logits(self, *a, **kw):
-        self.calls += 1
-        if not self.timing:
-            return self.inner.block_logits(*a, **kw)
-        self._sync()
-        t = time.perf_counter()
-        out = self.inner.block_logits(*a, **kw)
-        self._sync()
-        self.seconds += time.perf_counter() - t
-        return out
-
-    def forward(self, *a, **kw):
-        return self.inner(*a, **kw)
+    return random_block_model("llada2", device, size=size, dtype=dtype, max_fraction=0.9)
 
 
 def measure(model, prompt, config, rounds: int) -> dict:
+    """`block_timing.time_modes`' loop for this mode, then one more run with the model phase
+    timed (`fastremask.tools.profile.Phases`, synchronised around each model call)."""
     from fastremask.sampler.loop import run
+    from fastremask.tools.profile import Phases
 
-    m = Timed(model)
-    sync = m._sync
-    with torch.no_grad():
-        out = run(m, prompt, config, seed=0)                         # warm-up (and the tokens)
-        calls = m.calls
-        times = []
-        for _ in range(rounds):
-            sync()
-            t = time.perf_counter()
-            run(m, prompt, config, seed=0)
-            sync()
-            times.append(time.perf_counter() - t)
-        m.timing, m.seconds = True, 0.0
+    device = prompt.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    mode = time_modes(model, prompt, lambda cache: config, rounds, sync, modes=(config.cache,))[config.cache]
+    with torch.no_grad(), Phases(timing=True, device=device) as ph:
         sync()
         t = time.perf_counter()
-        run(m, prompt, config, seed=0)
+        run(model, prompt, config, seed=0)
         sync()
         total = time.perf_counter() - t
-    return dict(seconds=statistics.median(times), rounds=times, calls=calls, tokens=out,
-                outside_model_share=1.0 - m.seconds / total)
+    return dict(seconds=mode.seconds, rounds=mode.rounds, calls=mode.calls, tokens=mode.tokens,
+                outside_model_share=1.0 - ph.seconds["model"] / total)
 
 
 def main(argv=None):
@@ -133,13 +86,11 @@ def main(argv=None):
     from fastremask.sampler.config import SamplingConfig
 
     if args.quick:
-        shape, args.prompt, args.gen, args.rounds, args.batch = QUICK, 8, 64, 1, [1, 2]
+        args.prompt, args.gen, args.rounds, args.batch = 8, 64, 1, [1, 2]
         warnings.filterwarnings("ignore", message="block_length=")
-    else:
-        shape = MINI
-    model = build(shape, args.device, dtype)
-    V = model.config.vocab_size if hasattr(model.config, "vocab_size") else shape.get("vocab_size")
-    mask_id = MINI_IDS["mask_id"] if not args.quick else model.config.vocab_size - 1
+    model = build("tiny" if args.quick else "full", args.device, dtype)
+    V, mask_id = model.config.vocab_size, model.mask_id
+    shape = {k: getattr(model.config, k) for k in SHAPE_FIELDS}
     block = 32 if not args.quick else 8
     g = torch.Generator().manual_seed(0)
     rows, meta = [], dict(command="python benchmarks/block_models_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),

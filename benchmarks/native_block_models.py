@@ -26,33 +26,15 @@ import argparse
 import os
 import warnings
 import platform
-import statistics
 import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-
-class Counting(torch.nn.Module):
-    """A native block model, counting its calls and the positions they run."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.calls, self.columns = model, 0, 0
-        for name in ("attention", "block_length", "device", "config"):
-            setattr(self, name, getattr(model, name))
-
-    def block_logits(self, input_ids, *a, **kw):
-        self.calls += 1
-        self.columns += input_ids.shape[1] - kw.get("start", 0)
-        with torch.no_grad():
-            return self.inner.block_logits(input_ids, *a, **kw)
-
-    def forward(self, *a, **kw):
-        return self.inner(*a, **kw)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and benchmarks/ for block_timing
+from block_timing import add_run_arguments, cells, time_modes  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -70,11 +52,7 @@ def shapes(quick: bool) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=["sdar", "llada2"], nargs="*", default=["sdar", "llada2"])
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="a tiny run (seconds)")
+    add_run_arguments(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.prompt, args.gen, args.rounds = 8, 32, 1
@@ -82,7 +60,6 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message="block_length=")     # the quick llada2 runs blocks of 8
     from fastremask.models import native, testing
     from fastremask.sampler.config import SamplingConfig
-    from fastremask.sampler.loop import run
 
     print(f"# native block models: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s); prompt {args.prompt}, gen {args.gen}, fp32, threshold 0.95")
@@ -99,28 +76,15 @@ def main(argv=None):
             V = shape["vocab_size"]
             g = torch.Generator().manual_seed(0)
             prompt = torch.randint(0, V - 1, (1, args.prompt), generator=g)
-            res = {}
-            for cache in (None, "block"):
-                config = SamplingConfig(steps=args.gen, gen_length=args.gen, block_length=C, mask_id=V - 1,
-                                        cache=cache, backend="torch", threshold=0.95, threshold_floor="schedule")
-                m = Counting(model)
-                out = run(m, prompt, config, seed=0)                       # warm-up
-                calls, columns = m.calls, m.columns
-                times = []
-                for _ in range(args.rounds):
-                    t = time.perf_counter()
-                    run(m, prompt, config, seed=0)
-                    times.append(time.perf_counter() - t)
-                res[cache] = (statistics.median(times), out, calls, columns)
-            (tr, a, calls_r, col_r), (tc, b, calls_c, col_c) = res[None], res["block"]
+            res = time_modes(model, prompt, lambda cache: SamplingConfig(
+                steps=args.gen, gen_length=args.gen, block_length=C, mask_id=V - 1, cache=cache, backend="torch",
+                threshold=0.95, threshold_floor="schedule"), args.rounds)
             desc = (f"d {shape['hidden_size']}, {shape['num_attention_heads']}x{shape['head_dim']} heads "
                     f"({shape['num_key_value_heads']} kv), {shape['num_hidden_layers']} layers, vocab {V}")
             if family == "llada2":
                 desc += (f", {shape['num_experts']} experts of {shape['moe_intermediate_size']} "
                          f"top-{shape['num_experts_per_tok']}")
-            print(f"| {family} | {desc} | {C} | {tr:.2f} | {tc:.2f} | **{tr / tc:.1f}x** | {calls_c} "
-                  f"| {col_r:,} / {col_c:,} ({col_r / col_c:.0f}x) | {bool(torch.equal(a, b)) and calls_r == calls_c} |",
-                  flush=True)
+            print(f"| {family} | {desc} | {C} | {cells(res)}", flush=True)
             if family == "llada2":
                 moe = model.moe_layers()[0]
                 x = torch.randn(1, 32, shape["hidden_size"], generator=g)

@@ -57,9 +57,9 @@ def test_schedule(benchmark, bench_config, gen_length, sched, factor, order):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     runs = []
 
-    with torch.no_grad(), Phases(model, device=device) as ph:  # counts model calls, no syncs
+    with torch.no_grad(), Phases(device=device) as ph:  # counts model calls, no syncs
         def fn():
-            out = loop.run(ph.model, prompt, config, seed=0)
+            out = loop.run(model, prompt, config, seed=0)
             sync()
             runs.append(1)
             return out

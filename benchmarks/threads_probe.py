@@ -20,9 +20,10 @@ workers, so a busy shared machine hits them alike):
 * ``sub_grain``  ``no_toggle`` with `fast.BLOCK_ELEMENTS_CPU` = 15 chunks (30,720 elements,
   below GRAIN_SIZE, so its ops run serially without any toggle; same bits by design);
 
-and per `generate` the wall time inside the backend entry the loop calls (`ENTRIES`: the
-checked ``fast.sample_rows`` with its toggle, or ``fast._sample_rows_active``), inside
-``fast._sample_rows`` (the work), inside ``fast.select``, the rest (the loop), and the CPU time
+and per `generate` the wall time inside the backend's ``sample_rows`` the loop calls (the torch
+backend's ``fast._sample_rows_active``, wrapped through the registry's hook,
+`fastremask.sampler.backends.hooked`), inside ``fast._sample_rows`` (the work), inside the
+backend's ``select``, the rest (the loop), and the CPU time
 of the process (all threads) and of the main thread (process CPU above main-thread CPU: other
 OpenMP threads working or spinning). It also times LLaDA's own generate (`llada.py`) for
 ``default`` and ``omp1``, one ``set_num_threads(1)`` + restore pair, a parallel op with and
@@ -50,10 +51,6 @@ from collections import Counter
 
 P, G, V, MASK = 992, 32, 126464, 126336
 GRAIN = 32768
-# The torch backend's entry point the loop calls (looked up at call time): fastremask.sampler's
-# loop calls the unchecked `_sample_rows_active`, the older flat layout the checked `sample_rows`
-# (which holds the set_num_threads toggle). Both run `_sample_rows`.
-ENTRIES = ["_sample_rows_active", "sample_rows"]
 # name -> extra environment of its worker (what else a name changes: `_setup`, `_fast`)
 CONFIGS = {"default": {}, "omp1": {"OMP_NUM_THREADS": "1"}, "set1_start": {}, "no_toggle": {}, "once": {},
            "scoped": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "sub_grain": {}}
@@ -64,32 +61,36 @@ CONFIGS = {"default": {}, "omp1": {"OMP_NUM_THREADS": "1"}, "set1_start": {}, "n
 # ---------------------------------------------------------------------------------------------
 
 def _module(name):
-    """fastremask's module `name` (fast, numerics, llada) in the layout of the checkout imported:
-    fastremask/sampler/NAME.py, else fastremask/NAME.py (the loop's layout is moving). The loop
-    must look up the `ENTRIES`, ``fast._sample_rows`` and ``fast.select`` at call time."""
+    """fastremask.sampler's module ``name`` (fast, numerics, llada)."""
     import importlib
-    import fastremask
-    new = os.path.join(os.path.dirname(fastremask.__file__), "sampler", name + ".py")
-    return importlib.import_module(f"fastremask.sampler.{name}" if os.path.exists(new) else f"fastremask.{name}")
+    return importlib.import_module(f"fastremask.sampler.{name}")
+
+
+def _wrap(fn, name, seconds):
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            seconds[name] += time.perf_counter() - t0
+    return wrapper
 
 
 class Timed:
-    """Wraps module attributes and accumulates the wall time spent inside each."""
+    """Accumulates the wall time spent inside the backend's ``sample_rows`` and ``select`` (every
+    backend the registry hands the loop, wrapped through `fastremask.sampler.backends.hooked`)
+    and inside ``fast._sample_rows`` (a module attribute `_sample_rows_active` looks up at call
+    time); registered for the worker's life."""
 
-    def __init__(self, module, names):
+    def __init__(self):
+        import dataclasses
+        from fastremask.sampler import backends
         self.t = Counter()
-        for name in names:
-            if hasattr(module, name):
-                setattr(module, name, self._wrap(getattr(module, name), name))
-
-    def _wrap(self, fn, name):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.t[name] += time.perf_counter() - t0
-        return wrapper
+        fast = _module("fast")
+        fast._sample_rows = _wrap(fast._sample_rows, "_sample_rows", self.t)
+        self._hook = backends.hooked(lambda b: dataclasses.replace(
+            b, sample_rows=_wrap(b.sample_rows, "sample_rows", self.t), select=_wrap(b.select, "select", self.t)))
+        self._hook.__enter__()
 
 
 def _setup(name):
@@ -133,7 +134,7 @@ def _fast(torch, model, prompt, calls, timed, once):
             torch.set_num_threads(threads)
     total, cpu, main = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0
     t = Counter({k: v * 1e3 for k, v in timed.t.items()})
-    entry = t["sample_rows"] + t["_sample_rows_active"]             # whichever the loop calls
+    entry = t["sample_rows"]
     return dict(total_ms=total * 1e3, sample_rows_ms=entry, inner_ms=t["_sample_rows"],
                 select_ms=t["select"], loop_ms=total * 1e3 - entry - t["select"],
                 cpu_ms=cpu * 1e3, main_cpu_ms=main * 1e3, calls=calls["n"], threads=threads)
@@ -167,8 +168,9 @@ def _toggle(torch, n=300):
 def _outside_ops(torch, model, prompt, calls, rounds=3):
     """Per aten op outside `sample_rows`: calls per step, us per call at the default thread count
     and with set_num_threads(1) around generate, and whether it touches >= GRAIN elements."""
+    import dataclasses
     import fastremask
-    fast = _module("fast")
+    from fastremask.sampler import backends
     from torch.utils._python_dispatch import TorchDispatchMode
     wall, n, big, state = {}, Counter(), set(), {"inside": False}
 
@@ -185,16 +187,18 @@ def _outside_ops(torch, model, prompt, calls, rounds=3):
                     big.add(key)
             return out
 
-    entry = next(e for e in ENTRIES if hasattr(fast, e))
-    orig, default = getattr(fast, entry), torch.get_num_threads()
+    default = torch.get_num_threads()
 
-    def wrapper(*a, **k):
-        state["inside"] = True
-        try:
-            return orig(*a, **k)
-        finally:
-            state["inside"] = False
-    setattr(fast, entry, wrapper)
+    def inside(fn):
+        def wrapper(*a, **k):
+            state["inside"] = True
+            try:
+                return fn(*a, **k)
+            finally:
+                state["inside"] = False
+        return wrapper
+    hook = backends.hooked(lambda b: dataclasses.replace(b, sample_rows=inside(b.sample_rows)))
+    hook.__enter__()
     steps = 0
     try:
         for _ in range(rounds):
@@ -207,7 +211,7 @@ def _outside_ops(torch, model, prompt, calls, rounds=3):
                     fastremask.generate(model, prompt, steps=G, gen_length=G, block_length=G, seed=0, backend="torch")
                 steps += calls["n"] if th == 1 else 0
     finally:
-        setattr(fast, entry, orig)
+        hook.__exit__(None, None, None)
         torch.set_num_threads(default)
     rows = [[k, n[1, k] / steps, wall[default][k] / n[default, k] * 1e6, wall[1][k] / n[1, k] * 1e6, k in big]
             for k in wall[1] if n[default, k]]
@@ -217,8 +221,7 @@ def _outside_ops(torch, model, prompt, calls, rounds=3):
 
 def worker(name):
     torch, model, prompt, calls = _setup(name)
-    fast = _module("fast")
-    timed = Timed(fast, ENTRIES + ["_sample_rows", "select"])
+    timed = Timed()
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "fast":

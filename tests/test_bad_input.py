@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+from toy_models import Poisoned
 
 from fastremask import generate
 from fastremask.models.tiny import tiny_model
@@ -137,25 +138,16 @@ def test_model_output_is_checked(how, err, words):
             assert w in str(e.value), (w, str(e.value))
 
 
-class _Poisoned(torch.nn.Module):
+def _poisoned(call, row, pos, value, cfg=False):
     """The tiny model, with one logit replaced at one call (= step) and one position."""
 
-    device = torch.device("cpu")
+    def edit(logits):
+        if value == "all-inf":
+            logits[row, pos] = float("-inf")
+        else:
+            logits[row, pos, 5] = value
 
-    def __init__(self, call, row, pos, value, cfg=False):
-        super().__init__()
-        self.inner, self.calls = MODEL, 0
-        self.call, self.row, self.pos, self.value = call, row, pos, value
-
-    def forward(self, x, attention_mask=None):
-        logits = self.inner(x, attention_mask=attention_mask).logits
-        if self.calls == self.call:
-            if self.value == "all-inf":
-                logits[self.row, self.pos] = float("-inf")
-            else:
-                logits[self.row, self.pos, 5] = self.value
-        self.calls += 1
-        return logits
+    return Poisoned(MODEL, {call: edit})
 
 
 @pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "+inf"),
@@ -163,7 +155,7 @@ class _Poisoned(torch.nn.Module):
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_bad_logits_name_the_step_and_position(value, word, backend):
     # step 2 is the first step of the second block (positions 7..10 of x)
-    model = _Poisoned(call=2, row=1, pos=8, value=value)
+    model = _poisoned(call=2, row=1, pos=8, value=value)
     with pytest.raises(ValueError) as e:
         _call(model=model, backend=backend, temperature=0.7)
     msg = str(e.value)
@@ -172,7 +164,7 @@ def test_bad_logits_name_the_step_and_position(value, word, backend):
 
 def test_bad_logits_outside_the_block_are_ignored():
     """Only the current block's masked positions are read: NaN elsewhere is not an error."""
-    model = _Poisoned(call=0, row=0, pos=1, value=float("nan"))     # inside the prompt
+    model = _poisoned(call=0, row=0, pos=1, value=float("nan"))     # inside the prompt
     for backend in ("reference", "torch"):
         model.calls = 0
         assert _call(model=model, backend=backend).shape == (2, 11)
@@ -182,7 +174,7 @@ def test_nan_message_is_the_same_for_every_backend():
     msgs = []
     for backend in ("reference", "torch"):
         with pytest.raises(ValueError) as e:
-            _call(model=_Poisoned(call=1, row=0, pos=4, value=float("nan")), backend=backend, cfg_scale=1.0)
+            _call(model=_poisoned(call=1, row=0, pos=4, value=float("nan")), backend=backend, cfg_scale=1.0)
         msgs.append(str(e.value))
     assert msgs[0] == msgs[1] and "classifier-free guidance" in msgs[0]
 
@@ -203,24 +195,16 @@ def lazy(monkeypatch):
     monkeypatch.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)
 
 
-class _PoisonSteps(torch.nn.Module):
-    """The tiny model; at the listed calls, NaN at token 5 of every position ``pos`` of row ``row``.
-    Every call checks that the model is only ever given valid token ids."""
+def _poison_steps(poison):
+    """The tiny model; at the listed calls ``{call: (row, positions)}``, NaN at token 5 of every
+    position of row ``row``. Every call checks that the model is only ever given valid token ids."""
 
-    device = torch.device("cpu")
-
-    def __init__(self, poison):
-        super().__init__()
-        self.poison, self.calls = poison, 0          # {call: (row, positions)}
-
-    def forward(self, x, attention_mask=None):
-        assert int(x.min()) >= 0 and int(x.max()) < 20, x        # never a -1 written into x
-        logits = MODEL(x, attention_mask=attention_mask).logits
-        if self.calls in self.poison:
-            row, positions = self.poison[self.calls]
+    def nan_at(row, positions):
+        def edit(logits):
             logits[row, positions, 5] = float("nan")
-        self.calls += 1
-        return logits
+        return edit
+
+    return Poisoned(MODEL, {c: nan_at(*rp) for c, rp in poison.items()}, vocab=20)
 
 
 LAZY = dict(steps=8, gen_length=16, block_length=8, mask_id=MASK, seed=3, temperature=0.9)
@@ -241,8 +225,8 @@ def test_early_bad_step_is_reported_with_its_step(cfg_scale, lazy):
     masked = torch.nonzero(trace.steps[1].candidate[1]).flatten().tolist()   # row 1 at step 1
     first = 3 + masked[0]
     poison = {1: (1, list(range(3, 11)))}           # the whole first block of row 1
-    ref = _message(_PoisonSteps(poison), backend="reference", cfg_scale=cfg_scale)
-    model = _PoisonSteps(poison)
+    ref = _message(_poison_steps(poison), backend="reference", cfg_scale=cfg_scale)
+    model = _poison_steps(poison)
     fast = _message(model, backend="torch", cfg_scale=cfg_scale)
     assert fast == ref, (fast, ref)
     assert f"at step 1, batch row 1, position {first} " in fast
@@ -253,16 +237,16 @@ def test_early_bad_step_is_reported_with_its_step(cfg_scale, lazy):
 def test_first_bad_step_of_the_block_wins(lazy):
     """Two bad steps in one block: the earlier one is reported, not the later one."""
     poison = {0: (0, [5]), 2: (1, [3, 4, 5, 6, 7, 8, 9, 10])}
-    fast = _message(_PoisonSteps(poison), backend="torch")
-    assert fast == _message(_PoisonSteps(poison), backend="reference")
+    fast = _message(_poison_steps(poison), backend="torch")
+    assert fast == _message(_poison_steps(poison), backend="reference")
     assert "at step 0, batch row 0, position 5 " in fast and "more position" not in fast
 
 
 def test_bad_step_in_a_later_block(lazy):
     """The check of block 0 passes; block 1's first step goes bad and is reported at its end."""
-    model = _PoisonSteps({4: (0, [12])})
+    model = _poison_steps({4: (0, [12])})
     fast = _message(model, backend="torch")
-    assert fast == _message(_PoisonSteps({4: (0, [12])}), backend="reference")
+    assert fast == _message(_poison_steps({4: (0, [12])}), backend="reference")
     assert "at step 4, batch row 0, position 12 " in fast and model.calls == 8
 
 
@@ -272,7 +256,7 @@ def test_invalid_rows_are_never_kept(lazy):
     seen = []
     poison = {c: (1, [4]) for c in range(4)}        # position 4 of row 1 bad at every step
     with pytest.raises(ValueError, match="at step 0, batch row 1, position 4 "):
-        _call(model=_PoisonSteps(poison), backend="torch", callback=seen.append, **LAZY)
+        _call(model=_poison_steps(poison), backend="torch", callback=seen.append, **LAZY)
     assert len(seen) == 4                            # every step of block 0 ran
     for s in seen:
         assert s.candidate[1, 1] and not s.keep[1, 1]     # index 1 of the block = position 4
@@ -283,9 +267,9 @@ def test_invalid_rows_are_never_kept(lazy):
 def test_threshold_mode_raises_at_the_next_step(lazy):
     """Threshold mode syncs every step anyway: the error comes at the very next step's check."""
     kw = dict(threshold=0.9, remasking="low_confidence")
-    model = _PoisonSteps({0: (0, [3, 4])})
+    model = _poison_steps({0: (0, [3, 4])})
     fast = _message(model, backend="torch", **kw)
-    assert fast == _message(_PoisonSteps({0: (0, [3, 4])}), backend="reference", **kw)
+    assert fast == _message(_poison_steps({0: (0, [3, 4])}), backend="reference", **kw)
     assert "at step 0, batch row 0, position 3 " in fast and "(1 more position(s) in this step)" in fast
     assert model.calls == 1
 
@@ -294,10 +278,10 @@ def test_threshold_mode_raises_at_the_next_step(lazy):
 def test_cpu_loop_raises_at_the_bad_step(cfg_scale):
     """Without the lazy check (a CPU): the same message, raised before any further model call."""
     poison = {1: (1, list(range(3, 11)))}
-    model = _PoisonSteps(poison)
+    model = _poison_steps(poison)
     msg = _message(model, backend="torch", cfg_scale=cfg_scale)
     assert "at step 1, batch row 1, position " in msg and model.calls == 2
-    lazy_model = _PoisonSteps(poison)
+    lazy_model = _poison_steps(poison)
     with pytest.MonkeyPatch.context() as mp:
         from fastremask.sampler import errors
         mp.setattr(errors, "checker_for", lambda device: errors.FirstInvalid)

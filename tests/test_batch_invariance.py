@@ -11,42 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastremask import generate
+from toy_models import PaddingBlindLM
 
 VOCAB, MASK = 13, 12
 REMASKING_THRESHOLD = {"low_confidence": 0.4, "margin": 0.3, "random": 0.7, "entropy": -1.2}
 
 
-class PaddingBlindLM(torch.nn.Module):
-    """Logits from table lookups and elementwise ops only: row ``b``'s logits at position ``i``
-    depend on its token there, its previous real token and its position counted from its first
-    real token, so left padding and batch neighbours change no bit."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.E = torch.randn(VOCAB, VOCAB, generator=g) * 2
-        self.Prev = torch.randn(VOCAB, VOCAB, generator=g)
-        self.Pos = torch.randn(64, VOCAB, generator=g)
-
-    def forward(self, x, attention_mask=None):
-        am = torch.ones_like(x) if attention_mask is None else attention_mask.to(x.dtype)
-        pos = (am.cumsum(1) - 1).clamp_min(0)                        # from the first real token
-        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
-        prev_real = torch.cat([torch.zeros_like(am[:, :1]), am[:, :-1]], 1)
-        p = self.Prev[prev] * prev_real[..., None]
-        return self.E[x] + p + self.Pos[pos]
-
-    eos_id = 1                                                       # for stop_at_eos
-
-    def cached_logits(self, x, attention_mask, cache, *, query, out):
-        """The block-cache protocol (`fastremask.models.kv`): this model attends to nothing, so
-        its cached logits are its logits; the loop's cache plumbing is what is exercised."""
-        return self(x, attention_mask)[:, out[0]:out[1]]
-
-
-MODEL = PaddingBlindLM()
+MODEL = PaddingBlindLM(vocab=VOCAB)
 
 
 def _batch(lengths, seed):

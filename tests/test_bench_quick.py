@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastremask.tools import bench
 
@@ -68,6 +69,31 @@ def test_format_table_handles_every_suite():
     ]}
     text = bench.format_table(data)
     assert "10.0x" in text and "10.0%" in text and "uniform" in text and "1 / 0.5 / 0.1" in text
+
+
+def test_bench_blocks_suite_counts_the_models_calls(tmp_path, capsys):
+    """``fastremask bench --suites blocks``: the random SDAR / LLaDA2 models, recompute and exact
+    block cache, each with the model calls and positions `generate` reports for the same run."""
+    from fastremask import SamplingConfig
+    from fastremask.sampler import loop
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "blocks.json"
+    args = parser.parse_args(["--quick", "--suites", "blocks", "--backends", "torch", "--device", "cpu",
+                              "--threads", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    rows = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert {(r["family"], r["cache"]) for r in rows} == {(f, c) for f in ("sdar", "llada2") for c in (None, "block")}
+    for r in rows:
+        model = bench.random_block_model(r["family"], "cpu", size="tiny")
+        prompt = torch.randint(0, model.mask_id, (1, 8), generator=torch.Generator().manual_seed(1234))  # cases.SEED
+        config = SamplingConfig(steps=32, gen_length=32, block_length=model.block_length, threshold=0.95,
+                                threshold_floor="schedule", cache=r["cache"], backend="torch")
+        _, trace = loop.run(model, prompt, config, seed=0, return_trace=True)
+        assert (r["model_calls"], r["positions"]) == (trace.model_calls, trace.positions), r
+    text = capsys.readouterr().out
+    assert "block-diffusion models" in text and "none (recompute)" in text
 
 
 def test_unknown_suite_is_an_error():

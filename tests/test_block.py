@@ -9,6 +9,7 @@ argmax and its softmax probability, and each generate's transfer rule.
 """
 import pytest
 import torch
+from toy_models import Counting
 
 from fastremask.models.tiny import tiny_model
 from fastremask.sampler.block import BlockCache, BlockLayout
@@ -38,29 +39,6 @@ def make_model(seed=0, **kw):
 
 MODEL = make_model()
 MASK = MODEL.mask_id
-
-
-class Counting(torch.nn.Module):
-    """Counts the model calls and keeps each call's logits; otherwise the model itself."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-        self.calls, self.logits = 0, []
-        for name in ("attention", "block_length", "mask_id", "device"):
-            setattr(self, name, getattr(model, name))
-        self.config = model.config
-        self.eos_id = getattr(model, "eos_id", None)
-        self.token_editing = getattr(model, "token_editing", False)
-
-    def block_logits(self, *a, **kw):
-        self.calls += 1
-        out = self.inner.block_logits(*a, **kw)
-        self.logits.append(out.detach().clone())
-        return out
-
-    def forward(self, *a, **kw):
-        return self.inner(*a, **kw)
 
 
 def full_window(model, x, end):
@@ -228,12 +206,12 @@ def test_exact_cache_equals_full_window_recompute(mode, P):
     runs = {}
     for cache in (None, "block"):
         m = Counting(MODEL)
-        out = run(m, prompt, SamplingConfig(gen_length=16, block_length=C, mask_id=MASK, cache=cache,
-                                            temperature=0.0, **mode), seed=3)
-        runs[cache] = (out, m)
-    (a, ma), (b, mb) = runs[None], runs["block"]
+        out, trace = run(m, prompt, SamplingConfig(gen_length=16, block_length=C, mask_id=MASK, cache=cache,
+                                                   temperature=0.0, **mode), seed=3, return_trace=True)
+        runs[cache] = (out, m, trace)
+    (a, ma, ta), (b, mb, tb) = runs[None], runs["block"]
     assert torch.equal(a, b)
-    assert ma.calls == mb.calls == len(ma.logits)
+    assert ma.calls == mb.calls == len(ma.logits) == ta.model_calls == tb.model_calls
     for la, lb in zip(ma.logits, mb.logits):
         torch.testing.assert_close(lb, la, rtol=0, atol=1e-5)
 
@@ -270,11 +248,11 @@ def test_llada2_generate_token_for_token(P, steps, threshold, minimal_topk, cach
     want, calls = llada2_oracle(MODEL, prompt, gen_length=G, steps=steps, threshold=threshold,
                                 minimal_topk=minimal_topk)
     m = Counting(MODEL)
-    out = run(m, prompt[None], SamplingConfig(
+    out, trace = run(m, prompt[None], SamplingConfig(
         gen_length=G, block_length=C, steps=steps * G // C, threshold=threshold, threshold_floor="schedule",
-        minimal_topk=minimal_topk, mask_id=MASK, cache=cache), seed=0)
+        minimal_topk=minimal_topk, mask_id=MASK, cache=cache), seed=0, return_trace=True)
     assert torch.equal(out[0, P:], want)
-    assert m.calls == calls
+    assert trace.model_calls == m.calls == calls
 
 
 def _eos_model():
@@ -314,10 +292,10 @@ def test_sdar_generate_token_for_token(strategy, threshold, P, steps):
     want, calls = sdar_oracle(MODEL, prompt, gen_length=G, steps=steps, strategy=strategy, threshold=threshold)
     mode = dict(threshold=threshold, threshold_floor="schedule") if threshold is not None else {}
     m = Counting(MODEL)
-    out = run(m, prompt[None], SamplingConfig(gen_length=G, block_length=C, steps=steps * G // C, mask_id=MASK,
-                                              cache="block", **mode), seed=0)
+    out, trace = run(m, prompt[None], SamplingConfig(gen_length=G, block_length=C, steps=steps * G // C,
+                                                     mask_id=MASK, cache="block", **mode), seed=0, return_trace=True)
     assert torch.equal(out[0, P:], want)
-    assert m.calls == calls
+    assert trace.model_calls == m.calls == calls
 
 
 # ------------------------------------------------------------------ token editing
@@ -347,7 +325,7 @@ def test_editing_equals_joint_threshold(threshold, edit_threshold, max_post, lam
             cache=cache), seed=0, return_trace=True)
         assert torch.equal(out[0, P:], want)
         assert [e[1:] for e in trace.edits(0)] == edits
-        assert cm.calls == calls
+        assert trace.model_calls == cm.calls == calls
         all_edits += len(edits)
     assert all_edits > 0                                      # editing happened
 

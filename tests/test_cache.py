@@ -121,11 +121,11 @@ EOS = 3
 
 class EosAfter(torch.nn.Module):
     """The tiny model, but every position at or after answer position ``after[b]`` of row ``b``
-    strongly prefers EOS; counts its calls."""
+    strongly prefers EOS."""
 
     def __init__(self, P: int, after):
         super().__init__()
-        self.P, self.after, self.calls = P, torch.tensor(after), 0
+        self.P, self.after = P, torch.tensor(after)
         self.config, self.eos_id = MODEL.config, EOS
 
     @property
@@ -133,7 +133,6 @@ class EosAfter(torch.nn.Module):
         return MODEL.device
 
     def forward(self, x, attention_mask=None):
-        self.calls += 1
         logits = MODEL(x, attention_mask).logits.clone()
         pos = torch.arange(x.shape[1]) - self.P
         late = pos[None, :] >= self.after[: x.shape[0], None]
@@ -144,14 +143,12 @@ class EosAfter(torch.nn.Module):
 def test_stop_at_eos_fills_and_saves_calls():
     prompt, am = _prompt(B=2)
     kw = dict(steps=32, gen_length=64, block_length=8, mask_id=MASK, seed=1, backend="torch")
-    full_model = EosAfter(12, [10, 20])
-    full = fastremask.generate(full_model, prompt, am, **kw)
-    stop_model = EosAfter(12, [10, 20])
-    out, trace = fastremask.generate(stop_model, prompt, am, stop_at_eos=True, return_trace=True, **kw)
+    full, full_trace = fastremask.generate(EosAfter(12, [10, 20]), prompt, am, return_trace=True, **kw)
+    out, trace = fastremask.generate(EosAfter(12, [10, 20]), prompt, am, stop_at_eos=True, return_trace=True, **kw)
     assert torch.equal(out, full)                                  # the answer pads with EOS anyway
     assert (out[0, 12 + 10:] == EOS).all() and (out[1, 12 + 20:] == EOS).all()
-    assert full_model.calls == 32
-    assert stop_model.calls == 3 * 4                             # done after block 3 (EOS from 20 on)
+    assert full_trace.model_calls == 32
+    assert trace.model_calls == 3 * 4                            # done after block 3 (EOS from 20 on)
     assert [bool(d[0]) for _, d in trace.stops] == [False, True, True]
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from toy_models import Counting
 
 from fastremask import generate, models
 
@@ -357,18 +358,6 @@ def test_model_without_eos_is_a_clear_error(capsys, monkeypatch):
     assert rc == 0, err
 
 
-class _Counting(torch.nn.Module):
-    """The tiny model, counting its forward calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner, self.calls = tiny_model(), 0
-
-    def forward(self, *a, **kw):
-        self.calls += 1
-        return self.inner(*a, **kw)
-
-
 @pytest.mark.parametrize("argv", [
     ["--gen-length", "8", "--steps", "8"],
     ["--gen-length", "8", "--block-length", "4", "--steps", "16"],     # uniform: steps that keep 0
@@ -382,8 +371,8 @@ def test_calls_per_run_counts_the_model_calls(capsys, monkeypatch, argv):
     the model receives, per batch."""
     from fastremask.sampler import schedule
 
-    m = _Counting()
-    a = models.wrap(m.inner)
+    m = Counting(tiny_model())                   # counts what the model receives, across the CLI's batches
+    a = models.wrap(m.model)
     a.model = m
     monkeypatch.setattr(gen_cmd, "_load_model", lambda args: (a, None, "counting"))
     config = cli.config_from_args(_args(*argv), a)

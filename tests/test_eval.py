@@ -3,6 +3,7 @@ from fastremask import DATA_DIR
 import argparse
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -273,3 +274,55 @@ def test_bad_arguments_are_one_line(argv, message, no_demo_json, tmp_path, capsy
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1, err
     assert err.startswith("fastremask: error: ") and message in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- block-causal checkpoints
+
+
+def test_eval_on_a_block_causal_checkpoint(tmp_path, monkeypatch):
+    """`fastremask eval` on a block-causal tiny checkpoint (its ``attention``/``block_length``
+    read back from config.json): ``--cache block`` samples the same tokens as the full-window
+    recompute, with the same model calls (eval is for the demo tasks' token-id checkpoints;
+    real block checkpoints, SDAR's layout, go through the lm-eval adapter, docs/eval.md)."""
+    from fastremask.models.tiny import tiny_model
+    from fastremask.sampler import loop
+
+    folder = tmp_path / "tiny-block"
+    tiny_model(vocab_size=20, attention="block_causal", block_length=4, max_len=32).save_pretrained(folder)
+    model, _ = ev.load_model(str(folder))
+    assert (model.attention, model.block_length) == ("block_causal", 4)
+    seen, real = [], loop.run
+
+    def spy(m, prompt, config, **kw):
+        x, trace = real(m, prompt, config, **{**kw, "return_trace": True})
+        seen.append((config.cache, x, trace.model_calls))
+        return (x, trace) if kw.get("return_trace") else x
+
+    monkeypatch.setattr(loop, "run", spy)
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    for cache in ([], ["--cache", "block"]):
+        args = parser.parse_args(["--model", str(folder), "--task", "add:3", "-n", "3", "--nfe", "2,4",
+                                  "--schedules", "uniform", "--remasking", "low_confidence", "--block-length", "4",
+                                  "--quiet", *cache])
+        assert eval_command.run(args) == 0
+    full = [s for s in seen if s[0] is None]
+    cached = [s for s in seen if s[0] == "block"]
+    assert len(full) == len(cached) == 2
+    for (_, a, calls_a), (_, b, calls_b) in zip(full, cached):
+        assert torch.equal(a, b) and calls_a == calls_b
+
+
+def test_tiny_checkpoint_attention_fields_are_checked(tmp_path):
+    from fastremask.models import ModelLoadError
+    from fastremask.models.tiny import TinyMaskedLM, tiny_model
+
+    folder = tmp_path / "tiny"
+    tiny_model(vocab_size=20).save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for fields, message in ((dict(attention="sideways"), "field 'attention' must be 'full' or 'block_causal'"),
+                            (dict(attention="block_causal"), "field 'block_length' (None) goes with"),
+                            (dict(block_length=4), "field 'block_length' (4) goes with")):
+        (folder / "config.json").write_text(json.dumps({**cfg, **fields}))
+        with pytest.raises(ModelLoadError, match=re.escape(message)):
+            TinyMaskedLM.from_pretrained(folder)

@@ -232,3 +232,23 @@ def test_the_docs_table_is_the_registry():
                             "architecture.md"), encoding="utf-8").read()
     table = families_table()
     assert table in doc, "docs/architecture.md's families table differs from the records; it should read:\n" + table
+
+
+def test_wrap_finds_a_projects_own_model_through_its_record():
+    """`wrap` recognises the project's own model classes through the records' ``classes`` (the
+    tiny model's record, or any registered one), not a type check of its own."""
+    from toy_models import ToyLM
+
+    from fastremask.models.family import family_of_model
+    from fastremask.models.tiny import tiny_model
+
+    m = tiny_model()
+    assert family_of_model(m) is models.FAMILIES["tiny"] and models.wrap(m).family == "tiny"
+    assert family_of_model(ToyLM()) is None and models.wrap(ToyLM(), mask_id=10).family == "callable"
+    register(Family(name="toys", classes=("toy_models:ToyLM",), adapter="fastremask.models.adapters:Adapter"))
+    try:
+        assert models.wrap(ToyLM(), mask_id=10).family == "toys"
+    finally:
+        unregister("toys")
+    with pytest.raises(ValueError, match="classes must be a tuple of 'module:Class' strings"):
+        Family(name="bad", classes="toy_models:ToyLM")

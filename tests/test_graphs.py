@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from toy_models import Poisoned
 
 from fastremask import generate
 from fastremask.models.tiny import tiny_model
@@ -85,24 +86,13 @@ def test_captured_step_equals_eager_threshold_mode_and_is_cached(fake_graphs):
 
 @pytest.mark.interpreter
 def test_invalid_logits_same_message_from_the_graph(fake_graphs):
-    class Poison(torch.nn.Module):
-        device = torch.device("cpu")
-
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, x, attention_mask=None):
-            logits = MODEL(x, attention_mask=attention_mask).logits
-            if self.calls == 1:
-                logits[1, 4, 3] = float("nan")
-            self.calls += 1
-            return logits
+    def nan(logits):
+        logits[1, 4, 3] = float("nan")
 
     msgs = []
     for cuda_graph in (False, True):
         with pytest.raises(ValueError) as e:
-            generate(Poison(), PROMPT, ATT, 4, 4, 2, mask_id=MODEL.mask_id, seed=1, backend="triton",
+            generate(Poisoned(MODEL, {1: nan}), PROMPT, ATT, 4, 4, 2, mask_id=MODEL.mask_id, seed=1, backend="triton",
                      cuda_graph=cuda_graph)
         msgs.append(str(e.value))
     assert msgs[0] == msgs[1] and "at step 1, batch row 1, position 4 " in msgs[0]

@@ -58,3 +58,21 @@ def test_cached_calls_count_the_positions_they_compute(cache):
     assert trace.positions == want
     _, _, full = _run(steps=steps, gen_length=G, block_length=C)
     assert trace.positions < full.positions
+
+
+@pytest.mark.parametrize("cache", [None, "block"])
+def test_block_calls_count_the_columns_they_run(cache):
+    """A block-causal model: the full-window recompute runs ``0:end`` of the current block, the
+    exact block cache the columns after its own; `Trace.positions` is rows x those columns."""
+    model = Counting(tiny_model(vocab_size=20, d_model=16, n_heads=2, n_layers=1, max_len=64,
+                                attention="block_causal", block_length=4))
+    am = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])                 # left padding
+    config = SamplingConfig(steps=12, gen_length=12, block_length=4, cache=cache)
+    _, trace = run(model, PROMPT, config, attention_mask=am, seed=0, return_trace=True)
+    assert trace.model_calls == model.calls == len(model.columns) > 0
+    assert trace.positions == sum(r * c for r, c in zip(model.rows, model.columns))
+    if cache is None:
+        ends = sorted(set(model.columns))
+        assert all(c % 4 == 0 for c in ends) and len(ends) > 1            # the window grows by a block
+    else:
+        assert max(model.columns) <= 8                                    # a block, plus the one it commits

@@ -3,6 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toy_models import RandomLM
 
 from fastremask import generate
 from fastremask.sampler import schedule as sch
@@ -315,18 +316,6 @@ def test_cost_misuse(kw, exc, match):
 # ---------------------------------------------------------------------------- cost == real calls
 
 
-class CountingLM:
-    """Random logits ``[B, L, V]`` (a seeded generator); records the rows of every call."""
-
-    def __init__(self, vocab=9, seed=0):
-        self.vocab, self.rows = vocab, []
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, x, attention_mask=None):
-        self.rows.append(x.shape[0])
-        return torch.randn(*x.shape, self.vocab, generator=self.gen)
-
-
 def front_loaded(n, steps):
     return [n] + [0] * (steps - 1)
 
@@ -340,13 +329,14 @@ def zeros_between(n, steps):
 
 
 def calls_made(backend, gen_length, block_length, steps, schedule, factor=1, batch=1, cfg=False):
-    model = CountingLM(seed=gen_length * 31 + steps)
+    model = RandomLM(seed=gen_length * 31 + steps)
     prompt = torch.randint(0, 8, (batch, 3), generator=torch.Generator().manual_seed(steps))
-    x = generate(model, prompt, None, steps, gen_length, block_length, 0.5, 1.0 if cfg else 0.0,
-                 mask_id=8, schedule=schedule, factor=factor, seed=0, backend=backend)
+    x, trace = generate(model, prompt, None, steps, gen_length, block_length, 0.5, 1.0 if cfg else 0.0,
+                        mask_id=8, schedule=schedule, factor=factor, seed=0, backend=backend, return_trace=True)
     assert not (x == 8).any()
     assert set(model.rows) <= {batch * (2 if cfg else 1)}  # CFG: one call on 2B rows per step
-    return len(model.rows)
+    assert trace.model_calls == len(model.rows)            # the sampler's count is the calls made
+    return trace.model_calls
 
 
 def expected_calls(gen_length, block_length, steps, schedule, factor=1):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from fastremask.models.family import FAMILIES, family_for, get_family, model_types
+from fastremask.models.family import FAMILIES, family_for, family_of_model, get_family, model_types
 from fastremask.models.ids import first_int, resolve_ids
 from fastremask.models.shift import shifted_rows, source_span
 from fastremask.models.tokenizer import tiny_tokenizer
@@ -422,7 +422,8 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
          device=None, name: str | None = None) -> Adapter:
     """Adapt an already-built model (or any callable) for `generate`.
 
-    ``family`` None: from ``model.config.model_type``, ``"tiny"`` for a `TinyMaskedLM`, and
+    ``family`` None: from ``model.config.model_type``, the record whose ``classes`` the model is
+    an instance of (``"tiny"`` for a `TinyMaskedLM`), and
     ``"callable"`` for anything without a config; a ``family`` that contradicts a known
     ``model_type`` is a `ModelLoadError`. A native model (`fastremask.models.native`) gets a
     `NativeAdapter` (no second shift for Dream). Ids are resolved as in `load`.
@@ -448,8 +449,9 @@ def wrap(model, tokenizer=None, *, family: str | None = None, mask_id: int | Non
                           eot_id=eot_id, pad_id=pad_id, name=name)
         return NativeAdapter(model, tokenizer, device=device, name=name, **ids)
     if family is None:
-        if isinstance(model, TinyMaskedLM):
-            family = "tiny"
+        own = family_of_model(model)                  # the project's own models (the tiny one)
+        if own is not None:
+            family = own.name
         elif config is not None and hasattr(config, "model_type"):
             family = detect_family(config.model_type, name=name)
         elif callable(model):

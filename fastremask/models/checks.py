@@ -7,11 +7,30 @@ first model call.
 """
 from __future__ import annotations
 
+import json
 import math
 
 from fastremask.sampler.protocol import ModelLoadError
 
-__all__ = ["check_field", "MISSING"]
+__all__ = ["check_field", "read_json_object", "MISSING"]
+
+
+def read_json_object(path: str, what: str = "") -> dict:
+    """The JSON object in the file ``path``; a `ModelLoadError` naming the file when it cannot be
+    read, is not UTF-8, is not JSON or holds something else (``what`` says what it should hold,
+    e.g. ``" (the model's config)"``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{path} is not UTF-8 text (byte {e.start + 1})") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object{what}, got {type(value).__name__}")
+    return value
 
 MISSING = object()
 

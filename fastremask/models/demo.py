@@ -9,7 +9,6 @@ The shipped demo is ``fastremask/data`` (`demo_dir`).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -33,20 +32,13 @@ def read_demo(folder) -> Optional[dict]:
     present; ``"mask_id"`` / ``"pad_id"`` ids inside ``"vocab"`` where both are present. A
     `fastremask.models.ModelLoadError` naming the file and the field otherwise.
     """
+    from fastremask.models.checks import read_json_object
     from fastremask.sampler.protocol import ModelLoadError
 
     path = os.path.join(os.fspath(folder), DEMO_FILE)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from e
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path)
     task = meta.get("task")
     if task is not None and not isinstance(task, str):
         raise ModelLoadError(f"{path}: field 'task' must be a task name such as 'perm:12', got {task!r}")

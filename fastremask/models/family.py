@@ -24,8 +24,8 @@ from typing import Optional
 
 from fastremask.sampler.names import LLADA_EOS, LLADA_EOT, LLADA_MASK
 
-__all__ = ["Family", "FAMILIES", "ATTENTION_KINDS", "register", "unregister", "family_for", "get_family",
-           "model_types", "checkpoint_families"]
+__all__ = ["Family", "FAMILIES", "ATTENTION_KINDS", "register", "unregister", "family_for", "family_of_model",
+           "get_family", "model_types", "checkpoint_families"]
 
 ATTENTION_KINDS = ("full", "block_causal")
 
@@ -67,6 +67,9 @@ class Family:
     cache : True when the native forward implements ``cached_logits`` (`generate(...,
         cache=...)`); a non-native model declares it by having the method.
     display : the family's name in messages (``"LLaDA"``).
+    classes : ``"module:Class"`` of the project's own in-memory model classes of the family
+        (`fastremask.models.tiny.TinyMaskedLM`), which `wrap` recognises without a
+        ``config.model_type``.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Family:
     block_length: Optional[int] = None
     cache: bool = False
     display: str = ""
+    classes: tuple = ()
     _resolved: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
@@ -105,6 +109,9 @@ class Family:
             value = getattr(self, fname)
             if value is not None and not (isinstance(value, str) and value.count(":") == 1):
                 bad(f"{fname} must be a 'module:attribute' string", value)
+        if isinstance(self.classes, str) or not all(isinstance(c, str) and c.count(":") == 1 for c in self.classes):
+            bad("classes must be a tuple of 'module:Class' strings", self.classes)
+        object.__setattr__(self, "classes", tuple(self.classes))
         if self.native_types is None:
             object.__setattr__(self, "native_types", self.model_types if self.native else ())
         elif not set(self.native_types) <= set(self.model_types) or not self.native:
@@ -188,6 +195,14 @@ def family_for(model_type) -> Optional[Family]:
     return _BY_TYPE.get(str(model_type).lower()) if model_type is not None else None
 
 
+def family_of_model(model) -> Optional[Family]:
+    """The family whose ``classes`` ``model`` is an instance of (the project's own models), or None."""
+    for record in FAMILIES.values():
+        if any(isinstance(model, record._resolve(c)) for c in record.classes):
+            return record
+    return None
+
+
 def get_family(name: str) -> Family:
     """The record named ``name``; a ValueError naming the known ones otherwise."""
     try:
@@ -261,6 +276,7 @@ register(Family(
     model_types=("fastremask-tiny",),
     architectures=("TinyMaskedLM",),
     adapter="fastremask.models.adapters:TinyAdapter", loader="fastremask.models.tiny:load_folder",
+    classes=("fastremask.models.tiny:TinyMaskedLM",),
     logits_shift=0, attention="full", cache=True,
 ))
 register(Family(

@@ -22,6 +22,7 @@ import os
 import torch
 
 from fastremask.models.adapters import Adapter, detect_family, wrap
+from fastremask.models.checks import read_json_object
 from fastremask.models.dtypes import DTYPES, unknown_dtype
 from fastremask.models.family import FAMILIES, Family, family_for
 from fastremask.sampler.protocol import ModelLoadError
@@ -67,18 +68,7 @@ def _local_config(path) -> dict | None:
     cfg = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(cfg):
         return None
-    try:
-        with open(cfg, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{cfg} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{cfg} is not UTF-8 text (byte {e.start + 1})") from e
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {cfg}: {e.strerror or e}") from e
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{cfg} must hold a JSON object (the model's config), got {type(raw).__name__}")
-    return raw
+    return read_json_object(cfg, " (the model's config)")
 
 
 def _looks_local(name: str) -> bool:

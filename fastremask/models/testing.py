@@ -18,6 +18,7 @@ Weights are a pure function of ``seed``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -312,6 +313,13 @@ def _random(g, shape, std):
     return torch.randn(shape, generator=g, dtype=torch.float32) * std
 
 
+def _linear(st: dict, g, name: str, out: int, inp: int, bias: bool = False) -> None:
+    """``st[name.weight]`` ``[out, inp]`` N(0, 1 / inp), and ``st[name.bias]`` 0.1 N(0, 1) with ``bias``."""
+    st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
+    if bias:
+        st[name + ".bias"] = _random(g, (out,), 0.1)
+
+
 def llada_state(cfg: dict, seed: int = 0) -> dict:
     """Random weights for a LLaDA ``config.json`` dict, under the published names (fp32).
 
@@ -328,10 +336,7 @@ def llada_state(cfg: dict, seed: int = 0) -> dict:
     norm_bias = bias if nb is None else nb
     st = {"model.transformer.wte.weight": _random(g, (rows, d), 1.0)}
 
-    def lin(name, out, inp, b):
-        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
-        if b:
-            st[name + ".bias"] = _random(g, (out,), 0.1)
+    lin = functools.partial(_linear, st, g)
 
     def norm(name):
         st[name + ".weight"] = 1.0 + _random(g, (d,), 0.1)
@@ -365,10 +370,7 @@ def dream_state(cfg: dict, seed: int = 0) -> dict:
     hidden, V = cfg["intermediate_size"], cfg["vocab_size"]
     st = {"model.embed_tokens.weight": _random(g, (V, d), 1.0)}
 
-    def lin(name, out, inp, b):
-        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
-        if b:
-            st[name + ".bias"] = _random(g, (out,), 0.1)
+    lin = functools.partial(_linear, st, g)
 
     for i in range(L):
         p = f"model.layers.{i}."
@@ -378,13 +380,18 @@ def dream_state(cfg: dict, seed: int = 0) -> dict:
         lin(p + "self_attn.v_proj", kv, d, True)
         lin(p + "self_attn.o_proj", d, d, False)
         st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
-        lin(p + "mlp.gate_proj", hidden, d, False)
-        lin(p + "mlp.up_proj", hidden, d, False)
-        lin(p + "mlp.down_proj", d, hidden, False)
+        _swiglu(lin, p + "mlp.", hidden, d)
     st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
     if not cfg.get("tie_word_embeddings", False):
         st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)
     return st
+
+
+def _swiglu(lin, prefix: str, hidden: int, d: int) -> None:
+    """A SwiGLU MLP's ``gate_proj``, ``up_proj``, ``down_proj`` under ``prefix`` (Qwen's names)."""
+    lin(prefix + "gate_proj", hidden, d)
+    lin(prefix + "up_proj", hidden, d)
+    lin(prefix + "down_proj", d, hidden)
 
 
 def _head_dim(cfg, hidden, heads):
@@ -401,10 +408,7 @@ def sdar_state(cfg: dict, seed: int = 0) -> dict:
     hidden, V, bias = cfg["intermediate_size"], cfg["vocab_size"], cfg.get("attention_bias", False)
     st = {"model.embed_tokens.weight": _random(g, (V, d), 1.0)}
 
-    def lin(name, out, inp, b):
-        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
-        if b:
-            st[name + ".bias"] = _random(g, (out,), 0.1)
+    lin = functools.partial(_linear, st, g)
 
     for i in range(L):
         p = f"model.layers.{i}."
@@ -416,9 +420,7 @@ def sdar_state(cfg: dict, seed: int = 0) -> dict:
         st[p + "self_attn.q_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
         st[p + "self_attn.k_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
         st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
-        lin(p + "mlp.gate_proj", hidden, d, False)
-        lin(p + "mlp.up_proj", hidden, d, False)
-        lin(p + "mlp.down_proj", d, hidden, False)
+        _swiglu(lin, p + "mlp.", hidden, d)
     st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
     if not cfg.get("tie_word_embeddings", False):
         st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)
@@ -439,15 +441,7 @@ def llada2_state(cfg: dict, seed: int = 0) -> dict:
     V, E = cfg["vocab_size"], cfg["num_experts"]
     st = {"model.word_embeddings.weight": _random(g, (V, d), 1.0)}
 
-    def lin(name, out, inp, b=False):
-        st[name + ".weight"] = _random(g, (out, inp), 1.0 / inp ** 0.5)
-        if b:
-            st[name + ".bias"] = _random(g, (out,), 0.1)
-
-    def mlp(p, hidden):
-        lin(p + "gate_proj", hidden, d)
-        lin(p + "up_proj", hidden, d)
-        lin(p + "down_proj", d, hidden)
+    lin = functools.partial(_linear, st, g)
 
     for i in range(L):
         p = f"model.layers.{i}."
@@ -459,14 +453,14 @@ def llada2_state(cfg: dict, seed: int = 0) -> dict:
         lin(p + "attention.dense", d, H * hd, cfg.get("use_bias", True))
         st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
         if i < cfg.get("first_k_dense_replace", 0):
-            mlp(p + "mlp.", cfg["intermediate_size"])
+            _swiglu(lin, p + "mlp.", cfg["intermediate_size"], d)
             continue
         st[p + "mlp.gate.weight"] = _random(g, (E, d), 1.0 / d ** 0.5)
         st[p + "mlp.gate.expert_bias"] = _random(g, (E,), 0.1)
         for e in range(E):
-            mlp(p + f"mlp.experts.{e}.", cfg["moe_intermediate_size"])
+            _swiglu(lin, p + f"mlp.experts.{e}.", cfg["moe_intermediate_size"], d)
         if cfg.get("num_shared_experts"):
-            mlp(p + "mlp.shared_experts.", cfg["moe_intermediate_size"] * cfg["num_shared_experts"])
+            _swiglu(lin, p + "mlp.shared_experts.", cfg["moe_intermediate_size"] * cfg["num_shared_experts"], d)
     st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
     if not cfg.get("tie_word_embeddings", False):
         st["lm_head.weight"] = _random(g, (V, d), 3.0 / d ** 0.5)

@@ -296,7 +296,8 @@ def check_config(raw: dict, path: str) -> TinyConfig:
     """The `TinyConfig` of a checkpoint's ``config.json`` (``raw``), every field it reads checked
     with the file and the field named (`fastremask.models.checks`): the shapes positive
     integers, ``mask_id`` an id inside ``vocab_size``, ``eps`` a positive number, ``seed`` in
-    ``[0, 2**63)``. Absent fields take `TinyConfig`'s defaults."""
+    ``[0, 2**63)``, ``attention`` ``"full"`` or ``"block_causal"`` with its ``block_length``.
+    Absent fields take `TinyConfig`'s defaults."""
     from fastremask.models.checks import check_field
     from fastremask.sampler.protocol import ModelLoadError
 
@@ -313,6 +314,13 @@ def check_config(raw: dict, path: str) -> TinyConfig:
     if kw["d_model"] % kw["n_heads"]:
         raise ModelLoadError(f"{path}: field 'd_model' ({kw['d_model']}) is not a multiple of "
                              f"'n_heads' ({kw['n_heads']})")
+    kw["attention"] = check_field(raw, path, "attention", str, default=d.attention, null=False)
+    if kw["attention"] not in ("full", BLOCK_CAUSAL):
+        raise ModelLoadError(f"{path}: field 'attention' must be 'full' or {BLOCK_CAUSAL!r}, got {kw['attention']!r}")
+    kw["block_length"] = check_field(raw, path, "block_length", default=None)
+    if (kw["attention"] == BLOCK_CAUSAL) != (kw["block_length"] is not None):
+        raise ModelLoadError(f"{path}: field 'block_length' ({kw['block_length']!r}) goes with attention="
+                             f"{BLOCK_CAUSAL!r} only, and that attention needs it (attention {kw['attention']!r})")
     return TinyConfig(**kw)
 
 

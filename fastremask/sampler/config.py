@@ -324,7 +324,8 @@ class SamplingConfig:
     logits_eos_inf: bool = option(False, "never generate the model's EOS", _parse_bool, step=True)
     confidence_eos_eot_inf: bool = option(
         False, "keep EOS/EoT predictions only after every other position of the block", _parse_bool, step=True)
-    schedule: object = option("uniform", "uniform | pyramid | dream | comma-separated per-step counts",
+    schedule: object = option("uniform", "uniform | pyramid | dream | origin (Dream's alg='origin': each position "
+                                         "unmasked by its own draw) | comma-separated per-step counts",
                               _parse_schedule, metavar="SCHEDULE")
     factor: int = option(1, "pyramid dilation: step i keeps i // factor + 1", _parse_int)
     threshold: Optional[float] = option(
@@ -428,6 +429,8 @@ class SamplingConfig:
         self._check_block_options()
         plan = _schedule.resolve(self.schedule, self.factor)
         put("plan", plan)
+        if self.origin:
+            self._check_origin()
         if self.threshold is not None:
             put("threshold", _check_threshold(check_real("threshold", self.threshold), self.remasking,
                                                     self.threshold_rule))
@@ -436,7 +439,35 @@ class SamplingConfig:
                 raise ValueError(
                     f"steps={steps} must be a multiple of the number of blocks "
                     f"(gen_length / block_length = {self.num_blocks})")
-            plan(block_length, self.steps_per_block)  # raises now if the schedule cannot use steps
+            if not self.origin:
+                plan(block_length, self.steps_per_block)  # raises now if the schedule cannot use steps
+
+    def _check_origin(self) -> None:
+        """``schedule='origin'`` (Dream's ``alg='origin'``): each masked position is unmasked by its
+        own draw, so the options that rank positions or pick them by confidence do not apply."""
+        if self.threshold is not None:
+            raise ValueError(f"schedule='origin' (Dream's alg='origin') unmasks each position by its own draw; "
+                             f"it has no threshold mode: use threshold=None, got threshold={self.threshold!r}")
+        if self.alg_temp > 0:
+            raise ValueError(f"alg_temp={self.alg_temp} draws positions by confidence; schedule='origin' unmasks "
+                             "each position by its own draw (Dream ignores alg_temp with alg='origin'): use alg_temp=0")
+        if self.remasking != "low_confidence":
+            raise ValueError(f"remasking={self.remasking!r} ranks the positions; schedule='origin' keeps every "
+                             "position its draw transfers, so no ranking applies: use remasking='low_confidence' "
+                             "(the default)")
+        if self.defer_tokens or self.confidence_eos_eot_inf:
+            raise ValueError("defer_tokens / confidence_eos_eot_inf order the positions a step keeps; "
+                             "schedule='origin' keeps every position its draw transfers: nothing can be deferred")
+
+    @property
+    def origin(self) -> bool:
+        """``schedule='origin'``: Dream's ``alg='origin'`` (`fastremask.sampler.schedule.Origin`)."""
+        return getattr(self.plan, "random_counts", False)
+
+    def transfer_probabilities(self) -> Optional[list]:
+        """``schedule='origin'``: each step's transfer probability ``p_i`` (fp32 values; 1.0 at a
+        block's last step), the same for every block; otherwise None."""
+        return self.plan.probabilities(self.steps_per_block) if self.origin else None
 
     def _check_block_options(self) -> None:
         """The block-diffusion options (docs/decoding.md, "Block diffusion")."""
@@ -520,6 +551,12 @@ class SamplingConfig:
         sched = self.schedule
         if isinstance(sched, _tensor_type()):
             out["schedule"] = sched.tolist()
+        elif self.origin:
+            from fastremask.sampler.schedule import Origin
+            if self.plan != Origin():
+                raise ValueError(f"schedule={sched!r} cannot be recorded: only origin's default eps=1e-3 has a "
+                                 "name ('origin')")
+            out["schedule"] = "origin"
         elif not isinstance(sched, (str, list, tuple)):
             counts = self.block_counts()
             out["schedule"], out["factor"] = ("uniform", 1) if counts is None else (list(counts), 1)
@@ -568,8 +605,9 @@ class SamplingConfig:
 
     def block_counts(self) -> Optional[list]:
         """Schedule mode: the per-step counts of one block (every row's block starts fully
-        masked, so all rows share them); threshold mode: None."""
-        if self.threshold is not None:
+        masked, so all rows share them); threshold mode and ``schedule='origin'`` (random
+        counts, `transfer_probabilities`): None."""
+        if self.threshold is not None or self.origin:
             return None
         return self.plan(self.block_length, self.steps_per_block)
 
@@ -582,8 +620,8 @@ class SamplingConfig:
 
     def model_calls(self) -> int:
         """Schedule mode: the model calls `run` makes (`fastremask.sampler.schedule.cost`: steps that
-        keep 0 are skipped); threshold mode: the most it can make (each step keeps at least one
-        per unfinished row)."""
+        keep 0 are skipped; ``schedule='origin'``: every step); threshold mode: the most it can
+        make (each step keeps at least one per unfinished row)."""
         from fastremask.sampler import schedule as _schedule
 
         if self.threshold is not None:

@@ -73,7 +73,8 @@ class Block:
 def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Tensor,
          uncond: Optional[torch.Tensor], blk: Block, row_step: torch.Tensor, k: Optional[torch.Tensor],
          *, config: SamplingConfig, suppress, defer, no_defer, checker, step_index: int,
-         floor_k: Optional[torch.Tensor] = None, editable: Optional[torch.Tensor] = None) -> tuple:
+         floor_k: Optional[torch.Tensor] = None, editable: Optional[torch.Tensor] = None,
+         transfer: Optional[torch.Tensor] = None) -> tuple:
     """One denoising step of block ``blk``: writes the kept tokens into ``x`` in place.
 
     ``cand`` ``[B, C]`` bool: the block's still-masked positions (``x[:, block] == mask_id``);
@@ -83,7 +84,9 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     as LLaDA2 and SDAR do). ``editable`` ``[B, C]`` bool: token editing (LLaDA2.1): decoded
     answer positions of the block, sampled as rows too; one whose token differs from its
     ``x0`` with confidence ``> edit_threshold`` takes ``x0``. Returns ``(x0, confidence, keep,
-    edit)``, each ``[B, C]`` (``edit`` None without editing).
+    edit)``, each ``[B, C]`` (``edit`` None without editing). ``transfer`` ``[B, C]`` bool
+    (``schedule='origin'``, Dream's ``alg='origin'``; ``k`` is None): the positions whose own draw
+    unmasks them this step; the step keeps exactly those (with valid logits).
     """
     B, C = cand.shape
     V = logits.shape[-1]
@@ -96,6 +99,9 @@ def step(backend: Backend, x: torch.Tensor, cand: torch.Tensor, logits: torch.Te
     x0, conf = sample.x0.view(B, C), sample.confidence.view(B, C)
     ok = checker.note(sample.invalid, active, blk, step_index, logits, uncond)   # no bad row kept
     candidate = ok if editable is None else ok & cand
+    if transfer is not None:      # origin: keep every transferred candidate (no defer_tokens with it)
+        candidate = candidate & transfer
+        k = candidate.sum(1)
     deferred = no_defer if defer is None else candidate & torch.isin(x0, defer)
     edit = None
     if editable is not None:      # before the write: compared with the tokens the model saw
@@ -282,6 +288,9 @@ def _run_block_causal(model, prompt, attention_mask, config: SamplingConfig, ids
     if config.editing and not config.force_editing and not _block.supports_editing(model):
         raise ValueError(f"edit_threshold={config.edit_threshold}: {name} was not trained for token "
                          "editing (LLaDA2.1 is); pass force_editing=True to edit anyway")
+    if config.origin:
+        raise ValueError(f"schedule='origin' is Dream's sampler for bidirectional models; {name} is "
+                         "block-causal: use another schedule")
     if config.eos_early_stop:
         _check_eos(model, ids.eos)
     trained = _block.trained_block_length(model)
@@ -330,14 +339,15 @@ class _Steps:
             raise ValueError(f"model logits changed vocabulary size from {self.V} to {V}")
 
     def __call__(self, x, blk: Block, cand, logits, uncond, row_step, k, step_index: int, record: bool,
-                 floor_k=None, editable=None):
-        graph = self.use_graph and floor_k is None and editable is None
+                 floor_k=None, editable=None, transfer=None):
+        graph = self.use_graph and floor_k is None and editable is None and transfer is None
         out = self._replay(blk, logits, uncond, row_step, k, step_index, record) if graph else None
         if out is None:
             with calling_thread(x.device):       # a CPU step is many small ops: no thread pool
                 return step(self.backend, x, cand, logits, uncond, blk, row_step, k, config=self.config,
                             suppress=self.suppress, defer=self.defer, no_defer=self.no_defer,
-                            checker=self.checker, step_index=step_index, floor_k=floor_k, editable=editable)
+                            checker=self.checker, step_index=step_index, floor_k=floor_k, editable=editable,
+                            transfer=transfer)
         return tuple(out) + (None,)
 
     def _replay(self, blk, logits, uncond, row_step, k, step_index: int, record: bool):
@@ -381,8 +391,10 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
         floor_cols = torch.tensor(floor, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
         zero_k = torch.zeros(B, dtype=torch.int64, device=device)
     editing = config.editing
-    max_steps = len(counts) if counts is not None else max(C, len(floor or ())) + (
-        config.max_post_edit_steps if editing else 0)
+    origin = config.transfer_probabilities()      # schedule='origin': each step's p_transfer, else None
+    max_steps = len(counts) if counts is not None else len(origin) if origin is not None else max(
+        C, len(floor or ())) + (config.max_post_edit_steps if editing else 0)
+    scheduled = counts is not None or origin is not None     # a fixed number of steps, no per-step sync
     bi = torch.arange(B, device=device).repeat_interleave(C)                     # [B * C]
     j = torch.arange(C, device=device).repeat(B)
     seeds_r = seeds.index_select(0, bi)
@@ -412,7 +424,7 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
                 continue
             cand = blk.x == ids.mask_id                                   # [B, C]
             editable = None
-            if counts is None or layout is not None:    # threshold mode's (block-causal: every) one sync
+            if not scheduled or layout is not None:     # threshold mode's (block-causal: every) one sync
                 # [B] rows with masks left; a block-causal row's first block is partly prompt, so
                 # even in schedule mode a row can finish early: it stops there, as alone
                 busy = cand.any(1)
@@ -432,10 +444,17 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             fk = None
             if floor_cols is not None:
                 fk = floor_cols[i] if i < len(floor_cols) else zero_k
-            x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
-                                         None if k_cols is None else k_cols[i], global_step, record,
-                                         floor_k=fk, editable=editable)
-            row_step += 1 if counts is not None and layout is None else busy
+            transfer = None
+            if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
+                x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
+            else:
+                if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
+                    u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
+                    transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
+                x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
+                                             None if k_cols is None else k_cols[i], global_step, record,
+                                             floor_k=fk, editable=editable, transfer=transfer)
+            row_step += 1 if scheduled and layout is None else busy
             if editing:
                 finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
             if record:
@@ -463,6 +482,13 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
+
+
+def _nothing_to_sample(cand):
+    """A step's outputs when no position of the block is masked (``schedule='origin'`` calls the
+    model at every step, as Dream): no token (-1), no confidence (-inf), nothing kept."""
+    return (torch.full(cand.shape, -1, dtype=torch.int64, device=cand.device),
+            torch.full(cand.shape, float("-inf"), device=cand.device), torch.zeros_like(cand), None)
 
 
 def _repeat_penalty(logits, xb, lam: float):
@@ -596,7 +622,9 @@ def generate(
         model's ``model.mask_id``, e.g. an adapter's, else LLaDA's)
     logits_eos_inf : suppress the model's EOS (``model.eos_id``; LLaDA's 126081 otherwise)
     confidence_eos_eot_inf : defer the model's EOS and EoT (LLaDA's 126081 and 126348 otherwise)
-    schedule : 'uniform' | 'pyramid' | list of per-step counts | callable(n, steps) | Schedule
+    schedule : 'uniform' | 'pyramid' | 'dream' | 'origin' (Dream's alg='origin': each position
+        unmasked by its own draw; every step calls the model) | list of per-step counts |
+        callable(n, steps) | Schedule
     factor : pyramid dilation (step i keeps ``i // factor + 1``)
     threshold : keep every candidate with confidence >= threshold each step (at least one);
         with another ``threshold_rule``, that rule's parameter

@@ -2,9 +2,15 @@
 
 `ModelCall` is built once per `generate` call and called once per step: it holds what does
 not change between steps (the extended attention mask, twice with CFG; the window's call).
+It is the one place the sampler calls the model (full, window, cached and block calls alike),
+so it is where they are counted and where a tool watches them: ``with hooked(hook):`` every
+model call runs as ``hook(call)(model, x, attention_mask)`` (`fastremask.tools.profile.Phases`
+names the ``model`` phase this way), as `fastremask.sampler.backends.hooked` does for the
+backends' steps.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -12,7 +18,24 @@ import torch
 from fastremask.sampler.contract import LOGIT_DTYPES
 from fastremask.sampler.protocol import window_logits
 
-__all__ = ["call_model", "window_call", "cache_call", "block_call", "check_cache_support", "ModelCall", "sampling_suppress"]
+__all__ = ["call_model", "window_call", "cache_call", "block_call", "check_cache_support", "ModelCall",
+           "hooked", "sampling_suppress"]
+
+_HOOKS: list = []       # callables call -> call, applied in order by `ModelCall.__call__`
+
+
+@contextlib.contextmanager
+def hooked(hook: Callable[[Callable], Callable]):
+    """``with hooked(hook):`` every model call a `ModelCall` makes runs as ``hook(call)(model, x,
+    attention_mask)``, ``call`` being the step's call (`call_model`, `window_call`, `cache_call`,
+    `block_call`): one hooked call per model call, a CFG call once (for tools that watch the
+    calls: a profiler runs them in its ``model`` range). The hook must return the logits
+    ``call`` returns."""
+    _HOOKS.append(hook)
+    try:
+        yield hook
+    finally:
+        _HOOKS.remove(hook)
 
 
 def _check_logits(logits, x: torch.Tensor, length: int, what: str, span: str = "") -> torch.Tensor:
@@ -94,12 +117,15 @@ def block_call(cache, start: int, length: int) -> Callable:
         xs = x[:, :end]
         am = None if attention_mask is None else attention_mask[:, :end]
         if cache is None:
+            call.query = end                        # the positions this call computes, per row
             logits = model.block_logits(xs, am, block_length=length, logits_from=start)
         else:
+            call.query = end - cache.length
             logits = model.block_logits(xs, am, block_length=length, cache=cache, start=cache.length,
                                         commit=start, logits_from=start)
         return _check_logits(logits, x, length, "block logits", f"positions {start}:{end} of ")
 
+    call.query = None
     return call
 
 
@@ -112,7 +138,9 @@ class ModelCall:
     The one count of model calls: ``calls`` (forward, window and cached calls alike, a CFG call
     once) and ``positions``, the positions the model computed over all rows it was given (a
     full or window call: rows x length; a cached call: rows x its query, the whole sequence
-    at a block's first step, then ``L - start`` (``prefix``) or the block (``dual``)). The
+    at a block's first step, then ``L - start`` (``prefix``) or the block (``dual``); a
+    block-causal call: rows x the columns it runs, the window ``0:end`` of the current block
+    when it recomputes, the columns after the cache's when it has one). The
     trace reports both (`fastremask.Trace.model_calls`, `Trace.positions`).
     """
 
@@ -131,12 +159,15 @@ class ModelCall:
 
     def __call__(self, x: torch.Tensor, call: Callable = call_model):
         rows = x.shape[0] * (2 if self.cfg else 1)
+        run = call
+        for hook in _HOOKS:
+            run = hook(run)
         if not self.cfg:
-            out = call(self.model, x, self.attention_mask), None
+            out = run(self.model, x, self.attention_mask), None
         else:
             un_x = x.clone()
             un_x[:, :self.P] = self.mask_id
-            both = call(self.model, torch.cat([x, un_x]), self.attention_mask)
+            both = run(self.model, torch.cat([x, un_x]), self.attention_mask)
             B = x.shape[0]
             out = both[:B], both[B:]
         query = getattr(call, "query", None)

@@ -23,6 +23,7 @@ __all__ = [
     "tempered_scales", "fixed_pow2", "token_weights", "chunk_weights", "draw_below", "pick", "draw_index",
     "remask_uniform", "TOP_P_BITS", "top_p_bound", "min_p_bound", "mass_bound", "kept_counts",
     "truncate_sorted", "STREAM_POSITION", "gumbel_key", "kept_sums", "combine_kept",
+    "STREAM_TRANSFER", "transfer_uniform",
 ]
 
 CHUNK = 2048          # vocab entries per fixed-point chunk (numerics.md §5), part of the contract
@@ -31,6 +32,7 @@ FIXED = 1 << FIXED_BITS
 STREAM_SAMPLE = 0     # counter word c3: which stream a number belongs to
 STREAM_REMASK = 1
 STREAM_POSITION = 2   # Dream's alg_temp position choice (gumbel_key)
+STREAM_TRANSFER = 3   # Dream's alg="origin" transfer draw (transfer_uniform)
 MAX63 = (1 << 63) - 1   # draws are 63-bit integers in [0, MAX63]
 
 MASK32 = 0xFFFFFFFF
@@ -485,3 +487,14 @@ def gumbel_key(confidence: torch.Tensor, alg_temp: float, seeds: torch.Tensor, p
     g = log(log(uniform24(r0)).neg_()).neg_()
     a = torch.tensor(round_f32(float(alg_temp)), dtype=torch.float32, device=confidence.device)
     return (confidence / a).add_(g)
+
+
+def transfer_uniform(seeds: torch.Tensor, positions: torch.Tensor, steps) -> torch.Tensor:
+    """fp32 [R] in ``[0, 1)``: ``(r0 >> 8) * 2**-24`` with ``r0 = philox(seed, 0, position, step,
+    STREAM_TRANSFER)[0]``, the grid of ``torch.rand``'s fp32 uniforms (24 bits, ``k * 2**-24``;
+    exact). Dream's ``alg="origin"`` transfers a masked position when it is ``< p_transfer``
+    (`fastremask.sampler.schedule.Origin`; numerics.md §8), which then happens with probability
+    ``ceil(p * 2**24) / 2**24``, as with ``torch.rand(...) < p``. Computed by the loop in torch
+    ops on the logits' device for every backend (like `gumbel_key`), so it has no Triton twin."""
+    r0, _, _, _ = philox(seeds, 0, positions, _as_i64(steps, seeds.device), STREAM_TRANSFER)
+    return (r0 >> 8).to(torch.float32).mul_(TWO_M24)

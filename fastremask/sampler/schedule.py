@@ -18,12 +18,15 @@ schedules:
 * ``dream()``: Dream's ``diffusion_generate`` counts (its ``maskgit_plus`` / ``topk_margin`` /
   ``entropy`` algorithms): timesteps ``t = linspace(1, eps, steps + 1)`` (fp32, ``eps = 1e-3``),
   step ``i < steps - 1`` keeps ``int(n_i * (1 - t[i + 1] / t[i]))`` of the ``n_i`` still masked
-  (fp32 arithmetic, as Dream's tensors), the last step the rest. Dream's ``alg="origin"``
-  unmasks each position with probability ``1 - s / t`` instead: a random count, not a schedule.
+  (fp32 arithmetic, as Dream's tensors), the last step the rest.
+* ``origin()``: Dream's ``alg="origin"``: no fixed counts. At step ``i < steps - 1`` each
+  still-masked position is unmasked by its own draw with probability ``p_i = 1 - t[i + 1] / t[i]``
+  (fp32, the same timesteps), every one left at the last step; every step calls the model
+  (`Origin`; the draw is numerics.md §8's ``transfer_uniform``).
 * a list of ints: those counts, for every block (they must sum to its masked count).
 * a callable ``fn(n_masked, steps) -> sequence of ints``, checked like a list.
 
-`resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``) into a `Schedule`;
+`resolve` turns any of these (or the names ``"uniform"``/``"pyramid"``/``"dream"``/``"origin"``) into a `Schedule`;
 `counts` is the batched form (rows may have different ``n_masked``); `cost` says what a
 ``generate`` configuration costs in model calls (steps that keep 0 tokens are skipped by
 ``generate`` and not counted).
@@ -47,6 +50,8 @@ __all__ = [
     "pyramid",
     "Dream",
     "dream",
+    "Origin",
+    "origin",
     "resolve",
     "counts",
     "pyramid_steps",
@@ -258,6 +263,51 @@ class Dream(Schedule):
         return out
 
 
+def _dream_timesteps(eps: float, steps: int) -> torch.Tensor:
+    """Dream's ``torch.linspace(1, eps, steps + 1)``, fp32 on the CPU."""
+    return torch.linspace(1, eps, steps + 1)
+
+
+@dataclass(frozen=True)
+class Origin(Schedule):
+    """Dream's ``alg="origin"`` (``diffusion_generate``'s ``_sample``, read in two published copies
+    of its ``generation_utils.py``): with ``t, s = timesteps[i], timesteps[i + 1]`` of
+    ``torch.linspace(1, eps, steps + 1)``, step ``i < steps - 1`` unmasks each still-masked
+    position independently with probability ``p_transfer = 1 - s / t`` (fp32 tensors, as Dream's),
+    the last step all of them (Dream's ``p_transfer = 1``); the token is sampled for the
+    transferred positions. The count a step keeps is random, so `Origin` has no counts:
+    `probabilities` gives the ``p_i`` and the loop draws each position's transfer
+    (numerics.md §8). Every step calls the model, as Dream's loop does, even one where no
+    position transfers or none is left (``steps`` calls per block)."""
+
+    eps: float = 1e-3
+    random_counts = True          # a class attribute: not a dataclass field
+
+    def __post_init__(self):
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < 1:
+            raise ValueError(f"origin's eps must be a number in (0, 1), got {self.eps!r}")
+
+    def probabilities(self, steps: int) -> list:
+        """``[p_0, ..., p_{steps-1}]``: the fp32 values of ``1 - t[i + 1] / t[i]`` (Python floats,
+        exact), ``1.0`` at the last step."""
+        steps = _int("steps", steps, 1)
+        t = _dream_timesteps(self.eps, steps)
+        return [float(1 - t[i + 1] / t[i]) if i < steps - 1 else 1.0 for i in range(steps)]
+
+    def _counts(self, n: int, steps: int) -> list[int]:
+        raise ValueError("schedule='origin' (Dream's alg='origin') has no fixed per-step counts: each "
+                         "position is unmasked by its own draw (Origin.probabilities gives the chances)")
+
+    def counts(self, n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        _check_batch(n_masked, steps)
+        return self._counts(0, steps)
+
+
+def origin(eps: float = 1e-3) -> Origin:
+    """Dream's ``alg="origin"`` (`Origin`)."""
+    return Origin(float(eps))
+
+
 def dream(eps: float = 1e-3) -> Dream:
     """Dream's timestep schedule (`Dream`)."""
     return Dream(float(eps))
@@ -273,7 +323,7 @@ def pyramid(factor: int = 1) -> Pyramid:
     return Pyramid(factor)
 
 
-_NAMES = {"uniform": Uniform, "pyramid": Pyramid, "dream": Dream}
+_NAMES = {"uniform": Uniform, "pyramid": Pyramid, "dream": Dream, "origin": Origin}
 
 
 def resolve(schedule="uniform", factor: int = 1) -> Schedule:
@@ -293,6 +343,8 @@ def resolve(schedule="uniform", factor: int = 1) -> Schedule:
         return Uniform()
     if schedule is dream:
         return Dream()
+    if schedule is origin:
+        return Origin()
     if isinstance(schedule, str):
         if schedule not in _NAMES:
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(_NAMES)}, a list or a callable")
@@ -417,7 +469,9 @@ def cost(
     model: once per step whose count is > 0; steps that keep 0 tokens (uniform with
     ``steps // num_blocks > block_length``, zeros in an explicit list or a callable's result)
     are skipped and cost nothing. With CFG it is still one call per step, on ``2 * batch``
-    rows. Threshold mode is not covered (its step count depends on the logits).
+    rows. ``schedule='origin'``: every step calls the model (``steps`` calls, exact) and
+    ``sampled_rows`` is its expected value, rounded (`_origin_cost`). Threshold mode is not
+    covered (its step count depends on the logits).
     """
     gen_length = _int("gen_length", gen_length, 1)
     block_length = _int("block_length", block_length, 1)
@@ -431,7 +485,11 @@ def cost(
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
-    per_block = resolve(schedule, factor)(block_length, steps // num_blocks)
+    plan = resolve(schedule, factor)
+    rows = batch * (2 if cfg else 1)
+    if isinstance(plan, Origin):
+        return _origin_cost(plan, num_blocks, block_length, steps // num_blocks, rows, prompt_length + gen_length)
+    per_block = plan(block_length, steps // num_blocks)
     # a step that keeps 0 tokens (in every row: each block starts fully masked, so all rows
     # share these counts) is skipped by `generate` without calling the model or sampling
     left, sampled, called = block_length, 0, 0
@@ -440,10 +498,24 @@ def cost(
             called += 1
             sampled += left
             left -= c
-    rows = batch * (2 if cfg else 1)
     calls = num_blocks * called
     return Cost(
         model_calls=calls,
         rows_through_model=calls * rows * (prompt_length + gen_length),
         sampled_rows=num_blocks * sampled * rows,
     )
+
+
+def _origin_cost(plan: Origin, num_blocks: int, block_length: int, per_block: int, rows: int,
+                 length: int) -> Cost:
+    """`cost` of ``schedule='origin'``: every step calls the model (``per_block`` calls per block,
+    exact); the rows sampled are random, so ``sampled_rows`` is their expected number, rounded to
+    the nearest int: a position is still masked at step ``i`` with probability ``prod_{j < i} (1 -
+    q_j)``, ``q_j = ceil(p_j * 2**24) / 2**24`` the exact chance of its transfer (numerics.md §8)."""
+    left, expected = 1.0, 0.0
+    for p in plan.probabilities(per_block):
+        expected += left
+        left *= 1 - math.ceil(p * 2**24) / 2**24
+    calls = num_blocks * per_block
+    return Cost(model_calls=calls, rows_through_model=calls * rows * length,
+                sampled_rows=round(num_blocks * block_length * expected * rows))

@@ -9,8 +9,10 @@ bandwidth measured in the same run. ``--json PATH`` keeps pytest-benchmark's JSO
 ``--compare A B`` runs pytest-benchmark's own comparison of two saved runs and then a
 per-case ratio of the medians.
 
-It also holds `RandomMaskedLM`, a random-weight bidirectional transformer built from a
-config (LLaDA-8B's shape by default) for timing the whole loop on a GPU at real size.
+It also holds the random-weight models for timing the whole loop at real size without a
+checkpoint: `RandomMaskedLM`, a bidirectional transformer built from a config (LLaDA-8B's shape
+by default), and `random_block_model`, the native block-causal forwards (SDAR, LLaDA2-mini's
+MoE) built in memory at their published shapes or scaled down (`BLOCK_SIZES`).
 """
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["add_arguments", "run", "benchmarks_dir", "format_table", "RandomLMConfig", "RandomMaskedLM",
-           "random_model", "SUITES"]
+           "random_model", "random_block_model", "BLOCK_SIZES", "SUITES"]
 
 SUITES = {"step": "test_bench_step.py", "generate": "test_bench_generate.py",
-          "schedules": "test_bench_schedules.py"}
+          "schedules": "test_bench_schedules.py", "blocks": "test_bench_blocks.py"}
 
 
 # ---------------------------------------------------------------------------- the command
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny shapes, one round: checks that everything runs (seconds, not a measurement)")
     parser.add_argument("--set", dest="case_set", default=None, choices=["auto", "quick", "cpu", "gpu", "full"],
                         help="step shapes (benchmarks/cases.py); default auto: gpu with CUDA, cpu without")
-    parser.add_argument("--suites", default="step,generate,schedules",
+    parser.add_argument("--suites", default="step,generate,schedules,blocks",
                         help=f"comma-separated suites to run, of {','.join(SUITES)} (default: all)")
     parser.add_argument("--backends", default=None,
                         help="comma-separated backends: llada,reference,torch,triton (default: all that run here)")
@@ -233,6 +235,15 @@ def format_table(data: dict) -> str:
             rows.append((e["gen_tokens"], e["schedule"], e["model_calls"],
                          f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}", f"{e['gen_tokens'] / s['median']:.1f}"))
         out += ["", "schedules (tiny model)", _render(rows)]
+    if "blocks" in by_kind:
+        rows = [("case", "family", "cache", "s min/med/max", "tokens/s", "model calls", "positions run")]
+        for b in sorted(by_kind["blocks"], key=lambda b: (b["group"], b["extra_info"]["cache"] or "")):
+            e, s = b["extra_info"], b["stats"]
+            rows.append((e["case"], e["family"], e["cache"] or "none (recompute)",
+                         f"{s['min']:.3g} / {s['median']:.3g} / {s['max']:.3g}", f"{e['gen_tokens'] / s['median']:.1f}",
+                         e["model_calls"], f"{e['positions']:,}"))
+        out += ["", "block-diffusion models (random SDAR / LLaDA2 shapes): exact block cache vs recompute",
+                _render(rows)]
     return "\n".join(out)
 
 
@@ -342,3 +353,92 @@ def random_model(device, dtype=torch.bfloat16, max_fraction: float = 0.6, **over
         if fit < cfg.n_layers:
             cfg = RandomLMConfig(**{**cfg.__dict__, "n_layers": max(fit, 1)})
     return RandomMaskedLM(cfg, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- random block-causal models
+#
+# The published config.json fields the native forwards read (fastremask.models.native.sdar /
+# .llada2): SDAR-1.7B-Chat's config.json (JetLM), LLaDA2.0-mini's (inclusionAI/dFactory,
+# configs/model_configs/llada2_mini/config.json). "small" is the CPU benchmarks' shape
+# (benchmarks/native_block_models.py), "tiny" the test checkpoints' (fastremask.models.testing).
+
+_BLOCK_BASE = {
+    "sdar": dict(model_type="sdar", architectures=["SDARForCausalLM"], attention_bias=False, hidden_act="silu",
+                 rms_norm_eps=1e-6, rope_scaling=None, rope_theta=1000000, tie_word_embeddings=False,
+                 use_sliding_window=False, block_size=4, max_position_embeddings=32768),
+    "llada2": dict(model_type="llada2_moe", architectures=["LLaDA2MoeModelLM"], hidden_act="silu",
+                   first_k_dense_replace=1, moe_router_enable_expert_bias=True, norm_topk_prob=True,
+                   num_shared_experts=1, partial_rotary_factor=0.5, rms_norm_eps=1e-6, rope_scaling=None,
+                   rope_theta=600000, routed_scaling_factor=2.5, score_function="sigmoid",
+                   tie_word_embeddings=False, use_bias=False, use_qk_norm=True, use_qkv_bias=False,
+                   max_position_embeddings=16384),
+}
+BLOCK_SIZES = {
+    "sdar": {
+        "full": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=6144, vocab_size=151936, mask_token_id=151669,
+                     eos_token_id=151643, bos_token_id=151643),
+        "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=64, intermediate_size=768, vocab_size=4096, mask_token_id=4095, eos_token_id=4094),
+        "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     head_dim=8, intermediate_size=64, vocab_size=64, mask_token_id=63, eos_token_id=62),
+    },
+    "llada2": {
+        "full": dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=4,
+                     head_dim=128, intermediate_size=5120, moe_intermediate_size=512, num_experts=256,
+                     num_experts_per_tok=8, n_group=8, topk_group=4, vocab_size=157184,
+                     mask_token_id=156895, eos_token_id=156892),
+        "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
+                      head_dim=64, intermediate_size=640, moe_intermediate_size=64, num_experts=32,
+                      num_experts_per_tok=4, n_group=8, topk_group=4, vocab_size=4096, mask_token_id=4095,
+                      eos_token_id=4094),
+        "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                     head_dim=8, intermediate_size=64, moe_intermediate_size=16, num_experts=8,
+                     num_experts_per_tok=2, n_group=4, topk_group=2, vocab_size=64, mask_token_id=63,
+                     eos_token_id=62),
+    },
+}
+
+
+def random_block_model(family: str, device, *, size: str = "full", dtype=None, max_fraction: float = 0.6,
+                       seed: int = 0, **overrides):
+    """The native ``family`` model (``"sdar"`` or ``"llada2"``) with random weights made on
+    ``device`` (no checkpoint on disk), adapted for `generate` (`fastremask.models.wrap`).
+
+    ``size``: ``"full"`` (SDAR-1.7B-Chat's / LLaDA2.0-mini's published shape), ``"small"`` or
+    ``"tiny"`` (`BLOCK_SIZES`); ``overrides`` replace ``config.json`` fields. ``dtype``: bf16 on
+    CUDA, fp32 elsewhere by default. On CUDA the model gets fewer layers if its weights would
+    take more than ``max_fraction`` of the free memory (its config says how many it got).
+    Weights: norms (and LLaDA2's router bias) 1, matrices N(0, 1 / fan_in)."""
+    from fastremask.models import wrap
+    from fastremask.models.family import get_family
+
+    if family not in BLOCK_SIZES:
+        raise ValueError(f"unknown block model {family!r}; choose {' or '.join(BLOCK_SIZES)}")
+    if size not in BLOCK_SIZES[family]:
+        raise ValueError(f"size {size!r}; choose from {', '.join(BLOCK_SIZES[family])}")
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    record = get_family(family)
+    cls = record.native_class()
+    raw = {**_BLOCK_BASE[family], **BLOCK_SIZES[family][size], **overrides}
+    name = f"random {record.display} ({size})"
+    model = cls(cls.check_config(raw, name), device="meta")
+    if device.type == "cuda":                         # fewer layers where the weights do not fit
+        layers = [sum(p.numel() for p in layer.parameters()) for layer in model._layers()]
+        rest = sum(p.numel() for p in model.parameters()) - sum(layers)
+        size_of = torch.empty((), dtype=dtype).element_size()
+        fit = int((max_fraction * torch.cuda.mem_get_info(device)[0] / size_of - rest) // max(layers))
+        if fit < len(layers):
+            raw["num_hidden_layers"] = max(fit, raw.get("first_k_dense_replace", 0) + 1, 1)
+            model = cls(cls.check_config(raw, name), device="meta")
+    model = model.to_empty(device=device).to(dtype)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5, generator=g)
+    model.prepare()
+    return wrap(model.requires_grad_(False).eval(), name=name)

@@ -42,7 +42,8 @@ def _names(s: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``fastremask eval`` options."""
     parser.add_argument("--model", default=None,
-                        help="a fastremask.models.tiny checkpoint folder (default: the shipped demo model)")
+                        help="a fastremask.models.tiny checkpoint folder, bidirectional or block-causal (default: "
+                             "the shipped demo model); real checkpoints: the lm-eval adapter (docs/eval.md)")
     parser.add_argument("--task", default=None,
                         help="task spec, e.g. add:15 or sort:12 (default: the model's own, from demo.json)")
     parser.add_argument("--schedules", type=_names, default=["uniform", "pyramid"],

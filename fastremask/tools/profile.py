@@ -6,9 +6,11 @@ and NVTX ranges on CUDA so Nsight Systems shows them too). The command writes a 
 (``--out``, open it in ui.perfetto.dev or chrome://tracing), prints the top operators and a
 per-phase summary. docs/profiling.md shows how to run it under Nsight Systems / Compute.
 
-`Phases` is the piece the benchmarks reuse: it wraps a model and, while active, the
-backends' ``sample_rows`` / ``select`` (through the registry's hook), and can also time each phase (synchronising on CUDA,
-so use that only in a run of its own).
+`Phases` is the piece the benchmarks reuse: while active it wraps the sampler's one model call
+site (`fastremask.sampler.model_call.hooked`: full, window, cached and block calls alike, the
+calls `fastremask.Trace.model_calls` counts) and the backends' ``sample_rows`` / ``select``
+(`fastremask.sampler.backends.hooked`), and can also time each phase (synchronising on CUDA,
+so use that only in a run of its own). The model is passed to `generate` as it is.
 """
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["add_arguments", "run", "Phases", "PhaseModel", "build_model", "PHASES"]
+from fastremask.tools.options import add_config_arguments, config_kwargs, options
+
+__all__ = ["add_arguments", "run", "Phases", "build_model", "MODELS", "PHASES"]
 
 PHASES = ("model", "sample", "select")
-# The backends' steps are wrapped through the registry (`fastremask.sampler.backends.hooked`:
-# while `Phases` is active, every backend `get_backend` hands the loop has its `sample_rows` /
-# `select` in the ``sample`` / ``select`` phases). LLaDA's own loop (`fastremask.sampler.llada`,
-# the comparison, not a backend) fuses the two: its whole `llada_step` counts as ``sample``,
-# patched by name for the run.
-_LLADA = ("fastremask.sampler.llada", "llada_step")
+# The sampler's model calls and the backends' steps are wrapped through their registries'
+# hooks (`fastremask.sampler.model_call.hooked`, `fastremask.sampler.backends.hooked`). LLaDA's
+# own loop (`fastremask.sampler.llada`, the comparison, not the sampler) is patched by name for
+# the run: its model call (`_logits`) counts as ``model``, and its `llada_step`, which fuses the
+# two other phases, as ``sample``.
+_LLADA = "fastremask.sampler.llada"
+_LLADA_PHASES = (("_logits", "model"), ("llada_step", "sample"))
 
 
 class _Range:
@@ -62,32 +67,21 @@ class _Range:
         return False
 
 
-class PhaseModel:
-    """A model wrapper: each call runs in the ``model`` phase; everything else is delegated."""
-
-    def __init__(self, model, phases: "Phases"):
-        self._model, self._phases = model, phases
-
-    def __call__(self, *args, **kwargs):
-        with _Range(self._phases, "model"):
-            return self._model(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
 class Phases:
     """Name (and optionally time) the model / sample / select phases of a `generate` run.
 
-    >>> with Phases(model) as ph:
-    ...     generate(ph.model, prompt, ...)
-    >>> ph.calls["model"], ph.seconds["sample"]
+    >>> with Phases(device=model.device) as ph:
+    ...     x, trace = generate(model, prompt, ..., return_trace=True)
+    >>> ph.calls["model"] == trace.model_calls, ph.seconds["sample"]
 
-    ``timing=True`` synchronises the device around every phase (to attribute device time);
-    it slows a GPU loop down, so time the whole loop in a separate run.
+    ``calls["model"]`` counts the calls of the sampler's one call site, so it equals the
+    trace's `fastremask.Trace.model_calls` (every kind of call, a CFG call once). ``device``
+    (default: ``model.device`` when a model is given, else the CPU) is what ``timing=True``
+    synchronises around every phase (to attribute device time); that slows a GPU loop down,
+    so time the whole loop in a separate run.
     """
 
-    def __init__(self, model, *, timing: bool = False, nvtx: bool | None = None, device=None):
+    def __init__(self, model=None, *, timing: bool = False, nvtx: bool | None = None, device=None):
         if device is None:
             device = getattr(model, "device", None)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -95,35 +89,42 @@ class Phases:
         self.nvtx = (self.device.type == "cuda") if nvtx is None else nvtx
         self.calls: dict = defaultdict(int)
         self.seconds: dict = defaultdict(float)
-        self.model = PhaseModel(model, self)
         self._saved: list = []
+        self._hooks: list = []
 
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def __enter__(self):
-        from fastremask.sampler import backends
+        from fastremask.sampler import backends, model_call
 
-        self._hook = backends.hooked(self._wrap_backend)
-        self._hook.__enter__()
-        mod = importlib.import_module(_LLADA[0])
-        fn = getattr(mod, _LLADA[1])
-        self._saved.append((mod, _LLADA[1], fn))
-        setattr(mod, _LLADA[1], self._wrap(fn, "sample"))
+        for hook in (backends.hooked(self._wrap_backend), model_call.hooked(self._wrap_model_call)):
+            hook.__enter__()
+            self._hooks.append(hook)
+        mod = importlib.import_module(_LLADA)
+        for attr, phase in _LLADA_PHASES:
+            fn = getattr(mod, attr)
+            self._saved.append((mod, attr, fn))
+            setattr(mod, attr, self._wrap(fn, phase))
         return self
 
     def __exit__(self, *exc):
         for mod, attr, fn in reversed(self._saved):
             setattr(mod, attr, fn)
         self._saved.clear()
-        self._hook.__exit__(*exc)
+        while self._hooks:
+            self._hooks.pop().__exit__(*exc)
         return False
 
     def _wrap_backend(self, b):
         """``b`` with its ``sample_rows`` / ``select`` in the ``sample`` / ``select`` phases."""
         return dataclasses.replace(b, sample_rows=self._wrap(b.sample_rows, "sample"),
                                    select=self._wrap(b.select, "select"))
+
+    def _wrap_model_call(self, call):
+        """The sampler's model call ``call(model, x, attention_mask)`` in the ``model`` phase."""
+        return self._wrap(call, "model")
 
     def _wrap(self, fn, phase: str):
         @functools.wraps(fn)
@@ -142,10 +143,22 @@ class Phases:
 
 # ---------------------------------------------------------------------------- models
 
+MODELS = {
+    "tiny": "fastremask.models.tiny, fp32 (default)",
+    "llada-8b": "random weights of LLaDA-8B's shape, bf16 (CUDA; fewer layers if it does not fit)",
+    "sdar": "random native SDAR, block-causal, block 4: SDAR-1.7B-Chat's shape on CUDA (bf16, fewer layers "
+            "if it does not fit), a small one on the CPU (fp32; --size)",
+    "llada2": "random native LLaDA2 MoE, block-causal, block 32: LLaDA2.0-mini's shape on CUDA (bf16, fewer "
+              "layers if it does not fit), a small one on the CPU (fp32; --size)",
+}
+SIZES = ("auto", "full", "small", "tiny")
 
-def build_model(name: str, device, max_len: int):
-    """``tiny`` (fastremask.models.tiny, fp32) or ``llada-8b`` (random weights, LLaDA-8B's shape, bf16,
-    fewer layers if it does not fit; fastremask.tools.bench.RandomMaskedLM)."""
+
+def build_model(name: str, device, max_len: int, size: str = "auto"):
+    """The model ``name`` of `MODELS` on ``device``: ``tiny`` (fastremask.models.tiny, fp32),
+    ``llada-8b`` (`fastremask.tools.bench.random_model`), ``sdar`` / ``llada2`` (the native
+    block-causal models with random weights, `fastremask.tools.bench.random_block_model`;
+    ``size`` ``"auto"``: the published shape on CUDA, ``"small"`` elsewhere)."""
     device = torch.device(device)
     if name == "tiny":
         from fastremask.models.tiny import tiny_model
@@ -155,47 +168,69 @@ def build_model(name: str, device, max_len: int):
         from fastremask.tools.bench import random_model
 
         return random_model(device)
-    raise ValueError(f"unknown model {name!r}; choose tiny or llada-8b")
+    if name in ("sdar", "llada2"):
+        from fastremask.tools.bench import random_block_model
+
+        if size == "auto":
+            size = "full" if device.type == "cuda" else "small"
+        return random_block_model(name, device, size=size, max_position_embeddings=max(max_len, 32768))
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def trained_block_length(name: str):
+    """The block length a block-causal ``--model`` was trained with (its family record's), else None."""
+    if name not in ("sdar", "llada2"):
+        return None
+    from fastremask.models.family import get_family
+
+    return get_family(name).block_length
+
+
+# the sampling options profile takes: every option of SamplingConfig but the mask id (the
+# model's), with the command's own defaults (None: derived in config_from_args)
+_NAMES = [n for n in options() if n != "mask_id"]
+_DEFAULTS = dict(gen_length=64, steps=None, block_length=None, backend="torch")
+_HELPS = dict(steps="model-call budget (default: gen-length)",
+              block_length="semi-autoregressive block (default: gen-length; a block-causal --model: its "
+                           "trained block, 4 for sdar, 32 for llada2)")
 
 
 def config_from_args(args):
-    """The `fastremask.SamplingConfig` of the command's sampling options (mask id: the model's)."""
-    from fastremask.sampler.config import SamplingConfig
+    """The `fastremask.SamplingConfig` of the command's sampling options (mask id: the model's);
+    a bad value is generate's ValueError, before any model is built."""
+    from fastremask.sampler.config import SamplingConfig, check_int
 
-    from fastremask.sampler.config import check_int
-
-    check_int("gen_length", args.gen_length, 1)      # before the defaults derived from it
-    return SamplingConfig(
-        steps=args.gen_length if args.steps is None else args.steps, gen_length=args.gen_length,
-        block_length=args.gen_length if args.block_length is None else args.block_length,
-        temperature=args.temperature,
-        cfg_scale=args.cfg_scale, remasking=args.remasking, schedule=args.schedule, factor=args.factor,
-        backend=args.backend)
+    kw = config_kwargs(args, _NAMES)
+    check_int("gen_length", kw["gen_length"], 1)      # before the defaults derived from it
+    if kw["block_length"] is None:
+        kw["block_length"] = trained_block_length(getattr(args, "model", None)) or kw["gen_length"]
+    if kw["steps"] is None:
+        kw["steps"] = kw["gen_length"]
+    try:
+        return SamplingConfig(**kw)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------- the command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", choices=["tiny", "llada-8b"],
-                        help="tiny: fastremask.models.tiny (default); llada-8b: random weights of LLaDA-8B's shape (CUDA)")
+    parser.add_argument("--model", default="tiny", choices=list(MODELS),
+                        help="; ".join(f"{k}: {v}" for k, v in MODELS.items()))
+    parser.add_argument("--size", default="auto", choices=SIZES,
+                        help="shape of --model sdar/llada2: full (published), small, tiny (default auto: "
+                             "full on CUDA, small on the CPU)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--backend", default="torch", choices=["reference", "torch", "triton"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-length", type=int, default=32)
-    parser.add_argument("--gen-length", type=int, default=64)
-    parser.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
-    parser.add_argument("--steps", type=int, default=None, help="default: gen-length")
-    parser.add_argument("--schedule", default="uniform", choices=["uniform", "pyramid"])
-    parser.add_argument("--factor", type=int, default=1, help="pyramid factor")
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
-    parser.add_argument("--remasking", default="low_confidence")
     parser.add_argument("--out", default="trace.json", help="Chrome trace to write (default trace.json)")
     parser.add_argument("--top", type=int, default=15, help="operators to list")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-trace", action="store_true",
                         help="no torch.profiler (only NVTX ranges): for running under nsys/ncu")
+    s = parser.add_argument_group("sampling (fastremask.generate's options: SamplingConfig's fields)")
+    add_config_arguments(s, _NAMES, defaults=_DEFAULTS, helps=_HELPS)
 
 
 def check_args(args) -> None:
@@ -209,6 +244,8 @@ def check_args(args) -> None:
         if v is not None and v < minimum:
             raise CliError(f"--{opt.replace('_', '-')} must be >= {minimum}, got {v}")
     check_device(args.device)
+    if args.size != "auto" and args.model not in ("sdar", "llada2"):
+        raise CliError(f"--size {args.size} is for --model sdar or llada2, not {args.model}")
     if not args.no_trace:
         check_output_dir(args.out, "--out")
 
@@ -225,7 +262,7 @@ def run(args) -> int:
                        "use --backend torch or --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model(args.model, device, args.prompt_length + args.gen_length)
+    model = build_model(args.model, device, args.prompt_length + config.gen_length, args.size)
     vocab = model.config.vocab_size
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, min(vocab, model.mask_id), (args.batch, args.prompt_length), generator=g).to(device)
@@ -235,9 +272,10 @@ def run(args) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if args.no_trace:
-            with Phases(model, device=device) as ph:
-                loop.run(ph.model, prompt, config, seed=0)
+            with Phases(device=device) as ph:
+                _, trace = loop.run(model, prompt, config, seed=0, return_trace=True)
             torch.cuda.synchronize(device) if device.type == "cuda" else None
+            _check_counts(ph, trace)
             print(f"ran generate with NVTX ranges: {dict(ph.calls)}")
             return 0
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -245,11 +283,12 @@ def run(args) -> int:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         t0 = time.perf_counter()
         with torch.profiler.profile(activities=activities) as prof:
-            with Phases(model, device=device) as ph:
-                loop.run(ph.model, prompt, config, seed=0)
+            with Phases(device=device) as ph:
+                _, trace = loop.run(model, prompt, config, seed=0, return_trace=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
+    _check_counts(ph, trace)
     prof.export_chrome_trace(args.out)
     if not os.path.isfile(args.out):     # torch logs a failed export and returns
         raise CliError(f"--out {args.out}: the profiler could not write the trace")
@@ -259,16 +298,25 @@ def run(args) -> int:
         sort = "self_device_time_total" if any(hasattr(e, "self_device_time_total") for e in averages) \
             else "self_cuda_time_total"
     print(averages.table(sort_by=sort, row_limit=args.top))
-    print(phase_summary(averages, ph, wall, device))
+    print(phase_summary(averages, ph, wall, device, trace))
     print(f"wrote {args.out} (open in ui.perfetto.dev or chrome://tracing)")
     return 0
 
 
-def phase_summary(averages, ph: Phases, wall: float, device: torch.device) -> str:
-    """Calls and time per phase, from the profiler's events of the phases' ranges."""
+def _check_counts(ph: Phases, trace) -> None:
+    """The ``model`` ranges are the trace's model calls (one call site): a RuntimeError if not."""
+    if ph.calls["model"] != trace.model_calls:
+        raise RuntimeError(f"profile recorded {ph.calls['model']} model ranges, but generate made "
+                           f"{trace.model_calls} model calls (Trace.model_calls)")
+
+
+def phase_summary(averages, ph: Phases, wall: float, device: torch.device, trace=None) -> str:
+    """Calls and time per phase, from the profiler's events of the phases' ranges; with the
+    run's ``trace``, the model calls and the positions they computed (`fastremask.Trace`)."""
     by_name = {e.key: e for e in averages if e.key in PHASES}
     steps = max(ph.calls["model"], 1)
-    lines = [f"phases over {ph.calls['model']} model calls, {wall:.3f} s wall (profiled):"]
+    computed = f" ({trace.positions} positions computed)" if trace is not None else ""
+    lines = [f"phases over {ph.calls['model']} model calls{computed}, {wall:.3f} s wall (profiled):"]
     for p in PHASES:
         e = by_name.get(p)
         if e is None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastremask.models.checks import MISSING, check_field
+from fastremask.models.checks import MISSING, check_field, read_json_object
 from fastremask.models.dtypes import DTYPES, dtype_by_name, unknown_dtype
 from fastremask.models.family import get_family
 from fastremask.models.kv import KVCache, attend
@@ -90,16 +90,9 @@ class NativeConfig:
 
 def read_config(folder: str) -> dict:
     path = os.path.join(folder, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise _error(f"{folder} has no config.json; is it a model folder?") from None
-    except json.JSONDecodeError as e:
-        raise _error(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    if not isinstance(raw, dict):
-        raise _error(f"{path} must hold a JSON object (the model's config), got {type(raw).__name__}")
-    return raw
+    if not os.path.isfile(path):
+        raise _error(f"{folder} has no config.json; is it a model folder?")
+    return read_json_object(path, " (the model's config)")
 
 
 def parse_dtype(dtype, raw: dict, path: str) -> Optional[torch.dtype]:
