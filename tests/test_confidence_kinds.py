@@ -3,7 +3,8 @@ full softmax), ``'dream'`` (Dream's ``sample_tokens``: the tempered softmax afte
 truncated at T = 0 too) and ``'llada2'`` (LLaDA2's ``_sample_with_temperature_topk_topp``).
 
 * the kinds against a brute-force restatement of §6a in Python integers and floats (fp64 is
-  Python's float; each fp32 operation rounded once), bit for bit;
+  Python's float; each fp32 operation rounded once), bit for bit, on fixed rows and on
+  hypothesis-drawn ones (ties, +-0.0, -inf, suppressed ids, tiny and huge p);
 * step-level oracles of Dream's ``sample_tokens`` and LLaDA2's sampler written from their
   published semantics in float64: the confidences within a tight stated bound, the tokens equal
   at T = 0, and at T > 0 the drawn distribution by chi-square;
@@ -14,13 +15,14 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from fastremask.sampler import fast
 from fastremask.sampler import numerics as nx
 from fastremask.sampler import reference as ref
 from fastremask.sampler.contract import (NO_TRUNCATION, assert_bits_equal, check_confidence, check_truncation,
                                          sampling_confidence)
-from test_truncation import _brute_kept
+from test_truncation import _brute_kept, _rows as _truncation_cases
 
 NEG_INF = float("-inf")
 RULES = ("low_confidence", "margin", "entropy")
@@ -132,6 +134,27 @@ def test_kinds_equal_the_brute_force(kind, V):
                 for r in range(n):
                     want = _brute_confidence(l[r].tolist(), int(got.x0[r]), rule, T, tr, kind)
                     assert_bits_equal(got.confidence[r:r + 1], torch.tensor([want]), f"{kind} {rule} T={T} {tr} row {r}")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_truncation_cases())
+def test_kinds_equal_the_brute_force_on_drawn_rows(case):
+    """Hypothesis-drawn rows (test_truncation's: ties, +-0.0, -inf, suppressed ids, tiny and huge
+    top_p, min_p, both orders, T in {0, 0.7, 1, 2.5}): every kind and rule it serves, the
+    reference's confidence is the brute force's bit for bit, and the torch backend's too."""
+    row, suppress, top_k, top_p, min_p, T, first = case
+    tr = check_truncation(top_k, top_p, min_p, "top_p_first" if first else "top_k_first")
+    sup = torch.tensor(suppress, dtype=torch.int64)
+    logits = torch.tensor([row], dtype=torch.float32)
+    l = ref.prepare_logits(logits, suppress_tokens=sup)[0].tolist()
+    one = torch.zeros(1, dtype=torch.long)
+    for kind, rules in (("dream", RULES), ("llada2", ("low_confidence",))):
+        for rule in rules:
+            kw = dict(temperature=T, remasking=rule, truncation=tr, confidence=kind, suppress_tokens=sup)
+            got = ref.sample_rows(logits, one, one + 5, one, 1, **kw)
+            want = _brute_confidence(l, int(got.x0), rule, T, tr, kind)
+            assert_bits_equal(got.confidence, torch.tensor([want]), f"{kind} {rule}")
+            assert_bits_equal(fast.sample_rows(logits, one, one + 5, one, 1, **kw).confidence, got.confidence)
 
 
 def test_dream_without_truncation_at_t_0_and_1_is_lladas():
