@@ -17,7 +17,10 @@ checked equal; the model calls per answer and the positions they ran are the tra
 Modes: ``threshold 0.95`` (LLaDA2's default: ``threshold_floor='schedule'``, one step per
 position at most) and ``editing`` (LLaDA2.1's Q mode: threshold 0.7, edit_threshold 0.5,
 ``max_post_edit_steps`` 16, ``force_editing``: a random model was not trained for it). Each case
-runs once to warm up, then ``--rounds`` times; the median is reported.
+runs once to warm up, then ``--rounds`` times; the median is reported, and for the median
+round where its time went: the model's layers, its final norm and output head (the same work
+in both modes: the logits of the block only), and the rest (the sampler and the loop, also the
+same in both), with the bound these shared costs put on the end-to-end ratio.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 
 import torch
 
@@ -33,6 +37,49 @@ sys.path[:0] = [os.path.join(HERE, ".."), HERE]        # the checkout, and bench
 from block_timing import add_run_arguments, cells, time_modes  # noqa: E402
 
 SHAPES = {"sdar": 4, "llada2": 32}
+
+
+class Split(torch.nn.Module):
+    """The model, timing its calls: ``model_s`` the seconds inside ``block_logits``, ``head_s``
+    those in its final norm and output head (forward hooks); the rest of an answer's time is the
+    sampler and the loop. A `block_timing.time_modes` probe."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        for name in ("attention", "block_length", "mask_id", "device", "config"):
+            setattr(self, name, getattr(model, name))
+        self.token_editing = False
+        self.model_s = self.head_s = 0.0
+        self._t = 0.0
+
+        def start(*_):
+            self._t = time.perf_counter()
+
+        def stop(*_):
+            self.head_s += time.perf_counter() - self._t
+
+        self._hooks = (model.norm.register_forward_pre_hook(start), model.head.register_forward_hook(stop))
+
+    def reset(self):
+        self.model_s = self.head_s = 0.0
+
+    def read(self, seconds: float) -> tuple:
+        """``(layers, head, rest)`` seconds of the round just timed."""
+        return self.model_s - self.head_s, self.head_s, seconds - self.model_s
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+
+    def block_logits(self, input_ids, *a, **kw):
+        t = time.perf_counter()
+        out = self.inner.block_logits(input_ids, *a, **kw)
+        self.model_s += time.perf_counter() - t
+        return out
+
+    def forward(self, *a, **kw):
+        return self.inner(*a, **kw)
 
 
 def main(argv=None):
@@ -58,6 +105,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g)
+    split = []
     for shape in args.shape:
         C = SHAPES[shape]
         model = tiny_model(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
@@ -68,10 +116,24 @@ def main(argv=None):
                                         max_post_edit_steps=16, force_editing=True),
         }
         for mode, kw in modes.items():
-            res = time_modes(model, prompt, lambda cache: SamplingConfig(
+            split_model = Split(model)
+            res = time_modes(split_model, prompt, lambda cache: SamplingConfig(
                 steps=args.gen, gen_length=args.gen, block_length=C, mask_id=model.mask_id, cache=cache,
-                backend="torch", **kw), args.rounds)
+                backend="torch", **kw), args.rounds, probe=split_model)
+            split_model.close()
             print(f"| {shape} | {C} | {mode} | {cells(res)}", flush=True)
+            r, c = res[None], res["block"]
+            pr, pc = (m.parts[sorted(range(args.rounds), key=m.rounds.__getitem__)[args.rounds // 2]] for m in (r, c))
+            split.append(f"| {shape} | {C} | {mode} | {pr[0]:.2f} / {pr[1]:.2f} / {pr[2]:.2f} "
+                         f"| {pc[0]:.2f} / {pc[1]:.2f} / {pc[2]:.2f} | {pr[0] / pc[0]:.1f}x "
+                         f"| {r.seconds / (pc[1] + pc[2]):.1f}x |")
+    print("\nWhere the time goes (the median round of each): seconds per answer in the model's layers / its "
+          "final norm and output head / the rest (the sampler and the loop); the layers' ratio; the bound on "
+          "the end-to-end ratio were the cache's layers free (recompute total / cache head + rest).")
+    print("| shape | block | mode | recompute: layers / head / rest | cache: layers / head / rest | layers ratio "
+          "| bound |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(split), flush=True)
 
 
 if __name__ == "__main__":

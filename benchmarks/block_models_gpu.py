@@ -14,7 +14,8 @@ parameters, 32 GB in bf16: no checkpoint is written). Mask id 156895, block 32.
 Per batch size and cache mode (`None`: the window ``0:end of the current block`` at every step,
 as the published `generate`; ``"block"``: the exact cache), one warm-up run, then ``--rounds``
 timed runs (synchronised), median; tokens/s = batch x gen / time; the tokens of the two modes
-are checked equal (benchmarks/block_timing.py; the model calls are the trace's). One more run
+are checked equal (benchmarks/block_timing.py; the model calls are the trace's; ``--cfg S``: with
+classifier-free guidance, each call on 2B rows). One more run
 times each model call (`fastremask.tools.profile.Phases(timing=True)`: synchronised before and
 after), so ``1 - model time / step time`` is the share of a step spent outside the model: the
 sampler, the loop and the host.
@@ -77,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--cfg", type=float, default=0.0,
+                    help="classifier-free guidance scale (LLaDA's: 2B rows per call; the cache keeps both halves)")
     ap.add_argument("--quick", action="store_true", help="a tiny shape on the CPU (a check that it runs)")
     ap.add_argument("--json", default=None, metavar="PATH")
     args = ap.parse_args(argv)
@@ -95,11 +98,13 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     rows, meta = [], dict(command="python benchmarks/block_models_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
                           torch=torch.__version__, machine=platform.machine(), device=args.device,
-                          dtype=str(dtype), shape=shape, prompt=args.prompt, gen=args.gen, block=block)
+                          dtype=str(dtype), shape=shape, prompt=args.prompt, gen=args.gen, block=block,
+                          cfg_scale=args.cfg)
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(f"# LLaDA2 {'tiny' if args.quick else 'mini'} shape, {dtype}, {args.device}; prompt {args.prompt}, "
-          f"gen {args.gen}, block {block}, threshold {args.threshold} (at least the schedule's count)")
+          f"gen {args.gen}, block {block}, threshold {args.threshold} (at least the schedule's count)"
+          + (f", cfg_scale {args.cfg}" if args.cfg else ""))
     print("| batch | cache | s/run | tokens/s | model calls | outside the model | tokens equal to recompute |")
     print("|---|---|---|---|---|---|---|")
     for batch in args.batch:
@@ -107,7 +112,8 @@ def main(argv=None):
         base = None
         for cache in (None, "block"):
             config = SamplingConfig(steps=args.gen, gen_length=args.gen, block_length=block, mask_id=mask_id,
-                                    cache=cache, threshold=args.threshold, threshold_floor="schedule")
+                                    cache=cache, threshold=args.threshold, threshold_floor="schedule",
+                                    cfg_scale=args.cfg)
             r = measure(model, prompt, config, args.rounds)
             same = None if base is None else bool(torch.equal(base, r["tokens"]))
             base = r["tokens"] if base is None else base

@@ -33,11 +33,13 @@ class Mode:
     tokens: torch.Tensor = field(repr=False)
     calls: int = 0                  # model calls of one run
     positions: int = 0              # positions they ran, over all rows
+    parts: list = field(default_factory=list, repr=False)   # per timed round: probe.read(seconds)
 
 
-def time_modes(model, prompt, config_for, rounds: int, sync=lambda: None, modes=MODES) -> dict:
+def time_modes(model, prompt, config_for, rounds: int, sync=lambda: None, modes=MODES, probe=None) -> dict:
     """``{cache: Mode}`` for ``cache`` in ``modes`` (None, "block"); ``config_for(cache)`` is
-    the mode's `fastremask.SamplingConfig`."""
+    the mode's `fastremask.SamplingConfig`. ``probe``: ``reset()`` before each timed round and
+    ``read(seconds)`` after it, kept in `Mode.parts` (block_cache.py's split of the time)."""
     from fastremask.sampler.loop import run
 
     res = {}
@@ -45,14 +47,18 @@ def time_modes(model, prompt, config_for, rounds: int, sync=lambda: None, modes=
         for cache in modes:
             config = config_for(cache)
             tokens, trace = run(model, prompt, config, seed=0, return_trace=True)      # warm-up
-            times = []
+            times, parts = [], []
             for _ in range(rounds):
+                if probe is not None:
+                    probe.reset()
                 sync()
                 t = time.perf_counter()
                 run(model, prompt, config, seed=0)
                 sync()
                 times.append(time.perf_counter() - t)
-            res[cache] = Mode(statistics.median(times), times, tokens, trace.model_calls, trace.positions)
+                if probe is not None:
+                    parts.append(probe.read(times[-1]))
+            res[cache] = Mode(statistics.median(times), times, tokens, trace.model_calls, trace.positions, parts)
     return res
 
 

@@ -21,7 +21,10 @@
 #    timed against the plain call, the cut alone, the published sort-based code and FlashInfer.
 # 12. benchmarks/block_models_gpu.py: block diffusion (issue 22) on LLaDA2-mini's shape (the MoE
 #    built in memory, random bf16 weights), batch 1 and 8, block 32: tokens/s of the exact block
-#    cache against the published full-window recompute, and the share of a step outside the model.
+#    cache against the published full-window recompute, and the share of a step outside the model;
+#    then batch 1 with classifier-free guidance (2B rows per call, the cache keeping both halves).
+#    (Prepared, not yet run on a GPU. Block-causal steps run eagerly, not as CUDA graphs: the
+#    share outside the model measured here is what capturing them could save.)
 # Each step has its own timeout and its failure does not stop the others; a step that would
 # start after BUDGET_S seconds is skipped (the lent machine's time is short). Logs go to a
 # work folder that is packed into $OUT/logs.tgz at the end, so that the few files the GPU tool
@@ -80,6 +83,7 @@ step aot 35 python -m fastremask.kernels.aot --quick --json "$LOGS/aot.json"
 # the static count with this machine's triton: the predicted times to set beside bench's measured ones
 step truncation 60 python benchmarks/truncation_gpu.py --rows 256 --out "$OUT"
 step block_models 240 python benchmarks/block_models_gpu.py --device cuda --json "$OUT/block_models.json"
+step block_models_cfg 150 python benchmarks/block_models_gpu.py --device cuda --batch 1 --cfg 1.0 --json "$OUT/block_models_cfg.json"
 step cost 90 python -m fastremask.kernels.cost --arch 90 --json "$OUT/kernel_cost.json" --md "$OUT/kernel_cost.md"
 
 echo "total $(( $(date +%s) - T0 ))s" | tee -a "$SUMMARY"

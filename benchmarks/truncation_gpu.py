@@ -11,6 +11,9 @@ On ``rows`` bf16 rows of LLaDA's vocabulary (126,464), T = 1 and T = 0.7:
    published samplers' sort-based torch code restated (Dream's ``top_p_logits`` then
    ``top_k_logits``, softmax, ``multinomial``), and FlashInfer's
    ``top_k_top_p_sampling_from_logits`` when FlashInfer is installed.
+3. the confidence kinds (numerics.md §6a: ``confidence='dream'`` at T = 0 and 0.7, ``'llada2'``
+   at 0.7, with the same truncation): bit-equal to the reference, and their time against
+   ``confidence='llada'`` (``confidence_cases``).
 
 Writes ``truncation_gpu.json`` to ``--out`` (default ``$OUT``, else benchmarks/results/).
 Not measured yet (written without a GPU).
@@ -95,6 +98,24 @@ def main() -> None:
                 case["flashinfer"] = f"unavailable: {type(e).__name__}: {e}"[:200]
             print(case, flush=True)
             out["cases"].append(case)
+    # The confidence kinds (numerics.md §6a, the SAMPLED flag): bit-equal to the reference, and
+    # timed against confidence='llada' with the same truncation (at T = 0 'llada' has none).
+    out["confidence_cases"] = []
+    for T, kind, rule, order in ((0.0, "dream", "entropy", "top_p_first"), (0.7, "dream", "entropy", "top_p_first"),
+                                 (0.0, "dream", "low_confidence", "top_p_first"),
+                                 (0.7, "llada2", "low_confidence", "top_k_first")):
+        tr = check_truncation(top_k=50, top_p=0.95, order=order)
+        kw = dict(temperature=T, remasking=rule, truncation=tr, confidence=kind)
+        got = ks.sample_rows(logits, r, r, r, 1, **kw)
+        want = ref.sample_rows(logits, r, r, r, 1, **kw)
+        same = torch.equal(got.x0, want.x0) and torch.equal(got.confidence.view(torch.int32),
+                                                             want.confidence.view(torch.int32))
+        plain = dict(kw, confidence="llada", truncation=tr if T > 0 else check_truncation())
+        case = {"T": T, "confidence": kind, "rule": rule, "order": order, "bit_equal": same,
+                "sampled_ms": device_time(lambda: ks.sample_rows(logits, r, r, r, 1, **kw)),
+                "llada_ms": device_time(lambda: ks.sample_rows(logits, r, r, r, 1, **plain))}
+        print(case, flush=True)
+        out["confidence_cases"].append(case)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "truncation_gpu.json", "w") as f:
         json.dump(out, f, indent=1)

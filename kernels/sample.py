@@ -636,6 +636,10 @@ def sample_rows(logits: torch.Tensor, rows: torch.Tensor, seeds: torch.Tensor,
         Top-k / top-p / min-p (numerics.md §4a; `contract.check_truncation`): at T > 0 the token
         is drawn from the kept tokens only. The cut is computed before the launch
         (`truncation_cut`); the kernel masks the dropped tokens in its sums and in the draw.
+    confidence : {"llada", "dream", "llada2"}
+        Whose confidence `remasking` takes (numerics.md §6a): LLaDA's untempered full softmax, or
+        the tempered, truncated distribution (Dream's at every T, truncated at T = 0 too;
+        LLaDA2's at T > 0): the `SAMPLED` flag, from the same kept sums as the draw.
     chunks_per_prog, num_warps : int, optional
         Launch tuning (vocab chunks per program, warps of the row kernel). Results do not depend
         on them.

@@ -487,15 +487,128 @@ def test_block_options_on_a_bidirectional_model():
             run(full, p, SamplingConfig(steps=16, gen_length=16, block_length=C, mask_id=full.mask_id, **kw))
 
 
-def test_block_causal_rejects_approximate_caches_and_cfg():
+def test_block_causal_rejects_approximate_caches():
+    """(CFG was refused here too until block-causal CFG was supported: the tests under
+    "classifier-free guidance" below.)"""
     p = prompt_of(4, 0)[None]
-    for kw, msg in ((dict(cache="dual"), "cache='dual'"), (dict(cfg_scale=1.0), "cfg_scale"),
-                    (dict(stop_at_eos=True), "stop_at_eos")):
+    for kw, msg in ((dict(cache="dual"), "cache='dual'"), (dict(stop_at_eos=True), "stop_at_eos")):
         m = Counting(MODEL)
         m.eos_id = 3
         with pytest.raises(ValueError, match=msg):
             run(m, p, SamplingConfig(steps=16, gen_length=16, block_length=C, mask_id=MASK, **kw))
         assert m.calls == 0
+
+
+# ------------------------------------------------------------------ classifier-free guidance
+
+
+class Guided(torch.nn.Module):
+    """LLaDA's CFG restated over a block-causal model for the oracles (one prompt, unpadded):
+    two separate calls per step, the conditional one on ``x`` and the unconditional one on ``x``
+    with the prompt ``0:P`` masked, each the whole window with the block-causal mask; returns
+    ``u + (s + 1) * (c - u)`` in fp32 (numerics.md's order)."""
+
+    def __init__(self, model, P, scale):
+        super().__init__()
+        self.inner, self.P, self.scale = model, P, scale
+        for name in ("attention", "block_length", "mask_id", "device", "config"):
+            setattr(self, name, getattr(model, name))
+
+    def block_logits(self, x, am, *, block_length, **kw):
+        assert am is None and not kw
+        un = x.clone()
+        un[:, :self.P] = MASK
+        c = self.inner.block_logits(x, None, block_length=block_length).float()
+        u = self.inner.block_logits(un, None, block_length=block_length).float()
+        return u + torch.tensor(self.scale + 1.0, dtype=torch.float32) * (c - u)
+
+
+@pytest.mark.parametrize("P,steps,threshold,scale", [(5, 4, 0.95, 0.5), (8, 4, 0.5, 2.0), (6, 2, 0.3, 1.0)])
+@pytest.mark.parametrize("cache", [None, "block"])
+def test_cfg_equals_the_published_generate_with_llada_cfg(P, steps, threshold, scale, cache):
+    """cfg_scale > 0 on a block-causal model: LLaDA2's generate at T = 0 over LLaDA's guided
+    logits (`Guided`), token for token and call for call, with and without the exact cache."""
+    G = 16
+    prompt = prompt_of(P, 40 + P)
+    want, calls = llada2_oracle(Guided(MODEL, P, scale), prompt, gen_length=G, steps=steps, threshold=threshold)
+    m = Counting(MODEL)
+    out = run(m, prompt[None], SamplingConfig(
+        gen_length=G, block_length=C, steps=steps * G // C, threshold=threshold, threshold_floor="schedule",
+        mask_id=MASK, cache=cache, cfg_scale=scale), seed=0)
+    assert torch.equal(out[0, P:], want)
+    assert m.calls == calls
+    plain = run(MODEL, prompt[None], SamplingConfig(
+        gen_length=G, block_length=C, steps=steps * G // C, threshold=threshold, threshold_floor="schedule",
+        mask_id=MASK, cache=cache), seed=0)
+    assert not torch.equal(plain, out)                      # the guidance changed the answer
+
+
+CFG_MODES = {
+    "schedule T=0": dict(steps=16),
+    "floor T=0.7": dict(steps=16, threshold=0.4, threshold_floor="schedule", temperature=0.7),
+    "editing penalty T=0.9": dict(steps=16, threshold=0.2, threshold_floor="schedule", edit_threshold=0.2,
+                                  max_post_edit_steps=3, penalty_lambda=0.5, temperature=0.9, force_editing=True),
+}
+
+
+@pytest.mark.parametrize("mode", list(CFG_MODES))
+def test_cfg_exact_cache_equals_recompute_and_rows_are_their_own(mode):
+    """A left-padded batch under CFG: one call per step on 2B rows (the unconditional half is
+    the batch with every column before each row's answer masked), the cache keeping all 2B rows'
+    keys; the same tokens and calls as the recompute, each call's logits within 1e-5; and each
+    row equals the row generated alone."""
+    prompts, x, am = _batch()
+    config = SamplingConfig(gen_length=16, block_length=C, mask_id=MASK, cfg_scale=1.5, **CFG_MODES[mode])
+    runs = {}
+    for cache in (None, "block"):
+        m = Counting(MODEL)
+        seen = []
+        inner = m.block_logits
+
+        def spy(ids, *a, _inner=inner, _seen=seen, **kw):
+            _seen.append(ids.clone())
+            return _inner(ids, *a, **kw)
+
+        m.block_logits = spy
+        runs[cache] = (run(m, x, config.replace(cache=cache), attention_mask=am, seed=11), m, seen)
+    (a, ma, seen_a), (b, mb, seen_b) = runs[None], runs["block"]
+    assert torch.equal(a, b)
+    assert ma.calls == mb.calls == len(ma.logits)
+    for la, lb in zip(ma.logits, mb.logits):
+        assert la.shape[0] == 6
+        torch.testing.assert_close(lb, la, rtol=0, atol=1e-5)
+    lay = BlockLayout(x, am, 16, C, MASK)
+    for ids in seen_b:
+        B, L = 3, ids.shape[1]
+        cond, un = ids[:B], ids[B:]
+        before = torch.arange(L)[None] < lay.gen_start[:, None]
+        assert torch.equal(un, cond.masked_fill(before, MASK))
+    P = x.shape[1]
+    for i, p in enumerate(prompts):
+        alone = run(MODEL, p[None], config.replace(cache="block"), seed=11 + i)
+        assert torch.equal(b[i, P:], alone[0, len(p):]), i
+    no_cfg = run(MODEL, x, config.replace(cache="block", cfg_scale=0.0), attention_mask=am, seed=11)
+    assert not torch.equal(no_cfg, b)
+
+
+@pytest.mark.parametrize("mode", ["floor T=0.7", "editing penalty T=0.9"])
+def test_cfg_backends_bit_equal(mode):
+    """reference, torch and triton (interpreted) under CFG with the exact cache: the same tokens
+    and trace."""
+    prompts, x, am = _batch()
+    config = SamplingConfig(gen_length=4, block_length=C, mask_id=MASK, cache="block", cfg_scale=0.7,
+                            **dict(CFG_MODES[mode], steps=4))
+    if config.editing:
+        config = config.replace(max_post_edit_steps=1)
+    outs = {b: run(MODEL, x, config.replace(backend=b), attention_mask=am, seed=5, return_trace=True)
+            for b in ("reference", "torch", "triton")}
+    ref, tr = outs["reference"]
+    for backend in ("torch", "triton"):
+        out, t = outs[backend]
+        assert torch.equal(out, ref), backend
+        assert len(t.steps) == len(tr.steps)
+        for a, b in zip(t.steps, tr.steps):
+            assert torch.equal(a.keep, b.keep) and torch.equal(a.x0, b.x0) and torch.equal(a.confidence, b.confidence)
 
 
 def test_option_checks():
@@ -514,6 +627,7 @@ def test_option_checks():
 def test_benchmark_runs_quick(capsys):
     """benchmarks/block_cache.py (docs/cache.md's numbers) still runs, and its tokens agree."""
     import importlib.util
+    import re
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "block_cache.py"
@@ -525,5 +639,10 @@ def test_benchmark_runs_quick(capsys):
         mod.main(["--quick", "--shape", "sdar"])
     finally:
         torch.set_num_threads(before)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| sdar")]
+    out = capsys.readouterr().out
+    results, split = out.split("Where the time goes")
+    rows = [line for line in results.splitlines() if line.startswith("| sdar")]
     assert len(rows) == 2 and all(r.endswith("| True |") for r in rows)
+    parts = [line for line in split.splitlines() if line.startswith("| sdar")]
+    three = r"[\d.]+ / [\d.]+ / [\d.]+"                                      # layers / head / rest
+    assert len(parts) == 2 and all(re.search(rf"\| {three} \| {three} \|", r) for r in parts)

@@ -281,6 +281,187 @@ def test_sdar_exact_block_cache_equals_the_window_recompute(sdar_folders, padded
     simulate_block_decoding(nat, ids, am, block, prompt_end=6)
 
 
+# ----------------------------------------------------------------------------- SDAR-MoE
+
+
+def qwen3_moe_reference(folder):
+    """transformers' own Qwen3MoeForCausalLM (its eager expert loop) with an SDAR-MoE
+    checkpoint's weights: the published per-expert ``gate_proj`` / ``up_proj`` are concatenated
+    into transformers 5's ``experts.gate_up_proj`` ``[E, 2I, d]`` (gate first), ``down_proj``
+    stacked; every other name is Qwen3-MoE's."""
+    c = _cfg(folder)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "attention_bias",
+            "tie_word_embeddings", "max_position_embeddings", "num_experts", "num_experts_per_tok",
+            "moe_intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
+    conf = transformers.Qwen3MoeConfig(**{k: c[k] for k in keys})
+    conf._attn_implementation = "sdpa"
+    conf._experts_implementation = "eager"
+    model = transformers.Qwen3MoeForCausalLM(conf).eval()
+    st = _state(folder)
+    out = {k: v for k, v in st.items() if ".mlp.experts." not in k}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp.experts."
+        if p + "0.gate_proj.weight" in st:
+            E = range(c["num_experts"])
+            out[p + "gate_up_proj"] = torch.stack([torch.cat([st[p + f"{e}.gate_proj.weight"],
+                                                              st[p + f"{e}.up_proj.weight"]]) for e in E])
+            out[p + "down_proj"] = torch.stack([st[p + f"{e}.down_proj.weight"] for e in E])
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    assert not unexpected and all("rotary" in k or (c["tie_word_embeddings"] and k == "lm_head.weight")
+                                  for k in missing), (missing, unexpected)
+    if c["tie_word_embeddings"]:
+        model.tie_weights()
+    return model
+
+
+SDAR_MOE_VARIANTS = {
+    "sdar-moe": {},                                                     # layer 1 dense (mlp_only_layers)
+    "sdar-moe-unnormed-step2": {"norm_topk_prob": False, "decoder_sparse_step": 2, "mlp_only_layers": [],
+                                "num_experts_per_tok": 3},              # layer 1 only sparse
+    "sdar-moe-all-sparse-tied": {"mlp_only_layers": [], "tie_word_embeddings": True, "num_hidden_layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def sdar_moe_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sdar_moe")
+    return {k: testing.save_sdar_moe_checkpoint(root / k, **v) for k, v in SDAR_MOE_VARIANTS.items()}
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped_mm", "loop"])
+@pytest.mark.parametrize("variant", list(SDAR_MOE_VARIANTS))
+def test_sdar_moe_equals_qwen3_moe_with_the_block_causal_mask(sdar_moe_folders, variant, grouped):
+    """The native SDAR-MoE (grouped dispatch or the loop over experts) against transformers'
+    Qwen3-MoE on the same weights, given the block-causal mask and, under left padding, the
+    positions ``cumsum(mask) - 1``; fp32, 1e-5."""
+    folder = sdar_moe_folders[variant]
+    c = _cfg(folder)
+    nat, ref = native.from_folder(folder), qwen3_moe_reference(folder)
+    assert nat.attention == "block_causal" and nat.block_length == 4
+    sparse = [i for i in range(c["num_hidden_layers"]) if (i + 1) % c["decoder_sparse_step"] == 0
+              and i not in c["mlp_only_layers"]]
+    assert [i for i, layer in enumerate(nat.model.layers) if layer.mlp in nat.moe_layers()] == sparse
+    for moe in nat.moe_layers():
+        moe.use_grouped = grouped
+    L, lengths = 14, [14, 9]
+    ids = _ids(2, L, nat.config.vocab_size, seed=6)
+    am = torch.zeros(2, L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        am[b, L - n:] = 1
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        got = nat(ids).logits
+        want = ref(input_ids=ids, attention_mask=reference_block_mask([L, L], L, 4)).logits
+        got_pad = nat(ids, am).logits
+        want_pad = ref(input_ids=ids, attention_mask=reference_block_mask(lengths, L, 4), position_ids=pos).logits
+    torch.testing.assert_close(got, want, **TIGHT)
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(got_pad[b, L - n:], want_pad[b, L - n:], **TIGHT)
+
+
+def test_sdar_moe_router_and_sum_order_by_hand():
+    """The router (softmax in fp32 over the logits in the activations' dtype, top-k, normalised
+    when told, cast back) and the published sum order (ascending expert index, from zeros) in
+    bf16, where the order shows: against a loop written here."""
+    from fastremask.models.native.common import NativeConfig
+    from fastremask.models.native.sdar import _SparseMoe, sdar_route
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 16, generator=g)
+    w = torch.randn(8, 16, generator=g)
+    experts, weights = sdar_route(x, w, top_k=3, norm=True)
+    probs = torch.softmax(x @ w.T, -1)
+    for t in range(6):
+        top = sorted(range(8), key=lambda e: -float(probs[t, e]))[:3]
+        assert experts[t].tolist() == top
+        want = probs[t, top] / probs[t, top].sum()
+        torch.testing.assert_close(weights[t], want, atol=1e-6, rtol=1e-6)
+    _, unnormed = sdar_route(x, w, top_k=3, norm=False)
+    torch.testing.assert_close(unnormed, probs.gather(1, experts), atol=1e-6, rtol=1e-6)
+
+    c = NativeConfig({}, "config.json")
+    c.d_model, c.moe_hidden, c.n_experts, c.top_k, c.norm_topk = 16, 32, 8, 3, True
+    moe = _SparseMoe(c, device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    xb = x.to(torch.bfloat16)
+    with torch.no_grad():
+        got = moe(xb)
+        e, wb = sdar_route(xb, moe.gate.weight, top_k=3, norm=True)
+        want = torch.zeros_like(xb)
+        for ex in range(8):                               # the published loop: index_add_ per expert
+            for t in range(6):
+                for k in range(3):
+                    if int(e[t, k]) == ex:
+                        want[t] += moe.experts[ex](xb[t:t + 1])[0] * wb[t, k]
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "leftpad"])
+def test_sdar_moe_exact_block_cache_equals_the_window_recompute(sdar_moe_folders, padded):
+    nat = native.from_folder(sdar_moe_folders["sdar-moe"])
+    L, block = 18, 4
+    ids = _ids(2, L, nat.config.vocab_size, seed=7)
+    am = None
+    if padded:
+        am = torch.ones(2, L, dtype=torch.long)
+        am[1, :4] = 0
+        am[0, 16:] = 0
+    simulate_block_decoding(nat, ids, am, block, prompt_end=6)
+
+
+def test_sdar_moe_shards_and_load(tmp_path):
+    one = testing.save_sdar_moe_checkpoint(tmp_path / "one")
+    three = testing.save_sdar_moe_checkpoint(tmp_path / "three", shards=3)
+    a, b = native.from_folder(one), native.from_folder(three)
+    ids = _ids(1, 9, a.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+    moe = a.moe_layers()[0]
+    assert moe.experts[5].down_proj.weight.data_ptr() == moe.stack()[2][5].data_ptr()
+    adapter = models.load(three, device="cpu")
+    assert isinstance(adapter, models.NativeAdapter) and adapter.family == "sdar"
+    assert isinstance(adapter.model, native.SDARModel) and adapter.block_length == 4
+    cfg = _cfg(three)
+    assert cfg["model_type"] == "sdar_moe" and cfg["architectures"] == ["SDARMoeForCausalLM"]
+    assert cfg["auto_map"] == testing.SDAR_MOE_AUTO_MAP
+    assert adapter.mask_id == cfg["mask_token_id"] == adapter.tokenizer.convert_tokens_to_ids("<|MASK|>")
+    bf = native.from_folder(one, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(bf(ids).logits.float(), a(ids).logits, atol=0.25, rtol=0.02)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"num_experts": 12}, "field 'num_experts' is 12, but layer 0 of the checkpoint has 8 experts"),
+    ({"mlp_only_layers": [0, 1]}, r"layer 0 of the checkpoint has experts, but the config makes it dense "
+                                  r"\(field 'decoder_sparse_step' is 1, 'mlp_only_layers' \[0, 1\]\)"),
+    ({"mlp_only_layers": []}, "field 'num_experts' is 8, but layer 1 of the checkpoint has 0 experts"),
+    ({"num_experts_per_tok": 9}, r"field 'num_experts_per_tok' \(9\) exceeds 'num_experts' \(8\)"),
+    ({"mlp_only_layers": [5]}, "field 'mlp_only_layers' holds 5, but 'num_hidden_layers' is 3"),
+    ({"mlp_only_layers": "1"}, "field 'mlp_only_layers' must be a list of layer indices, got '1'"),
+    ({"decoder_sparse_step": 0}, "field 'decoder_sparse_step' must be a positive integer, got 0"),
+    ({"moe_intermediate_size": None}, "field 'moe_intermediate_size' is missing"),
+    ({"num_experts": None}, "field 'num_experts' is missing"),
+])
+def test_sdar_moe_bad_config(tmp_path, fields, message):
+    folder = testing.save_sdar_moe_checkpoint(tmp_path / "c")
+    _edit_config(folder, **fields)
+    with pytest.raises(ModelLoadError, match=message):
+        native.from_folder(folder)
+
+
+def test_sdar_moe_expert_count_checked_before_reading_tensors(tmp_path):
+    folder = testing.save_sdar_moe_checkpoint(tmp_path / "c", shards=2)
+    for n in os.listdir(folder):
+        if n.endswith(".safetensors"):
+            os.remove(os.path.join(folder, n))
+    _edit_config(folder, num_experts=4)
+    with pytest.raises(ModelLoadError, match="field 'num_experts' is 4, but layer 0"):
+        native.from_folder(folder)
+
+
 # ----------------------------------------------------------------------------- LLaDA2 (MoE)
 
 
@@ -496,17 +677,18 @@ def test_llada2_expert_count_checked_before_reading_tensors(tmp_path):
 # ----------------------------------------------------------------------------- through generate
 
 
-@pytest.mark.parametrize("family", ["sdar", "llada2"])
+@pytest.mark.parametrize("family", ["sdar", "sdar_moe", "llada2"])
 def test_generate_exact_cache_equals_recompute(tmp_path, family):
     """`fastremask.generate` on the loaded checkpoint (a left-padded batch of two prompts):
     the exact block cache gives the tokens of the full-window recompute, also with a threshold."""
     from fastremask import generate
 
-    save = testing.save_sdar_checkpoint if family == "sdar" else testing.save_llada2_checkpoint
+    save = {"sdar": testing.save_sdar_checkpoint, "sdar_moe": testing.save_sdar_moe_checkpoint,
+            "llada2": testing.save_llada2_checkpoint}[family]
     m = models.load(save(tmp_path / family), device="cpu")
     assert m.attention == "block_causal"
     ids, am = m.encode(["hi i am a cat", "the dog sat"], chat=True)
-    block = 4 if family == "sdar" else 8
+    block = 8 if family == "llada2" else 4
     kw = dict(gen_length=16, steps=8, block_length=block, mask_id=m.mask_id, seed=0)
     with pytest.warns(UserWarning, match="trained with \\(32\\)") if family == "llada2" else _no_warning():
         full = generate(m, ids, am, cache=None, **kw)

@@ -24,7 +24,7 @@ def test_builtin_records():
     assert list(FAMILIES) == ["llada", "dream", "sdar", "llada2", "tiny", "callable"]
     # the model_type table the loader used to hold, now derived from the records
     assert models.MODEL_TYPES == {"llada": "llada", "lladamoe": "llada", "llada_moe": "llada", "dream": "dream",
-                                  "sdar": "sdar", "llada2_moe": "llada2", "fastremask-tiny": "tiny"}
+                                  "sdar": "sdar", "sdar_moe": "sdar", "llada2_moe": "llada2", "fastremask-tiny": "tiny"}
     assert family_for("Dream") is FAMILIES["dream"] and family_for("LLaDA") is FAMILIES["llada"]
     assert family_for("gpt2") is None and family_for(None) is None
     llada, dream = FAMILIES["llada"], FAMILIES["dream"]
@@ -41,7 +41,7 @@ def test_builtin_records():
     assert (sdar.attention, sdar.block_length, sdar.logits_shift, sdar.mask_id) == ("block_causal", 4, 0, 151669)
     assert (llada2.attention, llada2.block_length, llada2.logits_shift) == ("block_causal", 32, 0)
     assert (llada2.mask_id, llada2.eos_id) == (156895, 156892)
-    assert family_for("llada2_moe") is llada2 and family_for("SDAR") is sdar
+    assert family_for("llada2_moe") is llada2 and family_for("SDAR") is sdar and family_for("sdar_moe") is sdar
     assert checkpoint_families() == ("llada", "dream", "sdar", "llada2", "tiny")
     with pytest.raises(ValueError, match=r"unknown family 'gpt'; expected one of llada, dream, sdar, llada2, tiny, "
                                          r"callable"):

@@ -250,11 +250,11 @@ register(Family(
 # The block-diffusion families (issue 22): block-causal attention, no shift, the exact block
 # cache (fastremask.sampler.block; `cache` is about the approximate KV caches, which their
 # native forwards also take). SDAR's ids from its published config.json (mask_token_id 151669)
-# and Qwen3's tokenizer; LLaDA2's from the published generate (mask_id 156895, eos_id 156892).
+# and Qwen3's tokenizer, SDAR-MoE's the same (SGLang's dLLM table: block 4, mask 151669 for both); LLaDA2's from the published generate (mask_id 156895, eos_id 156892).
 register(Family(
     name="sdar", display="SDAR",
-    model_types=("sdar",),
-    architectures=("SDARForCausalLM",),
+    model_types=("sdar", "sdar_moe"),           # dense and MoE: one forward, one layout, one tokenizer
+    architectures=("SDARForCausalLM", "SDARMoeForCausalLM"),
     native="fastremask.models.native.sdar:SDARModel",
     adapter="fastremask.models.adapters:Adapter",
     mask_id=151669, eos_id=151643, eot_id=151645,

@@ -42,6 +42,7 @@ __all__ = [
     "sdar_tokenizer",
     "llada2_tokenizer",
     "save_sdar_checkpoint",
+    "save_sdar_moe_checkpoint",
     "save_llada2_checkpoint",
     "sdar_state",
     "llada2_state",
@@ -224,6 +225,11 @@ SDAR_AUTO_MAP = {
     "AutoModel": "modeling_sdar.SDARModel",
     "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
 }
+SDAR_MOE_AUTO_MAP = {
+    "AutoConfig": "configuration_sdar_moe.SDARMoeConfig",
+    "AutoModel": "modeling_sdar_moe.SDARMoeModel",
+    "AutoModelForCausalLM": "modeling_sdar_moe.SDARMoeForCausalLM",
+}
 LLADA2_AUTO_MAP = {
     "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
@@ -283,6 +289,21 @@ def _sdar_config(tok, dtype, overrides: dict) -> dict:
         "tie_word_embeddings": False, "torch_dtype": _DTYPE_NAMES[dtype], "transformers_version": "4.52.4",
         "use_cache": False, "use_deepep": False, "use_sliding_window": False, "vocab_size": len(tok),
     }
+    cfg.update(overrides)
+    return cfg
+
+
+def _sdar_moe_config(tok, dtype, overrides: dict) -> dict:
+    """SDAR-30B-A3B-Chat's config.json fields (``sdar_moe``: Qwen3-MoE's, plus ``block_size``),
+    shapes shrunk: 8 experts of 16, top-2, ``norm_topk_prob`` true, 3 layers (the middle one
+    dense through ``mlp_only_layers``), head_dim 8."""
+    cfg = _sdar_config(tok, dtype, {})
+    cfg.update({
+        "architectures": ["SDARMoeForCausalLM"], "auto_map": dict(SDAR_MOE_AUTO_MAP), "model_type": "sdar_moe",
+        "decoder_sparse_step": 1, "mlp_only_layers": [1], "moe_intermediate_size": 16, "norm_topk_prob": True,
+        "num_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 3, "output_router_logits": False,
+        "router_aux_loss_coef": 0.001,
+    })
     cfg.update(overrides)
     return cfg
 
@@ -399,13 +420,19 @@ def _head_dim(cfg, hidden, heads):
 
 
 def sdar_state(cfg: dict, seed: int = 0) -> dict:
-    """Random weights for an SDAR ``config.json`` dict, under the published (Qwen3) names (fp32).
+    """Random weights for an SDAR ``config.json`` dict, under the published (Qwen3) names (fp32);
+    an ``sdar_moe`` config gets Qwen3-MoE's ``mlp.gate`` and ``mlp.experts.E.*`` in its sparse
+    layers.
     Norm weights (also ``q_norm``/``k_norm``) are ``1 + 0.1 N(0, 1)``."""
     g = torch.Generator().manual_seed(seed)
     d, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
     hd = _head_dim(cfg, d, H)
     kv = (cfg.get("num_key_value_heads") or H) * hd
-    hidden, V, bias = cfg["intermediate_size"], cfg["vocab_size"], cfg.get("attention_bias", False)
+    hidden, V, bias = cfg.get("intermediate_size"), cfg["vocab_size"], cfg.get("attention_bias", False)
+    moe = set()
+    if cfg.get("model_type") == "sdar_moe":        # Qwen3-MoE's choice of sparse layers
+        moe = {i for i in range(L) if (i + 1) % cfg.get("decoder_sparse_step", 1) == 0
+               and i not in (cfg.get("mlp_only_layers") or [])}
     st = {"model.embed_tokens.weight": _random(g, (V, d), 1.0)}
 
     lin = functools.partial(_linear, st, g)
@@ -420,6 +447,11 @@ def sdar_state(cfg: dict, seed: int = 0) -> dict:
         st[p + "self_attn.q_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
         st[p + "self_attn.k_norm.weight"] = 1.0 + _random(g, (hd,), 0.1)
         st[p + "post_attention_layernorm.weight"] = 1.0 + _random(g, (d,), 0.1)
+        if i in moe:                                   # SDAR-MoE: the router and the experts
+            lin(p + "mlp.gate", cfg["num_experts"], d)
+            for e in range(cfg["num_experts"]):
+                _swiglu(lin, p + f"mlp.experts.{e}.", cfg["moe_intermediate_size"], d)
+            continue
         _swiglu(lin, p + "mlp.", hidden, d)
     st["model.norm.weight"] = 1.0 + _random(g, (d,), 0.1)
     if not cfg.get("tie_word_embeddings", False):
@@ -552,6 +584,23 @@ def save_sdar_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.
     """
     tok = sdar_tokenizer()
     cfg = _sdar_config(tok, dtype, config_overrides)
+    return _save_published(folder, cfg, sdar_state(cfg, seed), tok, shards, dtype)
+
+
+def save_sdar_moe_checkpoint(folder, *, shards: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0,
+                             **config_overrides) -> str:
+    """A tiny random SDAR-MoE checkpoint in the published layout in ``folder``; returns the folder.
+
+    ``config.json`` has SDAR-30B-A3B-Chat's fields (``model_type "sdar_moe"``, ``architectures
+    ["SDARMoeForCausalLM"]``, the ``auto_map`` of its ``modeling_sdar_moe.py``, Qwen3-MoE's
+    ``num_experts``, ``num_experts_per_tok``, ``moe_intermediate_size``, ``norm_topk_prob``,
+    ``decoder_sparse_step``, ``mlp_only_layers``, ``block_size`` 4) with SDAR's tiny shapes
+    (`save_sdar_checkpoint`), 3 layers of which layer 1 is dense (``mlp_only_layers`` [1]), 8
+    experts of 16, top-2; ``config_overrides`` replace fields. Weights under the published names
+    (``model.layers.N.mlp.gate.weight``, ``model.layers.N.mlp.experts.E.up_proj.weight``, ...).
+    """
+    tok = sdar_tokenizer()
+    cfg = _sdar_moe_config(tok, dtype, config_overrides)
     return _save_published(folder, cfg, sdar_state(cfg, seed), tok, shards, dtype)
 
 

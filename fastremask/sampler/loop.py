@@ -279,9 +279,6 @@ def _run_block_causal(model, prompt, attention_mask, config: SamplingConfig, ids
     if config.cache not in (None, "block"):
         raise ValueError(f"cache={config.cache!r} is Fast-dLLM's approximation for bidirectional models; "
                          f"{name} is block-causal: use cache='block' (exact) or None")
-    if config.cfg_scale > 0:
-        raise ValueError(f"cfg_scale={config.cfg_scale}: classifier-free guidance is not supported for "
-                         f"block-causal models ({name})")
     if config.stop_at_eos:
         raise ValueError("stop_at_eos is for bidirectional models; a block-causal model stops with "
                          "eos_early_stop=True (LLaDA2's rule)")
@@ -305,8 +302,10 @@ def _run_block_causal(model, prompt, attention_mask, config: SamplingConfig, ids
             f"prompt of {layout.longest_prompt} tokens + gen_length={config.gen_length}, in blocks of "
             f"block_length={config.block_length}, needs {layout.longest} positions; {name} has {limit}")
     x = layout.x0.clone()
+    # CFG as LLaDA's: the unconditional rows mask each row's prompt (every column before its answer)
+    prompt_columns = torch.arange(layout.L, device=x.device)[None, :] < layout.gen_start[:, None]
     calls = ModelCall(model, layout.attention_mask, prompt_length=layout.L, gen_length=0,
-                      cfg_scale=0.0, mask_id=ids.mask_id)
+                      cfg_scale=config.cfg_scale, mask_id=ids.mask_id, prompt_columns=prompt_columns)
     trace = Trace(P, config.gen_length, config.block_length)
     _blocks(backend, x, calls, seeds, config, ids, trace if return_trace else None, callback, layout)
     trace.model_calls, trace.positions = calls.calls, calls.positions
@@ -438,7 +437,10 @@ def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, t
             logits, uncond = calls(x, blk.call)
             steps.check_vocab(logits)
             if editing and config.penalty_lambda:
+                # on both halves under CFG: guided, the same as penalising the guided logits
                 logits = _repeat_penalty(logits, blk.x, config.penalty_lambda)
+                if uncond is not None:
+                    uncond = _repeat_penalty(uncond, blk.x, config.penalty_lambda)
             rs = row_step.clone() if record else row_step
             before = blk.x.clone() if editing and record else None
             fk = None

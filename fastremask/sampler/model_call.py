@@ -134,6 +134,9 @@ class ModelCall:
 
     CFG as LLaDA does it: one call on ``2B`` rows, the second half a copy of ``x`` with the
     whole prompt (padding included) replaced by ``mask_id``, the same attention mask twice.
+    ``prompt_columns`` ``[B, L]`` bool: the prompt's columns per row where they differ (a
+    block-causal layout: everything before the row's answer; with the exact block cache the
+    ``2B`` rows each keep their own keys, the unconditional rows those of the masked prompt).
 
     The one count of model calls: ``calls`` (forward, window and cached calls alike, a CFG call
     once) and ``positions``, the positions the model computed over all rows it was given (a
@@ -145,9 +148,12 @@ class ModelCall:
     """
 
     def __init__(self, model, attention_mask: Optional[torch.Tensor], *, prompt_length: int,
-                 gen_length: int, cfg_scale: float, mask_id: int):
+                 gen_length: int, cfg_scale: float, mask_id: int, prompt_columns: Optional[torch.Tensor] = None):
         self.model, self.P, self.mask_id = model, prompt_length, mask_id
         self.cfg = cfg_scale > 0
+        # [B, L] bool: the columns the unconditional rows mask, where each row's prompt has its own
+        # end (a block-causal layout, `fastremask.sampler.block.BlockLayout`); else 0:prompt_length
+        self.prompt_columns = prompt_columns
         am = attention_mask
         if am is not None:
             B = am.shape[0]
@@ -165,8 +171,11 @@ class ModelCall:
         if not self.cfg:
             out = run(self.model, x, self.attention_mask), None
         else:
-            un_x = x.clone()
-            un_x[:, :self.P] = self.mask_id
+            if self.prompt_columns is None:
+                un_x = x.clone()
+                un_x[:, :self.P] = self.mask_id
+            else:
+                un_x = x.masked_fill(self.prompt_columns, self.mask_id)
             both = run(self.model, torch.cat([x, un_x]), self.attention_mask)
             B = x.shape[0]
             out = both[:B], both[B:]

@@ -2,7 +2,7 @@
 
 `fastremask.models.load` uses these for ``config.json`` ``model_type`` ``llada`` (LLaDA-8B
 Base/Instruct, LLaDA-1.5; not ``lladamoe``), ``Dream`` (Dream-v0 7B), ``sdar`` (SDAR / TraDo,
-dense) and ``llada2_moe`` (LLaDA2.0/2.1 mini and flash), whatever the installed
+dense), ``sdar_moe`` (SDAR-30B-A3B, MoE) and ``llada2_moe`` (LLaDA2.0/2.1 mini and flash), whatever the installed
 `transformers` version, and needs no ``trust_remote_code``. The models read ``config.json`` and
 the safetensors weights (``model.safetensors``, or shards listed in
 ``model.safetensors.index.json``) under the published weight names, in fp32/bf16/fp16 on CPU or

@@ -29,14 +29,9 @@ The MLP of the first ``first_k_dense_replace`` layers is dense (SwiGLU of
   summed in fp32 in the published top-k order, cast back) ``+ shared_experts(x)`` (one SwiGLU of
   ``moe_intermediate_size * num_shared_experts``).
 
-**The MoE without a Python loop per expert per token.** Each (token, chosen expert) pair is one
-row: the rows are sorted by expert (``argsort``), the tokens gathered in that order, and the
-three projections run as grouped matrix products over the experts' contiguous row ranges
-(``torch.nn.functional.grouped_mm`` with the experts' weights stacked ``[E, out, in]``, offsets
-from a ``bincount``: no host synchronisation) where torch supports it (CPU in any float dtype,
-CUDA in bf16 on sm80+, row strides multiples of 16 bytes); elsewhere one loop over the
-experts that received rows (as the published ``moe_infer``). The stacks are built once after
-loading, and the experts' published parameters become views of them (no second copy).
+**The MoE without a Python loop per expert per token**: the experts' grouped dispatch
+(`fastremask.models.native.moe`, shared with SDAR-MoE; one loop over the experts where torch's
+``grouped_mm`` does not run).
 
 **Attention is block-causal** (blocks of 32 in the published generate, counted from position
 0; from each row's first real token under padding): `fastremask.sampler.block`. The output at
@@ -53,10 +48,6 @@ the weight names before any tensor is read.
 """
 from __future__ import annotations
 
-import re
-import warnings
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,11 +55,10 @@ import torch.nn.functional as F
 from fastremask.models.kv import attend
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
                                              apply_partial_rotary)
+from fastremask.models.native.moe import MLP_NAMES as _MLP
+from fastremask.models.native.moe import ExpertBank, MoEModel, check_experts
 
 __all__ = ["LLaDA2Model", "llada2_config", "check_experts", "route"]
-
-_MLP = ("gate_proj", "up_proj", "down_proj")
-
 
 def llada2_config(raw: dict, path: str) -> NativeConfig:
     """Check a LLaDA2 (``llada2_moe``) ``config.json`` and derive the shape fields."""
@@ -142,33 +132,9 @@ def llada2_config(raw: dict, path: str) -> NativeConfig:
             raise _error(f"{path}: field 'num_experts_per_tok' ({c.top_k}) exceeds the experts of the "
                          f"{c.topk_group} chosen groups ({c.topk_group * (E // c.n_group)})")
     c.moe = moe
+    c.moe_layers = frozenset(range(c.first_dense, c.n_layers)) if moe else frozenset()
+    c.dense_why = f"field 'first_k_dense_replace' is {c.first_dense}, 'num_experts' {c.n_experts}"
     return c                  # the trained block (32) and the ids are the family record's
-
-
-_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
-
-
-def check_experts(config: NativeConfig, names) -> None:
-    """The experts the checkpoint's weight names hold must be those ``num_experts`` describes
-    (per MoE layer ``0 .. num_experts - 1``); a `ModelLoadError` naming the field otherwise,
-    before any tensor is read."""
-    found: dict = {}
-    for n in names:
-        m = _EXPERT.match(n)
-        if m:
-            found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    want = set(range(config.n_experts)) if config.moe else set()
-    for layer in range(config.n_layers):
-        got = found.get(layer, set())
-        moe_layer = config.moe and layer >= config.first_dense
-        if moe_layer and got != want:
-            raise _error(f"{config.path}: field 'num_experts' is {config.n_experts}, but layer {layer} of the "
-                         f"checkpoint has {len(got)} experts (indices {min(got, default=None)} .. "
-                         f"{max(got, default=None)})")
-        if not moe_layer and got:
-            raise _error(f"{config.path}: layer {layer} of the checkpoint has experts, but the config makes it dense "
-                         f"(field 'first_k_dense_replace' is {config.first_dense}, 'num_experts' "
-                         f"{config.n_experts})")
 
 
 # ----------------------------------------------------------------------------- the mixture of experts
@@ -201,87 +167,24 @@ def route(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor, *, t
     return experts, w * scale
 
 
-def _grouped_ok(x: torch.Tensor, *sizes: int) -> bool:
-    """Whether `F.grouped_mm` runs here: CPU (any float dtype), CUDA bf16 on sm80+; every row
-    stride a multiple of 16 bytes."""
-    if not hasattr(F, "grouped_mm"):
-        return False
-    if x.device.type == "cuda":
-        if x.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device)[0] < 8:
-            return False
-    elif x.device.type != "cpu":
-        return False
-    return all(n * x.element_size() % 16 == 0 for n in sizes)
-
-
-class _MoE(nn.Module):
+class _MoE(ExpertBank):
     """A mixture-of-experts MLP under the published names: ``gate.{weight, expert_bias}``,
     ``experts.E.{gate,up,down}_proj``, ``shared_experts.*``."""
 
     def __init__(self, c: NativeConfig, device):
-        super().__init__()
+        super().__init__(c.d_model, c.moe_hidden, c.n_experts, device)
         self.top_k, self.n_group, self.topk_group, self.scale = c.top_k, c.n_group, c.topk_group, c.scale
         self.gate = _Gate(c, device)
-        self.experts = nn.ModuleList(SwiGLU(c.d_model, c.moe_hidden, bias=False, names=_MLP, device=device)
-                                     for _ in range(c.n_experts))
         self.shared_experts = (SwiGLU(c.d_model, c.moe_hidden * c.n_shared, bias=False, names=_MLP, device=device)
                                if c.n_shared > 0 else None)
-        self._stacks: Optional[tuple] = None
-        self.use_grouped: Optional[bool] = None          # None: decide per call (`_grouped_ok`)
-
-    def stack(self) -> tuple:
-        """The experts' weights stacked ``[E, out, in]`` (gate, up, down); built once, after which
-        each expert's parameters are views of the stacks (no second copy of the weights)."""
-        w0 = self.experts[0].gate_proj.weight
-        st = self._stacks
-        if st is not None and st[0].data_ptr() == w0.data_ptr() and st[0].dtype == w0.dtype:
-            return st
-        with torch.no_grad():
-            st = tuple(torch.stack([getattr(e, n).weight for e in self.experts]) for n in _MLP)
-            for i, e in enumerate(self.experts):
-                for n, s in zip(_MLP, st):
-                    getattr(e, n).weight.data = s[i]
-        self._stacks = st
-        return st
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])                                             # [T, d]
-        T, K = x2.shape[0], self.top_k
-        experts, w = route(x2, self.gate.weight, self.gate.expert_bias, top_k=K, n_group=self.n_group,
+        experts, w = route(x2, self.gate.weight, self.gate.expert_bias, top_k=self.top_k, n_group=self.n_group,
                            topk_group=self.topk_group, scale=self.scale)
-        flat = experts.reshape(-1)                                                # [T K]
-        order = flat.argsort(stable=True)
-        rows = x2.index_select(0, order // K)                                     # [T K, d] by expert
-        counts = torch.bincount(flat, minlength=len(self.experts))
-        gate, up, down = self.stack()
-        grouped = self.use_grouped
-        if grouped is None:
-            grouped = _grouped_ok(x2, gate.shape[1], gate.shape[2])
-        out = None
-        if grouped:
-            offs = counts.cumsum(0).to(torch.int32)
-            try:
-                h = F.silu(F.grouped_mm(rows, gate.transpose(1, 2), offs=offs)) * \
-                    F.grouped_mm(rows, up.transpose(1, 2), offs=offs)
-                out = F.grouped_mm(h, down.transpose(1, 2), offs=offs)            # [T K, d]
-            except RuntimeError as e:
-                if self.use_grouped:                                              # forced: say so
-                    raise
-                # a device / dtype / layout this torch's grouped_mm does not take: the loop, from now on
-                warnings.warn(f"LLaDA2 MoE: torch's grouped_mm failed here ({str(e).splitlines()[0]}); "
-                              "using one loop over the experts instead", RuntimeWarning, stacklevel=2)
-                self.use_grouped = False
-        if out is None:
-            out = torch.empty_like(rows)
-            s = 0
-            for e, n in enumerate(counts.tolist()):                               # one loop over experts
-                if n:
-                    out[s:s + n] = self.experts[e](rows[s:s + n])
-                    s += n
-        y = torch.empty_like(out)
-        y[order] = out                                                            # back to (token, k)
-        y = (y.view(T, K, -1).float() * w[..., None]).sum(1).to(x.dtype)
+        y = self.expert_outputs(x2, experts)                                      # [T, K, d]
+        y = (y.float() * w[..., None]).sum(1).to(x.dtype)                          # fp32, top-k order
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
         return y.view(shape)
@@ -331,7 +234,7 @@ class _Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LLaDA2Model(NativeModel):
+class LLaDA2Model(MoEModel, NativeModel):
     """LLaDA2's forward, natively, with its block-causal attention and mixture of experts (see
     the module docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
@@ -355,16 +258,6 @@ class LLaDA2Model(NativeModel):
         if not c.tied:
             self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
         self.rotary = Rotary(c.rotary_dim, c.rope_theta)
-
-    def prepare(self) -> None:
-        for layer in self.model.layers:
-            if isinstance(layer.mlp, _MoE):
-                layer.mlp.stack()
-
-    def moe_layers(self) -> list:
-        """The mixture-of-experts MLPs (``use_grouped`` on each: None = decide per call, True /
-        False = force the grouped products or the loop over experts)."""
-        return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, _MoE)]
 
     def _embed(self, ids):
         return self.model.word_embeddings(ids)

@@ -1,4 +1,4 @@
-"""SDAR / TraDo (dense), written from the published architecture.
+"""SDAR / TraDo (dense and MoE), written from the published architecture.
 
 The published checkpoint (``model_type "sdar"``, ``SDARForCausalLM``; JetLM's SDAR-1.7B/4B/8B
 and Gen-Verse's TraDo-4B/8B) is Qwen3's decoder trained for block diffusion, under Qwen3's
@@ -27,17 +27,39 @@ Config fields read: ``hidden_size``, ``num_attention_heads``, ``num_key_value_he
 ``rope_theta``, ``attention_bias``, ``tie_word_embeddings``, ``block_size``; ``hidden_act``
 must be ``silu``, ``rope_scaling`` null and ``use_sliding_window`` false (the published
 values), anything else is a clear error.
+
+**SDAR-MoE** (``model_type "sdar_moe"``, ``SDARMoeForCausalLM``: JetLM's SDAR-30B-A3B, the TraDo
+MoE) is the same decoder with Qwen3-MoE's sparse MLP in the layers ``i`` with ``(i + 1) %
+decoder_sparse_step == 0`` that are not in ``mlp_only_layers`` (every layer in the published
+config), the others dense SwiGLU of ``intermediate_size``. The sparse MLP, under the names
+``mlp.gate.weight`` ``[E, d]`` (no bias) and ``mlp.experts.E.{gate,up,down}_proj.weight``::
+
+    probs = softmax(gate(x), fp32)         the router's logits in the activations' dtype
+    w, e = topk(probs, num_experts_per_tok)            torch.topk's order
+    w = w / w.sum() if norm_topk_prob; w = w.to(x.dtype)
+    y = sum over the chosen experts, in ascending expert index, of expert_e(x) * w_e
+
+(in the activations' dtype, from zeros: the published expert loop's ``index_add_`` order). No
+shared expert. The experts run through the grouped dispatch of `fastremask.models.native.moe`.
+Fields read beside the dense ones: ``num_experts``, ``num_experts_per_tok``,
+``moe_intermediate_size``, ``norm_topk_prob``, ``decoder_sparse_step``, ``mlp_only_layers``;
+the checkpoint's expert count must match ``num_experts``, checked from the weight names before
+any tensor is read.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import attend
 from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
                                              apply_rotary)
+from fastremask.models.native.moe import ExpertBank, MoEModel, check_experts
 
-__all__ = ["SDARModel", "sdar_config"]
+__all__ = ["SDARModel", "sdar_config", "sdar_route"]
+
+MOE_TYPE = "sdar_moe"
 
 
 def _heads(c: NativeConfig, path: str, heads: str, kv: str) -> None:
@@ -62,7 +84,9 @@ def sdar_config(raw: dict, path: str) -> NativeConfig:
     c = NativeConfig(raw, path)
     c.d_model = c.field("hidden_size")
     c.n_layers = c.field("num_hidden_layers")
-    c.mlp_hidden = c.field("intermediate_size")
+    _moe_fields(c, raw, path)
+    if c.moe_layers != frozenset(range(c.n_layers)):         # some layer is dense
+        c.mlp_hidden = c.field("intermediate_size")
     c.embed_rows = c.field("vocab_size")
     _heads(c, path, "num_attention_heads", "num_key_value_heads")
     act = raw.get("hidden_act", "silu")
@@ -85,10 +109,67 @@ def sdar_config(raw: dict, path: str) -> NativeConfig:
     return c
 
 
+def _moe_fields(c: NativeConfig, raw: dict, path: str) -> None:
+    """SDAR-MoE's fields (``model_type "sdar_moe"``; Qwen3-MoE's): which layers are sparse, the
+    experts' shape and the router's options. Dense SDAR: no sparse layer."""
+    c.moe_layers = frozenset()
+    c.n_experts = None
+    if str(raw.get("model_type", "")).lower() != MOE_TYPE:
+        return
+    c.n_experts = c.field("num_experts")
+    c.top_k = c.field("num_experts_per_tok")
+    if c.top_k > c.n_experts:
+        raise _error(f"{path}: field 'num_experts_per_tok' ({c.top_k}) exceeds 'num_experts' ({c.n_experts})")
+    c.moe_hidden = c.field("moe_intermediate_size")
+    c.norm_topk = c.field("norm_topk_prob", bool, default=False)        # Qwen3MoeConfig's default
+    step = c.field("decoder_sparse_step", default=1)
+    only = raw.get("mlp_only_layers", [])
+    only = [] if only is None else only
+    if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
+        raise _error(f"{path}: field 'mlp_only_layers' must be a list of layer indices, got {only!r}")
+    bad = [i for i in only if not 0 <= i < c.n_layers]
+    if bad:
+        raise _error(f"{path}: field 'mlp_only_layers' holds {bad[0]}, but 'num_hidden_layers' is {c.n_layers}")
+    c.moe_layers = frozenset(i for i in range(c.n_layers) if (i + 1) % step == 0 and i not in only)
+    c.dense_why = f"field 'decoder_sparse_step' is {step}, 'mlp_only_layers' {only}"
+
+
+def sdar_route(x: torch.Tensor, weight: torch.Tensor, *, top_k: int, norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDAR-MoE's (Qwen3-MoE's) router on tokens ``x`` ``[T, d]``: ``(experts [T, top_k] int64,
+    weights [T, top_k] in x's dtype)``, in `torch.topk`'s order (see the module docstring)."""
+    probs = torch.softmax(F.linear(x, weight), dim=-1, dtype=torch.float32)
+    w, experts = probs.topk(top_k, dim=-1)
+    if norm:
+        w = w / w.sum(-1, keepdim=True)
+    return experts, w.to(x.dtype)
+
+
+class _SparseMoe(ExpertBank):
+    """SDAR-MoE's sparse MLP under the published names ``gate.weight``, ``experts.E.*``."""
+
+    def __init__(self, c: NativeConfig, device):
+        super().__init__(c.d_model, c.moe_hidden, c.n_experts, device)
+        self.top_k, self.norm = c.top_k, c.norm_topk
+        self.gate = nn.Linear(c.d_model, c.n_experts, bias=False, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])                                             # [T, d]
+        experts, w = sdar_route(x2, self.gate.weight, top_k=self.top_k, norm=self.norm)
+        y = self.expert_outputs(x2, experts) * w[..., None]                       # [T, K, d], x's dtype
+        # the published loop adds the experts' outputs in ascending expert index, from zeros
+        by_index = experts.argsort(dim=1)
+        y = y.gather(1, by_index[..., None].expand(-1, -1, y.shape[-1]))
+        out = torch.zeros_like(x2)
+        for k in range(y.shape[1]):
+            out = out + y[:, k]
+        return out.view(shape)
+
+
 class _Layer(nn.Module):
     """One SDAR (Qwen3) decoder layer under the published names."""
 
-    def __init__(self, c: NativeConfig, device):
+    def __init__(self, c: NativeConfig, index: int, device):
         super().__init__()
         d, hd = c.d_model, c.head_dim
         self.n_heads, self.n_kv = c.n_heads, c.kv_heads
@@ -101,7 +182,10 @@ class _Layer(nn.Module):
         a.o_proj = nn.Linear(c.n_heads * hd, d, bias=c.bias, device=device)
         a.q_norm = RMSNorm(hd, c.eps, device=device)
         a.k_norm = RMSNorm(hd, c.eps, device=device)
-        self.mlp = SwiGLU(d, c.mlp_hidden, bias=False, names=("gate_proj", "up_proj", "down_proj"), device=device)
+        if index in c.moe_layers:
+            self.mlp = _SparseMoe(c, device)
+        else:
+            self.mlp = SwiGLU(d, c.mlp_hidden, bias=False, names=("gate_proj", "up_proj", "down_proj"), device=device)
 
     def _attention(self, n, cos, sin, key_ok, cache, layer: int, q0: int):
         a = self.self_attn
@@ -119,21 +203,26 @@ class _Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class SDARModel(NativeModel):
-    """SDAR's forward, natively, with its block-causal attention (see the module docstring):
-    ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
+class SDARModel(MoEModel, NativeModel):
+    """SDAR's forward (dense, and SDAR-MoE's), natively, with its block-causal attention (see the
+    module docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "sdar"
     check_config = staticmethod(sdar_config)
 
     tied_head_weight = "lm_head.weight"
 
+    @classmethod
+    def check_checkpoint(cls, config: NativeConfig, names) -> None:
+        if config.n_experts is not None:
+            check_experts(config, names)
+
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
         c = config
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(c.embed_rows, c.d_model, device=device)
-        self.model.layers = nn.ModuleList(_Layer(c, device) for _ in range(c.n_layers))
+        self.model.layers = nn.ModuleList(_Layer(c, i, device) for i in range(c.n_layers))
         self.model.norm = RMSNorm(c.d_model, c.eps, device=device)
         if not c.tied:
             self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
