@@ -193,3 +193,33 @@ def test_every_select_writes_the_kept_tokens(threshold, rule):
     want_x[:, start:start + C] = torch.where(want_keep, x0, x_in[:, start:start + C])
     for keep, x in results:
         assert torch.equal(keep, want_keep) and torch.equal(x, want_x)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=0.0, remasking="low_confidence"),
+    dict(temperature=1.0, remasking="random"),
+    dict(temperature=0.7, remasking="margin", cfg_scale=1.0),
+    dict(temperature=0.7, remasking="entropy", confidence="dream", top_p=0.5),
+    dict(temperature=1.0, remasking="low_confidence", confidence="llada2", top_k=2),
+], ids=["T0", "random", "cfg-margin", "dream-entropy-top-p", "llada2-top-k"])
+def test_no_rows_gives_the_empty_result_on_every_backend(kw):
+    """Zero requested rows (a step where no row has a candidate, e.g. Dream's origin schedule)
+    is the reference's empty result on every backend, not an error from deep inside."""
+    from fastremask.sampler.contract import check_truncation
+
+    kw = dict(kw)
+    trunc = {k: kw.pop(k) for k in ("top_k", "top_p") if k in kw}
+    if trunc:
+        kw["truncation"] = check_truncation(**trunc)
+    lg = torch.randn(3, 7)
+    if kw.get("cfg_scale"):
+        kw["uncond_logits"] = torch.randn(3, 7)
+    e = torch.empty(0, dtype=torch.int64)
+    fns = [ref.sample_rows, fast.sample_rows]
+    try:
+        fns.append(_triton().sample_rows)
+    except pytest.skip.Exception:
+        pass
+    for fn in fns:
+        got = fn(lg, e, e, e, e, **kw)
+        assert [(t.shape, t.dtype) for t in got] == [((0,), torch.int64), ((0,), torch.float32), ((0,), torch.bool)], fn

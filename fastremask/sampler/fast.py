@@ -146,6 +146,10 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     ``steps`` int64 ``[R]`` on the logits' device."""
     device = logits.device
     R, V = rows.numel(), logits.shape[1]
+    if R == 0:                                 # no row asked for: the reference's empty result
+        return RowSample(torch.empty(0, dtype=torch.int64, device=device),
+                         torch.empty(0, dtype=torch.float32, device=device),
+                         torch.empty(0, dtype=torch.bool, device=device))
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
     r_blk, W = _block_shape(R, V, device, piece_width)
     cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
