@@ -96,4 +96,6 @@ def test_two_checkouts_on_the_path(tmp_path):
         print(getattr(kernels, '__file__', None))
     """
     out = _from_root(code).strip()
-    assert not out.startswith(str(copy)) and not out.startswith(str(ROOT)), out
+    # as paths, not string prefixes: a venv beside the checkout (ROOT + "venv") is not inside it
+    inside = out != "None" and any(pathlib.Path(out).resolve().is_relative_to(pathlib.Path(d).resolve()) for d in (copy, ROOT))
+    assert not inside, out
