@@ -19,7 +19,7 @@ this backend's device (``'auto'`` picks ``triton`` on CUDA, whose kernels never 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -139,27 +139,75 @@ def _kept(x: torch.Tensor, cut, v0: int) -> torch.Tensor:
     return (x > l_cut) | ((x == l_cut) & (cols <= i_cut))
 
 
+class _Plan(NamedTuple):
+    """What one `_sample_rows` call computes, fixed before its chunk loop (the kernel's flags)."""
+    remasking: str
+    noisy: bool                 # T != 0: a draw (§4)
+    tau: float
+    c_t: float                  # the tempered scale (at T = 0: LOG2E)
+    sampled: bool               # §6a: the confidence on the tempered, truncated distribution
+    cut: Optional[tuple]        # §4a: (l_cut, i_cut) [R], the last kept token of each row
+    tempered: bool              # the draw's own (kept) tempered sums S'_c
+    kept_entropy: bool          # a sampled entropy: its own S'_c, A'_c (`nx.kept_sums`)
+    need_s: bool                # S_c
+    simple: bool                # no CFG, nothing suppressed: the block is a plain gather
+    r_blk: int                  # rows per block
+    W: int                      # columns per block
+    cw: int                     # chunk width (a vocab under CHUNK is one chunk)
+
+
 def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remasking, cfg_scale=0.0,
                  uncond_logits=None, suppress_tokens=None, active=None, truncation=NO_TRUNCATION,
                  confidence="llada", piece_width=None) -> RowSample:
     """`sample_rows` without its checks (the loop's call): ``rows``, ``seeds``, ``positions``,
-    ``steps`` int64 ``[R]`` on the logits' device."""
+    ``steps`` int64 ``[R]`` on the logits' device. The chunk statistics (`_chunk_stats`), then
+    x0 (`_draw_token` at T > 0, else the first maximum) and the confidence (`_confidence`)."""
     device = logits.device
-    R, V = rows.numel(), logits.shape[1]
+    R = rows.numel()
     if R == 0:                                 # no row asked for: the reference's empty result
         return RowSample(torch.empty(0, dtype=torch.int64, device=device),
                          torch.empty(0, dtype=torch.float32, device=device),
                          torch.empty(0, dtype=torch.bool, device=device))
     rows, seeds, positions = (t.to(device=device, dtype=torch.int64) for t in (rows, seeds, positions))
-    r_blk, W = _block_shape(R, V, device, piece_width)
-    cw = min(V, nx.CHUNK)                      # chunk width (a vocab under CHUNK is one chunk)
-    noisy = float(temperature) != 0.0
-    tau, c_t = nx.tempered_scales(temperature) if noisy else (1.0, nx.LOG2E)
     if suppress_tokens is not None:
         suppress_tokens = suppress_tokens.to(device=device, dtype=torch.int64)
         if not suppress_tokens.numel():
             suppress_tokens = None
-    simple = uncond_logits is None and suppress_tokens is None
+    p = _plan(logits, rows, temperature=temperature, remasking=remasking, cfg_scale=cfg_scale,
+              uncond_logits=uncond_logits, suppress_tokens=suppress_tokens, truncation=truncation,
+              confidence=confidence, piece_width=piece_width)
+    st = _chunk_stats(logits, rows, p, cfg_scale, uncond_logits, suppress_tokens)
+
+    m_c = st["m"]                                                # [R, n_chunks] fp32
+    bad = torch.isnan(m_c).any(-1) | (m_c == float("inf")).any(-1)   # max propagates NaN and +inf
+    invalid = bad | ~(m_c != NEG_INF).any(-1)
+    s_c = st["s"].to(torch.int64) if st["s"] is not None else None
+    s_t = st["st"].to(torch.int64) if st["st"] is not None else s_c   # the draw's S'_c (§4), §6a's
+    if p.noisy:
+        best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
+                                             positions, steps, m_c, s_t, ~invalid, p.tau, p.c_t, p.cw, p.cut)
+    else:
+        best_logit, j = m_c.max(-1)                              # first chunk holding the row max
+        best_index = st["i"].gather(-1, j[:, None]).squeeze(-1) + j * p.cw
+    confidence = _confidence(p, seeds, positions, steps, best_logit, m_c, s_c, s_t, st["a"], st["t2"])
+
+    if active is not None:
+        invalid &= active
+        confidence = torch.where(active, confidence, NEG_INF)
+        best_index = torch.where(active, best_index, -1)
+    x0 = torch.where(invalid, -1, best_index)
+    confidence = torch.where(invalid, float("nan"), confidence)
+    return RowSample(x0, confidence.to(torch.float32), invalid)
+
+
+def _plan(logits, rows, *, temperature, remasking, cfg_scale, uncond_logits, suppress_tokens, truncation,
+          confidence, piece_width) -> _Plan:
+    """The `_Plan` of a call; with an active truncation (at T > 0, or for a sampled confidence)
+    it sorts the whole prepared rows once for the cut (§4a)."""
+    R, V = rows.numel(), logits.shape[1]
+    r_blk, W = _block_shape(R, V, logits.device, piece_width)
+    noisy = float(temperature) != 0.0
+    tau, c_t = nx.tempered_scales(temperature) if noisy else (1.0, nx.LOG2E)
     # §6a: the confidence on the tempered, truncated distribution (at T = 0: untempered, s = LOG2E)
     sampled = sampling_confidence(confidence, temperature, remasking)
     # §4a: the last kept token of each row, from one sort of the whole prepared rows
@@ -180,127 +228,127 @@ def _sample_rows(logits, rows, seeds, positions, steps, *, temperature, remaskin
     need_s = (remasking != "random" and not sampled) or ((noisy or sampled) and not tempered)
     if kept_entropy:
         tempered = need_s = False
+    return _Plan(remasking, noisy, tau, c_t, sampled, cut, tempered, kept_entropy, need_s,
+                 uncond_logits is None and suppress_tokens is None, r_blk, W, min(V, nx.CHUNK))
 
+
+_STATS = ("m", "s", "a", "i", "st", "t2")
+
+
+def _chunk_stats(logits, rows, p: _Plan, cfg_scale, uncond_logits, suppress_tokens) -> dict:
+    """The chunk loop: per row, over blocks of ``p.r_blk`` rows x ``p.W`` columns, the chunk
+    maxima ``m`` [R, n_chunks] and, as ``p`` asks, the sums ``s`` (S_c), ``a`` (A_c), ``st``
+    (the draw's S'_c), the first index of each chunk max ``i`` (T = 0) and the top two logits
+    ``t2`` [R, 2] (margin); each None where not computed."""
+    device = logits.device
+    R, V = rows.numel(), logits.shape[1]
     # Scratch reused by every block (flat, so a narrower last block is a contiguous prefix).
-    n_buf = r_blk * W
-    buf = torch.empty(n_buf, dtype=torch.float32, device=device)
-    scratch = [torch.empty_like(buf) for _ in range(3 if tempered else 2)]
+    buf = torch.empty(p.r_blk * p.W, dtype=torch.float32, device=device)
+    scratch = [torch.empty_like(buf) for _ in range(3 if p.tempered else 2)]
     log2e = torch.tensor(nx.LOG2E, dtype=torch.float32, device=device)
-    c_tau = torch.tensor(c_t, dtype=torch.float32, device=device)
-
-    m_rows, s_rows, a_rows, i_rows, st_rows, t2_rows = [], [], [], [], [], []   # per row group
-    for g0 in range(0, R, r_blk):
-        g1 = min(g0 + r_blk, R)
-        r = g1 - g0
+    c_tau = torch.tensor(p.c_t, dtype=torch.float32, device=device)
+    out = {k: [] for k in _STATS}                                    # per row group
+    for g0 in range(0, R, p.r_blk):
+        g1 = min(g0 + p.r_blk, R)
         rows_g = rows[g0:g1]
-        m_l, s_l, a_l, i_l, st_l, t2_l = [], [], [], [], [], []              # per block
-        for v0 in range(0, V, W):
-            v1 = min(v0 + W, V)
-            n = v1 - v0
-            nc = -(-n // cw)
-            x = buf[: r * nc * cw].view(r, nc * cw)
-            if simple:
-                x[:, :n].copy_(logits[:, v0:v1].index_select(0, rows_g))   # gather + to fp32
-            else:
-                sup = None
-                if suppress_tokens is not None:
-                    sup = suppress_tokens - v0       # out-of-block ids are dropped
-                    sup = sup[(sup >= 0) & (sup < n)]
-                x[:, :n].copy_(prepare_logits(
-                    logits[:, v0:v1].index_select(0, rows_g), cfg_scale=cfg_scale,
-                    uncond_logits=None if uncond_logits is None
-                    else uncond_logits[:, v0:v1].index_select(0, rows_g),
-                    suppress_tokens=sup,
-                ))
-            if n < nc * cw:
-                x[:, n:].fill_(NEG_INF)
-            cut_g = None if cut is None else (cut[0][g0:g1], cut[1][g0:g1])
-            if remasking == "margin":
-                xm = x[:, :n]
-                if sampled and cut_g is not None:     # §6a: the top two *kept* logits
-                    xm = xm.masked_fill(~_kept(xm, cut_g, v0), NEG_INF)
-                t2_l.append(xm.topk(min(2, n), dim=-1).values)
-            x3 = x.view(r, nc, cw)
-            sz = x3.numel()
-            tmp = [b[:sz].view_as(x3) for b in scratch]
-            if kept_entropy:                         # §6a: S'_c, A'_c of the kept tokens
-                mc, sc, ac = nx.kept_sums(x, None if cut_g is None else _kept(x, cut_g, v0), c_t, tau)
-                st_l.append(sc), a_l.append(ac)
-                if not noisy:
-                    i_l.append(x3.argmax(-1))
-            elif remasking == "entropy":
-                mc, sc, ac = nx.chunk_sums(x)        # [r, nc * cw] (padded) -> [r, nc]
-                s_l.append(sc), a_l.append(ac)
-                if not noisy:
-                    i_l.append(x3.argmax(-1))
-            elif noisy:
-                mc = x3.amax(-1)
-            else:
-                mc, ic = x3.max(-1)                  # chunk max and its first index
-                i_l.append(ic)
-            m_l.append(mc)
-            plain = need_s and remasking != "entropy"    # S_c still to sum (entropy's came above)
-            if not (tempered or plain):
-                continue
-            drop = None if cut_g is None else ~_kept(x, cut_g, v0).view_as(x3)
-            x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
-            if tempered:                             # the weights of (l - m_c) * c (§4); it consumes
-                dt = tmp[2].copy_(x3) if plain else x3   # d; the tokens §4a drops weigh 0
-                st_l.append(_fixed_sums(dt if drop is None else dt.masked_fill_(drop, NEG_INF), c_tau, *tmp[:2]))
-            if plain:
-                s_l.append(_fixed_sums(x3, log2e, *tmp[:2]))
-        m_rows.append(torch.cat(m_l, -1))
-        for rows_, l_ in ((s_rows, s_l), (a_rows, a_l), (i_rows, i_l), (st_rows, st_l)):
-            if l_:
-                rows_.append(torch.cat(l_, -1))
-        if t2_l:
-            t2_l.insert(0, torch.full((r, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
-            t2_rows.append(torch.cat(t2_l, -1).topk(2, dim=-1).values)
+        cut_g = None if p.cut is None else (p.cut[0][g0:g1], p.cut[1][g0:g1])
+        blk = {k: [] for k in _STATS}                                # per block
+        for v0 in range(0, V, p.W):
+            x, n = _load_block(buf, logits, rows_g, v0, min(v0 + p.W, V), p, cfg_scale, uncond_logits,
+                               suppress_tokens)
+            _block_stats(x, n, v0, cut_g, p, scratch, log2e, c_tau, blk)
+        out["m"].append(torch.cat(blk["m"], -1))
+        for k in ("s", "a", "i", "st"):
+            if blk[k]:
+                out[k].append(torch.cat(blk[k], -1))
+        if blk["t2"]:
+            blk["t2"].insert(0, torch.full((g1 - g0, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
+            out["t2"].append(torch.cat(blk["t2"], -1).topk(2, dim=-1).values)
+    return {k: torch.cat(v, 0) if v else None for k, v in out.items()}
 
-    m_c = torch.cat(m_rows, 0)                                   # [R, n_chunks] fp32
-    bad = torch.isnan(m_c).any(-1) | (m_c == float("inf")).any(-1)   # max propagates NaN and +inf
-    invalid = bad | ~(m_c != NEG_INF).any(-1)
-    s_c = torch.cat(s_rows, 0).to(torch.int64) if s_rows else None
-    s_t = torch.cat(st_rows, 0).to(torch.int64) if st_rows else s_c   # the draw's S'_c (§4), §6a's
-    if noisy:
-        best_index, best_logit = _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds,
-                                             positions, steps, m_c, s_t, ~invalid, tau, c_t, cw, cut)
+
+def _load_block(buf, logits, rows_g, v0, v1, p: _Plan, cfg_scale, uncond_logits, suppress_tokens):
+    """(x, n): the prepared fp32 logits of rows ``rows_g``, columns ``v0:v1`` (n of them), in
+    ``buf`` as ``x`` [r, nc * cw], padded with -inf to whole chunks."""
+    r, n, cw = rows_g.numel(), v1 - v0, p.cw
+    nc = -(-n // cw)
+    x = buf[: r * nc * cw].view(r, nc * cw)
+    if p.simple:
+        x[:, :n].copy_(logits[:, v0:v1].index_select(0, rows_g))   # gather + to fp32
     else:
-        best_logit, j = m_c.max(-1)                              # first chunk holding the row max
-        best_index = torch.cat(i_rows, 0).gather(-1, j[:, None]).squeeze(-1) + j * cw
+        sup = None
+        if suppress_tokens is not None:
+            sup = suppress_tokens - v0       # out-of-block ids are dropped
+            sup = sup[(sup >= 0) & (sup < n)]
+        x[:, :n].copy_(prepare_logits(
+            logits[:, v0:v1].index_select(0, rows_g), cfg_scale=cfg_scale,
+            uncond_logits=None if uncond_logits is None
+            else uncond_logits[:, v0:v1].index_select(0, rows_g),
+            suppress_tokens=sup,
+        ))
+    if n < nc * cw:
+        x[:, n:].fill_(NEG_INF)
+    return x, n
 
-    if remasking == "random":
-        confidence = nx.remask_uniform(seeds, positions, steps)
-    elif sampled:                                                # §6a, as `reference._sampled_confidence`
-        a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_t)
-        m, Z, B = nx.combine_kept(m_c, s_t, a_c, tau)            # Z_T: the draw's total
-        if remasking == "low_confidence":
-            confidence = nx.fixed_ratio(nx.fixed_term(best_logit, m, c_t), Z)
-        elif remasking == "margin":
-            top2 = torch.cat(t2_rows, 0)
-            confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m, c_t), Z)
-        else:
-            logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
-            confidence = -(logZ + nx.fixed_ratio(B, Z))
+
+def _block_stats(x, n, v0, cut_g, p: _Plan, scratch, log2e, c_tau, out) -> None:
+    """Appends one block's chunk statistics (see `_chunk_stats`) to the lists in ``out``; ``x``
+    [r, nc * cw] (its first ``n`` columns are the vocabulary's ``v0 ..``) is consumed."""
+    r, cw = x.shape[0], p.cw
+    nc = x.shape[1] // cw
+    if p.remasking == "margin":
+        xm = x[:, :n]
+        if p.sampled and cut_g is not None:     # §6a: the top two *kept* logits
+            xm = xm.masked_fill(~_kept(xm, cut_g, v0), NEG_INF)
+        out["t2"].append(xm.topk(min(2, n), dim=-1).values)
+    x3 = x.view(r, nc, cw)
+    sz = x3.numel()
+    tmp = [b[:sz].view_as(x3) for b in scratch]
+    if p.kept_entropy:                         # §6a: S'_c, A'_c of the kept tokens
+        mc, sc, ac = nx.kept_sums(x, None if cut_g is None else _kept(x, cut_g, v0), p.c_t, p.tau)
+        out["st"].append(sc), out["a"].append(ac)
+        if not p.noisy:
+            out["i"].append(x3.argmax(-1))
+    elif p.remasking == "entropy":
+        mc, sc, ac = nx.chunk_sums(x)        # [r, nc * cw] (padded) -> [r, nc]
+        out["s"].append(sc), out["a"].append(ac)
+        if not p.noisy:
+            out["i"].append(x3.argmax(-1))
+    elif p.noisy:
+        mc = x3.amax(-1)
     else:
-        a_c = torch.cat(a_rows, 0) if a_rows else torch.zeros_like(s_c)
-        m, Z, B = nx.combine_chunks(m_c, s_c, a_c)
-        if remasking == "low_confidence":
-            confidence = nx.fixed_ratio(nx.fixed_term(best_logit, m), Z)
-        elif remasking == "margin":
-            top2 = torch.cat(t2_rows, 0)
-            confidence = nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m), Z)
-        else:
-            logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
-            confidence = -(logZ + nx.fixed_ratio(B, Z))
+        mc, ic = x3.max(-1)                  # chunk max and its first index
+        out["i"].append(ic)
+    out["m"].append(mc)
+    plain = p.need_s and p.remasking != "entropy"    # S_c still to sum (entropy's came above)
+    if not (p.tempered or plain):
+        return
+    drop = None if cut_g is None else ~_kept(x, cut_g, v0).view_as(x3)
+    x3.sub_(mc.clamp_min(-F32_MAX)[..., None])   # d; an all -inf chunk stays -inf (no -inf - -inf)
+    if p.tempered:                           # the weights of (l - m_c) * c (§4); it consumes
+        dt = tmp[2].copy_(x3) if plain else x3   # d; the tokens §4a drops weigh 0
+        out["st"].append(_fixed_sums(dt if drop is None else dt.masked_fill_(drop, NEG_INF), c_tau, *tmp[:2]))
+    if plain:
+        out["s"].append(_fixed_sums(x3, log2e, *tmp[:2]))
 
-    if active is not None:
-        invalid &= active
-        confidence = torch.where(active, confidence, NEG_INF)
-        best_index = torch.where(active, best_index, -1)
-    x0 = torch.where(invalid, -1, best_index)
-    confidence = torch.where(invalid, float("nan"), confidence)
-    return RowSample(x0, confidence.to(torch.float32), invalid)
+
+def _confidence(p: _Plan, seeds, positions, steps, best_logit, m_c, s_c, s_t, a_c, top2) -> torch.Tensor:
+    """The confidence [R] from the chunk statistics, as `reference._llada_confidence` (from
+    S_c, A_c) or, sampled, `reference._sampled_confidence` (§6a: from S'_c, A'_c)."""
+    if p.remasking == "random":
+        return nx.remask_uniform(seeds, positions, steps)
+    if p.sampled:
+        a_c = a_c if a_c is not None else torch.zeros_like(s_t)
+        (m, Z, B), scale = nx.combine_kept(m_c, s_t, a_c, p.tau), (p.c_t,)   # Z_T: the draw's total
+    else:
+        a_c = a_c if a_c is not None else torch.zeros_like(s_c)
+        (m, Z, B), scale = nx.combine_chunks(m_c, s_c, a_c), ()
+    if p.remasking == "low_confidence":
+        return nx.fixed_ratio(nx.fixed_term(best_logit, m, *scale), Z)
+    if p.remasking == "margin":
+        return nx.fixed_ratio(nx.FIXED - nx.fixed_term(top2[:, 1], m, *scale), Z)
+    logZ = nx.log(nx.to_f32(Z) * 2.0**-nx.FIXED_BITS)
+    return -(logZ + nx.fixed_ratio(B, Z))
 
 
 def _draw_token(logits, uncond_logits, cfg_scale, suppress_tokens, rows, seeds, positions, steps, m_c,
