@@ -370,120 +370,137 @@ class _Steps:
         return tuple(t.clone() for t in out) if record else out
 
 
+class _Run:
+    """What `_blocks` keeps across blocks: the per-step schedules, each block position's row and
+    column, the cache, the steps and the counters (``row_step``, ``global_step``, ``stopped``)."""
+
+    def __init__(self, backend, x, seeds, config: SamplingConfig, ids: SpecialIds, record: bool, layout):
+        B, L = x.shape
+        C = config.block_length
+        device = x.device
+        self.B, self.C, self.device, self.record = B, C, device, record
+        self.P = P = L - config.gen_length if layout is None else layout.P
+        self.num_blocks = config.num_blocks if layout is None else layout.num_blocks
+        self.counts = counts = config.block_counts()          # schedule mode: one list for all rows
+        self.k_cols = None
+        if counts is not None:
+            self.k_cols = torch.tensor(counts, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+        floor = config.floor_counts()                            # threshold_floor='schedule'
+        self.floor_cols = self.zero_k = None
+        if floor is not None:
+            self.floor_cols = torch.tensor(floor, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+            self.zero_k = torch.zeros(B, dtype=torch.int64, device=device)
+        self.origin = origin = config.transfer_probabilities()   # schedule='origin': each step's p_transfer
+        self.max_steps = len(counts) if counts is not None else len(origin) if origin is not None else max(
+            C, len(floor or ())) + (config.max_post_edit_steps if config.editing else 0)
+        self.scheduled = counts is not None or origin is not None   # a fixed number of steps, no per-step sync
+        self.bi = torch.arange(B, device=device).repeat_interleave(C)                     # [B * C]
+        self.j = torch.arange(C, device=device).repeat(B)
+        self.seeds_r = seeds.index_select(0, self.bi)
+        self.row_step = torch.zeros(B, dtype=torch.int64, device=device)
+        self.steps = _Steps(backend, config, ids, B, C, P, device)
+        if layout is not None:
+            self.steps.use_graph = False     # block-causal steps run eagerly (not captured yet)
+        self.kv = None
+        if layout is not None:
+            self.kv = _block.BlockCache(layout.L) if config.cache == "block" else None
+        elif config.cache is not None:
+            self.kv = KVCache()
+        self.global_step = 0
+        self.stopped = torch.zeros(B, dtype=torch.bool, device=device)     # eos_early_stop: rows done
+
+
 def _blocks(backend, x, calls, seeds, config: SamplingConfig, ids: SpecialIds, trace, callback,
             layout=None) -> None:
     """The loop over blocks and steps (`run`'s body); ``x`` is filled in place. ``layout``: a
     block-causal model's `fastremask.sampler.block.BlockLayout` (its blocks, each row's answer
-    start, the exact cache), else None."""
-    B, L = x.shape
-    C = config.block_length
-    P = L - config.gen_length if layout is None else layout.P
-    num_blocks = config.num_blocks if layout is None else layout.num_blocks
-    device = x.device
-    counts = config.block_counts()                           # schedule mode: one list for all rows
-    k_cols = None
-    if counts is not None:
-        k_cols = torch.tensor(counts, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
-    floor = config.floor_counts()                            # threshold_floor='schedule'
-    floor_cols = None
-    if floor is not None:
-        floor_cols = torch.tensor(floor, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
-        zero_k = torch.zeros(B, dtype=torch.int64, device=device)
-    editing = config.editing
-    origin = config.transfer_probabilities()      # schedule='origin': each step's p_transfer, else None
-    max_steps = len(counts) if counts is not None else len(origin) if origin is not None else max(
-        C, len(floor or ())) + (config.max_post_edit_steps if editing else 0)
-    scheduled = counts is not None or origin is not None     # a fixed number of steps, no per-step sync
-    bi = torch.arange(B, device=device).repeat_interleave(C)                     # [B * C]
-    j = torch.arange(C, device=device).repeat(B)
-    seeds_r = seeds.index_select(0, bi)
-    row_step = torch.zeros(B, dtype=torch.int64, device=device)
-    steps = _Steps(backend, config, ids, B, C, P, device)
-    if layout is not None:
-        steps.use_graph = False          # block-causal steps run eagerly (not captured yet)
-    record = trace is not None or callback is not None
-    kv = None
-    if layout is not None:
-        kv = _block.BlockCache(layout.L) if config.cache == "block" else None
-    elif config.cache is not None:
-        kv = KVCache()
-    global_step = 0
-    stopped = torch.zeros(B, dtype=torch.bool, device=device)     # eos_early_stop: rows done
-    for b in range(num_blocks):
+    start, the exact cache), else None. Each block's steps: `_block_steps`."""
+    run = _Run(backend, x, seeds, config, ids, trace is not None or callback is not None, layout)
+    C, P = run.C, run.P
+    for b in range(run.num_blocks):
         start = P + b * C if layout is None else layout.block_start(b)
-        blk = Block(x, start, C, P, config, bi, seeds_r, j, kv, layout)
-        if editing:
-            answer = blk.answer.view(B, C)
-            finished = stopped | ~answer.any(1)         # done at EOS, or only filler in this block
-            post = torch.zeros(B, dtype=torch.int64, device=device)
-        for i in range(max_steps):
-            if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
-                row_step += 1 if layout is None else (blk.x == ids.mask_id).any(1)
-                global_step += 1
-                continue
-            cand = blk.x == ids.mask_id                                   # [B, C]
-            editable = None
-            if not scheduled or layout is not None:     # threshold mode's (block-causal: every) one sync
-                # [B] rows with masks left; a block-causal row's first block is partly prompt, so
-                # even in schedule mode a row can finish early: it stops there, as alone
-                busy = cand.any(1)
-                if editing:      # SGLang's JointThreshold: post-edit steps once the block is unmasked
-                    post += ~busy & ~finished
-                    finished |= post > config.max_post_edit_steps
-                    busy = ~finished
-                    editable = answer & ~cand & busy[:, None]
-                if steps.checker.block_done(busy):
-                    break
-            logits, uncond = calls(x, blk.call)
-            steps.check_vocab(logits)
-            if editing and config.penalty_lambda:
-                # on both halves under CFG: guided, the same as penalising the guided logits
-                logits = _repeat_penalty(logits, blk.x, config.penalty_lambda)
-                if uncond is not None:
-                    uncond = _repeat_penalty(uncond, blk.x, config.penalty_lambda)
-            rs = row_step.clone() if record else row_step
-            before = blk.x.clone() if editing and record else None
-            fk = None
-            if floor_cols is not None:
-                fk = floor_cols[i] if i < len(floor_cols) else zero_k
-            transfer = None
-            if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
-                x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
-            else:
-                if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
-                    u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
-                    transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
-                x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
-                                             None if k_cols is None else k_cols[i], global_step, record,
-                                             floor_k=fk, editable=editable, transfer=transfer)
-            row_step += 1 if scheduled and layout is None else busy
-            if editing:
-                finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
-            if record:
-                rec = TraceStep(global_step, rs, b, blk.start, cand, x0, conf, keep,
-                                edit=edit, before=before,
-                                offset=None if layout is None else blk.start - layout.gen_start)
-                if trace is not None:
-                    trace.steps.append(rec)
-                if callback is not None:
-                    callback(rec)
-            global_step += 1
-            if layout is not None and config.eos_early_stop and not editing:
-                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
-                if bool(stopped.all()):
-                    steps.checker.check()
-                    return
-        steps.checker.check()                                 # schedule mode's one sync per block
+        blk = Block(x, start, C, P, config, run.bi, run.seeds_r, run.j, run.kv, layout)
+        if _block_steps(run, x, calls, blk, b, config, ids, trace, callback, layout):
+            return
+        run.steps.checker.check()                             # schedule mode's one sync per block
         if layout is not None:
-            if config.eos_early_stop and b + 1 < num_blocks:
-                stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+            if config.eos_early_stop and b + 1 < run.num_blocks:
+                run.stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
                 if trace is not None:
-                    trace.stops.append((b, stopped.clone()))
-                if bool(stopped.all()):
+                    trace.stops.append((b, run.stopped.clone()))
+                if bool(run.stopped.all()):
                     return
             continue
         if config.stop_at_eos and b + 1 < config.num_blocks and _stop_at_eos(x, P, blk.start + C, ids.eos, trace, b):
             break
+
+
+def _block_steps(run: _Run, x, calls, blk, b, config: SamplingConfig, ids: SpecialIds, trace, callback,
+                 layout) -> bool:
+    """The steps of block ``b`` (`Block` ``blk``); True when every row has stopped (the run ends)."""
+    B, C, device, editing, steps, row_step = run.B, run.C, run.device, config.editing, run.steps, run.row_step
+    counts, origin, scheduled, record = run.counts, run.origin, run.scheduled, run.record
+    if editing:
+        answer = blk.answer.view(B, C)
+        finished = run.stopped | ~answer.any(1)     # done at EOS, or only filler in this block
+        post = torch.zeros(B, dtype=torch.int64, device=device)
+    for i in range(run.max_steps):
+        if counts is not None and counts[i] == 0:                 # keeps nothing: no model call
+            row_step += 1 if layout is None else (blk.x == ids.mask_id).any(1)
+            run.global_step += 1
+            continue
+        cand = blk.x == ids.mask_id                                   # [B, C]
+        editable = None
+        if not scheduled or layout is not None:     # threshold mode's (block-causal: every) one sync
+            # [B] rows with masks left; a block-causal row's first block is partly prompt, so
+            # even in schedule mode a row can finish early: it stops there, as alone
+            busy = cand.any(1)
+            if editing:      # SGLang's JointThreshold: post-edit steps once the block is unmasked
+                post += ~busy & ~finished
+                finished |= post > config.max_post_edit_steps
+                busy = ~finished
+                editable = answer & ~cand & busy[:, None]
+            if steps.checker.block_done(busy):
+                break
+        logits, uncond = calls(x, blk.call)
+        steps.check_vocab(logits)
+        if editing and config.penalty_lambda:
+            # on both halves under CFG: guided, the same as penalising the guided logits
+            logits = _repeat_penalty(logits, blk.x, config.penalty_lambda)
+            if uncond is not None:
+                uncond = _repeat_penalty(uncond, blk.x, config.penalty_lambda)
+        rs = row_step.clone() if record else row_step
+        before = blk.x.clone() if editing and record else None
+        fk = None
+        if run.floor_cols is not None:
+            fk = run.floor_cols[i] if i < len(run.floor_cols) else run.zero_k
+        transfer = None
+        if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
+            x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
+        else:
+            if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
+                u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
+                transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
+            x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
+                                         None if run.k_cols is None else run.k_cols[i], run.global_step, record,
+                                         floor_k=fk, editable=editable, transfer=transfer)
+        row_step += 1 if scheduled and layout is None else busy
+        if editing:
+            finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
+        if record:
+            rec = TraceStep(run.global_step, rs, b, blk.start, cand, x0, conf, keep, edit=edit, before=before,
+                            offset=None if layout is None else blk.start - layout.gen_start)
+            if trace is not None:
+                trace.steps.append(rec)
+            if callback is not None:
+                callback(rec)
+        run.global_step += 1
+        if layout is not None and config.eos_early_stop and not editing:
+            run.stopped = _eos_early_stop(x, layout, blk.start + C, ids.eos, ids.mask_id)
+            if bool(run.stopped.all()):
+                steps.checker.check()
+                return True
+    return False
 
 
 def _nothing_to_sample(cand):
