@@ -206,10 +206,9 @@ def evaluate(
     list of `Row`, in the order of `plan`. ``nfe`` is measured: model calls per batch,
     averaged over batches (every row of a batch takes the same steps here).
     """
-    from fastremask.sampler.loop import run
     from fastremask.sampler.schedule import pyramid_steps
 
-    A, P = task.answer_length, task.prompt_length
+    A = task.answer_length
     for name, value in (("n_examples", n_examples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -233,35 +232,46 @@ def evaluate(
     first, end = n_examples * rank // world, n_examples * (rank + 1) // world     # this rank's examples
     rows = []
     for pt, cfg in zip(points, configs):
-        t0 = time.perf_counter()
-        calls = 0                      # the trace's count (`ModelCall`): the one count of model calls
-        n_batches = 0
-        correct, tok_ok = 0, 0
-        for start in range(first, end, batch_size):
-            batch = prompts[start:min(start + batch_size, end)].to(model.device)
-            out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)     # example i: seed + i
-            calls += trace.model_calls
-            answers = out[:, P:].cpu()
-            truth = task.solve(batch.cpu())
-            correct += int(task.check(batch.cpu(), answers).sum())
-            tok_ok += int((answers == truth).sum())
-            n_batches += 1
-        if share is not None:
-            correct, tok_ok, calls, n_batches = share.sum([correct, tok_ok, calls, n_batches])
-        lo, hi = wilson_interval(correct, n_examples)
-        row = Row(
-            family=pt.family, setting=pt.label, remasking=pt.remasking,
-            nfe=calls / n_batches, n=n_examples, correct=correct,
-            accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
-            token_accuracy=tok_ok / (n_examples * A) if task.unique_answers else float("nan"), seconds=time.perf_counter() - t0,
-        )
-        rows.append(row)
+        rows.append(_run_point(model, task, pt, cfg, prompts, first, end, batch_size=batch_size, seed=seed,
+                               n_examples=n_examples, share=share))
         if progress is not None:
+            row = rows[-1]
             progress(
                 f"{pt.family:8s} {pt.label:10s} {pt.remasking:15s} NFE {row.nfe:5.1f}  "
-                f"acc {row.accuracy:.3f} [{lo:.3f}, {hi:.3f}]  ({row.seconds:.1f}s)"
+                f"acc {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]  ({row.seconds:.1f}s)"
             )
     return rows
+
+
+def _run_point(model, task: Task, pt, cfg, prompts, first, end, *, batch_size, seed, n_examples, share) -> Row:
+    """One point of `evaluate` (`SamplingConfig` ``cfg``) on this rank's examples ``first .. end``
+    in batches of ``batch_size``; the counts summed over ``share``'s ranks."""
+    from fastremask.sampler.loop import run
+
+    A, P = task.answer_length, task.prompt_length
+    t0 = time.perf_counter()
+    calls = 0                      # the trace's count (`ModelCall`): the one count of model calls
+    n_batches = 0
+    correct, tok_ok = 0, 0
+    for start in range(first, end, batch_size):
+        batch = prompts[start:min(start + batch_size, end)].to(model.device)
+        out, trace = run(model, batch, cfg, seed=seed + start, return_trace=True)     # example i: seed + i
+        calls += trace.model_calls
+        answers = out[:, P:].cpu()
+        truth = task.solve(batch.cpu())
+        correct += int(task.check(batch.cpu(), answers).sum())
+        tok_ok += int((answers == truth).sum())
+        n_batches += 1
+    if share is not None:
+        correct, tok_ok, calls, n_batches = share.sum([correct, tok_ok, calls, n_batches])
+    lo, hi = wilson_interval(correct, n_examples)
+    return Row(
+        family=pt.family, setting=pt.label, remasking=pt.remasking,
+        nfe=calls / n_batches, n=n_examples, correct=correct,
+        accuracy=correct / n_examples, ci_low=lo, ci_high=hi,
+        token_accuracy=tok_ok / (n_examples * A) if task.unique_answers else float("nan"),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def default_nfe_grid(answer_length: int) -> list[int]:
