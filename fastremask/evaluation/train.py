@@ -129,29 +129,9 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     if args.monitor_temperature is None:
         args.monitor_temperature = 1.0 if task.name == "perm" else 0.0
-    P, A = task.prompt_length, task.answer_length
-    cfg = TinyConfig(
-        vocab_size=len(VOCAB), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-        max_len=P + A, mask_id=MASK_ID, seed=args.seed,
-    )
-    model = TinyMaskedLM(cfg)
-    with torch.no_grad():
-        model.head.weight.mul_(1 / 3)  # tiny.py scales the head up for sampler tests; undo for training
-        if args.pos_init == "sinusoidal":  # offsets between positions become linear maps: faster alignment
-            model.pos.weight.copy_(sinusoidal_positions(cfg.max_len, cfg.d_model))
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n and "pos" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98),
-    )
-
-    def lr_at(step):  # linear warm-up, cosine decay to 10%
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    A = task.answer_length
+    model, cfg = _build_model(args, task)
+    opt = _optimizer(args, model)
 
     g_data = torch.Generator().manual_seed(args.seed * 1000003 + 1)
     g_mask = torch.Generator().manual_seed(args.seed * 1000003 + 2)
@@ -175,7 +155,7 @@ def main(argv=None) -> int:
     history = []
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = _lr_at(args, step)
         prompts, answers = task.train_batch(g_data, args.batch)
         loss = masked_diffusion_loss(model, prompts, answers, g_mask)
         opt.zero_grad(set_to_none=True)
@@ -185,7 +165,7 @@ def main(argv=None) -> int:
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         last = step + 1 == args.steps
         if (step + 1) % args.log_every == 0 and (step + 1) % args.eval_every and not last:
-            log(f"step {step + 1:6d}  loss {ema:.4f}  lr {lr_at(step):.2e}  ({time.perf_counter() - t0:.0f}s)")
+            log(f"step {step + 1:6d}  loss {ema:.4f}  lr {_lr_at(args, step):.2e}  ({time.perf_counter() - t0:.0f}s)")
         if (step + 1) % args.eval_every == 0 or last:
             model.eval()
             acc1 = _accuracy(model, task, eval_prompts, A, args.monitor_temperature)  # one call
@@ -193,33 +173,72 @@ def main(argv=None) -> int:
             model.train()
             elapsed = time.perf_counter() - t0
             history.append(dict(step=step + 1, loss=round(ema, 4), acc_nfe1=acc1, acc_nfeA=accA, seconds=round(elapsed)))
-            log(f"step {step + 1:6d}  loss {ema:.4f}  lr {lr_at(step):.2e}  acc@NFE=1 {acc1:.3f}  "
+            log(f"step {step + 1:6d}  loss {ema:.4f}  lr {_lr_at(args, step):.2e}  acc@NFE=1 {acc1:.3f}  "
                 f"acc@NFE={A} {accA:.3f}  ({elapsed:.0f}s)")
     model.eval()
     seconds = time.perf_counter() - t0
     if args.out:
-        model.save_pretrained(args.out)
-        meta = {
-            "task": args.task,
-            "vocab": list(VOCAB),
-            "mask_id": MASK_ID,
-            "pad_id": PAD_ID,
-            "command": command,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "train_seconds": round(seconds),
-            "params": n_params,
-            "monitor": f"exact match on the first {args.eval_examples} test examples, low-confidence "
-                       f"decoding at temperature {args.monitor_temperature} (fastremask.evaluation.train.confidence_decode)",
-            "history": history,
-        }
-        with open(os.path.join(args.out, "demo.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
+        _save(args, model, command, seconds, n_params, history)
         log(f"# saved to {args.out} after {seconds:.0f}s")
     if log_f:
         log_f.close()
     return 0
+
+
+def _build_model(args, task):
+    """(model, its `TinyConfig`): a fresh `TinyMaskedLM` for ``task`` from ``args``, in train mode."""
+    P, A = task.prompt_length, task.answer_length
+    cfg = TinyConfig(
+        vocab_size=len(VOCAB), d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+        max_len=P + A, mask_id=MASK_ID, seed=args.seed,
+    )
+    model = TinyMaskedLM(cfg)
+    with torch.no_grad():
+        model.head.weight.mul_(1 / 3)  # tiny.py scales the head up for sampler tests; undo for training
+        if args.pos_init == "sinusoidal":  # offsets between positions become linear maps: faster alignment
+            model.pos.weight.copy_(sinusoidal_positions(cfg.max_len, cfg.d_model))
+    model.train()
+    return model, cfg
+
+
+def _optimizer(args, model):
+    """AdamW with weight decay on the matrices other than the embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n and "pos" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+
+
+def _lr_at(args, step):
+    """The learning rate at ``step``: linear warm-up, cosine decay to 10%."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _save(args, model, command, seconds, n_params, history):
+    """The model in ``args.out`` with its ``demo.json`` (how it was trained, the monitor's history)."""
+    model.save_pretrained(args.out)
+    meta = {
+        "task": args.task,
+        "vocab": list(VOCAB),
+        "mask_id": MASK_ID,
+        "pad_id": PAD_ID,
+        "command": command,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_seconds": round(seconds),
+        "params": n_params,
+        "monitor": f"exact match on the first {args.eval_examples} test examples, low-confidence "
+                   f"decoding at temperature {args.monitor_temperature} (fastremask.evaluation.train.confidence_decode)",
+        "history": history,
+    }
+    with open(os.path.join(args.out, "demo.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":
