@@ -382,13 +382,14 @@ class _Run:
         self.P = P = L - config.gen_length if layout is None else layout.P
         self.num_blocks = config.num_blocks if layout is None else layout.num_blocks
         self.counts = counts = config.block_counts()          # schedule mode: one list for all rows
-        self.k_cols = None
-        if counts is not None:
-            self.k_cols = torch.tensor(counts, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+        def per_step(ks):                                     # [n_steps] -> n_steps tensors [B]
+            return torch.tensor(ks, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+
+        self.k_cols = None if counts is None else per_step(counts)
         floor = config.floor_counts()                            # threshold_floor='schedule'
         self.floor_cols = self.zero_k = None
         if floor is not None:
-            self.floor_cols = torch.tensor(floor, dtype=torch.int64, device=device).expand(B, -1).t().contiguous().unbind(0)
+            self.floor_cols = per_step(floor)
             self.zero_k = torch.zeros(B, dtype=torch.int64, device=device)
         self.origin = origin = config.transfer_probabilities()   # schedule='origin': each step's p_transfer
         self.max_steps = len(counts) if counts is not None else len(origin) if origin is not None else max(
