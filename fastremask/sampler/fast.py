@@ -250,27 +250,28 @@ def _chunk_stats(logits, rows, p: _Plan, cfg_scale, uncond_logits, suppress_toke
     out = {k: [] for k in _STATS}                                    # per row group
     for g0 in range(0, R, p.r_blk):
         g1 = min(g0 + p.r_blk, R)
+        r = g1 - g0
         rows_g = rows[g0:g1]
         cut_g = None if p.cut is None else (p.cut[0][g0:g1], p.cut[1][g0:g1])
         blk = {k: [] for k in _STATS}                                # per block
         for v0 in range(0, V, p.W):
-            x, n = _load_block(buf, logits, rows_g, v0, min(v0 + p.W, V), p, cfg_scale, uncond_logits,
-                               suppress_tokens)
-            _block_stats(x, n, v0, cut_g, p, scratch, log2e, c_tau, blk)
+            x, n, nc = _load_block(buf, logits, rows_g, r, v0, min(v0 + p.W, V), p, cfg_scale, uncond_logits,
+                                   suppress_tokens)
+            _block_stats(x, r, n, nc, v0, cut_g, p, scratch, log2e, c_tau, blk)
         out["m"].append(torch.cat(blk["m"], -1))
         for k in ("s", "a", "i", "st"):
             if blk[k]:
                 out[k].append(torch.cat(blk[k], -1))
         if blk["t2"]:
-            blk["t2"].insert(0, torch.full((g1 - g0, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
+            blk["t2"].insert(0, torch.full((r, 2), NEG_INF, device=device))   # V == 1: l_2 = -inf
             out["t2"].append(torch.cat(blk["t2"], -1).topk(2, dim=-1).values)
     return {k: torch.cat(v, 0) if v else None for k, v in out.items()}
 
 
-def _load_block(buf, logits, rows_g, v0, v1, p: _Plan, cfg_scale, uncond_logits, suppress_tokens):
-    """(x, n): the prepared fp32 logits of rows ``rows_g``, columns ``v0:v1`` (n of them), in
-    ``buf`` as ``x`` [r, nc * cw], padded with -inf to whole chunks."""
-    r, n, cw = rows_g.numel(), v1 - v0, p.cw
+def _load_block(buf, logits, rows_g, r, v0, v1, p: _Plan, cfg_scale, uncond_logits, suppress_tokens):
+    """(x, n, nc): the prepared fp32 logits of the ``r`` rows ``rows_g``, columns ``v0:v1`` (n of
+    them), in ``buf`` as ``x`` [r, nc * cw], padded with -inf to whole chunks."""
+    n, cw = v1 - v0, p.cw
     nc = -(-n // cw)
     x = buf[: r * nc * cw].view(r, nc * cw)
     if p.simple:
@@ -288,14 +289,13 @@ def _load_block(buf, logits, rows_g, v0, v1, p: _Plan, cfg_scale, uncond_logits,
         ))
     if n < nc * cw:
         x[:, n:].fill_(NEG_INF)
-    return x, n
+    return x, n, nc
 
 
-def _block_stats(x, n, v0, cut_g, p: _Plan, scratch, log2e, c_tau, out) -> None:
+def _block_stats(x, r, n, nc, v0, cut_g, p: _Plan, scratch, log2e, c_tau, out) -> None:
     """Appends one block's chunk statistics (see `_chunk_stats`) to the lists in ``out``; ``x``
     [r, nc * cw] (its first ``n`` columns are the vocabulary's ``v0 ..``) is consumed."""
-    r, cw = x.shape[0], p.cw
-    nc = x.shape[1] // cw
+    cw = p.cw
     if p.remasking == "margin":
         xm = x[:, :n]
         if p.sampled and cut_g is not None:     # §6a: the top two *kept* logits
