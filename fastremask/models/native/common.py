@@ -588,6 +588,48 @@ class NativeModel(nn.Module):
         return f"family={self.family!r}, path={self.config.path!r}"
 
 
+class DecoderModel(NativeModel):
+    """A `NativeModel` in the Hugging Face decoder layout that Dream, SDAR and LLaDA2 publish:
+    ``model.<embedding>``, ``model.layers.N``, ``model.norm`` and ``lm_head`` (absent when
+    tied: the embedding is the head). The embedding's attribute is the one the family record
+    names (``Family.embedding``: ``model.embed_tokens.weight``, ``model.word_embeddings.weight``)."""
+
+    tied_head_weight = "lm_head.weight"
+
+    def _build(self, layers, rotary_dim: int, device) -> None:
+        """The modules, ``layers`` the decoder layers (built on ``device``)."""
+        c = self.config
+        self.model = nn.Module()
+        setattr(self.model, self._embedding_name(), nn.Embedding(c.embed_rows, c.d_model, device=device))
+        self.model.layers = nn.ModuleList(layers)
+        self.model.norm = RMSNorm(c.d_model, c.eps, device=device)
+        if not c.tied:
+            self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
+        self.rotary = Rotary(rotary_dim, c.rope_theta)
+
+    @classmethod
+    def _embedding_name(cls) -> str:
+        return get_family(cls.family).embedding.split(".")[1]      # "model.<name>.weight"
+
+    def _embed(self, ids):
+        return self.get_input_embeddings()(ids)
+
+    def _layers(self):
+        return self.model.layers
+
+    def _final_norm(self, h):
+        return self.model.norm(h)
+
+    def _head(self, h):
+        return F.linear(h, self.get_input_embeddings().weight) if self.config.tied else self.lm_head(h)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return getattr(self.model, self._embedding_name())
+
+    def get_output_embeddings(self):
+        return self.get_input_embeddings() if self.config.tied else self.lm_head
+
+
 class _BlockCacheView:
     """A `BlockCache` under the ``update(layer, k, v, q0)`` call `fastremask.models.kv.attend` makes
     (the block cache knows its own start)."""

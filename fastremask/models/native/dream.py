@@ -25,9 +25,8 @@ Two things Dream's own ``generate`` does are done here, so the model has LLaDA's
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
-from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
+from fastremask.models.native.common import (DecoderModel, NativeConfig, RMSNorm, SwiGLU, _error,
                                              attention)
 
 __all__ = ["DreamModel", "dream_config"]
@@ -91,43 +90,18 @@ class _Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DreamModel(NativeModel):
+class DreamModel(DecoderModel):
     """Dream's forward, natively, with Dream's positions and its shift applied (see the module
     docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "dream"
     check_config = staticmethod(dream_config)
 
-    tied_head_weight = "lm_head.weight"
-
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
         c = config
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(c.embed_rows, c.d_model, device=device)
-        self.model.layers = nn.ModuleList(_Layer(c, device) for _ in range(c.n_layers))
-        self.model.norm = RMSNorm(c.d_model, c.eps, device=device)
-        if not c.tied:
-            self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
-        self.rotary = Rotary(c.head_dim, c.rope_theta)
+        self._build([_Layer(c, device) for _ in range(c.n_layers)], c.head_dim, device)
 
     def _uses_mask_positions(self) -> bool:
         return True
 
-    def _embed(self, ids):
-        return self.model.embed_tokens(ids)
-
-    def _layers(self):
-        return self.model.layers
-
-    def _final_norm(self, h):
-        return self.model.norm(h)
-
-    def _head(self, h):
-        return F.linear(h, self.model.embed_tokens.weight) if self.config.tied else self.lm_head(h)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def get_output_embeddings(self):
-        return self.model.embed_tokens if self.config.tied else self.lm_head

@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import attend
-from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
+from fastremask.models.native.common import (DecoderModel, NativeConfig, RMSNorm, SwiGLU, _error,
                                              apply_partial_rotary)
 from fastremask.models.native.moe import MLP_NAMES as _MLP
 from fastremask.models.native.moe import ExpertBank, MoEModel, check_experts
@@ -234,15 +234,13 @@ class _Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LLaDA2Model(MoEModel, NativeModel):
+class LLaDA2Model(MoEModel, DecoderModel):
     """LLaDA2's forward, natively, with its block-causal attention and mixture of experts (see
     the module docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "llada2"
     check_config = staticmethod(llada2_config)
     token_editing = True      # LLaDA2.1 was trained for token editing (2.0 shares its layout and type)
-
-    tied_head_weight = "lm_head.weight"
 
     @classmethod
     def check_checkpoint(cls, config: NativeConfig, names) -> None:
@@ -251,28 +249,5 @@ class LLaDA2Model(MoEModel, NativeModel):
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
         c = config
-        self.model = nn.Module()
-        self.model.word_embeddings = nn.Embedding(c.embed_rows, c.d_model, device=device)
-        self.model.layers = nn.ModuleList(_Layer(c, i, device) for i in range(c.n_layers))
-        self.model.norm = RMSNorm(c.d_model, c.eps, device=device)
-        if not c.tied:
-            self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
-        self.rotary = Rotary(c.rotary_dim, c.rope_theta)
+        self._build([_Layer(c, i, device) for i in range(c.n_layers)], c.rotary_dim, device)
 
-    def _embed(self, ids):
-        return self.model.word_embeddings(ids)
-
-    def _layers(self):
-        return self.model.layers
-
-    def _final_norm(self, h):
-        return self.model.norm(h)
-
-    def _head(self, h):
-        return F.linear(h, self.model.word_embeddings.weight) if self.config.tied else self.lm_head(h)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    def get_output_embeddings(self):
-        return self.model.word_embeddings if self.config.tied else self.lm_head

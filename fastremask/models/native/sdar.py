@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastremask.models.kv import attend
-from fastremask.models.native.common import (NativeConfig, NativeModel, RMSNorm, Rotary, SwiGLU, _error,
+from fastremask.models.native.common import (DecoderModel, NativeConfig, RMSNorm, SwiGLU, _error,
                                              apply_rotary)
 from fastremask.models.native.moe import ExpertBank, MoEModel, check_experts
 
@@ -203,14 +203,12 @@ class _Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class SDARModel(MoEModel, NativeModel):
+class SDARModel(MoEModel, DecoderModel):
     """SDAR's forward (dense, and SDAR-MoE's), natively, with its block-causal attention (see the
     module docstring): ``model(ids, attention_mask).logits[:, i]`` scores the token at ``i``."""
 
     family = "sdar"
     check_config = staticmethod(sdar_config)
-
-    tied_head_weight = "lm_head.weight"
 
     @classmethod
     def check_checkpoint(cls, config: NativeConfig, names) -> None:
@@ -220,28 +218,5 @@ class SDARModel(MoEModel, NativeModel):
     def __init__(self, config: NativeConfig, device="meta"):
         super().__init__(config)
         c = config
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(c.embed_rows, c.d_model, device=device)
-        self.model.layers = nn.ModuleList(_Layer(c, i, device) for i in range(c.n_layers))
-        self.model.norm = RMSNorm(c.d_model, c.eps, device=device)
-        if not c.tied:
-            self.lm_head = nn.Linear(c.d_model, c.embed_rows, bias=False, device=device)
-        self.rotary = Rotary(c.head_dim, c.rope_theta)
+        self._build([_Layer(c, i, device) for i in range(c.n_layers)], c.head_dim, device)
 
-    def _embed(self, ids):
-        return self.model.embed_tokens(ids)
-
-    def _layers(self):
-        return self.model.layers
-
-    def _final_norm(self, h):
-        return self.model.norm(h)
-
-    def _head(self, h):
-        return F.linear(h, self.model.embed_tokens.weight) if self.config.tied else self.lm_head(h)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def get_output_embeddings(self):
-        return self.model.embed_tokens if self.config.tied else self.lm_head
