@@ -476,15 +476,12 @@ def _block_steps(run: _Run, x, calls, blk, b, config: SamplingConfig, ids: Speci
         if run.floor_cols is not None:
             fk = run.floor_cols[i] if i < len(run.floor_cols) else run.zero_k
         transfer = None
-        if origin is not None and not bool(cand.any()):    # the block is done: Dream still calls
-            x0, conf, keep, edit = _nothing_to_sample(cand)  # the model, there is nothing to sample
-        else:
-            if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
-                u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
-                transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
-            x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
-                                         None if run.k_cols is None else run.k_cols[i], run.global_step, record,
-                                         floor_k=fk, editable=editable, transfer=transfer)
+        if origin is not None:    # Dream's alg='origin': each position's own draw < p_transfer (fp32)
+            u = nx.transfer_uniform(blk.seeds, blk.positions, row_step.index_select(0, blk.bi))
+            transfer = (u < torch.tensor(origin[i], dtype=torch.float32, device=device)).view(B, C)
+        x0, conf, keep, edit = steps(x, blk, cand, logits, uncond, row_step,
+                                     None if run.k_cols is None else run.k_cols[i], run.global_step, record,
+                                     floor_k=fk, editable=editable, transfer=transfer)
         row_step += 1 if scheduled and layout is None else busy
         if editing:
             finished |= busy & ~(keep | edit).any(1)               # a step that changed nothing
@@ -504,13 +501,6 @@ def _block_steps(run: _Run, x, calls, blk, b, config: SamplingConfig, ids: Speci
     return False
 
 
-def _nothing_to_sample(cand):
-    """A step's outputs when no position of the block is masked (``schedule='origin'`` calls the
-    model at every step, as Dream): no token (-1), no confidence (-inf), nothing kept."""
-    return (torch.full(cand.shape, -1, dtype=torch.int64, device=cand.device),
-            torch.full(cand.shape, float("-inf"), device=cand.device), torch.zeros_like(cand), None)
-
-
 def _repeat_penalty(logits, xb, lam: float):
     """LLaDA2.1's repetition penalty (SGLang's ``penalty_lambda``): the logit, at block position
     ``j >= 1``, of the token now at ``j - 1`` is lowered by ``lam``. Applied to the logits, so
@@ -528,7 +518,6 @@ def _eos_early_stop(x, layout, end: int, eos: int, mask_id: int) -> bool:
     """LLaDA2's ``eos_early_stop``, per row: a row whose answer so far holds an EOS with no mask
     before its first EOS is done (its answer ends there); everything after that EOS is set to EOS,
     so the row has nothing left to sample. Returns the rows done ``[B]`` bool."""
-    B = x.shape[0]
     cols = torch.arange(x.shape[1], device=x.device)
     in_answer = (cols >= layout.gen_start[:, None]) & (cols < end)
     is_eos = (x == eos) & in_answer
